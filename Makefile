@@ -1,0 +1,33 @@
+# make demo: set up a virtual environment and run the main job.  make test: set up and run the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test test-fast lint demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+lint: setup
+	$(VENV)/bin/ruff check smoe tests benchmarks
+
+test: setup lint
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(VENV)/bin/smoe bench layer --quick
+
+bench: setup
+	$(VENV)/bin/smoe bench layer --json docs/bench_layer_cpu.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,33 @@
+"""smoe: sparse mixture-of-experts layers, every router of the papers behind one interface."""
+
+from smoe.dispatch import Dispatcher, DispatchPlan
+from smoe.experts import Experts
+from smoe.layer import MoE, MoEConfig, MoEOutput, MoEStats
+from smoe.routing import (
+    Router,
+    Routing,
+    RoutingContext,
+    available_routers,
+    build_router,
+    register_router,
+    router_options,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DispatchPlan",
+    "Dispatcher",
+    "Experts",
+    "MoE",
+    "MoEConfig",
+    "MoEOutput",
+    "MoEStats",
+    "Router",
+    "Routing",
+    "RoutingContext",
+    "available_routers",
+    "build_router",
+    "register_router",
+    "router_options",
+]

@@ -1,0 +1,277 @@
+"""Layer benchmark: forward + backward time and peak memory of the MoE layer against its baselines and peers.
+
+Every (impl, E) runs in fresh subprocesses: one times `repeats` steps after a warm-up, another measures peak
+memory over one step after a warm-up: the resident-set high-water mark (reset with /proc/self/clear_refs after
+the warm-up) minus the resident set at that point, with glibc told to return every block over 64 KiB to the system
+(MALLOC_MMAP_THRESHOLD_) so that freed tensors do not linger in the figure. On CUDA: the allocator's peak
+over its allocation after set-up. Both are real measurements, not estimates.
+
+impls:
+  smoe          smoe.MoE (router --router, default topk k=2, SwiGLU, dropless)
+  smoe-uniform  the same layer with routing forced to a perfectly balanced round robin
+  experts-only  smoe's Experts alone on the grouped rows the smoe router produced (the floor for that routing)
+  dense         a SwiGLU FFN with the same active FLOPs (hidden = k * h)
+  hf-eager      transformers' MixtralSparseMoeBlock, eager experts
+  hf-grouped_mm transformers' MixtralSparseMoeBlock, grouped_mm experts
+  einsum        GShard-style one-hot dispatch / combine einsums with capacity factor 1.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMPLS = ("smoe", "smoe-uniform", "experts-only", "dense", "hf-eager", "hf-grouped_mm", "einsum")
+FULL = {"N": 8192, "d": 512, "h": 1024, "k": 2, "experts": (8, 32, 64)}
+QUICK = {"N": 512, "d": 64, "h": 128, "k": 2, "experts": (4, 8)}
+
+
+# ---------------------------------------------------------------- implementations (each: x -> y)
+
+class DenseSwiGLU(nn.Module):
+    """The dense ceiling: one SwiGLU FFN of hidden k*h (same active FLOPs as the MoE)."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.w_in = nn.Parameter(torch.randn(d, 2 * hidden) / math.sqrt(d))
+        self.w_out = nn.Parameter(torch.randn(hidden, d) / math.sqrt(hidden))
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = (x @ self.w_in).chunk(2, dim=-1)
+        return (F.silu(gate) * up) @ self.w_out
+
+
+class EinsumMoE(nn.Module):
+    """GShard-style top-2 MoE: dense (N, E, C) dispatch/combine tensors and einsums, capacity factor 1.25."""
+
+    def __init__(self, d: int, num_experts: int, hidden: int, k: int, capacity_factor: float = 1.25):
+        super().__init__()
+        self.k, self.capacity_factor = k, capacity_factor
+        self.gate = nn.Linear(d, num_experts, bias=False)
+        self.w_in = nn.Parameter(torch.randn(num_experts, d, 2 * hidden) / math.sqrt(d))
+        self.w_out = nn.Parameter(torch.randn(num_experts, hidden, d) / math.sqrt(hidden))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, e = x.shape[0], self.w_in.shape[0]
+        cap = math.ceil(self.capacity_factor * n * self.k / e)
+        probs = torch.softmax(self.gate(x).float(), -1)
+        weight, index = probs.topk(self.k, dim=-1)
+        weight = weight / weight.sum(-1, keepdim=True)
+        onehot = F.one_hot(index, e).to(x.dtype)  # (N, k, E)
+        position = (torch.cumsum(onehot.transpose(0, 1).reshape(-1, e), 0).reshape(self.k, n, e) - 1).transpose(0, 1)
+        keep = onehot * (position < cap)
+        slot = F.one_hot((position * keep).sum(-1).long(), cap).to(x.dtype)  # (N, k, C)
+        dispatch = torch.einsum("nke,nkc->nec", keep, slot)
+        combine = torch.einsum("nke,nkc,nk->nec", keep, slot, weight.to(x.dtype))
+        xe = torch.einsum("nec,nd->ecd", dispatch, x)
+        gate, up = torch.bmm(xe, self.w_in).chunk(2, dim=-1)
+        ye = torch.bmm(F.silu(gate) * up, self.w_out)
+        return torch.einsum("nec,ecd->nd", combine, ye)
+
+
+def hf_mixtral_block(d: int, num_experts: int, hidden: int, k: int, implementation: str) -> nn.Module:
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    config = MixtralConfig(hidden_size=d, intermediate_size=hidden, num_local_experts=num_experts,
+                           num_experts_per_tok=k, experts_implementation=implementation)
+    block = MixtralSparseMoeBlock(config)
+    for p in block.parameters():
+        nn.init.normal_(p, std=1 / math.sqrt(p.shape[-1]))
+    return block
+
+
+def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tuple[Callable[[], Tensor], nn.Module]:
+    """A zero-argument callable computing the impl's output on x, and the module holding its weights."""
+    from smoe import MoE
+    from smoe.routing import Routing
+
+    d, h, k = size["d"], size["h"], size["k"]
+    place = {"device": x.device, "dtype": x.dtype}
+    if impl in ("smoe", "smoe-uniform", "experts-only"):
+        moe = MoE(d, num_experts, h, router=router, k=k).to(**place)
+        if impl == "smoe":
+            return (lambda: moe(x).y), moe
+        if impl == "smoe-uniform":
+            n = x.shape[0]
+
+            def uniform_forward(xf, ctx):
+                token = torch.arange(n).repeat_interleave(k)
+                expert = torch.arange(n * k) % num_experts
+                return Routing(token=token.to(x.device), expert=expert.to(x.device),
+                               weight=torch.full((n * k,), 1.0 / k, device=x.device),
+                               probs=torch.full((n, num_experts), 1.0 / num_experts, device=x.device),
+                               num_experts=num_experts)
+
+            moe.router.forward = uniform_forward
+            return (lambda: moe(x).y), moe
+        with torch.no_grad():
+            plan = moe.dispatcher.plan(moe.router(x, _context()))
+        rows = x.detach()[plan.token].clone().requires_grad_()
+        return (lambda: moe.experts(rows, plan.counts)), moe.experts
+    if impl == "dense":
+        m = DenseSwiGLU(d, k * h).to(**place)
+        return (lambda: m(x)), m
+    if impl in ("hf-eager", "hf-grouped_mm"):
+        m = hf_mixtral_block(d, num_experts, h, k, impl.removeprefix("hf-")).to(**place)
+        return (lambda: m(x.unsqueeze(0)).squeeze(0)), m
+    if impl == "einsum":
+        m = EinsumMoE(d, num_experts, h, k).to(**place)
+        return (lambda: m(x)), m
+    raise ValueError(f"unknown impl {impl!r}; choose from {', '.join(IMPLS)}")
+
+
+def _context():
+    from smoe.routing import RoutingContext
+
+    return RoutingContext()
+
+
+# ---------------------------------------------------------------- measurement (runs in the worker process)
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(impl: str, size: dict, num_experts: int, router: str, repeats: int, device: str, dtype: str,
+            mode: str) -> dict:
+    """mode="time": median of `repeats` steps; mode="memory": peak memory of one step (both after a warm-up)."""
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    x = torch.randn(size["N"], size["d"], device=device, dtype=dt, requires_grad=True)
+    fn, module = build(impl, size, num_experts, router, x)
+    with torch.no_grad():
+        grad = torch.randn(fn().shape, device=device, dtype=dt)  # one fixed output gradient for every run
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        fn().backward(grad)
+        sync()
+
+    step()  # warm-up
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _rss_mb("VmRSS")
+    times = []
+    for _ in range(repeats if mode == "time" else 1):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mb("VmHWM")
+    if mode == "memory":
+        return {"peak_mb": peak - base}
+    return {"impl": impl, "E": num_experts, "k": size["k"], "N": size["N"], "d": size["d"], "h": size["h"],
+            "router": router if impl.startswith(("smoe", "experts")) else None, "dtype": dtype, "device": device,
+            "median_s": statistics.median(times), "runs_s": times, "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------- driver
+
+def run_one(impl: str, size: dict, num_experts: int, router: str, repeats: int, device: str, dtype: str,
+            timeout: float) -> dict:
+    """Time and measure one (impl, E), each in a fresh subprocess; a failure becomes a record with `error`."""
+    record: dict = {}
+    for mode in ("time", "memory"):
+        spec = json.dumps({"impl": impl, "size": size, "E": num_experts, "router": router, "repeats": repeats,
+                           "device": device, "dtype": dtype, "mode": mode})
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if mode == "memory" else os.environ.copy()
+        cmd = [sys.executable, "-m", "smoe.bench.layer", "--worker", spec]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"impl": impl, "E": num_experts, "error": f"timed out after {timeout:.0f} s"}
+        if proc.returncode != 0:
+            return {"impl": impl, "E": num_experts, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        record.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return record
+
+
+def markdown_table(records: list[dict], reference: str = "smoe") -> str:
+    """One row per (E, impl): median time, peak memory, and the reference's time divided by this row's."""
+    lines = ["| E | impl | median fwd+bwd (s) | peak mem (MB) | smoe ÷ this |", "|---|---|---|---|---|"]
+    ref = {r["E"]: r["median_s"] for r in records if r["impl"] == reference and "median_s" in r}
+    for r in sorted(records, key=lambda r: (r["E"], IMPLS.index(r["impl"]) if r["impl"] in IMPLS else 99)):
+        if "error" in r:
+            lines.append(f"| {r['E']} | {r['impl']} | error: {r['error']} | | |")
+            continue
+        ratio = ref.get(r["E"], float("nan")) / r["median_s"]
+        lines.append(f"| {r['E']} | {r['impl']} | {r['median_s']:.3f} | {r['peak_mb']:.0f} | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="smoe bench layer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"small sizes for CI: {QUICK}")
+    p.add_argument("--experts", type=str, default=None, help="comma-separated E values (default 8,32,64)")
+    p.add_argument("--impls", type=str, default=",".join(IMPLS), help="comma-separated subset of the impls")
+    p.add_argument("--router", type=str, default="topk", help="router of the smoe rows (default topk)")
+    p.add_argument("--tokens", type=int, default=None, help="override N")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (median reported)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per (impl, E) before giving up")
+    p.add_argument("--json", type=str, default=None, help="write the records to this JSON file")
+    p.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        rec = measure(spec["impl"], spec["size"], spec["E"], spec["router"], spec["repeats"], spec["device"],
+                      spec["dtype"], spec["mode"])
+        print(json.dumps(rec))
+        return 0
+    from smoe.routing import available_routers
+
+    if args.router not in available_routers():
+        raise SystemExit(f"--router: unknown router {args.router!r}; available: {', '.join(available_routers())}")
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = sorted(set(impls) - set(IMPLS))
+    if unknown:
+        raise SystemExit(f"--impls: unknown {unknown}; choose from {', '.join(IMPLS)}")
+    size = dict(QUICK if args.quick else FULL)
+    if args.tokens:
+        size["N"] = args.tokens
+    experts = [int(e) for e in args.experts.split(",")] if args.experts else list(size.pop("experts"))
+    size.pop("experts", None)
+    from tqdm import tqdm
+
+    records = []
+    jobs = [(e, impl) for e in experts for impl in impls]
+    for e, impl in tqdm(jobs, desc="bench layer", unit="run", file=sys.stderr):
+        rec = run_one(impl, size, e, args.router, args.repeats, args.device, args.dtype, args.timeout)
+        records.append(rec)
+    print(f"N={size['N']} d={size['d']} h={size['h']} k={size['k']} {args.dtype} {args.device} "
+          f"router={args.router} threads={torch.get_num_threads()} repeats={args.repeats}")
+    print(markdown_table(records))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

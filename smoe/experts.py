@@ -1,0 +1,193 @@
+"""Experts: all E expert MLPs stacked in a few parameters, run over rows grouped by expert.
+
+Legend: E experts, A rows (grouped by expert, `counts[e]` rows for expert e), d model width, h hidden width.
+Weights: w_in (E, d, h) -- (E, d, 2h) for SwiGLU, gate and up fused -- and w_out (E, h, d).
+
+Two backends compute the same function:
+- "grouped": `torch.nn.functional.grouped_mm` (float32/bfloat16/float16, widths aligned to 16 bytes);
+- "loop": one matmul per expert, forward and backward (a custom autograd function that writes each expert's
+  weight gradient in place; indexing `w[e]` under autograd would write a full-size gradient per expert, and
+  `unbind` views would copy all of them once more when stacking). Every expert runs, even with zero rows, so
+  the weight gradients are complete whatever the routing did.
+"auto" takes "loop" on CPU in float32 (measured faster there, docs/benchmarks.md) and "grouped" wherever
+grouped_mm supports the dtype, device and shapes; "loop" otherwise (e.g. float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smoe.routing.base import check_choice, check_int
+
+EXPERT_KINDS = ("swiglu", "gelu", "relu")
+BACKENDS = ("auto", "grouped", "loop")
+_GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    grouped_mm's backward rejects expanded (stride-0) gradients such as the gradient of `y.sum()`.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
+def _grouped_mm(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
+    return _ContiguousGrad.apply(F.grouped_mm(x, w, offs=offsets))
+
+
+class _ExpertLoop(torch.autograd.Function):
+    """One matmul per expert, forward and backward, writing into preallocated stacked tensors.
+
+    Autograd through `unbind` views would stack E per-expert weight gradients into a new tensor in the
+    backward (a full copy of the expert weights); here each expert's gradient is written in place. The
+    activation's backward is taken by autograd on the saved pre-activations, so any `activation` works.
+    x: (A, d) grouped rows, w_in: (E, d, W), w_out: (E, h, d), b_in: (E, W) or None, b_out: (E, d) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_in, w_out, b_in, b_out, sizes, activation):
+        bounds = _bounds(sizes)
+        y = x.new_empty(x.shape[0], w_out.shape[2])
+        pre = []  # per-expert pre-activations: smaller blocks are reused by the allocator, one big one is not
+        for e, (lo, hi) in enumerate(bounds):
+            pre.append(_linear(x[lo:hi], w_in[e], None if b_in is None else b_in[e]))
+            _linear(activation(pre[e]), w_out[e], None if b_out is None else b_out[e], out=y[lo:hi])
+        ctx.save_for_backward(x, w_in, w_out, *pre)
+        ctx.bounds, ctx.activation = bounds, activation
+        ctx.has_bias = (b_in is not None, b_out is not None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, w_in, w_out, *pre = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        grad_w_in, grad_w_out, grad_x = torch.empty_like(w_in), torch.empty_like(w_out), torch.empty_like(x)
+        grad_b_in = w_in.new_empty(w_in.shape[0], w_in.shape[2]) if ctx.has_bias[0] else None
+        for e, (lo, hi) in enumerate(ctx.bounds):
+            with torch.enable_grad():
+                pre_e = pre[e].detach().requires_grad_()
+                act_e = ctx.activation(pre_e)
+            torch.mm(act_e.detach().t(), grad_y[lo:hi], out=grad_w_out[e])
+            (grad_pre,) = torch.autograd.grad(act_e, pre_e, grad_y[lo:hi] @ w_out[e].t())
+            torch.mm(x[lo:hi].t(), grad_pre, out=grad_w_in[e])
+            torch.mm(grad_pre, w_in[e].t(), out=grad_x[lo:hi])
+            if grad_b_in is not None:
+                torch.sum(grad_pre, 0, out=grad_b_in[e])
+        grad_b_out = torch.stack([grad_y[lo:hi].sum(0) for lo, hi in ctx.bounds]) if ctx.has_bias[1] else None
+        return grad_x, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None, None
+
+
+def _linear(a: Tensor, w: Tensor, b: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """a @ w (+ b), written into out when given."""
+    if b is None:
+        return torch.mm(a, w, out=out)
+    return torch.addmm(b, a, w, out=out)
+
+
+def _bounds(sizes: list[int]) -> list[tuple[int, int]]:
+    out, lo = [], 0
+    for n in sizes:
+        out.append((lo, lo + n))
+        lo += n
+    return out
+
+
+class Experts(nn.Module):
+    """E expert MLPs (SwiGLU, or a GELU/ReLU MLP), optional biases, grouped or looped computation."""
+
+    def __init__(self, num_experts: int, d_model: int, hidden: int, kind: str = "swiglu", bias: bool = False,
+                 backend: str = "auto"):
+        super().__init__()
+        check_int("num_experts", num_experts, low=1)
+        check_int("d_model", d_model, low=1)
+        check_int("hidden", hidden, low=1)
+        check_choice("expert", kind, EXPERT_KINDS)
+        check_choice("backend", backend, BACKENDS)
+        self.num_experts, self.d_model, self.hidden = num_experts, d_model, hidden
+        self.kind, self.backend = kind, backend
+        width = 2 * hidden if kind == "swiglu" else hidden
+        self.w_in = nn.Parameter(torch.empty(num_experts, d_model, width))
+        self.w_out = nn.Parameter(torch.empty(num_experts, hidden, d_model))
+        self.b_in = nn.Parameter(torch.empty(num_experts, width)) if bias else None
+        self.b_out = nn.Parameter(torch.empty(num_experts, d_model)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Each expert initialised like nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        for w, b in ((self.w_in, self.b_in), (self.w_out, self.b_out)):
+            bound = 1 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+            if b is not None:
+                nn.init.uniform_(b, -bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"num_experts={self.num_experts}, d_model={self.d_model}, hidden={self.hidden}, kind={self.kind}, "
+                f"bias={self.b_in is not None}, backend={self.backend}")
+
+    def activation(self, h: Tensor) -> Tensor:
+        """The hidden nonlinearity: silu(gate) * up for SwiGLU, else gelu/relu."""
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            return F.silu(gate) * up
+        return F.gelu(h) if self.kind == "gelu" else F.relu(h)
+
+    def resolve_backend(self, x: Tensor) -> str:
+        """The backend used for input x (fixed for a given dtype and device)."""
+        if self.backend != "auto":
+            return self.backend
+        if not self.grouped_supported(x) or (x.device.type == "cpu" and x.dtype == torch.float32):
+            return "loop"
+        return "grouped"
+
+    def grouped_supported(self, x: Tensor) -> bool:
+        """Whether grouped_mm accepts these dtypes and widths (rows must be 16-byte aligned)."""
+        if not hasattr(F, "grouped_mm") or x.dtype not in _GROUPED_DTYPES or self.w_in.dtype != x.dtype:
+            return False
+        if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
+            return False
+        align = 16 // x.element_size()
+        return all(n % align == 0 for n in (self.d_model, self.hidden, self.w_in.shape[2]))
+
+    def forward(self, x: Tensor, counts: Tensor) -> Tensor:
+        """x: (A, d) rows grouped by expert, counts: (E,) rows per expert -> (A, d)."""
+        backend = self.resolve_backend(x)
+        if backend == "grouped":
+            if not self.grouped_supported(x):
+                raise ValueError(f"backend='grouped' needs float32/bfloat16/float16 weights and inputs of one dtype "
+                                 f"with widths aligned to 16 bytes; got x {x.dtype}, w_in {self.w_in.dtype}")
+            return self._grouped(x, counts)
+        return self._loop(x, counts)
+
+    def _grouped(self, x: Tensor, counts: Tensor) -> Tensor:
+        offsets = torch.cumsum(counts, 0).to(torch.int32)
+        h = _grouped_mm(x, self.w_in, offsets)
+        if self.b_in is not None:
+            h = h + self.b_in.repeat_interleave(counts, dim=0, output_size=x.shape[0])
+        y = _grouped_mm(self.activation(h), self.w_out, offsets)
+        if self.b_out is not None:
+            y = y + self.b_out.repeat_interleave(counts, dim=0, output_size=x.shape[0])
+        return y
+
+    def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
+        return _ExpertLoop.apply(x, self.w_in, self.w_out, self.b_in, self.b_out, counts.tolist(), self.activation)
+
+    def dense_forward(self, x: Tensor, expert: int) -> Tensor:
+        """Expert `expert` applied to every row of x: (M, d) -> (M, d) (a reference for tests and analyses)."""
+        h = x @ self.w_in[expert]
+        if self.b_in is not None:
+            h = h + self.b_in[expert]
+        y = self.activation(h) @ self.w_out[expert]
+        return y if self.b_out is None else y + self.b_out[expert]

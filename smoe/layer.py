@@ -1,0 +1,179 @@
+"""The MoE layer: Router -> Dispatcher -> Experts -> combine. An ordinary nn.Module, usable in any model.
+
+Legend: N tokens after flattening the leading dims, E experts, d model width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from smoe.dispatch import Dispatcher, DispatchPlan
+from smoe.experts import Experts
+from smoe.routing import Routing, RoutingContext, build_router
+from smoe.routing import router_options as router_options_of
+
+
+@dataclass
+class MoEConfig:
+    """Everything that defines an MoE layer; serialises with `asdict` (YAML/JSON)."""
+
+    d_model: int
+    num_experts: int
+    hidden: int
+    router: str = "topk"
+    k: int = 2
+    capacity_factor: float | None = None
+    capacity_rounding: str = "ceil"
+    capacity_multiple: int = 1
+    expert: str = "swiglu"
+    bias: bool = False
+    backend: str = "auto"
+    check_finite: bool = True
+    router_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MoEStats:
+    """Routing statistics of one call (tensors, no host sync).
+
+    counts: (E,) kept pairs per expert; routed: (E,) pairs per expert before capacity;
+    dropped_fraction: 0-dim fraction of pairs dropped by capacity; capacity: C or None (dropless).
+    """
+
+    counts: Tensor
+    routed: Tensor
+    dropped_fraction: Tensor
+    capacity: int | None
+
+    @property
+    def load(self) -> Tensor:
+        """(E,) fraction of the kept pairs each expert processed."""
+        return self.counts.float() / self.counts.sum().clamp_min(1).float()
+
+    @classmethod
+    def from_plan(cls, plan: DispatchPlan) -> MoEStats:
+        return cls(counts=plan.counts, routed=plan.routed, dropped_fraction=plan.dropped_fraction,
+                   capacity=plan.capacity)
+
+
+@dataclass
+class MoEOutput:
+    """y: same shape as the input; aux_loss: 0-dim sum of the router's weighted aux losses."""
+
+    y: Tensor
+    aux_loss: Tensor
+    routing: Routing
+    stats: MoEStats
+
+
+class MoE(nn.Module):
+    """Sparse mixture-of-experts layer.
+
+    MoE(d_model, num_experts, hidden, router="topk", k=2, capacity_factor=None, expert="swiglu", **router_options)
+
+    forward(x: (..., d_model), mask: (...) bool or None) -> MoEOutput. Masked tokens are never routed and get
+    output 0. capacity_factor sets the dispatcher's per-expert capacity, except for routers that own capacity
+    (those with a capacity_factor option, e.g. expert_choice), which receive it while dispatch stays dropless.
+    Extra routing context (attention probabilities, token ids, the step, a generator) is passed as
+    keyword arguments and reaches the router through `RoutingContext`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        hidden: int,
+        router: str = "topk",
+        k: int = 2,
+        capacity_factor: float | None = None,
+        expert: str = "swiglu",
+        *,
+        bias: bool = False,
+        backend: str = "auto",
+        capacity_rounding: str = "ceil",
+        capacity_multiple: int = 1,
+        check_finite: bool = True,
+        **router_options,
+    ):
+        super().__init__()
+        self.config = MoEConfig(
+            d_model=d_model, num_experts=num_experts, hidden=hidden, router=router, k=k,
+            capacity_factor=capacity_factor, capacity_rounding=capacity_rounding,
+            capacity_multiple=capacity_multiple, expert=expert, bias=bias, backend=backend,
+            check_finite=check_finite, router_options=dict(router_options),
+        )
+        if "capacity_factor" in router_options:
+            raise ValueError("capacity_factor is an argument of MoE itself; pass it once")
+        if capacity_factor is not None and "capacity_factor" in router_options_of(router):
+            # the router owns capacity (expert choice): it receives the factor and dispatch is dropless
+            router_options = {**router_options, "capacity_factor": capacity_factor}
+            capacity_factor = None
+        self.router = build_router(router, d_model=d_model, num_experts=num_experts, k=k, **router_options)
+        self.dispatcher = Dispatcher(num_experts, capacity_factor, capacity_rounding, capacity_multiple)
+        self.experts = Experts(num_experts, d_model, hidden, kind=expert, bias=bias, backend=backend)
+
+    @classmethod
+    def from_config(cls, config: MoEConfig) -> MoE:
+        kwargs = config.to_dict()
+        options = kwargs.pop("router_options")
+        return cls(**kwargs, **options)
+
+    @property
+    def d_model(self) -> int:
+        return self.config.d_model
+
+    @property
+    def num_experts(self) -> int:
+        return self.config.num_experts
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        *,
+        causal: bool = False,
+        attn_probs: Tensor | None = None,
+        token_ids: Tensor | None = None,
+        step: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MoEOutput:
+        """x: (..., d_model), mask: (...) bool -> MoEOutput with y: (..., d_model)."""
+        lead = self._check_input(x, mask, token_ids)
+        flat = x.reshape(-1, self.d_model)
+        ctx = RoutingContext(
+            batch_shape=lead, mask=None if mask is None else mask.reshape(-1), causal=causal, attn_probs=attn_probs,
+            token_ids=None if token_ids is None else token_ids.reshape(-1), step=step, generator=generator,
+        )
+        routing = self.router(flat, ctx)
+        plan = self.dispatcher.plan(routing)
+        rows = self.experts(self.dispatcher.dispatch(flat, plan), plan.counts)
+        y = self.dispatcher.combine(rows, plan, flat.shape[0]).reshape(x.shape)
+        aux_loss = sum(routing.aux.values(), torch.zeros((), device=x.device))
+        return MoEOutput(y=y, aux_loss=aux_loss, routing=routing, stats=MoEStats.from_plan(plan))
+
+    def _check_input(self, x: Tensor, mask: Tensor | None, token_ids: Tensor | None) -> tuple[int, ...]:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+        if x.dim() < 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (..., d_model={self.d_model}), got {tuple(x.shape)}")
+        lead = tuple(x.shape[:-1])
+        for name, t in (("mask", mask), ("token_ids", token_ids)):
+            if t is not None and tuple(t.shape) != lead:
+                raise ValueError(f"{name} must have shape {lead} (x's leading dims), got {tuple(t.shape)}")
+        if mask is not None and mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor (True = real token), got {mask.dtype}")
+        if self.config.check_finite and not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or Inf; the MoE layer refuses non-finite input "
+                             "(pass check_finite=False to skip this check)")
+        return lead
+
+    @torch.no_grad()
+    def after_step(self, stats: list[MoEStats] | None = None) -> None:
+        """Called by the Trainer once per optimizer step with this layer's stats of that step."""
+        self.router.after_step(stats)

@@ -1,0 +1,188 @@
+"""What every router consumes and produces: `RoutingContext` in, `Routing` out.
+
+Legend: N tokens (flattened), E experts, k choices per token, A kept (token, expert) pairs, d model width.
+
+A `Routing` is a sparse (N, E) matrix in COO form, so token choice (k per token), expert choice (C per expert)
+and global-budget routers (0..E experts per token) share one representation and one dispatch path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class RoutingContext:
+    """What some routers need and others ignore.
+
+    batch_shape: leading shape of the layer input before flattening, e.g. (B, T); N = prod(batch_shape).
+    mask: (N,) bool, True for real tokens; masked tokens are never routed and never enter a loss or statistic.
+    causal: the model is autoregressive; routers that pool over tokens must not look ahead.
+    attn_probs: (B, T, T) head-averaged attention probabilities of the preceding attention layer.
+    token_ids: (N,) long input ids (hash routing).
+    step: training step, for schedules.
+    generator: the source of every random draw a router makes (noise, sampling).
+    """
+
+    batch_shape: tuple[int, ...] | None = None
+    mask: Tensor | None = None
+    causal: bool = False
+    attn_probs: Tensor | None = None
+    token_ids: Tensor | None = None
+    step: int | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class Routing:
+    """The kept (token, expert) pairs of one routing call and what the router scored them with.
+
+    token: (A,) long, expert: (A,) long, weight: (A,) float -- the pairs and their combine weights.
+    probs: (N, E) float32 -- the distribution the router scored with (for losses and metrics).
+    num_experts: E.
+    aux: named, already weighted losses (each a scalar tensor).
+    priority: (A,) float or None -- higher survives first when capacity drops pairs; None means pair order.
+    logits: (N, E) raw router logits, where the router has them.
+    mask: (N,) bool or None -- which tokens are real (copied from the context).
+    """
+
+    token: Tensor
+    expert: Tensor
+    weight: Tensor
+    probs: Tensor
+    num_experts: int
+    aux: dict[str, Tensor] = field(default_factory=dict)
+    priority: Tensor | None = None
+    logits: Tensor | None = None
+    mask: Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def num_pairs(self) -> int:
+        return self.token.numel()
+
+    def replace(self, **changes) -> Routing:
+        return replace(self, **changes)
+
+    def dense_weights(self) -> Tensor:
+        """(N, E) weight matrix with zeros where no pair exists (for tests and small analyses)."""
+        out = self.weight.new_zeros(self.num_tokens, self.num_experts)
+        return out.index_put((self.token, self.expert), self.weight, accumulate=True)
+
+    def experts_per_token(self) -> Tensor:
+        """(N,) long: how many experts each token got (0..E)."""
+        return torch.bincount(self.token, minlength=self.num_tokens)
+
+    @classmethod
+    def from_token_choice(
+        cls,
+        index: Tensor,
+        weight: Tensor,
+        probs: Tensor,
+        ctx: RoutingContext,
+        aux: dict[str, Tensor] | None = None,
+        logits: Tensor | None = None,
+        choice_priority: bool = True,
+    ) -> Routing:
+        """Flatten per-token choices index, weight: (N, k) into token-major pairs, dropping masked tokens.
+
+        With choice_priority, all first choices outrank all second choices under capacity (GShard, V-MoE);
+        within a rank, earlier tokens win.
+        """
+        n, k = index.shape
+        token = torch.arange(n, device=index.device).repeat_interleave(k)
+        rank = torch.arange(k, device=index.device).repeat(n)
+        expert, w = index.reshape(-1), weight.reshape(-1)
+        if ctx.mask is not None:
+            keep = ctx.mask.repeat_interleave(k)
+            token, rank, expert, w = token[keep], rank[keep], expert[keep], w[keep]
+        priority = -rank.to(probs.dtype) if choice_priority and k > 1 else None
+        return cls(
+            token=token, expert=expert, weight=w, probs=probs, num_experts=probs.shape[1],
+            aux=aux or {}, priority=priority, logits=logits, mask=ctx.mask,
+        )
+
+
+class Router(nn.Module):
+    """Base class: decides which (token, expert) pairs exist and with what weight.
+
+    A router owns its gate parameters and its aux losses; it never touches expert weights or moves tokens.
+    Subclasses implement `forward(x: (N, d), ctx) -> Routing`. State that changes between steps is updated by
+    `after_step` (called by the Trainer once per optimizer step), never inside `forward`.
+    """
+
+    def __init__(self, d_model: int, num_experts: int, k: int = 1):
+        super().__init__()
+        check_int("d_model", d_model, low=1)
+        check_int("num_experts", num_experts, low=1)
+        check_int("k", k, low=1)
+        self.d_model, self.num_experts, self.k = d_model, num_experts, k
+
+    def check_k_fits(self) -> None:
+        if self.k > self.num_experts:
+            raise ValueError(f"k={self.k} must be <= num_experts={self.num_experts} for a token-choice router")
+
+    def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, routing_stats: list | None = None) -> None:
+        """Hook the Trainer calls after each optimizer step (no-op unless a router keeps step state)."""
+
+
+def router_dtype(x: Tensor) -> torch.dtype:
+    """Routers compute in float32, or float64 when the input is float64 (reference tests)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def gate_logits(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Router logits in float32 (float64 for float64 input) whatever the input dtype.
+
+    x: (N, d), weight: (E, d) -> (N, E).
+    """
+    dtype = router_dtype(x)
+    return nn.functional.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+def masked_mean(values: Tensor, mask: Tensor | None, dim: int = 0) -> Tensor:
+    """Mean of values over dim, counting only rows where mask is True; 0 when there are none."""
+    if mask is None:
+        return values.sum(dim) / max(values.shape[dim], 1)
+    m = mask.to(values.dtype)
+    shape = [-1 if i == dim % values.dim() else 1 for i in range(values.dim())]
+    return (values * m.view(shape)).sum(dim) / m.sum().clamp_min(1)
+
+
+def sample_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like `like`, drawn from the context's generator when given."""
+    return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
+
+
+def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+
+
+def check_float(name: str, value: object, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

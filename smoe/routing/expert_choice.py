@@ -1,0 +1,48 @@
+"""Expert-choice routing (Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing")."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from smoe.routing.base import Router, Routing, RoutingContext, check_float, gate_logits
+from smoe.routing.losses import z_loss
+from smoe.routing.registry import register_router
+
+
+@register_router("expert_choice")
+class ExpertChoiceRouter(Router):
+    """Expert choice (Zhou et al. 2022): each expert takes its top-C tokens, C = capacity_factor * N * k / E.
+
+    S = softmax(x W_g) over experts; expert e keeps the C real tokens with the largest S[:, e] and weights them
+    by S[t, e] (no renormalisation). A token may get 0..E experts; load is perfectly balanced by construction.
+    The pool is every real token of the call (all sequences of the batch): routing a token looks at later
+    tokens, so this router is not causal. No aux loss (the paper has none); optional ST-MoE z-loss.
+    """
+
+    def __init__(self, d_model: int, num_experts: int, k: int = 2, capacity_factor: float = 1.0,
+                 z_loss_coef: float = 0.0):
+        super().__init__(d_model, num_experts, k)
+        check_float("capacity_factor", capacity_factor, low=0.0, low_open=True)
+        check_float("z_loss_coef", z_loss_coef, low=0.0)
+        self.capacity_factor, self.z_loss_coef = capacity_factor, z_loss_coef
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+
+    def capacity(self, num_tokens: int) -> int:
+        """Tokens per expert: ceil(capacity_factor * N * k / E), at most N."""
+        return min(num_tokens, math.ceil(self.capacity_factor * num_tokens * self.k / self.num_experts))
+
+    def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
+        """x: (N, d) -> Routing with C pairs per expert (expert-major)."""
+        logits = gate_logits(x, self.gate.weight)
+        probs = torch.softmax(logits, dim=-1)
+        scores = probs if ctx.mask is None else probs.masked_fill(~ctx.mask[:, None], -1.0)
+        n_real = x.shape[0] if ctx.mask is None else int(ctx.mask.sum())
+        c = self.capacity(n_real)
+        weight, token = scores.t().topk(c, dim=1)  # (E, C)
+        expert = torch.arange(self.num_experts, device=x.device).repeat_interleave(c)
+        aux = {"z_loss": self.z_loss_coef * z_loss(logits, ctx.mask)} if self.z_loss_coef > 0 else {}
+        return Routing(token=token.reshape(-1), expert=expert, weight=weight.reshape(-1), probs=probs,
+                       num_experts=self.num_experts, aux=aux, logits=logits, mask=ctx.mask)

@@ -1,0 +1,102 @@
+"""Softmax top-k token-choice routing: Switch (k=1), GShard / Mixtral (k=2), Shazeer's noisy top-k gating.
+
+References: Shazeer et al. 2017 (noisy top-k gating), Lepikhin et al. 2020 (GShard), Fedus et al. 2021 (Switch
+Transformer load-balancing loss), Zoph et al. 2022 (ST-MoE router z-loss), Jiang et al. 2024 (Mixtral).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smoe.routing.base import (
+    Router,
+    Routing,
+    RoutingContext,
+    check_choice,
+    check_float,
+    gate_logits,
+    sample_noise,
+)
+from smoe.routing.losses import load_balance_loss, z_loss
+from smoe.routing.registry import register_router
+
+
+@register_router("topk")
+class TopKRouter(Router):
+    """Softmax top-k (Switch k=1, GShard/Mixtral k=2; Shazeer et al. 2017 noisy gating).
+
+    logits = x W_g (+ noise in training); per token keep the k largest.
+    softmax="before": weights are softmax over all E experts, then top-k (GShard, Mixtral, V-MoE).
+    softmax="after": weights are softmax over the k chosen logits only (Shazeer 2017).
+    normalize: rescale the kept weights to sum 1 (default: True when k > 1, False for k = 1 as in Switch);
+    with softmax="before" and normalize=True this equals softmax="after".
+    noise="learned": Shazeer's noisy gating, std = softplus(x W_noise), training only;
+    noise="fixed": Gaussian noise of std `noise_std` on the logits, training only.
+    Aux losses: Switch load balancing E * sum_e f_e P_e (coefficient `load_balance_coef`) and ST-MoE z-loss
+    (`z_loss_coef`); a coefficient of 0 disables the term.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        k: int = 2,
+        softmax: str = "before",
+        normalize: bool | None = None,
+        noise: str = "none",
+        noise_std: float = 1.0,
+        load_balance_coef: float = 0.01,
+        z_loss_coef: float = 0.0,
+    ):
+        super().__init__(d_model, num_experts, k)
+        self.check_k_fits()
+        check_choice("softmax", softmax, ("before", "after"))
+        check_choice("noise", noise, ("none", "learned", "fixed"))
+        check_float("noise_std", noise_std, low=0.0)
+        check_float("load_balance_coef", load_balance_coef, low=0.0)
+        check_float("z_loss_coef", z_loss_coef, low=0.0)
+        if normalize is not None and not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True, False or None (auto), got {normalize!r}")
+        self.softmax = softmax
+        self.normalize = k > 1 if normalize is None else normalize
+        self.noise, self.noise_std = noise, noise_std
+        self.load_balance_coef, self.z_loss_coef = load_balance_coef, z_loss_coef
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if noise == "learned" else None
+        if self.noise_gate is not None:
+            nn.init.zeros_(self.noise_gate.weight)
+
+    def noisy_logits(self, x: Tensor, logits: Tensor, ctx: RoutingContext) -> Tensor:
+        """logits + noise during training (the clean logits in eval or with noise='none')."""
+        if not self.training or self.noise == "none":
+            return logits
+        eps = sample_noise(logits, ctx.generator)
+        if self.noise == "learned":
+            return logits + eps * F.softplus(gate_logits(x, self.noise_gate.weight))
+        return logits + eps * self.noise_std
+
+    def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
+        """x: (N, d) -> Routing with k pairs per real token."""
+        logits = gate_logits(x, self.gate.weight)
+        scores = self.noisy_logits(x, logits, ctx)
+        probs = torch.softmax(scores, dim=-1)
+        if self.softmax == "before":
+            weight, index = probs.topk(self.k, dim=-1)
+            if self.normalize:
+                weight = weight / weight.sum(-1, keepdim=True)
+        else:
+            top_logits, index = scores.topk(self.k, dim=-1)
+            weight = torch.softmax(top_logits, dim=-1) if self.normalize else probs.gather(1, index)
+        routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
+        routing.aux.update(self.losses(routing, logits, ctx))
+        return routing
+
+    def losses(self, routing: Routing, logits: Tensor, ctx: RoutingContext) -> dict[str, Tensor]:
+        aux = {}
+        if self.load_balance_coef > 0:
+            aux["load_balance"] = self.load_balance_coef * load_balance_loss(routing.probs, routing.expert, ctx.mask)
+        if self.z_loss_coef > 0:
+            aux["z_loss"] = self.z_loss_coef * z_loss(logits, ctx.mask)
+        return aux
