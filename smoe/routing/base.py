@@ -115,7 +115,10 @@ class Router(nn.Module):
     A router owns its gate parameters and its aux losses; it never touches expert weights or moves tokens.
     Subclasses implement `forward(x: (N, d), ctx) -> Routing`. State that changes between steps is updated by
     `after_step` (called by the Trainer once per optimizer step), never inside `forward`.
+    A router that reads `ctx.attn_probs` sets `needs_attn_probs = True` so blocks compute them eagerly.
     """
+
+    needs_attn_probs: bool = False
 
     def __init__(self, d_model: int, num_experts: int, k: int = 1):
         super().__init__()
