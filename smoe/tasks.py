@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smoe.data.batches import lm_batches, tensor_batches
 from smoe.models import LM, LMConfig, SMoEVAE, VAEConfig, ViT, ViTConfig
 from smoe.routing.base import check_int
 from smoe.train import StepOutput
@@ -89,23 +90,6 @@ def get_task(name: str) -> Task:
 # ---------------------------------------------------------------- shared helpers
 
 
-def forever(make: Callable[[], Iterator]) -> Iterator:
-    """Restart a finite sampler (one epoch) whenever it runs out; the generator it draws from carries on."""
-    while True:
-        empty = True
-        for batch in make():
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("the training split is empty")
-
-
-def eval_chunks(*tensors: Tensor, size: int) -> Iterator[tuple[Tensor, ...]]:
-    """Consecutive chunks of `size` rows (the last may be shorter), in order."""
-    for lo in range(0, tensors[0].shape[0], size):
-        yield tuple(t[lo:lo + size] for t in tensors)
-
-
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -125,7 +109,7 @@ def classify_eval(logits_of: Callable, splits: dict, batch_size: int) -> Callabl
         device = model_device(model)
         *inputs, labels = splits[split]
         loss, correct = 0.0, 0
-        for chunk in eval_chunks(*inputs, labels, size=batch_size):
+        for chunk in tensor_batches(*inputs, labels, batch_size=batch_size, shuffle=False):
             *xs, y = (t.to(device) for t in chunk)
             logits = logits_of(model, *xs, generator=generator).logits.float()
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -199,7 +183,6 @@ def eval_windows(stream: Tensor, seq_len: int, max_tokens: int) -> Tensor:
 
 
 def build_language_model(run) -> TaskSetup:
-    from smoe.data.batches import lm_batches
     from smoe.data.text import get_tokenizer, lm_streams
 
     data: TextDataConfig = run.data
@@ -223,7 +206,7 @@ def build_language_model(run) -> TaskSetup:
 
     def evaluate(model: nn.Module, split: str, generator: torch.Generator) -> dict[str, float]:
         device, total, count = model_device(model), 0.0, 0
-        for (w,) in eval_chunks(windows[split], size=data.eval_batch_size):
+        for (w,) in tensor_batches(windows[split], batch_size=data.eval_batch_size, shuffle=False):
             w = w.to(device)
             logits = model(w[:, :-1], generator=generator).logits.float()
             total += float(F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="sum"))
@@ -237,7 +220,6 @@ def build_language_model(run) -> TaskSetup:
 
 
 def build_topic_classifier(run) -> TaskSetup:
-    from smoe.data.batches import tensor_batches
     from smoe.data.text import classification_tensors, get_tokenizer
 
     data: TextDataConfig = run.data
@@ -252,7 +234,7 @@ def build_topic_classifier(run) -> TaskSetup:
         return model(ids, mask, **kw)
 
     def train_batches(generator: torch.Generator) -> Iterator:
-        return forever(lambda: tensor_batches(*splits["train"], batch_size=run.train.batch_size, generator=generator))
+        return tensor_batches(*splits["train"], batch_size=run.train.batch_size, generator=generator)
 
     def loss(model: nn.Module, batch, step: int, generator: torch.Generator) -> StepOutput:
         ids, mask, labels = batch
@@ -281,7 +263,6 @@ class VisionDataConfig:
 
 
 def build_patch_classifier(run) -> TaskSetup:
-    from smoe.data.batches import tensor_batches
     from smoe.data.vision import load_digits, load_mnist1d, patchify
 
     data: VisionDataConfig = run.data
@@ -299,7 +280,7 @@ def build_patch_classifier(run) -> TaskSetup:
         return model(patches, **kw)
 
     def train_batches(generator: torch.Generator) -> Iterator:
-        return forever(lambda: tensor_batches(*splits["train"], batch_size=run.train.batch_size, generator=generator))
+        return tensor_batches(*splits["train"], batch_size=run.train.batch_size, generator=generator)
 
     def loss(model: nn.Module, batch, step: int, generator: torch.Generator) -> StepOutput:
         patches, labels = batch
@@ -331,7 +312,6 @@ class SketchDataConfig:
 
 
 def build_sketch_vae(run) -> TaskSetup:
-    from smoe.data.batches import tensor_batches
     from smoe.data.sketch import generate_sketches
 
     data: SketchDataConfig = run.data
@@ -342,7 +322,7 @@ def build_sketch_vae(run) -> TaskSetup:
     mean_image = splits["train"][0].mean(0)
 
     def train_batches(generator: torch.Generator) -> Iterator:
-        return forever(lambda: tensor_batches(*splits["train"], batch_size=run.train.batch_size, generator=generator))
+        return tensor_batches(*splits["train"], batch_size=run.train.batch_size, generator=generator)
 
     def loss(model: nn.Module, batch, step: int, generator: torch.Generator) -> StepOutput:
         x, labels = batch
@@ -355,7 +335,7 @@ def build_sketch_vae(run) -> TaskSetup:
         device = model_device(model)
         x_all, _ = splits[split]
         sse, counts = 0.0, torch.zeros(config.num_experts, dtype=torch.long)
-        for (x,) in eval_chunks(x_all, size=data.eval_batch_size):
+        for (x,) in tensor_batches(x_all, batch_size=data.eval_batch_size, shuffle=False):
             x = x.to(device)
             out = model(x, generator=generator)
             sse += float(F.mse_loss(out.recon, x, reduction="sum"))

@@ -9,8 +9,9 @@ and TensorBoard, atomic checkpoints, exact resume, SIGINT/SIGTERM -> checkpoint 
 
 Randomness: the caller seeds the global generator before building the model (init); dropout draws from the
 global generator; data order and model noise (router noise, VAE sampling) come from two generators seeded from
-`seed`. All three states are in the checkpoint, and the data stream is replayed to its position on resume, so
-`steps=2n` straight and `steps=n` then `steps=2n` resumed give bit-identical parameters on CPU.
+`seed`. All three states are in the checkpoint, so `steps=2n` straight and `steps=n` then `steps=2n` resumed
+give bit-identical parameters on CPU (the batch sampler must keep no state besides its generator, as the
+samplers of `smoe.data.batches` do).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ class Trainer:
     """Train `model` on the batches of `train_batches(generator)` with `loss_fn`; evaluate with `evaluate`.
 
     model: has `moe_layers()` (a list of modules with `after_step(stats_list)`).
+    train_batches(generator) -> an endless iterator of batches whose only state is `generator`.
     loss_fn(model, batch, step, generator) -> StepOutput; evaluate(model, split, generator) -> {metric: float}.
     out_dir: the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/, results.json); run_config: the whole
     run's configuration (saved as YAML, compared on resume except train.steps).
@@ -164,9 +166,9 @@ class Trainer:
         self.run_config = json.loads(json.dumps(run_config if run_config is not None else {"train": asdict(config)}))
         self.hooks, self.progress = list(hooks or []), progress
         self.optimizer = self._build_optimizer()
+        self.data_rng = torch.Generator().manual_seed(derived_seed(seed, _DATA_STREAM))
         self.noise = torch.Generator(self.device).manual_seed(derived_seed(seed, _NOISE_STREAM))
         self.step = 0
-        self.batches_consumed = 0
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------ set-up
@@ -201,8 +203,8 @@ class Trainer:
         tensors = {**{f"model.{k}": v for k, v in model_t.items()}, **{f"optim.{k}": v for k, v in optim_t.items()}}
         state = {
             "config": self.run_config, "aliases": aliases, "optimizer": optim_meta,
-            "batches_consumed": self.batches_consumed,
-            "rng": {"global": encode_bytes(torch.get_rng_state()), "noise": encode_bytes(self.noise.get_state()),
+            "rng": {"global": encode_bytes(torch.get_rng_state()), "data": encode_bytes(self.data_rng.get_state()),
+                    "noise": encode_bytes(self.noise.get_state()),
                     **({"cuda": encode_bytes(torch.cuda.get_rng_state(self.device))}
                        if self.device.type == "cuda" else {})},
         }
@@ -219,17 +221,18 @@ class Trainer:
         load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")},
                                state["optimizer"])
         torch.set_rng_state(decode_bytes(state["rng"]["global"]))
+        self.data_rng.set_state(decode_bytes(state["rng"]["data"]))
         self.noise.set_state(decode_bytes(state["rng"]["noise"]))
         if "cuda" in state["rng"]:
             torch.cuda.set_rng_state(decode_bytes(state["rng"]["cuda"]), self.device)
-        self.step, self.batches_consumed = state["step"], state["batches_consumed"]
+        self.step = state["step"]
 
     # ------------------------------------------------------------ the loop
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train until `config.steps` (continuing from the latest checkpoint with resume=True)."""
         self._prepare_dir(resume)
-        batches = self._batch_stream()
+        batches = iter(self.train_batches(self.data_rng))
         log = RunLog(self.out_dir, self.step)
         in_main = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
@@ -275,14 +278,6 @@ class Trainer:
         self._stop_signal = signum
         signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
 
-    def _batch_stream(self) -> Iterator:
-        """The training batches, replayed from the start of the seeded stream to the saved position."""
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, _DATA_STREAM))
-        stream = iter(self.train_batches(generator))
-        for _ in range(self.batches_consumed):
-            next(stream)
-        return stream
-
     def _train_step(self, batches: Iterator) -> tuple[list[StepOutput], dict[str, Tensor]]:
         """One optimizer step over grad_accum micro-batches; returns their outputs and the step's log record."""
         cfg, model = self.config, self.model
@@ -295,7 +290,6 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         for _ in range(cfg.grad_accum):
             batch = _to_device(next(batches), self.device)
-            self.batches_consumed += 1
             out = self.loss_fn(model, batch, self.step, self.noise)
             aux = aux_losses(out.moe)
             total = out.loss + sum(aux.values(), torch.zeros((), device=self.device))
