@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from smoe.data.batches import lm_batches, tensor_batches
 from smoe.models import LM, LMConfig, SMoEVAE, VAEConfig, ViT, ViTConfig
-from smoe.routing.base import check_int
+from smoe.routing.base import check_choice, check_int
 from smoe.train import StepOutput
 
 # ---------------------------------------------------------------- the registry
@@ -132,11 +132,13 @@ def standardize(splits: dict[str, tuple[Tensor, Tensor]]) -> dict[str, tuple[Ten
 
 @dataclass
 class TextDataConfig:
-    """Text data. path: a UTF-8 file or folder (task `text` only); vocab_size: BPE vocabulary trained on the
-    train split (cached); seq_len: tokens per training window (LM) or first tokens kept per document
-    (classification); eval_tokens: cap on the tokens scored per evaluation (0 = the whole split)."""
+    """Text data. path: a UTF-8 file or folder (task `text` only), documents separated by blank lines or one per
+    line (separator); vocab_size: BPE vocabulary trained on the train split (cached); seq_len: tokens per
+    training window (LM) or first tokens kept per document (classification); eval_tokens: cap on the tokens
+    scored per evaluation (0 = the whole split)."""
 
     path: str | None = None
+    separator: str = "blank_line"
     vocab_size: int = 2048
     seq_len: int = 128
     eval_tokens: int = 65536
@@ -145,7 +147,8 @@ class TextDataConfig:
     cache_dir: str | None = None
 
     def __post_init__(self):
-        check_int("vocab_size", self.vocab_size, low=260)
+        check_choice("separator", self.separator, ("blank_line", "line"))
+        check_int("vocab_size", self.vocab_size, low=258)
         check_int("seq_len", self.seq_len, low=1)
         check_int("eval_tokens", self.eval_tokens, low=0)
         check_int("eval_batch_size", self.eval_batch_size, low=1)
@@ -158,7 +161,7 @@ def _corpus(task_name: str, data: TextDataConfig):
 
         if data.path is None:
             raise ValueError("task 'text' needs a file or folder: --set data.path=PATH")
-        return load_text(data.path, seed=data.split_seed)
+        return load_text(data.path, seed=data.split_seed, separator=data.separator)
     from smoe.data.bbc import load_bbc
 
     return load_bbc(seed=data.split_seed)
