@@ -356,8 +356,8 @@ def build_sketch_vae(run) -> TaskSetup:
 _LM_TINY = {
     "data": {"vocab_size": 2048, "seq_len": 64},
     "model": {"d_model": 64, "num_layers": 2, "num_heads": 4, "ffn_hidden": 128, "num_experts": 4, "k": 2},
-    "train": {"steps": 400, "schedule_steps": 400, "batch_size": 16, "lr": 3e-3, "warmup_steps": 40,
-              "eval_every": 100, "checkpoint_every": 200},
+    "train": {"steps": 300, "schedule_steps": 300, "batch_size": 32, "lr": 3e-3, "warmup_steps": 30,
+              "eval_every": 100, "checkpoint_every": 150},
 }
 _LM_SMALL = {
     "data": {"vocab_size": 4096, "seq_len": 256},

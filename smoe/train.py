@@ -242,7 +242,7 @@ class Trainer:
         try:
             while self.step < self.config.steps and self._stop_signal is None:
                 started = time.perf_counter()
-                outputs, record = self._train_step(batches)
+                outputs, record = self.train_step(batches)
                 self.step += 1
                 for hook in self.hooks:
                     record.update(hook(self.step, outputs) or {})
@@ -278,7 +278,7 @@ class Trainer:
         self._stop_signal = signum
         signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
 
-    def _train_step(self, batches: Iterator) -> tuple[list[StepOutput], dict[str, Tensor]]:
+    def train_step(self, batches: Iterator) -> tuple[list[StepOutput], dict[str, Tensor]]:
         """One optimizer step over grad_accum micro-batches; returns their outputs and the step's log record."""
         cfg, model = self.config, self.model
         model.train()

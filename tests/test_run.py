@@ -16,7 +16,7 @@ def test_preset_router_and_overrides_compose():
     run = resolve_config("lm-bbc", "tiny", router="topk", seed=4, steps=7,
                          overrides=["train.lr=1", "num_experts=6", "model.router_options.noise=learned",
                                     "model.router_options.z_loss_coef=1e-3", "data.seq_len=32"])
-    assert run.train.steps == 7 and run.train.schedule_steps == 400  # --steps never moves the schedule
+    assert run.train.steps == 7 and run.train.schedule_steps == 300  # --steps never moves the schedule
     assert run.train.lr == 1.0 and isinstance(run.train.lr, float)
     assert run.model["num_experts"] == 6 and run.model["router"] == "topk"
     assert run.model["router_options"] == {"noise": "learned", "z_loss_coef": 0.001}
