@@ -61,7 +61,8 @@ def test_subset_of_classes_and_styles():
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"classes": ("dog",)}, "classes"), ({"styles": 4}, "styles"),
-                                               ({"classes": ()}, "classes"), ({"num_per_class": 0}, "num_per_class"),
+                                               ({"classes": ()}, "classes"), ({"classes": "cat"}, "classes"),
+                                               ({"num_per_class": 0}, "num_per_class"),
                                                ({"num_per_class": 3}, "valid split empty"),
                                                ({"test_fraction": 0.95}, "valid_fraction")])
 def test_generator_bad_arguments(kwargs, match):
@@ -139,6 +140,9 @@ def test_quickdraw_bad_files(tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((5, 100), np.uint8))
     with pytest.raises(ValueError, match=r"wrong.npy.*\(n, 784\).*\(5, 100\)"):
         load_quickdraw(tmp_path / "wrong.npy")
+    np.save(tmp_path / "two.npy", np.zeros((2, 784), np.uint8))
+    with pytest.raises(ValueError, match=r"two\.npy: the valid split is empty"):
+        load_quickdraw(tmp_path / "two.npy")
     np.save(tmp_path / "range.npy", np.full((2, 784), 300.0))
     with pytest.raises(ValueError, match="0, 255"):
         load_quickdraw(tmp_path / "range.npy")
