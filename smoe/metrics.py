@@ -111,13 +111,14 @@ def _same_token_set(first: Routing, second: Routing) -> Tensor:
 
 
 def _probs_and_mask(source: Routing | Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """(N, E) float64 probs, detached, and the mask of real tokens."""
     if isinstance(source, Routing):
-        return source.probs, source.mask if mask is None else mask
+        source, mask = source.probs, source.mask if mask is None else mask
     if not isinstance(source, Tensor) or source.dim() != 2:
         raise ValueError(f"probs must be a Routing or an (N, E) tensor, got {getattr(source, 'shape', source)}")
     if mask is not None and tuple(mask.shape) != (source.shape[0],):
         raise ValueError(f"mask must have shape ({source.shape[0]},), got {tuple(mask.shape)}")
-    return source, mask
+    return source.detach().double(), mask
 
 
 def _nmi(a: Tensor, b: Tensor) -> float:
@@ -187,7 +188,7 @@ def active_experts(source: Routing | MoEStats | Sequence[MoEStats] | Tensor, min
 def routing_entropy(source: Routing | Tensor, mask: Tensor | None = None, normalize: bool = False) -> float:
     """Mean over real tokens of the entropy (nats) of the router distribution probs: (N, E); / log E if normalize."""
     probs, mask = _probs_and_mask(source, mask)
-    h = float(masked_mean(entropy(probs.double()), mask))
+    h = float(masked_mean(entropy(probs), mask))
     if normalize:
         e = probs.shape[1]
         return h / math.log(e) if e > 1 else 0.0
@@ -199,7 +200,7 @@ def routing_margin(source: Routing | Tensor, mask: Tensor | None = None) -> floa
     probs, mask = _probs_and_mask(source, mask)
     if probs.shape[1] < 2:
         raise ValueError(f"routing margin needs at least 2 experts, got {probs.shape[1]}")
-    top2 = probs.double().topk(2, dim=-1).values
+    top2 = probs.topk(2, dim=-1).values
     return float(masked_mean(top2[:, 0] - top2[:, 1], mask))
 
 
