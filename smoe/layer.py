@@ -5,6 +5,7 @@ Legend: N tokens after flattening the leading dims, E experts, d model width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -82,6 +83,8 @@ class MoE(nn.Module):
     (those with a capacity_factor option, e.g. expert_choice), which receive it while dispatch stays dropless.
     Extra routing context (attention probabilities, token ids, the step, a generator) is passed as
     keyword arguments and reaches the router through `RoutingContext`.
+    `routing_transform` (None by default) is applied to the router's Routing before dispatch; analyses use it
+    to override routing (e.g. `smoe.metrics.routing_override`).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class MoE(nn.Module):
         self.router = build_router(router, d_model=d_model, num_experts=num_experts, k=k, **router_options)
         self.dispatcher = Dispatcher(num_experts, capacity_factor, capacity_rounding, capacity_multiple)
         self.experts = Experts(num_experts, d_model, hidden, kind=expert, bias=bias, backend=backend)
+        self.routing_transform: Callable[[Routing], Routing] | None = None
 
     @classmethod
     def from_config(cls, config: MoEConfig) -> MoE:
@@ -151,6 +155,8 @@ class MoE(nn.Module):
             token_ids=None if token_ids is None else token_ids.reshape(-1), step=step, generator=generator,
         )
         routing = self.router(flat, ctx)
+        if self.routing_transform is not None:
+            routing = self.routing_transform(routing)
         plan = self.dispatcher.plan(routing)
         rows = self.experts(self.dispatcher.dispatch(flat, plan), plan.counts)
         y = self.dispatcher.combine(rows, plan, flat.shape[0]).reshape(x.shape)

@@ -1,5 +1,6 @@
 """Offline data sets: text (BBC or any file/folder) with a cached BPE, digits and MNIST-1D for a ViT, stroke
-sketches (generated, or real QuickDraw files), and seeded resumable batch samplers. Nothing is downloaded."""
+sketches (generated, or real QuickDraw files), seeded resumable batch samplers, and input corruptions for
+robustness evaluation (`smoe.data.corrupt`). Nothing is downloaded."""
 
 from smoe.data.batches import lm_batches, tensor_batches
 from smoe.data.bbc import load_bbc

@@ -165,7 +165,7 @@ def generate_sketches(num_per_class: int, classes: Sequence[str] = tuple(SKETCH_
     check_int("styles", styles, 1, MAX_STYLES)
     check_int("seed", seed, 0)
     check_fractions(valid_fraction, test_fraction)
-    if not classes or len(set(classes)) != len(classes):
+    if isinstance(classes, str) or not classes or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be a non-empty list of distinct names, got {list(classes)}")
     for name in classes:
         check_choice("classes", name, tuple(SKETCH_CLASSES))
@@ -236,7 +236,10 @@ def load_quickdraw(paths: str | os.PathLike | Sequence[str | os.PathLike], limit
                 parts[split].append((np.stack(images) if images else np.zeros((0, 28, 28), np.float32), c))
         elif path.suffix == ".npy":
             images = _load_bitmaps(path)
-            split = assign_splits([im.tobytes() for im in images], None, valid_fraction, test_fraction, seed)
+            try:
+                split = assign_splits([im.tobytes() for im in images], None, valid_fraction, test_fraction, seed)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
             for name in SPLITS:
                 cap = limit if name == "train" else eval_limit
                 parts[name].append((images[split_index(split, name).numpy()][:cap], c))
