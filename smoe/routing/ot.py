@@ -79,7 +79,7 @@ def _scaling_iterations(log_kernel: Tensor, rows: Tensor, cols: Tensor, max_iter
         f = log_rows - row_lse
         g = log_cols - torch.logsumexp(log_kernel + f[:, None], dim=0)
         row_lse = torch.logsumexp(log_kernel + g, dim=1)
-        if float((torch.exp(f + row_lse) - rows).abs().max()) <= tol:  # row sums of the current plan
+        if float((torch.exp(f + row_lse) - rows).abs().max().detach()) <= tol:  # row sums of the current plan
             break
     return torch.exp(log_kernel + f[:, None] + g)
 
