@@ -1,8 +1,10 @@
 """Balanced assignment by entropic optimal transport (BASE / S-BASE style; Megatron-LM's Sinkhorn router).
 
 Lewis et al. 2021 ("BASE Layers") balance tokens over experts with an exact linear assignment; Clark et al. 2022
-("Unified Scaling Laws for Routed Language Models", S-BASE) replace it with Sinkhorn normalisation; Megatron-LM's
-`sinkhorn` router is the concrete public form of the latter and the one matched here.
+("Unified Scaling Laws for Routed Language Models", S-BASE) replace it with Sinkhorn normalisation (how exactly --
+gate activation, iterations, eval routing -- is reconstructed, not checked against the paper); Megatron-LM's
+`sinkhorn` router (`moe_utils.sinkhorn`, `TopKRouter.sinkhorn_load_balancing`, per the method notes) is the
+concrete public form matched here.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ google-research/vmoe (`vmoe/nn/routing.py: NoisyTopExpertsPerItemRouter`, `vmoe/
 
 Capacity is the dispatcher's: `MoE(..., router="vmoe", capacity_factor=C, capacity_rounding="ceil",
 capacity_multiple=4)` reproduces the release (B = ceil(k S C / E) rounded up to a multiple of 4),
-`capacity_rounding="round", capacity_multiple=1` the paper's round(k S C / E). The test-time compute trade-off
+`capacity_rounding="round", capacity_multiple=1` the paper's round(k S C / E) (reconstructed, not checked against
+the paper). BPR order and capacity rounding follow the method notes' reading of `vmoe/moe.py`; the router,
+noise and losses were checked in `vmoe/nn/routing.py`. The test-time compute trade-off
 is an eval-time change of `moe.dispatcher.capacity_factor` (and `moe.router.batch_priority`) on trained weights.
 """
 
@@ -42,7 +44,9 @@ class VMoERouter(Router):
     None: the whole call is one group.
     Aux losses (per group, real tokens only): importance_coef * CV^2_e(sum_t softmax(H)[t, e]) on the clean
     probabilities, and in training with noise load_coef * CV^2_e(mean_t Phi((H[t, e] - eta_t) / sigma)), eta_t
-    the k-th largest noisy logit of token t; CV^2 with the population std. Paper weights 0.005 each.
+    the k-th largest noisy logit of token t; CV^2 with the population std. Weights 0.005 each as in the
+    released paper configs (the paper's lambda (L_imp + L_load) / 2 with lambda = 0.01 is reconstructed, not
+    checked against the paper). The gate keeps PyTorch's default Linear init (flax: LeCun normal).
     """
 
     def __init__(
