@@ -294,10 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--router: {err}") from None
         if name not in available_routers():
             raise SystemExit(f"--router: unknown router {name!r}; available: {', '.join(available_routers())}")
-        unknown = sorted(set(options) - set(router_options(name)))
+        valid = set(router_options(name)) - {"k"}  # k is the benchmark size's
+        unknown = sorted(set(options) - valid)
         if unknown:
-            raise SystemExit(f"--router: unknown option(s) {unknown} for {name!r}; valid: "
-                             f"{', '.join(sorted(router_options(name)))}")
+            raise SystemExit(f"--router: unknown option(s) {unknown} for {name!r}; valid: {', '.join(sorted(valid))}")
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = sorted(set(impls) - set(IMPLS))
     if unknown:
