@@ -47,6 +47,8 @@ class Routing:
     priority: (A,) float or None -- higher survives first when capacity drops pairs; None means pair order.
     logits: (N, E) raw router logits, where the router has them.
     mask: (N,) bool or None -- which tokens are real (copied from the context).
+    group: (A,) long or None -- routing group of each pair; under capacity every (group, expert) gets its own
+        capacity, computed from the group's pairs (V-MoE routes groups of images independently). None: one pool.
     """
 
     token: Tensor
@@ -58,6 +60,7 @@ class Routing:
     priority: Tensor | None = None
     logits: Tensor | None = None
     mask: Tensor | None = None
+    group: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -69,6 +72,11 @@ class Routing:
 
     def replace(self, **changes) -> Routing:
         return replace(self, **changes)
+
+    def select(self, keep: Tensor) -> Routing:
+        """The same routing with only the pairs where keep: (A,) bool is True."""
+        per_pair = ("token", "expert", "weight", "priority", "group")
+        return self.replace(**{n: None if getattr(self, n) is None else getattr(self, n)[keep] for n in per_pair})
 
     def dense_weights(self) -> Tensor:
         """(N, E) weight matrix with zeros where no pair exists (for tests and small analyses)."""
@@ -89,20 +97,23 @@ class Routing:
         aux: dict[str, Tensor] | None = None,
         logits: Tensor | None = None,
         choice_priority: bool = True,
+        priority: Tensor | None = None,
     ) -> Routing:
         """Flatten per-token choices index, weight: (N, k) into token-major pairs, dropping masked tokens.
 
         With choice_priority, all first choices outrank all second choices under capacity (GShard, V-MoE);
-        within a rank, earlier tokens win.
+        within a rank, earlier tokens win. priority: (N, k), when given, is the pairs' priority instead.
         """
         n, k = index.shape
         token = torch.arange(n, device=index.device).repeat_interleave(k)
-        rank = torch.arange(k, device=index.device).repeat(n)
         expert, w = index.reshape(-1), weight.reshape(-1)
+        if priority is None and choice_priority and k > 1:
+            priority = -torch.arange(k, device=index.device, dtype=probs.dtype).expand(n, k)
+        priority = None if priority is None else priority.reshape(-1)
         if ctx.mask is not None:
             keep = ctx.mask.repeat_interleave(k)
-            token, rank, expert, w = token[keep], rank[keep], expert[keep], w[keep]
-        priority = -rank.to(probs.dtype) if choice_priority and k > 1 else None
+            token, expert, w = token[keep], expert[keep], w[keep]
+            priority = None if priority is None else priority[keep]
         return cls(
             token=token, expert=expert, weight=w, probs=probs, num_experts=probs.shape[1],
             aux=aux or {}, priority=priority, logits=logits, mask=ctx.mask,

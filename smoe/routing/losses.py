@@ -29,16 +29,41 @@ def z_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     return masked_mean(torch.logsumexp(logits, dim=-1) ** 2, mask)
 
 
-def cv_squared(values: Tensor) -> Tensor:
-    """Squared coefficient of variation with the population std (ddof 0): (std / mean)^2."""
-    return values.var(correction=0) / values.mean().pow(2).clamp_min(torch.finfo(values.dtype).tiny)
+def cv_squared(values: Tensor, dim: int = -1) -> Tensor:
+    """Squared coefficient of variation along dim with the population std (ddof 0): (std / mean)^2."""
+    return values.var(dim, correction=0) / values.mean(dim).pow(2).clamp_min(torch.finfo(values.dtype).tiny)
 
 
-def importance_loss(probs: Tensor, mask: Tensor | None = None) -> Tensor:
-    """V-MoE / Shazeer importance loss: CV^2 over experts of sum_t P[t, e] (real tokens only)."""
-    if mask is not None:
-        probs = probs * mask.to(probs.dtype)[:, None]
-    return cv_squared(probs.sum(0))
+def grouped_cv_squared(values: Tensor, mask: Tensor | None = None, group: Tensor | None = None) -> Tensor:
+    """Mean over routing groups of CV^2 over experts of sum_t values[t, e] (real tokens only).
+
+    values: (N, E); group: (N,) long group id of each token (None: one group). Groups without a real token are
+    left out of the mean; 0 when there is none.
+    """
+    real = values.new_ones(values.shape[0]) if mask is None else mask.to(values.dtype)
+    if group is None:
+        return cv_squared((values * real[:, None]).sum(0)) if values.shape[0] else values.new_zeros(())
+    num_groups = int(group.max()) + 1 if group.numel() else 0
+    sums = values.new_zeros(num_groups, values.shape[1]).index_add(0, group, values * real[:, None])
+    present = values.new_zeros(num_groups).index_add(0, group, real) > 0
+    return cv_squared(sums[present], dim=1).sum() / present.sum().clamp_min(1)
+
+
+def importance_loss(probs: Tensor, mask: Tensor | None = None, group: Tensor | None = None) -> Tensor:
+    """V-MoE / Shazeer importance loss: CV^2 over experts of sum_t P[t, e] (real tokens only), per group."""
+    return grouped_cv_squared(probs, mask, group)
+
+
+def noisy_load_loss(logits: Tensor, noisy_logits: Tensor, noise_std: float, k: int, mask: Tensor | None = None,
+                    group: Tensor | None = None) -> Tensor:
+    """V-MoE load loss: CV^2 over experts of load_e = mean_t Phi((H[t, e] - eta_t) / sigma), per group.
+
+    logits H: (N, E) clean, noisy_logits: (N, E) = H + N(0, sigma^2) noise, noise_std: sigma; eta_t is the k-th
+    largest noisy logit of token t over all experts (e included; gradients flow through it). Phi is the standard
+    normal CDF, so the term is P(noisy H[t, e] >= eta_t) under a fresh noise draw for (t, e) alone.
+    """
+    eta = noisy_logits.topk(k, dim=-1).values[:, -1:]
+    return grouped_cv_squared(torch.special.ndtr((logits - eta) / noise_std), mask, group)
 
 
 def entropy(probs: Tensor, dim: int = -1) -> Tensor:
