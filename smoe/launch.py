@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from smoe.routing.base import check_choice, check_float, check_int
 
-_GRACE_S = 5.0  # beyond the group's timeout, for a survivor to report its own error after a peer failed
+_GRACE_S = 2.0  # beyond the group's timeout, for a survivor to report its own error after a peer failed
 
 
 class LocalRunError(RuntimeError):
