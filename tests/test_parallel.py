@@ -38,7 +38,7 @@ def gate_without(*experts: int) -> torch.Tensor:
 
 
 def case(seed: int, layer: dict, shapes: list[tuple], padded=(0, 0), gate=None, global_view=False,
-         positive=False, constructor=False, dtype=F64) -> dict:
+         positive=False, constructor=False, dtype=F64, input_grad=(True, True)) -> dict:
     """One scenario: layer options, each rank's input x: (*shape, D), mask (last `padded` tokens False), output
     weights g for the loss sum(y * g) + aux."""
     g = torch.Generator().manual_seed(seed)
@@ -53,7 +53,7 @@ def case(seed: int, layer: dict, shapes: list[tuple], padded=(0, 0), gate=None, 
         masks.append(mask)
         grads.append(torch.randn(*shape, D, generator=g, dtype=F64).to(dtype))
     return {"layer": layer, "xs": xs, "masks": masks, "grads": grads, "gate": gate, "global_view": global_view,
-            "constructor": constructor, "dtype": dtype}
+            "constructor": constructor, "dtype": dtype, "input_grad": input_grad}
 
 
 CASES: dict[str, dict] = {}
@@ -71,6 +71,7 @@ CASES["rank_without_tokens"] = case(8, {"router": "expert_choice", "k": 2}, [(8,
 CASES["global_view_rank_without_tokens"] = case(10, {"router": "expert_choice", "k": 1}, [(8,), (0,)],
                                                 global_view=True)
 CASES["no_tokens_anywhere"] = case(9, {"router": "topk", "k": 1}, [(0,), (0,)])
+CASES["input_without_grad_on_one_rank"] = case(12, {"router": "topk", "k": 2}, [(6,), (5,)], input_grad=(True, False))
 CASES["bfloat16_grouped_experts"] = case(11, {"router": "topk", "k": 2}, [(16,), (24,)], dtype=torch.bfloat16)
 
 
@@ -102,7 +103,7 @@ def run_case(spec: dict) -> dict:
         layer = ExpertParallelMoE(D, E, H, global_view=spec["global_view"], **spec["layer"]).to(spec["dtype"])
     else:
         layer = ExpertParallelMoE.from_moe(build_layer(spec), global_view=spec["global_view"])
-    x = spec["xs"][rank].clone().requires_grad_()
+    x = spec["xs"][rank].clone().requires_grad_(spec["input_grad"][rank])
     out = layer(x, spec["masks"][rank])
     loss_of(out, spec["grads"][rank]).backward()
     return {"y": out.y.detach(), "aux": out.aux_loss.detach(), "x_grad": x.grad, "counts": out.stats.counts,
@@ -184,7 +185,7 @@ def reference(spec: dict) -> tuple[list[dict], dict, dict]:
     Global view: the layer on the concatenated batch, once.
     """
     m = build_layer(spec)
-    xs = [x.clone().requires_grad_() for x in spec["xs"]]
+    xs = [x.clone().requires_grad_(g) for x, g in zip(spec["xs"], spec["input_grad"])]
     per_rank = []
     if spec["global_view"]:
         flat = torch.cat([x.reshape(-1, D) for x in xs])
@@ -211,7 +212,10 @@ def check_case(name: str, ranks: list[dict]) -> list[dict]:
     got = [r[name] for r in ranks]
     for ref, ep in zip(per_rank, got):
         torch.testing.assert_close(ep["y"], ref["y"], **tol)
-        torch.testing.assert_close(ep["x_grad"], ref["x_grad"], **tol)
+        if ref["x_grad"] is None:
+            assert ep["x_grad"] is None
+        else:
+            torch.testing.assert_close(ep["x_grad"], ref["x_grad"], **tol)
         if not spec["global_view"]:
             torch.testing.assert_close(ep["aux"], ref["aux"], **tol)
             assert torch.equal(ep["counts"], ref["counts"])
@@ -271,6 +275,10 @@ def test_a_rank_without_tokens(ranks):
 
 def test_no_tokens_on_any_rank(ranks):
     check_case("no_tokens_anywhere", ranks)
+
+
+def test_input_without_grad_on_one_rank_still_pairs_the_backward_exchanges(ranks):
+    check_case("input_without_grad_on_one_rank", ranks)
 
 
 def test_global_view_with_a_rank_without_tokens(ranks):
