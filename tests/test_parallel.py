@@ -412,3 +412,12 @@ def test_gradcheck_through_the_exchanges_on_one_rank(one_rank_group):
         return out.y, out.aux_loss
 
     assert torch.autograd.gradcheck(f, (x, *layer.parameters()), fast_mode=True)
+
+
+@pytest.mark.slow
+def test_bench_parallel_runs_a_short_setting(capsys):
+    from smoe.bench.parallel import main
+
+    assert main(["--quick", "--tokens", "64", "--repeats", "1", "--threads", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "| moe | 1 |" in table and "| ep | 1 |" in table and "| ep | 2 |" in table and "error" not in table
