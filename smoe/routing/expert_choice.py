@@ -39,7 +39,7 @@ class ExpertChoiceRouter(Router):
         return min(num_tokens, math.ceil(self.capacity_factor * num_tokens * self.k / self.num_experts))
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
-        """x: (N, d) -> Routing with C pairs per expert (expert-major)."""
+        """x: (N, d) -> Routing with C pairs per expert (expert-major; with ctx.gather, this call's share of them)."""
         logits = gate_logits(x, self.gate.weight)
         probs = torch.softmax(logits, dim=-1)
         scores = probs if ctx.mask is None else probs.masked_fill(~ctx.mask[:, None], -1.0)
