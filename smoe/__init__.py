@@ -3,6 +3,7 @@
 from smoe.dispatch import Dispatcher, DispatchPlan
 from smoe.experts import Experts
 from smoe.layer import MoE, MoEConfig, MoEOutput, MoEStats
+from smoe.parallel import ExpertParallelMoE, to_expert_parallel
 from smoe.routing import (
     Router,
     Routing,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DispatchPlan",
     "Dispatcher",
+    "ExpertParallelMoE",
     "Experts",
     "MoE",
     "MoEConfig",
@@ -30,4 +32,5 @@ __all__ = [
     "build_router",
     "register_router",
     "router_options",
+    "to_expert_parallel",
 ]

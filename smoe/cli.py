@@ -22,6 +22,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from smoe.bench.layer import main as bench_layer
 
         return bench_layer(args.rest)
+    if args.what == "parallel":
+        from smoe.bench.parallel import main as bench_parallel
+
+        return bench_parallel(args.rest)
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
@@ -35,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("routers", help="list the routers and their papers")
     p.set_defaults(fn=cmd_routers)
-    p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`", add_help=False)
-    p.add_argument("what", choices=["layer"])
+    p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`, `smoe bench parallel --help`",
+                       add_help=False)
+    p.add_argument("what", choices=["layer", "parallel"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
     return parser

@@ -123,10 +123,11 @@ class MoE(nn.Module):
         self.routing_transform: Callable[[Routing], Routing] | None = None
 
     @classmethod
-    def from_config(cls, config: MoEConfig) -> MoE:
+    def from_config(cls, config: MoEConfig, **layer_options) -> MoE:
+        """The layer `config` describes; `layer_options` are further constructor arguments (a subclass's own)."""
         kwargs = config.to_dict()
         options = kwargs.pop("router_options")
-        return cls(**kwargs, **options)
+        return cls(**kwargs, **options, **layer_options)
 
     @property
     def d_model(self) -> int:
@@ -154,14 +155,22 @@ class MoE(nn.Module):
             batch_shape=lead, mask=None if mask is None else mask.reshape(-1), causal=causal, attn_probs=attn_probs,
             token_ids=None if token_ids is None else token_ids.reshape(-1), step=step, generator=generator,
         )
-        routing = self.router(flat, ctx)
+        routing = self.route(flat, ctx)
         if self.routing_transform is not None:
             routing = self.routing_transform(routing)
         plan = self.dispatcher.plan(routing)
-        rows = self.experts(self.dispatcher.dispatch(flat, plan), plan.counts)
+        rows = self.expert_outputs(flat, plan)
         y = self.dispatcher.combine(rows, plan, flat.shape[0]).reshape(x.shape)
         aux_loss = sum(routing.aux.values(), torch.zeros((), device=x.device))
         return MoEOutput(y=y, aux_loss=aux_loss, routing=routing, stats=MoEStats.from_plan(plan))
+
+    def route(self, flat: Tensor, ctx: RoutingContext) -> Routing:
+        """The router's decision for flat: (N, d). A hook: a subclass may change what the router sees."""
+        return self.router(flat, ctx)
+
+    def expert_outputs(self, flat: Tensor, plan: DispatchPlan) -> Tensor:
+        """(A', d): every grouped row of plan through its expert. A hook: the expert-parallel layer overrides it."""
+        return self.experts(self.dispatcher.dispatch(flat, plan), plan.counts)
 
     def _check_input(self, x: Tensor, mask: Tensor | None, token_ids: Tensor | None) -> tuple[int, ...]:
         if not isinstance(x, Tensor) or not x.is_floating_point():

@@ -8,6 +8,7 @@ and global-budget routers (0..E experts per token) share one representation and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -25,6 +26,9 @@ class RoutingContext:
     token_ids: (N,) long input ids (hash routing).
     step: training step, for schedules.
     generator: the source of every random draw a router makes (noise, sampling).
+    gather: set only by an expert-parallel layer with a global view: gather(t) all-gathers the rows of t: (N, ...)
+        from every rank of the group, in rank order and without gradient, and returns (N_all, ...) with the
+        offset of this rank's rows in it. None: the call's own tokens are the whole pool.
     """
 
     batch_shape: tuple[int, ...] | None = None
@@ -34,6 +38,7 @@ class RoutingContext:
     token_ids: Tensor | None = None
     step: int | None = None
     generator: torch.Generator | None = None
+    gather: Callable[[Tensor], tuple[Tensor, int]] | None = None
 
 
 @dataclass
@@ -127,9 +132,11 @@ class Router(nn.Module):
     Subclasses implement `forward(x: (N, d), ctx) -> Routing`. State that changes between steps is updated by
     `after_step` (called by the Trainer once per optimizer step), never inside `forward`.
     A router that reads `ctx.attn_probs` sets `needs_attn_probs = True` so blocks compute them eagerly.
+    A router that pools over the tokens of every rank when `ctx.gather` is given sets `supports_global_view = True`.
     """
 
     needs_attn_probs: bool = False
+    supports_global_view: bool = False
 
     def __init__(self, d_model: int, num_experts: int, k: int = 1):
         super().__init__()
