@@ -132,7 +132,6 @@ class RouterRow:
     """One router label: how many runs it has and finished, and a Stat per column it has data for."""
 
     label: str
-    router: str
     runs: int
     finished: int
     cells: dict[str, Stat] = field(default_factory=dict)
@@ -154,8 +153,7 @@ def summarize(results: str | os.PathLike | Mapping) -> list[RouterRow]:
         done = [run for run in runs if is_finished(run)]
         per_run = [run_values(run, strongest) for run in done]
         keys = dict.fromkeys(key for values in per_run for key in values)
-        routers = dict.fromkeys(r for run in runs if isinstance(r := run.get("router"), str))
-        rows.append(RouterRow(label=label, router=", ".join(routers) or "?", runs=len(runs), finished=len(done),
+        rows.append(RouterRow(label=label, runs=len(runs), finished=len(done),
                               cells={key: Stat.of([v[key] for v in per_run if key in v]) for key in keys}))
 
     def rank(row: RouterRow) -> tuple:
@@ -308,7 +306,9 @@ def _runs_table(results: Mapping) -> list[Block]:
     for run in results["runs"]:
         options = run.get("options")
         error = run.get("error")
-        body.append([run_label(run), str(run.get("seed", "?")),
+        router = run.get("router")
+        name = run_label(run) + (f" ({router})" if isinstance(router, str) and router != run_label(run) else "")
+        body.append([name, str(run.get("seed", "?")),
                      run["status"] if isinstance(run.get("status"), str) else "unknown",
                      _format_value(run.get("steps")), _format_value(get(run, "final", "metric")),
                      _format_value(run.get("train_time_s")),

@@ -304,3 +304,13 @@ def test_cli_report_renders_from_dir(tmp_path, capsys):
     assert "report.html" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "results.json" in capsys.readouterr().err
+
+
+def test_runs_are_grouped_by_label_not_router(tmp_path):
+    results = make_results()
+    results["runs"].append(make_run("topk", 0, 100.0, 4.0, label="topk-k1"))
+    rows = {row.label: row for row in summarize(results)}
+    assert rows["topk"].cells["final.metric"].mean == 122.0 and rows["topk-k1"].cells["final.metric"].n == 1
+    assert summarize(results)[0].label == "topk-k1"
+    md = write_report(results, tmp_path).markdown.read_text()
+    assert "| topk-k1 (topk) | 0 | done |" in md
