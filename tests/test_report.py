@@ -308,7 +308,7 @@ def test_cli_report_renders_from_dir(tmp_path, capsys):
 
 def test_runs_are_grouped_by_label_not_router(tmp_path):
     results = make_results()
-    results["runs"].append(make_run("topk", 0, 100.0, 4.0, label="topk-k1"))
+    results["runs"].append({**make_run("topk-k1", 0, 100.0, 4.0), "router": "topk"})
     rows = {row.label: row for row in summarize(results)}
     assert rows["topk"].cells["final.metric"].mean == 122.0 and rows["topk-k1"].cells["final.metric"].n == 1
     assert summarize(results)[0].label == "topk-k1"
