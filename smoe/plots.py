@@ -154,7 +154,7 @@ def _heatmaps(panels: list[tuple[str, np.ndarray, list[str]]], xlabel: str, ylab
     if not panels:
         return None
     fig, axes = _grid(len(panels))
-    top = max((float(np.nanmax(m)) for _, m, _ in panels if np.isfinite(m).any()), default=1.0)
+    top = max((float(m[np.isfinite(m)].max()) for _, m, _ in panels if np.isfinite(m).any()), default=1.0)
     for ax, (title, matrix, row_names) in zip(axes, panels):
         image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=top if top > 0 else 1.0,
                           interpolation="nearest")
