@@ -29,6 +29,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render report.md, report.html and plots/ from DIR/results.json."""
+    from smoe.report import write_report
+
+    try:
+        files = write_report(args.dir, args.out)
+    except ValueError as err:
+        print(f"smoe report: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {files.markdown} and {files.html} ({len(files.plots)} plots)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from smoe.routing import available_routers
 
@@ -44,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["layer", "parallel"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json")
+    p.add_argument("dir", help="directory holding results.json (written by `smoe compare`)")
+    p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR)")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 
