@@ -2,9 +2,11 @@
 
 Wang et al. 2024 ("Auxiliary-Loss-Free Load Balancing Strategy for Mixture-of-Experts") and DeepSeek-V3
 (2024, section 2.1.2): expert e is chosen by top-k of `score + b_e`, its gate weight still comes from `score`,
-and after each training step `b_e += rate * sign(mean_load - load_e)` (rate 0.001 in both papers). The bias is
-not trained by gradient: it is a buffer (saved in `state_dict`, so it survives checkpoints) that only
-`after_step` changes, once per optimizer step, from the loads of every micro-batch of that step.
+and after each training step `b_e += rate * sign(mean_load - load_e)` (rate 0.001). Reconstructed, not checked
+against the papers (their text was not available); the choice/weight split was checked against DeepSeek-V3's
+released inference code, the update rule against Megatron-LM's and torchtitan's. The bias is not trained by
+gradient: it is a buffer (saved in `state_dict`, so it survives checkpoints) that only `after_step` changes,
+once per optimizer step, from the loads of every micro-batch of that step.
 
 Legend: N tokens, E experts.
 """

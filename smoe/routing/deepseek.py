@@ -1,7 +1,10 @@
 """DeepSeek-V3 routing: sigmoid affinities, bias-balanced top-k, group-limited choice, sequence-wise balance loss.
 
-References: DeepSeek-AI 2024, "DeepSeek-V3 Technical Report" (section 2.1.2, eqs. 12-20), and the official
-inference code (deepseek-ai/DeepSeek-V3, inference/model.py, class Gate), read and checked for every rule below.
+References: DeepSeek-AI 2024, "DeepSeek-V3 Technical Report" (arXiv 2412.19437, section 2.1.2), and the
+official inference code (deepseek-ai/DeepSeek-V3, inference/model.py, class Gate). The choice, group limit,
+weights and scaling were checked against that code (and HF transformers' DeepseekV3TopkRouter); what only the
+report states (the sequence-wise loss, alpha, the node-limited k / M rule) is reconstructed, not checked against
+the paper. docs/routers.md lists which is which.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ class DeepSeekRouter(BiasBalancing, Router):
     Group-limited routing (`n_group` > 1): the E experts form n_group consecutive groups, a group scores the
     sum of its `group_score_topk` largest s + b, and only the best `topk_group` groups stay eligible. The
     release sums the top 2 (the default); the report's node-limited rule sums the top k / M per node, M the
-    number of nodes (k // topk_group here), which is also 2 for V3 (k = 8, M = 4): pass that to follow it.
+    number of nodes (k // topk_group here), also 2 for V3 (k = 8, M = 4): pass that to follow it
+    (reconstructed, not checked against the paper).
     Aux loss: the report's complementary sequence-wise balance loss, coefficient `seq_aux_coef` (alpha =
-    1e-4 in the report; 0 disables it), computed per sequence (the last axis of the layer input) on the
-    normalised affinities s / sum(s), with f counted from the experts actually chosen (after bias and group
-    limits; the report writes the indicator on s alone, a reading, not checked against training code).
+    1e-4 in the report; 0 disables it), per sequence (the last axis of the layer input) on the normalised
+    affinities s / sum(s), f counted from the experts actually chosen (after bias and group limits), as in
+    Megatron-LM (reconstructed, not checked against the paper).
     Routing.probs holds s / sum(s) (a distribution, for losses and metrics) and Routing.logits the x W_g.
     """
 
