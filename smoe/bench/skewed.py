@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from smoe.layer import MoE
+from smoe.routing.base import check_float, check_int
 from smoe.routing.losses import cv_squared
 
 RUNS = {  # name: (router, router options); no run has an aux loss
@@ -46,6 +47,14 @@ class SkewedStream:
     skew: float = 1.0
     lr: float = 3e-3
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "tokens", "micro_batches", "d_model", "num_experts", "hidden", "k", "hot"):
+            check_int(name, getattr(self, name), low=1)
+        check_int("hot", self.hot, high=self.num_experts)
+        check_int("seed", self.seed, low=0)
+        check_float("skew", self.skew, low=0.0)
+        check_float("lr", self.lr, low=0.0, low_open=True)
 
 
 def load_cv(routed: torch.Tensor) -> float:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from smoe.bench.skewed import SkewedStream, load_cv, run, window_mean
@@ -21,3 +22,13 @@ def test_bias_balancing_fixes_the_skewed_stream_and_no_bias_does_not():
     end_balanced, end_skewed = window_mean(balanced, 29, 10), window_mean(skewed, 29, 10)
     assert end_balanced < 0.5 * balanced[0] and end_balanced < 0.5 * end_skewed
     assert end_skewed > 0.9 * skewed[0]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, "steps must be >= 1"),
+    ({"hot": 9}, "hot must be <= 8"),
+    ({"lr": 0.0}, "lr must be > 0"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SkewedStream(**kwargs)
