@@ -15,6 +15,7 @@ from smoe.dispatch import Dispatcher, DispatchPlan
 from smoe.experts import Experts
 from smoe.routing import Routing, RoutingContext, build_router
 from smoe.routing import router_options as router_options_of
+from smoe.routing.base import check_int
 
 
 @dataclass
@@ -33,6 +34,8 @@ class MoEConfig:
     bias: bool = False
     backend: str = "auto"
     check_finite: bool = True
+    num_shared_experts: int = 0
+    shared_gate: bool = False
     router_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -85,6 +88,9 @@ class MoE(nn.Module):
     keyword arguments and reaches the router through `RoutingContext`.
     `routing_transform` (None by default) is applied to the router's Routing before dispatch; analyses use it
     to override routing (e.g. `smoe.metrics.routing_override`).
+    num_shared_experts: always-active experts whose output is added to every real token's routed output
+    (DeepSeekMoE / DeepSeek-V3), run as one expert of hidden num_shared_experts * hidden (the same function);
+    shared_gate: scale that output by sigmoid(x w), w: (d,) (Qwen2-MoE's shared-expert gate).
     """
 
     def __init__(
@@ -102,6 +108,8 @@ class MoE(nn.Module):
         capacity_rounding: str = "ceil",
         capacity_multiple: int = 1,
         check_finite: bool = True,
+        num_shared_experts: int = 0,
+        shared_gate: bool = False,
         **router_options,
     ):
         super().__init__()
@@ -109,7 +117,8 @@ class MoE(nn.Module):
             d_model=d_model, num_experts=num_experts, hidden=hidden, router=router, k=k,
             capacity_factor=capacity_factor, capacity_rounding=capacity_rounding,
             capacity_multiple=capacity_multiple, expert=expert, bias=bias, backend=backend,
-            check_finite=check_finite, router_options=dict(router_options),
+            check_finite=check_finite, num_shared_experts=num_shared_experts, shared_gate=shared_gate,
+            router_options=dict(router_options),
         )
         if "capacity_factor" in router_options:
             raise ValueError("capacity_factor is an argument of MoE itself; pass it once")
@@ -121,6 +130,13 @@ class MoE(nn.Module):
         self.dispatcher = Dispatcher(num_experts, capacity_factor, capacity_rounding, capacity_multiple)
         self.experts = Experts(num_experts, d_model, hidden, kind=expert, bias=bias, backend=backend)
         self.routing_transform: Callable[[Routing], Routing] | None = None
+        check_int("num_shared_experts", num_shared_experts, low=0)
+        if not isinstance(shared_gate, bool) or (shared_gate and not num_shared_experts):
+            raise ValueError(f"shared_gate must be True or False, and True needs num_shared_experts >= 1; got "
+                             f"shared_gate={shared_gate!r}, num_shared_experts={num_shared_experts}")
+        self.shared = (Experts(1, d_model, num_shared_experts * hidden, kind=expert, bias=bias, backend=backend)
+                       if num_shared_experts else None)
+        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
 
     @classmethod
     def from_config(cls, config: MoEConfig, **layer_options) -> MoE:
@@ -160,7 +176,10 @@ class MoE(nn.Module):
             routing = self.routing_transform(routing)
         plan = self.dispatcher.plan(routing)
         rows = self.expert_outputs(flat, plan)
-        y = self.dispatcher.combine(rows, plan, flat.shape[0]).reshape(x.shape)
+        y = self.dispatcher.combine(rows, plan, flat.shape[0])
+        if self.shared is not None:
+            y = y + self.shared_output(flat, ctx.mask)
+        y = y.reshape(x.shape)
         aux_loss = sum(routing.aux.values(), torch.zeros((), device=x.device))
         return MoEOutput(y=y, aux_loss=aux_loss, routing=routing, stats=MoEStats.from_plan(plan))
 
@@ -171,6 +190,13 @@ class MoE(nn.Module):
     def expert_outputs(self, flat: Tensor, plan: DispatchPlan) -> Tensor:
         """(A', d): every grouped row of plan through its expert. A hook: the expert-parallel layer overrides it."""
         return self.experts(self.dispatcher.dispatch(flat, plan), plan.counts)
+
+    def shared_output(self, flat: Tensor, mask: Tensor | None) -> Tensor:
+        """flat: (N, d) -> (N, d) output of the shared experts (gated when shared_gate), 0 on masked tokens."""
+        out = self.shared(flat, torch.tensor([flat.shape[0]], device=flat.device))
+        if self.shared_gate is not None:
+            out = torch.sigmoid(self.shared_gate(flat)) * out
+        return out if mask is None else out.masked_fill(~mask[:, None], 0.0)
 
     def _check_input(self, x: Tensor, mask: Tensor | None, token_ids: Tensor | None) -> tuple[int, ...]:
         if not isinstance(x, Tensor) or not x.is_floating_point():

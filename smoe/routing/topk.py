@@ -19,12 +19,13 @@ from smoe.routing.base import (
     gate_logits,
     sample_noise,
 )
+from smoe.routing.bias_balancing import BiasBalancing
 from smoe.routing.losses import load_balance_loss, z_loss
 from smoe.routing.registry import register_router
 
 
 @register_router("topk")
-class TopKRouter(Router):
+class TopKRouter(BiasBalancing, Router):
     """Softmax top-k (Switch k=1, GShard/Mixtral k=2; Shazeer et al. 2017 noisy gating).
 
     logits = x W_g (+ noise in training); per token keep the k largest.
@@ -36,6 +37,9 @@ class TopKRouter(Router):
     noise="fixed": Gaussian noise of std `noise_std` on the logits, training only.
     Aux losses: Switch load balancing E * sum_e f_e P_e (coefficient `load_balance_coef`) and ST-MoE z-loss
     (`z_loss_coef`); a coefficient of 0 disables the term.
+    bias_rate: opt in to aux-loss-free balancing (Wang et al. 2024, see `BiasBalancing`; None = off): a
+    per-expert bias is added to the scores that top-k ranks (probabilities with softmax="before", logits with
+    "after") and never to the weights.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class TopKRouter(Router):
         noise_std: float = 1.0,
         load_balance_coef: float = 0.01,
         z_loss_coef: float = 0.0,
+        bias_rate: float | None = None,
     ):
         super().__init__(d_model, num_experts, k)
         self.check_k_fits()
@@ -67,6 +72,7 @@ class TopKRouter(Router):
         self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if noise == "learned" else None
         if self.noise_gate is not None:
             nn.init.zeros_(self.noise_gate.weight)
+        self.init_bias_balancing(bias_rate)
 
     def noisy_logits(self, x: Tensor, logits: Tensor, ctx: RoutingContext) -> Tensor:
         """logits + noise during training (the clean logits in eval or with noise='none')."""
@@ -83,12 +89,13 @@ class TopKRouter(Router):
         scores = self.noisy_logits(x, logits, ctx)
         probs = torch.softmax(scores, dim=-1)
         if self.softmax == "before":
-            weight, index = probs.topk(self.k, dim=-1)
+            index = self.biased(probs).topk(self.k, dim=-1).indices
+            weight = probs.gather(1, index)
             if self.normalize:
                 weight = weight / weight.sum(-1, keepdim=True)
         else:
-            top_logits, index = scores.topk(self.k, dim=-1)
-            weight = torch.softmax(top_logits, dim=-1) if self.normalize else probs.gather(1, index)
+            index = self.biased(scores).topk(self.k, dim=-1).indices
+            weight = torch.softmax(scores.gather(1, index), dim=-1) if self.normalize else probs.gather(1, index)
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         routing.aux.update(self.losses(routing, logits, ctx))
         return routing
