@@ -6,6 +6,7 @@ probs: (N, E) router distribution; logits: (N, E); expert: (A,) chosen expert of
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from smoe.routing.base import masked_mean
@@ -44,3 +45,15 @@ def importance_loss(probs: Tensor, mask: Tensor | None = None) -> Tensor:
 def entropy(probs: Tensor, dim: int = -1) -> Tensor:
     """Shannon entropy (nats) along dim, with 0 log 0 = 0."""
     return -(probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(dim)
+
+
+def info_nce(anchor: Tensor, positive: Tensor, temperature: float = 1.0) -> Tensor:
+    """InfoNCE with in-batch negatives: mean_i -log softmax_j(cos(a_i, p_j) / temperature)[i].
+
+    anchor, positive: (M, d), row i of each is a positive pair, every other row of `positive` a negative.
+    0 when M = 0.
+    """
+    if anchor.shape[0] == 0:
+        return anchor.new_zeros(())
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
+    return F.cross_entropy(logits, torch.arange(anchor.shape[0], device=anchor.device))
