@@ -5,6 +5,7 @@ Legend: N tokens after flattening the leading dims, E experts, d model width.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -220,6 +221,13 @@ def register_layer(name: str):
 def available_layers() -> list[str]:
     """Names of the layer-level methods, usable wherever a router name is (`build_moe(router=name)`)."""
     return sorted(_LAYERS)
+
+
+def layer_summary(name: str) -> str:
+    """First line of a layer-level method's docstring (its paper), for `smoe routers`."""
+    if name not in _LAYERS:
+        raise ValueError(f"unknown layer-level method {name!r}; available: {', '.join(available_layers())}")
+    return (inspect.getdoc(_LAYERS[name]) or "").splitlines()[0]
 
 
 def build_moe(d_model: int, num_experts: int, hidden: int, router: str = "topk", **kwargs) -> nn.Module:
