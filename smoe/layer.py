@@ -114,6 +114,9 @@ class MoE(nn.Module):
             capacity_multiple=capacity_multiple, expert=expert, bias=bias, backend=backend,
             check_finite=check_finite, router_options=dict(router_options),
         )
+        if router in _LAYERS:
+            raise ValueError(f"{router!r} is a layer-level method, not a router: build it with "
+                             f"smoe.build_moe(..., router={router!r})")
         if "capacity_factor" in router_options:
             raise ValueError("capacity_factor is an argument of MoE itself; pass it once")
         if capacity_factor is not None and "capacity_factor" in router_options_of(router):

@@ -153,6 +153,11 @@ def test_selected_by_name_wherever_an_moe_is_built():
     assert block.ffn.gate.weight.grad is not None and block.ffn.experts.w_in.grad is not None
 
 
+def test_plain_moe_refuses_a_layer_level_name():
+    with pytest.raises(ValueError, match=r"layer-level method, not a router: build it with smoe.build_moe"):
+        MoE(8, 4, 16, router="s2moe")
+
+
 def test_register_layer_rejects_a_second_class_for_a_name():
     with pytest.raises(ValueError, match="already registered"):
         register_layer("s2moe")(type("Other", (nn.Module,), {}))

@@ -104,7 +104,7 @@ def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tu
     place = {"device": x.device, "dtype": x.dtype}
     if impl in ("smoe", "smoe-uniform", "experts-only"):
         moe = build_moe(d, num_experts, h, router=router, k=k).to(**place)
-        seqs = x.view(-1, size.get("T", x.shape[0]), d)
+        seqs = x.view(-1, size["T"], d)
         context = {"attn_probs": _attention_probs(seqs)} if moe.router.needs_attn_probs else {}
 
         def run() -> Tensor:
