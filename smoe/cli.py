@@ -7,13 +7,15 @@ import sys
 
 
 def cmd_routers(args: argparse.Namespace) -> int:
-    """Print every registered router with the paper it follows."""
+    """Print every registered router, and every layer-level method (`build_moe`), with the paper it follows."""
+    from smoe.layer import available_layers, layer_summary
     from smoe.routing import available_routers, router_summary
 
-    names = available_routers()
-    width = max(map(len, names))
-    for name in names:
-        print(f"{name:<{width}}  {router_summary(name)}")
+    rows = [(n, router_summary(n)) for n in available_routers()]
+    rows += [(n, layer_summary(n) + "  [layer-level: smoe.build_moe]") for n in available_layers()]
+    width = max(len(n) for n, _ in rows)
+    for name, summary in sorted(rows):
+        print(f"{name:<{width}}  {summary}")
     return 0
 
 
@@ -43,11 +45,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from smoe.layer import available_layers
     from smoe.routing import available_routers
 
     parser = argparse.ArgumentParser(
         prog="smoe",
-        description="Sparse mixture-of-experts workbench. Routers: " + ", ".join(available_routers()),
+        description="Sparse mixture-of-experts workbench. Routers: "
+        + ", ".join(sorted(available_routers() + available_layers())),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("routers", help="list the routers and their papers")

@@ -11,8 +11,11 @@ comma-separated specs `name[:option=value...]`, e.g. `topk,ssr,ssr:p=1.0,sinkhor
 spec and every ratio is against the first spec's smoe row. SSR's expected step time is (1 - p) t(ssr:p=0) +
 p t(ssr:p=1) (its median over a few steps at small p is the softmax branch).
 
+The smoe rows see x as sequences of T tokens (--seq-len), which matters only for routers that pool over a
+sequence (similarity, attention, usmoe); routers that read attention probabilities get fixed random ones.
+
 impls:
-  smoe          smoe.MoE (router per --router spec, default topk k=2, SwiGLU, dropless)
+  smoe          smoe.build_moe (router per --router spec, default topk k=2, SwiGLU, dropless; s2moe is its layer)
   smoe-uniform  the same layer with routing forced to a perfectly balanced round robin
   experts-only  smoe's Experts alone on the grouped rows the smoe router produced (the floor for that routing)
   dense         a SwiGLU FFN with the same active FLOPs (hidden = k * h)
@@ -40,8 +43,8 @@ from torch import Tensor, nn
 
 IMPLS = ("smoe", "smoe-uniform", "experts-only", "dense", "hf-eager", "hf-grouped_mm", "einsum")
 ROUTED = ("smoe", "experts-only")  # the impls that run once per --router spec (smoe-uniform replaces the router)
-FULL = {"N": 8192, "d": 512, "h": 1024, "k": 2, "experts": (8, 32, 64)}
-QUICK = {"N": 512, "d": 64, "h": 128, "k": 2, "experts": (4, 8)}
+FULL = {"N": 8192, "T": 512, "d": 512, "h": 1024, "k": 2, "experts": (8, 32, 64)}
+QUICK = {"N": 512, "T": 128, "d": 64, "h": 128, "k": 2, "experts": (4, 8)}
 
 
 # ---------------------------------------------------------------- implementations (each: x -> y)
@@ -119,16 +122,22 @@ def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tu
 
     router: a spec `name[:option=value...]` for the smoe impls.
     """
-    from smoe import MoE
+    from smoe import build_moe
     from smoe.routing import Routing
 
     d, h, k = size["d"], size["h"], size["k"]
     place = {"device": x.device, "dtype": x.dtype}
     if impl in ("smoe", "smoe-uniform", "experts-only"):
         name, options = parse_router_spec(router)
-        moe = MoE(d, num_experts, h, router=name, k=k, **options).to(**place)
+        moe = build_moe(d, num_experts, h, router=name, k=k, **options).to(**place)
+        seqs = x.view(-1, size["T"], d)
+        context = {"attn_probs": _attention_probs(seqs)} if moe.router.needs_attn_probs else {}
+
+        def run() -> Tensor:
+            return moe(seqs, **context).y.view(-1, d)
+
         if impl == "smoe":
-            return (lambda: moe(x).y), moe
+            return run, moe
         if impl == "smoe-uniform":
             n = x.shape[0]
 
@@ -141,9 +150,9 @@ def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tu
                                num_experts=num_experts)
 
             moe.router.forward = uniform_forward
-            return (lambda: moe(x).y), moe
+            return run, moe
         with torch.no_grad():
-            plan = moe.dispatcher.plan(moe.router(x, _context()))
+            plan = moe.dispatcher.plan(moe(seqs, **context).routing)
         rows = x.detach()[plan.token].clone().requires_grad_()
         return (lambda: moe.experts(rows, plan.counts)), moe.experts
     if impl == "dense":
@@ -158,10 +167,10 @@ def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tu
     raise ValueError(f"unknown impl {impl!r}; choose from {', '.join(IMPLS)}")
 
 
-def _context():
-    from smoe.routing import RoutingContext
-
-    return RoutingContext()
+def _attention_probs(seqs: Tensor) -> Tensor:
+    """(B, T, T) fixed random attention probabilities for routers that read the preceding attention."""
+    b, t, _ = seqs.shape
+    return torch.softmax(torch.randn(b, t, t, device=seqs.device), dim=-1)
 
 
 # ---------------------------------------------------------------- measurement (runs in the worker process)
@@ -206,8 +215,8 @@ def measure(impl: str, size: dict, num_experts: int, router: str, repeats: int, 
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mb("VmHWM")
     if mode == "memory":
         return {"peak_mb": peak - base}
-    return {"impl": impl, "E": num_experts, "k": size["k"], "N": size["N"], "d": size["d"], "h": size["h"],
-            "router": router if impl in ROUTED else None, "dtype": dtype, "device": device,
+    return {"impl": impl, "E": num_experts, "k": size["k"], "N": size["N"], "T": size.get("T"), "d": size["d"],
+            "h": size["h"], "router": router if impl in ROUTED else None, "dtype": dtype, "device": device,
             "median_s": statistics.median(times), "mean_s": statistics.mean(times), "runs_s": times,
             "threads": torch.get_num_threads()}
 
@@ -267,6 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router", type=str, default="topk",
                    help="comma-separated router specs name[:option=value...] of the smoe rows (default topk)")
     p.add_argument("--tokens", type=int, default=None, help="override N")
+    p.add_argument("--seq-len", type=int, default=None, help="override T, the tokens per sequence (N = B * T)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (median reported)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -284,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                       spec["dtype"], spec["mode"])
         print(json.dumps(rec))
         return 0
+    from smoe.layer import available_layers
     from smoe.routing import available_routers, router_options
 
     routers = [r.strip() for r in args.router.split(",") if r.strip()]
@@ -292,8 +303,11 @@ def main(argv: list[str] | None = None) -> int:
             name, options = parse_router_spec(spec)
         except ValueError as err:
             raise SystemExit(f"--router: {err}") from None
+        names = sorted(available_routers() + available_layers())
+        if name not in names:
+            raise SystemExit(f"--router: unknown router {name!r}; available: {', '.join(names)}")
         if name not in available_routers():
-            raise SystemExit(f"--router: unknown router {name!r}; available: {', '.join(available_routers())}")
+            continue  # a layer-level method (s2moe): its options are checked when it is built
         valid = set(router_options(name)) - {"k"}  # k is the benchmark size's
         unknown = sorted(set(options) - valid)
         if unknown:
@@ -305,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     size = dict(QUICK if args.quick else FULL)
     if args.tokens:
         size["N"] = args.tokens
+    if args.seq_len:
+        size["T"] = args.seq_len
+    size["T"] = min(size["T"], size["N"])
+    if size["N"] % size["T"]:
+        raise SystemExit(f"--seq-len: T={size['T']} must divide N={size['N']}")
     experts = [int(e) for e in args.experts.split(",")] if args.experts else list(size.pop("experts"))
     size.pop("experts", None)
     from tqdm import tqdm
@@ -315,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     for e, impl, router in tqdm(jobs, desc="bench layer", unit="run", file=sys.stderr):
         rec = run_one(impl, size, e, router, args.repeats, args.device, args.dtype, args.timeout)
         records.append(rec)
-    print(f"N={size['N']} d={size['d']} h={size['h']} k={size['k']} {args.dtype} {args.device} "
+    print(f"N={size['N']} T={size['T']} d={size['d']} h={size['h']} k={size['k']} {args.dtype} {args.device} "
           f"routers={','.join(routers)} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(markdown_table(records))
     if args.json:

@@ -8,6 +8,7 @@ and global-budget routers (0..E experts per token) share one representation and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -39,6 +40,18 @@ class RoutingContext:
     step: int | None = None
     generator: torch.Generator | None = None
     gather: Callable[[Tensor], tuple[Tensor, int]] | None = None
+
+    def sequences(self, num_tokens: int) -> tuple[int, int]:
+        """(B, T): the N flattened tokens as B sequences of T tokens, T = the last axis of batch_shape.
+
+        Without a batch_shape (or with a 0-dim one) all N tokens form one sequence.
+        """
+        if not self.batch_shape:
+            return 1, num_tokens
+        b, t = math.prod(self.batch_shape[:-1]), self.batch_shape[-1]
+        if b * t != num_tokens:
+            raise ValueError(f"batch_shape {tuple(self.batch_shape)} does not hold {num_tokens} tokens")
+        return b, t
 
 
 @dataclass
@@ -195,15 +208,20 @@ def check_int(name: str, value: object, low: int | None = None, high: int | None
 
 
 def check_float(name: str, value: object, low: float | None = None, high: float | None = None,
-                low_open: bool = False) -> None:
+                low_open: bool = False, high_open: bool = False) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")

@@ -6,6 +6,7 @@ probs: (N, E) router distribution; logits: (N, E); expert: (A,) chosen expert of
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from smoe.routing.base import masked_mean
@@ -94,3 +95,15 @@ def sequence_balance_loss(probs: Tensor, token: Tensor, expert: Tensor, seq_len:
     p = (probs * real[:, None]).view(num_seqs, seq_len, num_experts).sum(1) / t_b.clamp_min(1)[:, None]
     has_tokens = (t_b > 0).to(probs.dtype)
     return ((f * p).sum(1) * has_tokens).sum() / has_tokens.sum().clamp_min(1)
+
+
+def info_nce(anchor: Tensor, positive: Tensor, temperature: float = 1.0) -> Tensor:
+    """InfoNCE with in-batch negatives: mean_i -log softmax_j(cos(a_i, p_j) / temperature)[i].
+
+    anchor, positive: (M, d), row i of each is a positive pair, every other row of `positive` a negative.
+    0 when M = 0.
+    """
+    if anchor.shape[0] == 0:
+        return anchor.new_zeros(())
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
+    return F.cross_entropy(logits, torch.arange(anchor.shape[0], device=anchor.device))

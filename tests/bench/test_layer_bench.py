@@ -16,7 +16,7 @@ def test_router_spec_parsing():
 
 @pytest.mark.parametrize("spec", ["xmoe", "vmoe:group_size=16", "sinkhorn", "ssr:p=1.0"])
 def test_every_router_builds_in_the_benchmark(spec):
-    size = {"N": 32, "d": 8, "h": 16, "k": 2}
+    size = {"N": 32, "T": 16, "d": 8, "h": 16, "k": 2}
     x = torch.randn(32, 8, requires_grad=True)
     for impl in ("smoe", "experts-only"):
         fn, module = build(impl, size, 4, spec, x)

@@ -1,6 +1,6 @@
 import torch
 
-from smoe.routing.losses import cv_squared, entropy, importance_loss, load_balance_loss, z_loss
+from smoe.routing.losses import cv_squared, entropy, importance_loss, info_nce, load_balance_loss, z_loss
 
 
 def test_load_balance_by_hand():
@@ -56,3 +56,12 @@ def test_grouped_importance_is_the_mean_over_groups():
     assert torch.allclose(importance_loss(probs, group=group), torch.tensor(expected, dtype=torch.float64))
     mask = torch.tensor([True, True, True, True, False, False])  # group 1 has no real token: left out
     assert torch.allclose(importance_loss(probs, mask, group), torch.tensor(0.03875, dtype=torch.float64))
+
+
+def test_info_nce_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    p = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64)  # cosine ignores the norms
+    # logits = cos / t = [[1, 0], [0, 1]] / t; each row's loss -log(e^(1/t) / (e^(1/t) + 1)) = log(1 + e^(-1/t))
+    assert torch.allclose(info_nce(a, p, 1.0), torch.tensor(0.3132616875, dtype=torch.float64), atol=1e-9, rtol=0)
+    assert torch.allclose(info_nce(a, p, 0.5), torch.tensor(0.1269280110, dtype=torch.float64), atol=1e-9, rtol=0)
+    assert info_nce(a[:0], p[:0]) == 0
