@@ -2,7 +2,8 @@
 
 from smoe.dispatch import Dispatcher, DispatchPlan
 from smoe.experts import Experts
-from smoe.layer import MoE, MoEConfig, MoEOutput, MoEStats
+from smoe.layer import MoE, MoEConfig, MoEOutput, MoEStats, available_layers, build_moe
+from smoe.parallel import ExpertParallelMoE, to_expert_parallel
 from smoe.routing import (
     Router,
     Routing,
@@ -12,12 +13,14 @@ from smoe.routing import (
     register_router,
     router_options,
 )
+from smoe.s2moe import S2MoE  # registers the layer-level method "s2moe"
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DispatchPlan",
     "Dispatcher",
+    "ExpertParallelMoE",
     "Experts",
     "MoE",
     "MoEConfig",
@@ -26,8 +29,12 @@ __all__ = [
     "Router",
     "Routing",
     "RoutingContext",
+    "S2MoE",
+    "available_layers",
     "available_routers",
+    "build_moe",
     "build_router",
     "register_router",
     "router_options",
+    "to_expert_parallel",
 ]

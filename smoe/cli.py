@@ -7,13 +7,15 @@ import sys
 
 
 def cmd_routers(args: argparse.Namespace) -> int:
-    """Print every registered router with the paper it follows."""
+    """Print every registered router, and every layer-level method (`build_moe`), with the paper it follows."""
+    from smoe.layer import available_layers, layer_summary
     from smoe.routing import available_routers, router_summary
 
-    names = available_routers()
-    width = max(map(len, names))
-    for name in names:
-        print(f"{name:<{width}}  {router_summary(name)}")
+    rows = [(n, router_summary(n)) for n in available_routers()]
+    rows += [(n, layer_summary(n) + "  [layer-level: smoe.build_moe]") for n in available_layers()]
+    width = max(len(n) for n, _ in rows)
+    for name, summary in sorted(rows):
+        print(f"{name:<{width}}  {summary}")
     return 0
 
 
@@ -26,11 +28,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from smoe.bench.train import main as bench_train
 
         return bench_train(args.rest)
+    if args.what == "parallel":
+        from smoe.bench.parallel import main as bench_parallel
+
+        return bench_parallel(args.rest)
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render report.md, report.html and plots/ from DIR/results.json."""
+    from smoe.report import write_report
+
+    try:
+        files = write_report(args.dir, args.out)
+    except ValueError as err:
+        print(f"smoe report: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {files.markdown} and {files.html} ({len(files.plots)} plots)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train one router on one task; the run folder gets config.yaml, metrics, checkpoints and results.json."""
+    """Train one router on one task; the run folder gets config.yaml, metrics, checkpoints and final.json."""
     import json
 
     from smoe.checkpoint import CheckpointError
@@ -51,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def train_help() -> str:
+    from smoe.layer import available_layers
     from smoe.routing import available_routers
     from smoe.tasks import available_tasks, get_task
 
@@ -58,7 +78,8 @@ def train_help() -> str:
     for name in available_tasks():
         task = get_task(name)
         lines.append(f"  {name:<11} {task.summary} [presets: {', '.join(task.presets)}]; metric: {task.metric}")
-    lines.append("routers: " + ", ".join(available_routers()) + "  (`smoe routers` gives their papers)")
+    lines.append("routers: " + ", ".join(available_routers() + available_layers())
+                 + "  (`smoe routers` gives their papers)")
     lines.append("--set keys: section.field with section data, model or train (a bare field when unambiguous), "
                  "e.g. --set model.num_experts=16 --set train.lr=3e-4 --set model.router_options.noise=learned")
     lines.append("--steps N is where training stops; the learning-rate schedule runs over train.schedule_steps, "
@@ -67,20 +88,26 @@ def train_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from smoe.layer import available_layers
     from smoe.routing import available_routers
 
     parser = argparse.ArgumentParser(
         prog="smoe",
-        description="Sparse mixture-of-experts workbench. Routers: " + ", ".join(available_routers()),
+        description="Sparse mixture-of-experts workbench. Routers: "
+        + ", ".join(sorted(available_routers() + available_layers())),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("routers", help="list the routers and their papers")
     p.set_defaults(fn=cmd_routers)
-    p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`, `smoe bench train --help`",
-                       add_help=False)
-    p.add_argument("what", choices=["layer", "train"])
+    p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`, `smoe bench parallel --help`, "
+                                     "`smoe bench train --help`", add_help=False)
+    p.add_argument("what", choices=["layer", "parallel", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json")
+    p.add_argument("dir", help="directory holding results.json (written by `smoe compare`)")
+    p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR)")
+    p.set_defaults(fn=cmd_report)
     add_train_parser(sub)
     return parser
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from smoe.layer import available_layers
 from smoe.routing import available_routers
 from smoe.routing.base import check_choice, check_int
 from smoe.tasks import Task, get_task
@@ -115,7 +116,7 @@ def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: 
     """The RunConfig of `task` with `preset`, `router`, overrides (`key=value` strings) and `steps` applied."""
     t = get_task(task)
     check_choice("preset", preset, tuple(t.presets))
-    check_choice("router", router, tuple(available_routers()))
+    check_choice("router", router, tuple(available_routers() + available_layers()))
     check_int("seed", seed, low=0)
     check_device(device)
     p = t.presets[preset]

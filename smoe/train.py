@@ -151,7 +151,7 @@ class Trainer:
     model: has `moe_layers()` (a list of modules with `after_step(stats_list)`).
     train_batches(generator) -> an endless iterator of batches whose only state is `generator`.
     loss_fn(model, batch, step, generator) -> StepOutput; evaluate(model, split, generator) -> {metric: float}.
-    out_dir: the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/, results.json); run_config: the whole
+    out_dir: the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/, final.json); run_config: the whole
     run's configuration (saved as YAML, compared on resume except train.steps).
     """
 
@@ -262,7 +262,7 @@ class Trainer:
             for split, values in final.items():
                 log.write(self.step, split, values)
             self.save()
-            (self.out_dir / "results.json").write_text(json.dumps({"step": self.step, **final}, indent=1))
+            (self.out_dir / "final.json").write_text(json.dumps({"step": self.step, **final}, indent=1))
             return TrainResult("done", self.step, final)
         finally:
             bar.close()

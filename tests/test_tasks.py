@@ -146,4 +146,4 @@ def test_tiny_mnist1d_accuracy(tmp_path):
 def test_tiny_sketch_vae_reconstructs_better_than_the_mean_image(tmp_path):
     test = tiny("sketch-vae", tmp_path)
     assert test["sse_per_image"] < 0.8 * test["mean_image_sse"]
-    assert json.loads((tmp_path / "results.json").read_text())["test"] == test
+    assert json.loads((tmp_path / "final.json").read_text())["test"] == test

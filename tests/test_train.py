@@ -26,10 +26,13 @@ def evaluate(model, split, generator):
     return {"loss": float(F.cross_entropy(model(x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten()))}
 
 
-def make_trainer(out_dir, steps, run_extra=None, hooks=None, **train):
+ROUTERS = {"topk": {"noise": "fixed"}, "deepseek": {"bias_rate": 0.01}}  # router noise; aux-loss-free bias
+
+
+def make_trainer(out_dir, steps, run_extra=None, hooks=None, router="topk", **train):
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=13, max_len=12, d_model=8, num_layers=2, num_heads=2, ffn_hidden=8,
-                        num_experts=4, k=2, dropout=0.1, router_options={"noise": "fixed"}))
+                        num_experts=4, k=2, dropout=0.1, router=router, router_options=ROUTERS[router]))
     cfg = TrainConfig(**{"steps": steps, "schedule_steps": 12, "batch_size": 4, "warmup_steps": 2,
                          "eval_every": 3, "checkpoint_every": 4, "log_every": 1, **train})
     run_config = {"train": asdict(cfg), **(run_extra or {})}
@@ -37,8 +40,13 @@ def make_trainer(out_dir, steps, run_extra=None, hooks=None, **train):
                    evaluate=evaluate, out_dir=out_dir, run_config=run_config, seed=3, progress=False, hooks=hooks)
 
 
-def params(trainer):
-    return [p.detach().clone() for p in trainer.model.parameters()]
+def state(trainer):
+    """Parameters and buffers (the expert bias of aux-loss-free balancing is a buffer)."""
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def records(out_dir, split="train"):
@@ -54,19 +62,21 @@ def test_lr_schedule_by_hand():
         assert cfg.lr_at(step) == pytest.approx(lr)
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path, grad_accum):
-    straight = make_trainer(tmp_path / "a", 8, grad_accum=grad_accum)
+@pytest.mark.parametrize("router, grad_accum", [("topk", 1), ("topk", 2), ("deepseek", 2)])
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, router, grad_accum):
+    straight = make_trainer(tmp_path / "a", 8, router=router, grad_accum=grad_accum)
     assert straight.fit().status == "done"
-    first = make_trainer(tmp_path / "b", 5, grad_accum=grad_accum)
+    first = make_trainer(tmp_path / "b", 5, router=router, grad_accum=grad_accum)
     first.fit()
-    resumed = make_trainer(tmp_path / "b", 8, grad_accum=grad_accum)
+    resumed = make_trainer(tmp_path / "b", 8, router=router, grad_accum=grad_accum)
     result = resumed.fit(resume=True)
     assert result.status == "done" and result.step == 8
-    assert all(torch.equal(p, q) for p, q in zip(params(straight), params(resumed)))
+    assert same(state(straight), state(resumed))
+    if router == "deepseek":  # the bias moved, and it was restored from the checkpoint
+        assert any(torch.any(layer.router.expert_bias != 0) for layer in resumed.model.moe_layers())
     # the resumed run's log continues the first one: one train record per step
     assert [r["step"] for r in records(tmp_path / "b")] == list(range(1, 9))
-    assert json.loads((tmp_path / "b" / "results.json").read_text())["step"] == 8
+    assert json.loads((tmp_path / "b" / "final.json").read_text())["step"] == 8
 
 
 def test_sigint_writes_a_checkpoint_and_stops_then_resume_continues_exactly(tmp_path):
@@ -80,11 +90,19 @@ def test_sigint_writes_a_checkpoint_and_stops_then_resume_continues_exactly(tmp_
     result = stopped.fit()
     assert result.status == "interrupted" and result.step == 3
     assert checkpoint_steps(tmp_path / "b" / "checkpoints")[-1] == 3
-    assert not (tmp_path / "b" / "results.json").exists()
+    assert not (tmp_path / "b" / "final.json").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     resumed = make_trainer(tmp_path / "b", 6)
     assert resumed.fit(resume=True).status == "done"
-    assert all(torch.equal(p, q) for p, q in zip(params(straight), params(resumed)))
+    assert same(state(straight), state(resumed))
+
+
+def test_bias_balancing_moves_once_per_optimizer_step_under_accumulation(tmp_path):
+    trainer = make_trainer(tmp_path, 1, router="deepseek", grad_accum=2)
+    trainer.fit()
+    for layer in trainer.model.moe_layers():  # one update of 0.01 * sign(mean - load): |b_e| is 0.01 or 0
+        bias = layer.router.expert_bias.abs()
+        assert float(bias.max()) == pytest.approx(0.01) and torch.all((bias < 1e-7) | ((bias - 0.01).abs() < 1e-7))
 
 
 def test_after_step_once_per_step_with_the_stats_of_every_micro_batch(tmp_path, monkeypatch):

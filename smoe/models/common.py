@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from smoe.blocks import Block, BlockConfig, available_rules, build_rule
-from smoe.layer import MoEOutput
+from smoe.blocks import Block, BlockConfig, available_rules
+from smoe.layer import MoEOutput, available_layers
 from smoe.routing import available_routers
 from smoe.routing.base import check_choice, check_float, check_int
 
@@ -39,8 +39,10 @@ class StackConfig:
     """A stack of pre-norm transformer blocks with MoE FFNs at chosen positions, any router and residual rule.
 
     ffn_hidden is the hidden width of each expert and of the dense FFNs of non-MoE blocks. The MoE options
-    (num_experts, k, router, router_options, capacity_factor) are those of `smoe.MoE`; `rule` and `rule_options`
-    select the residual rule of `smoe.blocks` by name (one rule module per block).
+    (num_experts, k, router, router_options, capacity_factor) are those of `smoe.build_moe` (router: a registered
+    router or a layer-level method such as s2moe; router_options may also hold MoE options such as
+    num_shared_experts); `rule` and `rule_options` select the residual rule of `smoe/residual.py` by name (built
+    by each block, one per block).
     """
 
     d_model: int = 128
@@ -63,7 +65,7 @@ class StackConfig:
         for name in ("d_model", "num_layers", "num_heads", "ffn_hidden", "num_experts", "k"):
             check_int(name, getattr(self, name), low=1)
         check_float("dropout", self.dropout, low=0.0, high=1.0)
-        check_choice("router", self.router, tuple(available_routers()))
+        check_choice("router", self.router, tuple(available_routers() + available_layers()))
         check_choice("rule", self.rule, tuple(available_rules()))
         if self.capacity_factor is not None:
             check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
@@ -85,12 +87,10 @@ def build_blocks(config: StackConfig, causal: bool) -> nn.ModuleList:
     """The blocks of `config`: an MoE FFN at `moe_positions`, a dense FFN elsewhere, one residual rule each."""
     positions = set(moe_positions(config.num_layers, config.moe_every, config.moe_last))
     return nn.ModuleList(
-        Block(
-            BlockConfig(d_model=config.d_model, num_heads=config.num_heads, ffn_hidden=config.ffn_hidden,
-                        causal=causal, dropout=config.dropout, expert=config.expert,
-                        moe=config.moe_kwargs() if i in positions else None),
-            rule=build_rule(config.rule, **config.rule_options),
-        )
+        Block(BlockConfig(d_model=config.d_model, num_heads=config.num_heads, ffn_hidden=config.ffn_hidden,
+                          causal=causal, dropout=config.dropout, expert=config.expert,
+                          moe=config.moe_kwargs() if i in positions else None,
+                          rule=config.rule, rule_options=dict(config.rule_options)))
         for i in range(config.num_layers)
     )
 

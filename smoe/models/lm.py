@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from smoe.blocks import run_blocks
 from smoe.layer import MoE
 from smoe.models.common import ModelOutput, StackConfig, build_blocks, init_embedding
+from smoe.routing import available_routers, router_options
 from smoe.routing.base import check_int
 
 
@@ -39,6 +40,13 @@ class LMConfig(StackConfig):
             check_int("num_classes", self.num_classes, low=2)
         if not isinstance(self.causal, bool) or not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"causal and tie_embeddings must be bools, got {self.causal!r}, {self.tie_embeddings!r}")
+
+    def moe_kwargs(self) -> dict:
+        """MoE options; a router with a `vocab_size` option (routing by token id) gets the LM's unless set."""
+        kwargs = super().moe_kwargs()
+        if self.router in available_routers() and "vocab_size" in router_options(self.router):
+            kwargs.setdefault("vocab_size", self.vocab_size)
+        return kwargs
 
 
 class LM(nn.Module):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe.dispatch import Dispatcher
-from smoe.layer import MoEOutput, MoEStats
+from smoe.layer import MoEOutput, MoEStats, aux_total
 from smoe.routing import RoutingContext, available_routers, build_router
 from smoe.routing.base import check_choice, check_float, check_int
 
@@ -157,8 +157,8 @@ class DecoderMoE(nn.Module):
                 weight = plan.weight / total[plan.token].clamp_min(torch.finfo(total.dtype).tiny)
             flat = self.dispatcher.combine(rows.flatten(1), replace(plan, weight=weight), z.shape[0])
             y = flat.view(z.shape[0], 1, *rows.shape[-2:])
-        aux_loss = sum(routing.aux.values(), torch.zeros((), device=z.device))
-        return MoEOutput(y=y, aux_loss=aux_loss, routing=routing, stats=MoEStats.from_plan(plan))
+        return MoEOutput(y=y, aux_loss=aux_total(routing.aux, z.device), routing=routing,
+                         stats=MoEStats.from_plan(plan))
 
     @torch.no_grad()
     def after_step(self, stats: list[MoEStats] | None = None) -> None:

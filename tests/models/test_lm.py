@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import smoe.models.common as common
+import smoe.blocks as blocks
 from smoe.blocks import PlainResidual, run_blocks
 from smoe.models import LM, LMConfig
 
@@ -110,9 +110,12 @@ def test_router_receives_generator_step_and_token_ids(monkeypatch):
 
 def test_residual_rule_and_its_options_come_from_the_config(monkeypatch):
     calls = []
-    monkeypatch.setattr(common, "build_rule", lambda name, **opts: calls.append((name, opts)) or PlainResidual())
-    LM(small(rule="residual", rule_options={"beta": 0.5}))
-    assert calls == [("residual", {"beta": 0.5})] * 3
+    monkeypatch.setattr(blocks, "build_rule", lambda name, **opts: calls.append((name, opts)) or PlainResidual())
+    LM(small(rule="momentum", rule_options={"mu": 0.5}))
+    assert calls == [("momentum", {"d_model": 16, "mu": 0.5})] * 3  # one rule per block
+    monkeypatch.undo()
+    model = LM(small(rule="momentum", rule_options={"mu": 0.5}))
+    assert [type(b.rule).rule_name for b in model.blocks] == ["momentum"] * 3
 
 
 @pytest.mark.parametrize("call, match", [
