@@ -64,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     if result.status == "interrupted":
         print(f"interrupted at step {result.step}; checkpoint written, continue with --resume", file=sys.stderr)
-        return 130
+        return 128 + result.signal
     print(json.dumps({"step": result.step, **result.final}, indent=1))
     return 0
 

@@ -121,6 +121,7 @@ class TrainResult:
     status: str  # "done" or "interrupted"
     step: int
     final: dict = field(default_factory=dict)  # {"valid": {...}, "test": {...}} when done
+    signal: int | None = None  # the signal that interrupted the run
 
 
 class RunLog:
@@ -257,7 +258,7 @@ class Trainer:
                 if self._due(self.config.checkpoint_every) or self._stop_signal is not None:
                     self.save()
             if self.step < self.config.steps:
-                return TrainResult("interrupted", self.step)
+                return TrainResult("interrupted", self.step, signal=self._stop_signal)
             final = {split: self._evaluate(split) for split in ("valid", "test")} if self.evaluate else {}
             for split, values in final.items():
                 log.write(self.step, split, values)

@@ -147,3 +147,27 @@ def test_tiny_sketch_vae_reconstructs_better_than_the_mean_image(tmp_path):
     test = tiny("sketch-vae", tmp_path)
     assert test["sse_per_image"] < 0.8 * test["mean_image_sse"]
     assert json.loads((tmp_path / "final.json").read_text())["test"] == test
+
+
+def test_sigterm_to_smoe_train_writes_a_checkpoint_and_exits(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    sets = [a for s in [*SMALL["digits"], "train.log_every=1"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "smoe", "train", "--task", "digits", "--steps", "100000", "--no-progress",
+           "--out", str(out), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "checkpoint written" in err
+    steps = [int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("*.json")]
+    assert len(steps) == 1 and 0 < steps[0] < 100000

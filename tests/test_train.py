@@ -88,7 +88,7 @@ def test_sigint_writes_a_checkpoint_and_stops_then_resume_continues_exactly(tmp_
     straight.fit()
     stopped = make_trainer(tmp_path / "b", 6, hooks=[interrupt])
     result = stopped.fit()
-    assert result.status == "interrupted" and result.step == 3
+    assert result.status == "interrupted" and result.step == 3 and result.signal == signal.SIGINT
     assert checkpoint_steps(tmp_path / "b" / "checkpoints")[-1] == 3
     assert not (tmp_path / "b" / "final.json").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
