@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from smoe.checkpoint import (
     CheckpointError,
+    atomic_write,
     checkpoint_steps,
     decode_bytes,
     encode_bytes,
@@ -131,7 +132,7 @@ class RunLog:
         self.path = folder / "metrics.jsonl"
         if start_step and self.path.exists():  # drop records past the checkpoint we resume from
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write(self.path, "".join(line + "\n" for line in kept).encode())
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(folder / "tb"), purge_step=start_step + 1 if start_step else None)
@@ -187,14 +188,14 @@ class Trainer:
         return self.out_dir / "checkpoints"
 
     def _prepare_dir(self, resume: bool) -> None:
-        """A fresh run needs an empty run folder; a resumed one a checkpoint of the same configuration."""
+        """A fresh run needs an empty run folder; a resumed one a checkpoint of the same configuration (its
+        config.yaml then records the new train.steps)."""
         if resume:
             self._restore()
-            return
-        if (self.out_dir / "config.yaml").exists() or checkpoint_steps(self.checkpoint_dir):
+        elif (self.out_dir / "config.yaml").exists() or checkpoint_steps(self.checkpoint_dir):
             raise ValueError(f"{self.out_dir} already holds a run; resume it (--resume) or choose another --out")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
+        atomic_write(self.out_dir / "config.yaml", yaml.safe_dump(self.run_config, sort_keys=False).encode())
 
     # ------------------------------------------------------------ checkpoints
 

@@ -6,6 +6,7 @@ from dataclasses import asdict
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from smoe.checkpoint import CheckpointError, checkpoint_steps
 from smoe.data.batches import lm_batches
@@ -77,6 +78,7 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, router, grad_accum)
     # the resumed run's log continues the first one: one train record per step
     assert [r["step"] for r in records(tmp_path / "b")] == list(range(1, 9))
     assert json.loads((tmp_path / "b" / "final.json").read_text())["step"] == 8
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["train"]["steps"] == 8
 
 
 def test_sigint_writes_a_checkpoint_and_stops_then_resume_continues_exactly(tmp_path):
