@@ -298,10 +298,14 @@ def build_patch_classifier(run) -> TaskSetup:
 @dataclass
 class SketchDataConfig:
     """Generated stroke sketches (smoe.data.sketch): num_per_class per class in all splits, `styles` hidden
-    styles per class; active_threshold: an expert is active when it gets at least this many eval images."""
+    styles per class; or, with quickdraw set, real QuickDraw files, one per class (.npz sketch-rnn strokes or
+    .npy bitmaps; quickdraw_limit: first train sketches kept per file, 0 = all). active_threshold: an expert is
+    active when it gets at least this many eval images."""
 
     num_per_class: int = 1000
     styles: int = 3
+    quickdraw: list[str] | None = None
+    quickdraw_limit: int = 0
     active_threshold: int = 10
     eval_batch_size: int = 256
     split_seed: int = 0
@@ -309,16 +313,22 @@ class SketchDataConfig:
     def __post_init__(self):
         check_int("num_per_class", self.num_per_class, low=10)
         check_int("styles", self.styles, low=1)
+        check_int("quickdraw_limit", self.quickdraw_limit, low=0)
+        if self.quickdraw is not None and (not isinstance(self.quickdraw, list) or not self.quickdraw):
+            raise ValueError(f"quickdraw must be a non-empty list of file paths, got {self.quickdraw!r}")
         check_int("active_threshold", self.active_threshold, low=1)
         check_int("eval_batch_size", self.eval_batch_size, low=1)
         check_int("split_seed", self.split_seed, low=0)
 
 
 def build_sketch_vae(run) -> TaskSetup:
-    from smoe.data.sketch import generate_sketches
+    from smoe.data.sketch import generate_sketches, load_quickdraw
 
     data: SketchDataConfig = run.data
-    raw = generate_sketches(data.num_per_class, styles=data.styles, seed=data.split_seed)
+    if data.quickdraw:
+        raw = load_quickdraw(data.quickdraw, limit=data.quickdraw_limit or None, seed=data.split_seed)
+    else:
+        raw = generate_sketches(data.num_per_class, styles=data.styles, seed=data.split_seed)
     splits = {s: (x, c) for s, (x, c, _style) in raw.items()}
     config = run.model_config(image_size=splits["train"][0].shape[-1])
     model = SMoEVAE(config)
@@ -423,7 +433,7 @@ register_task(Task(
     build=build_patch_classifier, derived={"patch_dim": 1, "num_patches": 1, "num_classes": 2},
 ))
 register_task(Task(
-    name="sketch-vae", summary="SMoE-VAE on generated stroke sketches (decoders as experts)",
+    name="sketch-vae", summary="SMoE-VAE on generated stroke sketches, or QuickDraw files (data.quickdraw=[...])",
     metric="reconstruction SSE per image, hard top-1 routing (valid/test), against the mean image",
     data_config=SketchDataConfig, model_config=VAEConfig,
     presets={

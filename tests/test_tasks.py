@@ -171,3 +171,24 @@ def test_sigterm_to_smoe_train_writes_a_checkpoint_and_exits(tmp_path):
     assert "checkpoint written" in err
     steps = [int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("*.json")]
     assert len(steps) == 1 and 0 < steps[0] < 100000
+
+
+def test_sketch_vae_trains_on_quickdraw_files_and_rejects_wrong_shapes(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    files = []
+    for name in ("cat", "eye"):  # numpy_bitmap files: (n, 784) of 0-255, white strokes on black
+        path = tmp_path / f"{name}.npy"
+        np.save(path, (rng.random((40, 784)) > 0.9).astype(np.uint8) * 255)
+        files.append(str(path))
+    over = ["encoder_channels=[2, 2, 2]", "train.batch_size=8", f"data.quickdraw={files}"]
+    result = train_run(resolve_config("sketch-vae", steps=2, overrides=over), tmp_path / "run", progress=False)
+    assert result.status == "done" and result.final["test"]["sse_per_image"] > 0
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((40, 783), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"bad\.npy"):
+        train_run(resolve_config("sketch-vae", steps=1, overrides=[f"data.quickdraw=['{bad}']"]), tmp_path / "r2",
+                  progress=False)
+    with pytest.raises(ValueError, match="quickdraw must be a non-empty list"):
+        resolve_config("sketch-vae", overrides=["data.quickdraw=[]"])
