@@ -3,7 +3,8 @@
 Legend: B batch (one image = one token), H = W image side, z latent width, E experts (decoders).
 
 Follows the authors' release (`strajdzsha/smoe-vae`, read for the method notes; the paper body was not read):
-    mu, logvar = Enc(x);  z = mu + exp(logvar / 2) * eps            (z = mu at eval)
+    mu, logvar = Enc(x);  z = mu + exp(logvar / 2) * eps    (z = mu at eval: our choice, the release's
+                                                              eval-time sampling was not checked)
     features = MLP(z) (z -> 64 -> 32, ReLU after each);  routing = Router(features)   (any registered router;
     its linear gate is the MLP's last layer, 32 -> E, without bias: the release's last layer has a bias)
     training, dense (the paper):  xhat = sum_e p_e Dec_e(z)  with p = routing.probs, every decoder runs
