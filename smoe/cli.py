@@ -52,14 +52,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train one router on one task; the run folder gets config.yaml, metrics, checkpoints and final.json."""
     import json
 
-    from smoe.checkpoint import CheckpointError
     from smoe.run import resolve_config, train_run
 
     try:
         run = resolve_config(args.task, preset=args.preset, router=args.router, seed=args.seed, device=args.device,
                              steps=args.steps, overrides=args.set or [])
         result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress)
-    except (ValueError, CheckpointError) as e:
+    except ValueError as e:  # bad configuration or data, unusable checkpoint (CheckpointError)
         print(f"smoe train: error: {e}", file=sys.stderr)
         return 2
     if result.status == "interrupted":
