@@ -2,7 +2,9 @@
 
 from smoe.dispatch import Dispatcher, DispatchPlan
 from smoe.experts import Experts
-from smoe.layer import MoE, MoEConfig, MoEOutput, MoEStats
+from smoe.layer import MoE, MoEConfig, MoEOutput, MoEStats, available_layers, build_moe
+from smoe.models import LM, LMConfig, ModelOutput, SMoEVAE, VAEConfig, ViT, ViTConfig
+from smoe.parallel import ExpertParallelMoE, to_expert_parallel
 from smoe.routing import (
     Router,
     Routing,
@@ -12,22 +14,38 @@ from smoe.routing import (
     register_router,
     router_options,
 )
+from smoe.s2moe import S2MoE  # registers the layer-level method "s2moe"
+from smoe.train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LM",
     "DispatchPlan",
     "Dispatcher",
+    "ExpertParallelMoE",
     "Experts",
+    "LMConfig",
     "MoE",
     "MoEConfig",
     "MoEOutput",
     "MoEStats",
+    "ModelOutput",
     "Router",
     "Routing",
     "RoutingContext",
+    "S2MoE",
+    "SMoEVAE",
+    "TrainConfig",
+    "Trainer",
+    "VAEConfig",
+    "ViT",
+    "ViTConfig",
+    "available_layers",
     "available_routers",
+    "build_moe",
     "build_router",
     "register_router",
     "router_options",
+    "to_expert_parallel",
 ]

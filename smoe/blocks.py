@@ -2,9 +2,10 @@
 
 Legend: B batch, T sequence length, d model width, H heads.
 
-A block computes  h = x + Attn(LN1(x));  f = FFN(LN2(h));  (x', state') = rule(h, f, state).
+A block computes  h = x + Attn(LN1(x));  f = FFN(LN2(h) + shift(state));  (x', state') = rule(h, f, state).
 The plain rule returns h + f. Rules that carry optimizer-like state from layer to layer (MomentumSMoE and
-friends) get it passed explicitly through the stack by `run_blocks`; no module stores it between calls.
+friends, `smoe/residual.py`) get it passed explicitly through the stack by `run_blocks`; no module stores it
+between calls. The FFN is `build_moe(...)` (an MoE, or a layer-level method such as S2MoE) or a dense MLP.
 """
 
 from __future__ import annotations
@@ -16,51 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe.layer import MoE, MoEOutput
+from smoe.layer import MoEOutput, build_moe
+from smoe.residual import PlainResidual, ResidualRule, available_rules, build_rule, register_rule
 from smoe.routing.base import check_choice, check_float, check_int
 
-# ---------------------------------------------------------------- residual rules
-
-_RULES: dict[str, type[ResidualRule]] = {}
-
-
-def register_rule(name: str):
-    def wrap(cls):
-        _RULES[name] = cls
-        cls.rule_name = name
-        return cls
-
-    return wrap
-
-
-def available_rules() -> list[str]:
-    return sorted(_RULES)
-
-
-def build_rule(name: str, **options) -> ResidualRule:
-    if name not in _RULES:
-        raise ValueError(f"unknown residual rule {name!r}; available: {', '.join(available_rules())}")
-    return _RULES[name](**options)
-
-
-class ResidualRule(nn.Module):
-    """How a block adds its FFN output f to the stream h; `state` is whatever the rule threads across layers."""
-
-    def forward(self, h: Tensor, f: Tensor, state: dict, is_moe: bool) -> tuple[Tensor, dict]:
-        raise NotImplementedError
-
-    def ffn_input_shift(self, state: dict) -> Tensor | float:
-        """Added to the FFN input (robust momentum looks ahead); 0 for most rules."""
-        return 0.0
-
-
-@register_rule("residual")
-class PlainResidual(ResidualRule):
-    """x' = h + f: the ordinary pre-norm transformer."""
-
-    def forward(self, h: Tensor, f: Tensor, state: dict, is_moe: bool) -> tuple[Tensor, dict]:
-        return h + f, state
-
+__all__ = ["Attention", "Block", "BlockConfig", "BlockOutput", "DenseFFN", "PlainResidual", "ResidualRule",
+           "available_rules", "build_rule", "register_rule", "run_blocks"]
 
 # ---------------------------------------------------------------- attention
 
@@ -133,7 +95,10 @@ class DenseFFN(nn.Module):
 
 @dataclass
 class BlockConfig:
-    """One transformer block. `moe` is None for a dense block (hidden = ffn_hidden)."""
+    """One transformer block. `moe` is None for a dense block (hidden = ffn_hidden).
+
+    rule, rule_options: the residual rule (`smoe/residual.py`) built for this block, with d_model filled in.
+    """
 
     d_model: int
     num_heads: int
@@ -141,13 +106,16 @@ class BlockConfig:
     causal: bool = True
     dropout: float = 0.0
     expert: str = "swiglu"
-    moe: dict | None = field(default=None)  # keyword arguments of MoE besides d_model / hidden / expert
+    moe: dict | None = field(default=None)  # keyword arguments of build_moe besides d_model / hidden / expert
+    rule: str = "residual"
+    rule_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_int("d_model", self.d_model, low=1)
         check_int("num_heads", self.num_heads, low=1)
         check_int("ffn_hidden", self.ffn_hidden, low=1)
         check_float("dropout", self.dropout, low=0.0, high=1.0)
+        check_choice("rule", self.rule, tuple(available_rules()))
 
 
 @dataclass
@@ -159,7 +127,10 @@ class BlockOutput:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: attention, then an MoE or dense FFN, joined by a residual rule."""
+    """Pre-norm transformer block: attention, then an MoE or dense FFN, joined by a residual rule.
+
+    rule: a ResidualRule instance overriding config.rule (one per block: official-form rules own LayerNorms).
+    """
 
     def __init__(self, config: BlockConfig, rule: ResidualRule | None = None):
         super().__init__()
@@ -168,15 +139,17 @@ class Block(nn.Module):
         self.attn = Attention(config.d_model, config.num_heads, config.causal, config.dropout)
         self.ln2 = nn.LayerNorm(config.d_model)
         if config.moe is not None:
-            self.ffn: nn.Module = MoE(config.d_model, hidden=config.ffn_hidden, expert=config.expert, **config.moe)
+            self.ffn: nn.Module = build_moe(config.d_model, hidden=config.ffn_hidden, expert=config.expert,
+                                            **config.moe)
         else:
             self.ffn = DenseFFN(config.d_model, config.ffn_hidden, config.expert)
-        self.rule = rule if rule is not None else PlainResidual()
+        self.rule = rule if rule is not None else build_rule(config.rule, d_model=config.d_model,
+                                                             **config.rule_options)
         self.drop = nn.Dropout(config.dropout)
 
     @property
     def is_moe(self) -> bool:
-        return isinstance(self.ffn, MoE)
+        return not isinstance(self.ffn, DenseFFN)
 
     def forward(self, x: Tensor, state: dict, mask: Tensor | None = None, need_probs: bool = False,
                 step: int | None = None, generator: torch.Generator | None = None,

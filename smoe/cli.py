@@ -7,13 +7,15 @@ import sys
 
 
 def cmd_routers(args: argparse.Namespace) -> int:
-    """Print every registered router with the paper it follows."""
+    """Print every registered router, and every layer-level method (`build_moe`), with the paper it follows."""
+    from smoe.layer import available_layers, layer_summary
     from smoe.routing import available_routers, router_summary
 
-    names = available_routers()
-    width = max(map(len, names))
-    for name in names:
-        print(f"{name:<{width}}  {router_summary(name)}")
+    rows = [(n, router_summary(n)) for n in available_routers()]
+    rows += [(n, layer_summary(n) + "  [layer-level: smoe.build_moe]") for n in available_layers()]
+    width = max(len(n) for n, _ in rows)
+    for name, summary in sorted(rows):
+        print(f"{name:<{width}}  {summary}")
     return 0
 
 
@@ -22,24 +24,110 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from smoe.bench.layer import main as bench_layer
 
         return bench_layer(args.rest)
+    if args.what == "train":
+        from smoe.bench.train import main as bench_train
+
+        return bench_train(args.rest)
+    if args.what == "parallel":
+        from smoe.bench.parallel import main as bench_parallel
+
+        return bench_parallel(args.rest)
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Re-render report.md, report.html and plots/ from DIR/results.json."""
+    from smoe.report import write_report
+
+    try:
+        files = write_report(args.dir, args.out)
+    except ValueError as err:
+        print(f"smoe report: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {files.markdown} and {files.html} ({len(files.plots)} plots)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one router on one task; the run folder gets config.yaml, metrics, checkpoints and final.json."""
+    import json
+
+    from smoe.run import resolve_config, train_run
+
+    try:
+        run = resolve_config(args.task, preset=args.preset, router=args.router, seed=args.seed, device=args.device,
+                             steps=args.steps, overrides=args.set or [])
+        result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress)
+    except ValueError as e:  # bad configuration or data, unusable checkpoint (CheckpointError)
+        print(f"smoe train: error: {e}", file=sys.stderr)
+        return 2
+    if result.status == "interrupted":
+        print(f"interrupted at step {result.step}; checkpoint written, continue with --resume", file=sys.stderr)
+        return 128 + result.signal
+    print(json.dumps({"step": result.step, **result.final}, indent=1))
+    return 0
+
+
+def train_help() -> str:
+    from smoe.layer import available_layers
+    from smoe.routing import available_routers
+    from smoe.tasks import available_tasks, get_task
+
+    lines = ["tasks (and presets):"]
+    for name in available_tasks():
+        task = get_task(name)
+        lines.append(f"  {name:<11} {task.summary} [presets: {', '.join(task.presets)}]; metric: {task.metric}")
+    lines.append("routers: " + ", ".join(available_routers() + available_layers())
+                 + "  (`smoe routers` gives their papers)")
+    lines.append("--set keys: section.field with section data, model or train (a bare field when unambiguous), "
+                 "e.g. --set model.num_experts=16 --set train.lr=3e-4 --set model.router_options.noise=learned")
+    lines.append("--steps N is where training stops; the learning-rate schedule runs over train.schedule_steps, "
+                 "so `--steps n` then `--steps 2n --resume` equals `--steps 2n` exactly")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from smoe.layer import available_layers
     from smoe.routing import available_routers
 
     parser = argparse.ArgumentParser(
         prog="smoe",
-        description="Sparse mixture-of-experts workbench. Routers: " + ", ".join(available_routers()),
+        description="Sparse mixture-of-experts workbench. Routers: "
+        + ", ".join(sorted(available_routers() + available_layers())),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("routers", help="list the routers and their papers")
     p.set_defaults(fn=cmd_routers)
-    p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`", add_help=False)
-    p.add_argument("what", choices=["layer"])
+    p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`, `smoe bench parallel --help`, "
+                                     "`smoe bench train --help`", add_help=False)
+    p.add_argument("what", choices=["layer", "parallel", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json")
+    p.add_argument("dir", help="directory holding results.json (written by `smoe compare`)")
+    p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR)")
+    p.set_defaults(fn=cmd_report)
+    add_train_parser(sub)
     return parser
+
+
+def add_train_parser(sub) -> None:
+    from smoe.tasks import available_tasks
+
+    p = sub.add_parser("train", help="train a router on a task", epilog=train_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=available_tasks(), metavar="TASK",
+                   help="one of: " + ", ".join(available_tasks()))
+    p.add_argument("--router", default="topk", metavar="NAME", help="a registered router (default topk)")
+    p.add_argument("--preset", default="tiny", metavar="PRESET", help="tiny (CPU, minutes) or small (default tiny)")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, data order, dropout and router noise")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--out", required=True, metavar="DIR", help="the run folder")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ class DispatchPlan:
     pair: (A',) long -- index of the row's pair in the Routing.
     counts: (E,) long -- kept rows per expert (group sizes).
     routed: (E,) long -- pairs per expert before capacity.
-    capacity: per-expert capacity C, or None (dropless).
+    capacity: per-expert capacity C, or None (dropless); with routing groups, the largest group's C.
     """
 
     token: Tensor
@@ -47,6 +47,7 @@ class Dispatcher:
     capacity_factor=None: dropless. A number: C = ceil(capacity_factor * A / E) (or round, half to even, with
     capacity_rounding="round"), then rounded up to a multiple of `capacity_multiple`; pairs beyond C are
     dropped in priority order (Routing.priority, higher survives; ties and no priority: pair order).
+    With Routing.group set, each (group, expert) has its own C computed from the A_g pairs of its group.
     """
 
     def __init__(self, num_experts: int, capacity_factor: float | None = None, capacity_rounding: str = "ceil",
@@ -74,19 +75,24 @@ class Dispatcher:
         e = self.num_experts
         if routing.num_experts != e:
             raise ValueError(f"routing has {routing.num_experts} experts, the dispatcher {e}")
-        expert = routing.expert
+        expert, group = routing.expert, routing.group
         routed = torch.bincount(expert, minlength=e)
-        capacity = self.capacity(expert.numel())
-        if capacity is None:
+        if self.capacity_factor is None:
             order = torch.argsort(expert, stable=True)
-            counts = routed
+            counts, capacity = routed, None
         else:
+            num_groups = int(group.max()) + 1 if group is not None and group.numel() else 1
+            pairs = [expert.numel()] if group is None else torch.bincount(group, minlength=num_groups).tolist()
+            capacities = [self.capacity(a) for a in pairs]
+            bucket = expert if group is None else expert * num_groups + group  # (expert, group), expert-major
             order = self._priority_order(routing)
-            order = order[torch.argsort(expert[order], stable=True)]
-            start = torch.cumsum(routed, 0) - routed
-            slot = torch.arange(order.numel(), device=order.device) - start[expert[order]]
-            order = order[slot < capacity]
-            counts = routed.clamp(max=capacity)
+            order = order[torch.argsort(bucket[order], stable=True)]
+            sizes = torch.bincount(bucket, minlength=e * num_groups)
+            start = torch.cumsum(sizes, 0) - sizes
+            slot = torch.arange(order.numel(), device=order.device) - start[bucket[order]]
+            limit = capacities[0] if group is None else torch.tensor(capacities, device=order.device)[group[order]]
+            order = order[slot < limit]
+            counts, capacity = torch.bincount(expert[order], minlength=e), max(capacities)
         return DispatchPlan(token=routing.token[order], weight=routing.weight[order], pair=order, counts=counts,
                             routed=routed, capacity=capacity)
 

@@ -47,25 +47,51 @@ def _grouped_mm(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
     return _ContiguousGrad.apply(F.grouped_mm(x, w, offs=offsets))
 
 
+def activate(kind: str, pre: Tensor) -> Tensor:
+    """The hidden nonlinearity of an expert: pre (M, W) -> (M, h); silu(gate) * up for SwiGLU (W = 2h)."""
+    if kind == "swiglu":
+        gate, up = pre.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(pre) if kind == "gelu" else F.relu(pre)
+
+
+def activate_backward(kind: str, pre: Tensor, grad_act: Tensor) -> tuple[Tensor, Tensor]:
+    """(gradient w.r.t. pre (M, W), the activation (M, h)) from the incoming gradient grad_act: (M, h).
+
+    The activation is recomputed from pre (never stored between forward and backward).
+    """
+    if kind == "swiglu":
+        gate, up = pre.chunk(2, dim=-1)
+        silu = F.silu(gate)
+        grad_pre = torch.empty_like(pre)
+        grad_gate, grad_up = grad_pre.chunk(2, dim=-1)
+        torch.ops.aten.silu_backward.grad_input(grad_act * up, gate, grad_input=grad_gate)
+        torch.mul(grad_act, silu, out=grad_up)
+        return grad_pre, silu * up
+    if kind == "gelu":
+        return torch.ops.aten.gelu_backward(grad_act, pre), F.gelu(pre)
+    return torch.ops.aten.threshold_backward(grad_act, pre, 0), F.relu(pre)
+
+
 class _ExpertLoop(torch.autograd.Function):
     """One matmul per expert, forward and backward, writing into preallocated stacked tensors.
 
     Autograd through `unbind` views would stack E per-expert weight gradients into a new tensor in the
-    backward (a full copy of the expert weights); here each expert's gradient is written in place. The
-    activation's backward is taken by autograd on the saved pre-activations, so any `activation` works.
+    backward (a full copy of the expert weights); here each expert's gradient is written in place, and the
+    activation's backward is computed directly (`activate_backward`) from the saved pre-activations.
     x: (A, d) grouped rows, w_in: (E, d, W), w_out: (E, h, d), b_in: (E, W) or None, b_out: (E, d) or None.
     """
 
     @staticmethod
-    def forward(ctx, x, w_in, w_out, b_in, b_out, sizes, activation):
+    def forward(ctx, x, w_in, w_out, b_in, b_out, sizes, kind):
         bounds = _bounds(sizes)
         y = x.new_empty(x.shape[0], w_out.shape[2])
         pre = []  # per-expert pre-activations: smaller blocks are reused by the allocator, one big one is not
         for e, (lo, hi) in enumerate(bounds):
             pre.append(_linear(x[lo:hi], w_in[e], None if b_in is None else b_in[e]))
-            _linear(activation(pre[e]), w_out[e], None if b_out is None else b_out[e], out=y[lo:hi])
+            _linear(activate(kind, pre[e]), w_out[e], None if b_out is None else b_out[e], out=y[lo:hi])
         ctx.save_for_backward(x, w_in, w_out, *pre)
-        ctx.bounds, ctx.activation = bounds, activation
+        ctx.bounds, ctx.kind = bounds, kind
         ctx.has_bias = (b_in is not None, b_out is not None)
         return y
 
@@ -77,11 +103,8 @@ class _ExpertLoop(torch.autograd.Function):
         grad_w_in, grad_w_out, grad_x = torch.empty_like(w_in), torch.empty_like(w_out), torch.empty_like(x)
         grad_b_in = w_in.new_empty(w_in.shape[0], w_in.shape[2]) if ctx.has_bias[0] else None
         for e, (lo, hi) in enumerate(ctx.bounds):
-            with torch.enable_grad():
-                pre_e = pre[e].detach().requires_grad_()
-                act_e = ctx.activation(pre_e)
-            torch.mm(act_e.detach().t(), grad_y[lo:hi], out=grad_w_out[e])
-            (grad_pre,) = torch.autograd.grad(act_e, pre_e, grad_y[lo:hi] @ w_out[e].t())
+            grad_pre, act = activate_backward(ctx.kind, pre[e], grad_y[lo:hi] @ w_out[e].t())
+            torch.mm(act.t(), grad_y[lo:hi], out=grad_w_out[e])
             torch.mm(x[lo:hi].t(), grad_pre, out=grad_w_in[e])
             torch.mm(grad_pre, w_in[e].t(), out=grad_x[lo:hi])
             if grad_b_in is not None:
@@ -139,10 +162,7 @@ class Experts(nn.Module):
 
     def activation(self, h: Tensor) -> Tensor:
         """The hidden nonlinearity: silu(gate) * up for SwiGLU, else gelu/relu."""
-        if self.kind == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
-            return F.silu(gate) * up
-        return F.gelu(h) if self.kind == "gelu" else F.relu(h)
+        return activate(self.kind, h)
 
     def resolve_backend(self, x: Tensor) -> str:
         """The backend used for input x (fixed for a given dtype and device)."""
@@ -182,7 +202,7 @@ class Experts(nn.Module):
         return y
 
     def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
-        return _ExpertLoop.apply(x, self.w_in, self.w_out, self.b_in, self.b_out, counts.tolist(), self.activation)
+        return _ExpertLoop.apply(x, self.w_in, self.w_out, self.b_in, self.b_out, counts.tolist(), self.kind)
 
     def dense_forward(self, x: Tensor, expert: int) -> Tensor:
         """Expert `expert` applied to every row of x: (M, d) -> (M, d) (a reference for tests and analyses)."""

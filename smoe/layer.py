@@ -5,6 +5,8 @@ Legend: N tokens after flattening the leading dims, E experts, d model width.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -14,6 +16,7 @@ from smoe.dispatch import Dispatcher, DispatchPlan
 from smoe.experts import Experts
 from smoe.routing import Routing, RoutingContext, build_router
 from smoe.routing import router_options as router_options_of
+from smoe.routing.base import check_int
 
 
 @dataclass
@@ -32,6 +35,8 @@ class MoEConfig:
     bias: bool = False
     backend: str = "auto"
     check_finite: bool = True
+    num_shared_experts: int = 0
+    shared_gate: bool = False
     router_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -62,6 +67,11 @@ class MoEStats:
                    capacity=plan.capacity)
 
 
+def aux_total(aux: dict[str, Tensor], device: torch.device) -> Tensor:
+    """0-dim sum of named, already weighted aux losses (0 when there are none)."""
+    return sum(aux.values(), torch.zeros((), device=device))
+
+
 @dataclass
 class MoEOutput:
     """y: same shape as the input; aux_loss: 0-dim sum of the router's weighted aux losses."""
@@ -82,6 +92,11 @@ class MoE(nn.Module):
     (those with a capacity_factor option, e.g. expert_choice), which receive it while dispatch stays dropless.
     Extra routing context (attention probabilities, token ids, the step, a generator) is passed as
     keyword arguments and reaches the router through `RoutingContext`.
+    `routing_transform` (None by default) is applied to the router's Routing before dispatch; analyses use it
+    to override routing (e.g. `smoe.metrics.routing_override`).
+    num_shared_experts: always-active experts whose output is added to every real token's routed output
+    (DeepSeekMoE / DeepSeek-V3), run as one expert of hidden num_shared_experts * hidden (the same function);
+    shared_gate: scale that output by sigmoid(x w), w: (d,) (Qwen2-MoE's shared-expert gate).
     """
 
     def __init__(
@@ -99,6 +114,8 @@ class MoE(nn.Module):
         capacity_rounding: str = "ceil",
         capacity_multiple: int = 1,
         check_finite: bool = True,
+        num_shared_experts: int = 0,
+        shared_gate: bool = False,
         **router_options,
     ):
         super().__init__()
@@ -106,8 +123,12 @@ class MoE(nn.Module):
             d_model=d_model, num_experts=num_experts, hidden=hidden, router=router, k=k,
             capacity_factor=capacity_factor, capacity_rounding=capacity_rounding,
             capacity_multiple=capacity_multiple, expert=expert, bias=bias, backend=backend,
-            check_finite=check_finite, router_options=dict(router_options),
+            check_finite=check_finite, num_shared_experts=num_shared_experts, shared_gate=shared_gate,
+            router_options=dict(router_options),
         )
+        if router in _LAYERS:
+            raise ValueError(f"{router!r} is a layer-level method, not a router: build it with "
+                             f"smoe.build_moe(..., router={router!r})")
         if "capacity_factor" in router_options:
             raise ValueError("capacity_factor is an argument of MoE itself; pass it once")
         if capacity_factor is not None and "capacity_factor" in router_options_of(router):
@@ -117,12 +138,21 @@ class MoE(nn.Module):
         self.router = build_router(router, d_model=d_model, num_experts=num_experts, k=k, **router_options)
         self.dispatcher = Dispatcher(num_experts, capacity_factor, capacity_rounding, capacity_multiple)
         self.experts = Experts(num_experts, d_model, hidden, kind=expert, bias=bias, backend=backend)
+        self.routing_transform: Callable[[Routing], Routing] | None = None
+        check_int("num_shared_experts", num_shared_experts, low=0)
+        if not isinstance(shared_gate, bool) or (shared_gate and not num_shared_experts):
+            raise ValueError(f"shared_gate must be True or False, and True needs num_shared_experts >= 1; got "
+                             f"shared_gate={shared_gate!r}, num_shared_experts={num_shared_experts}")
+        self.shared = (Experts(1, d_model, num_shared_experts * hidden, kind=expert, bias=bias, backend=backend)
+                       if num_shared_experts else None)
+        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
 
     @classmethod
-    def from_config(cls, config: MoEConfig) -> MoE:
+    def from_config(cls, config: MoEConfig, **layer_options) -> MoE:
+        """The layer `config` describes; `layer_options` are further constructor arguments (a subclass's own)."""
         kwargs = config.to_dict()
         options = kwargs.pop("router_options")
-        return cls(**kwargs, **options)
+        return cls(**kwargs, **options, **layer_options)
 
     @property
     def d_model(self) -> int:
@@ -144,18 +174,48 @@ class MoE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> MoEOutput:
         """x: (..., d_model), mask: (...) bool -> MoEOutput with y: (..., d_model)."""
-        lead = self._check_input(x, mask, token_ids)
+        ctx = self.routing_context(x, mask, causal=causal, attn_probs=attn_probs, token_ids=token_ids, step=step,
+                                   generator=generator)
         flat = x.reshape(-1, self.d_model)
-        ctx = RoutingContext(
+        routing = self.route(flat, ctx)
+        if self.routing_transform is not None:
+            routing = self.routing_transform(routing)
+        y, plan = self.run_experts(flat, routing)
+        if self.shared is not None:
+            y = y + self.shared_output(flat, ctx.mask)
+        return MoEOutput(y=y.reshape(x.shape), aux_loss=aux_total(routing.aux, x.device), routing=routing,
+                         stats=MoEStats.from_plan(plan))
+
+    def routing_context(self, x: Tensor, mask: Tensor | None = None, *, causal: bool = False,
+                        attn_probs: Tensor | None = None, token_ids: Tensor | None = None, step: int | None = None,
+                        generator: torch.Generator | None = None) -> RoutingContext:
+        """Validate x: (..., d_model) and mask: (...) and build the RoutingContext of one call."""
+        lead = self._check_input(x, mask, token_ids)
+        return RoutingContext(
             batch_shape=lead, mask=None if mask is None else mask.reshape(-1), causal=causal, attn_probs=attn_probs,
             token_ids=None if token_ids is None else token_ids.reshape(-1), step=step, generator=generator,
         )
-        routing = self.router(flat, ctx)
+
+    def run_experts(self, flat: Tensor, routing: Routing) -> tuple[Tensor, DispatchPlan]:
+        """flat: (N, d) -> (N, d) sum over each token's kept pairs of weight * expert(token), and the plan."""
         plan = self.dispatcher.plan(routing)
-        rows = self.experts(self.dispatcher.dispatch(flat, plan), plan.counts)
-        y = self.dispatcher.combine(rows, plan, flat.shape[0]).reshape(x.shape)
-        aux_loss = sum(routing.aux.values(), torch.zeros((), device=x.device))
-        return MoEOutput(y=y, aux_loss=aux_loss, routing=routing, stats=MoEStats.from_plan(plan))
+        rows = self.expert_outputs(flat, plan)
+        return self.dispatcher.combine(rows, plan, flat.shape[0]), plan
+
+    def route(self, flat: Tensor, ctx: RoutingContext) -> Routing:
+        """The router's decision for flat: (N, d). A hook: a subclass may change what the router sees."""
+        return self.router(flat, ctx)
+
+    def expert_outputs(self, flat: Tensor, plan: DispatchPlan) -> Tensor:
+        """(A', d): every grouped row of plan through its expert. A hook: the expert-parallel layer overrides it."""
+        return self.experts(self.dispatcher.dispatch(flat, plan), plan.counts)
+
+    def shared_output(self, flat: Tensor, mask: Tensor | None) -> Tensor:
+        """flat: (N, d) -> (N, d) output of the shared experts (gated when shared_gate), 0 on masked tokens."""
+        out = self.shared(flat, torch.tensor([flat.shape[0]], device=flat.device))
+        if self.shared_gate is not None:
+            out = torch.sigmoid(self.shared_gate(flat)) * out
+        return out if mask is None else out.masked_fill(~mask[:, None], 0.0)
 
     def _check_input(self, x: Tensor, mask: Tensor | None, token_ids: Tensor | None) -> tuple[int, ...]:
         if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -168,7 +228,8 @@ class MoE(nn.Module):
                 raise ValueError(f"{name} must have shape {lead} (x's leading dims), got {tuple(t.shape)}")
         if mask is not None and mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor (True = real token), got {mask.dtype}")
-        if self.config.check_finite and not bool(torch.isfinite(x).all()):
+        # one cheap reduction; the exact check only when the sum is not finite (NaN/Inf, or an overflow)
+        if self.config.check_finite and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or Inf; the MoE layer refuses non-finite input "
                              "(pass check_finite=False to skip this check)")
         return lead
@@ -177,3 +238,42 @@ class MoE(nn.Module):
     def after_step(self, stats: list[MoEStats] | None = None) -> None:
         """Called by the Trainer once per optimizer step with this layer's stats of that step."""
         self.router.after_step(stats)
+
+
+# ---------------------------------------------------------------- layer-level methods
+
+_LAYERS: dict[str, type[nn.Module]] = {}
+
+
+def register_layer(name: str):
+    """Class decorator for a method that changes the whole layer, not only the routing (S2MoE).
+
+    The class is a drop-in for `MoE`: built with MoE's arguments and `router=name`, forward(x, mask, **context)
+    -> MoEOutput, and `router`, `dispatcher`, `experts`, `after_step` like MoE. `build_moe(router=name)` selects it.
+    """
+
+    def wrap(cls):
+        if name in _LAYERS and _LAYERS[name] is not cls:
+            raise ValueError(f"layer {name!r} is already registered by {_LAYERS[name].__qualname__}")
+        _LAYERS[name] = cls
+        cls.layer_name = name
+        return cls
+
+    return wrap
+
+
+def available_layers() -> list[str]:
+    """Names of the layer-level methods, usable wherever a router name is (`build_moe(router=name)`)."""
+    return sorted(_LAYERS)
+
+
+def layer_summary(name: str) -> str:
+    """First line of a layer-level method's docstring (its paper), for `smoe routers`."""
+    if name not in _LAYERS:
+        raise ValueError(f"unknown layer-level method {name!r}; available: {', '.join(available_layers())}")
+    return (inspect.getdoc(_LAYERS[name]) or "").splitlines()[0]
+
+
+def build_moe(d_model: int, num_experts: int, hidden: int, router: str = "topk", **kwargs) -> nn.Module:
+    """The MoE layer for `router`: a registered layer-level method of that name, else `MoE` with that router."""
+    return _LAYERS.get(router, MoE)(d_model, num_experts, hidden, router=router, **kwargs)

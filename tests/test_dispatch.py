@@ -110,3 +110,46 @@ def test_mismatched_expert_count_is_an_error():
         assert "3 experts" in str(err)
     else:
         raise AssertionError("expected ValueError")
+
+
+@st.composite
+def grouped_routings(draw):
+    r = draw(routings(with_priority=True))
+    groups = draw(st.integers(1, 4))
+    group = draw(st.lists(st.integers(0, groups - 1), min_size=r.num_pairs, max_size=r.num_pairs))
+    return r.replace(group=torch.as_tensor(group, dtype=torch.long))
+
+
+@settings(max_examples=200, deadline=None)
+@given(grouped_routings(), st.floats(0.05, 3.0))
+def test_groups_get_their_own_capacity_per_expert(r, factor):
+    d = Dispatcher(r.num_experts, capacity_factor=factor)
+    plan = d.plan(r)
+    kept = set(plan.pair.tolist())
+    assert torch.equal(r.expert[plan.pair], torch.sort(r.expert[plan.pair]).values)  # still grouped by expert
+    assert torch.equal(torch.bincount(r.expert[plan.pair], minlength=r.num_experts), plan.counts)
+    caps = []
+    for g in set(r.group.tolist()):
+        in_group = (r.group == g).nonzero().flatten().tolist()
+        c = math.ceil(factor * len(in_group) / r.num_experts)  # capacity from the group's own pairs
+        caps.append(c)
+        for e in range(r.num_experts):
+            pairs = [a for a in in_group if int(r.expert[a]) == e]
+            best = sorted(pairs, key=lambda a: (-float(r.priority[a]), a))[: min(c, len(pairs))]
+            assert {a for a in pairs if a in kept} == set(best)
+    assert plan.capacity == max(caps, default=0) or r.num_pairs == 0
+
+
+def test_one_group_equals_no_group():
+    r = routing_from([0, 0, 1, 1, 2, 2, 3], [0, 1, 0, 1, 0, 1, 0], 4, 2, priority=[3, 1, 4, 1, 5, 9, 2])
+    d = Dispatcher(2, capacity_factor=0.6)
+    a, b = d.plan(r), d.plan(r.replace(group=torch.zeros(7, dtype=torch.long)))
+    assert torch.equal(a.pair, b.pair) and torch.equal(a.counts, b.counts) and a.capacity == b.capacity
+
+
+def test_routing_select_keeps_per_pair_fields_aligned():
+    r = routing_from([0, 0, 1, 2], [1, 0, 1, 0], 3, 2, priority=[0.5, 0.1, 0.2, 0.3], weight=[1.0, 2.0, 3.0, 4.0])
+    r = r.replace(group=torch.tensor([0, 0, 1, 1]))
+    s = r.select(torch.tensor([True, False, True, False]))
+    assert s.token.tolist() == [0, 1] and s.expert.tolist() == [1, 1] and s.weight.tolist() == [1.0, 3.0]
+    assert s.priority.tolist() == [0.5, 0.2] and s.group.tolist() == [0, 1] and s.probs is r.probs

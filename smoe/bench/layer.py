@@ -6,8 +6,16 @@ the warm-up) minus the resident set at that point, with glibc told to return eve
 (MALLOC_MMAP_THRESHOLD_) so that freed tensors do not linger in the figure. On CUDA: the allocator's peak
 over its allocation after set-up. Both are real measurements, not estimates.
 
+Modules are timed in train mode (router noise, Sinkhorn on training calls). --router takes one or more
+comma-separated specs `name[:option=value...]`, e.g. `topk,ssr,ssr:p=1.0,sinkhorn`; the smoe rows run once per
+spec and every ratio is against the first spec's smoe row. SSR's expected step time is (1 - p) t(ssr:p=0) +
+p t(ssr:p=1) (its median over a few steps at small p is the softmax branch).
+
+The smoe rows see x as sequences of T tokens (--seq-len), which matters only for routers that pool over a
+sequence (similarity, attention, usmoe); routers that read attention probabilities get fixed random ones.
+
 impls:
-  smoe          smoe.MoE (router --router, default topk k=2, SwiGLU, dropless)
+  smoe          smoe.build_moe (router per --router spec, default topk k=2, SwiGLU, dropless; s2moe is its layer)
   smoe-uniform  the same layer with routing forced to a perfectly balanced round robin
   experts-only  smoe's Experts alone on the grouped rows the smoe router produced (the floor for that routing)
   dense         a SwiGLU FFN with the same active FLOPs (hidden = k * h)
@@ -19,6 +27,7 @@ impls:
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -33,8 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 IMPLS = ("smoe", "smoe-uniform", "experts-only", "dense", "hf-eager", "hf-grouped_mm", "einsum")
-FULL = {"N": 8192, "d": 512, "h": 1024, "k": 2, "experts": (8, 32, 64)}
-QUICK = {"N": 512, "d": 64, "h": 128, "k": 2, "experts": (4, 8)}
+ROUTED = ("smoe", "experts-only")  # the impls that run once per --router spec (smoe-uniform replaces the router)
+FULL = {"N": 8192, "T": 512, "d": 512, "h": 1024, "k": 2, "experts": (8, 32, 64)}
+QUICK = {"N": 512, "T": 128, "d": 64, "h": 128, "k": 2, "experts": (4, 8)}
 
 
 # ---------------------------------------------------------------- implementations (each: x -> y)
@@ -92,17 +102,42 @@ def hf_mixtral_block(d: int, num_experts: int, hidden: int, k: int, implementati
     return block
 
 
+def parse_router_spec(spec: str) -> tuple[str, dict]:
+    """"ssr:p=1.0:cost=probs" -> ("ssr", {"p": 1.0, "cost": "probs"}); values are Python literals or strings."""
+    name, *pairs = spec.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"router spec {spec!r}: expected name:option=value, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return name, options
+
+
 def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tuple[Callable[[], Tensor], nn.Module]:
-    """A zero-argument callable computing the impl's output on x, and the module holding its weights."""
-    from smoe import MoE
+    """A zero-argument callable computing the impl's output on x, and the module holding its weights.
+
+    router: a spec `name[:option=value...]` for the smoe impls.
+    """
+    from smoe import build_moe
     from smoe.routing import Routing
 
     d, h, k = size["d"], size["h"], size["k"]
     place = {"device": x.device, "dtype": x.dtype}
     if impl in ("smoe", "smoe-uniform", "experts-only"):
-        moe = MoE(d, num_experts, h, router=router, k=k).to(**place)
+        name, options = parse_router_spec(router)
+        moe = build_moe(d, num_experts, h, router=name, k=k, **options).to(**place)
+        seqs = x.view(-1, size["T"], d)
+        context = {"attn_probs": _attention_probs(seqs)} if moe.router.needs_attn_probs else {}
+
+        def run() -> Tensor:
+            return moe(seqs, **context).y.view(-1, d)
+
         if impl == "smoe":
-            return (lambda: moe(x).y), moe
+            return run, moe
         if impl == "smoe-uniform":
             n = x.shape[0]
 
@@ -115,9 +150,9 @@ def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tu
                                num_experts=num_experts)
 
             moe.router.forward = uniform_forward
-            return (lambda: moe(x).y), moe
+            return run, moe
         with torch.no_grad():
-            plan = moe.dispatcher.plan(moe.router(x, _context()))
+            plan = moe.dispatcher.plan(moe(seqs, **context).routing)
         rows = x.detach()[plan.token].clone().requires_grad_()
         return (lambda: moe.experts(rows, plan.counts)), moe.experts
     if impl == "dense":
@@ -132,10 +167,10 @@ def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tu
     raise ValueError(f"unknown impl {impl!r}; choose from {', '.join(IMPLS)}")
 
 
-def _context():
-    from smoe.routing import RoutingContext
-
-    return RoutingContext()
+def _attention_probs(seqs: Tensor) -> Tensor:
+    """(B, T, T) fixed random attention probabilities for routers that read the preceding attention."""
+    b, t, _ = seqs.shape
+    return torch.softmax(torch.randn(b, t, t, device=seqs.device), dim=-1)
 
 
 # ---------------------------------------------------------------- measurement (runs in the worker process)
@@ -180,9 +215,10 @@ def measure(impl: str, size: dict, num_experts: int, router: str, repeats: int, 
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mb("VmHWM")
     if mode == "memory":
         return {"peak_mb": peak - base}
-    return {"impl": impl, "E": num_experts, "k": size["k"], "N": size["N"], "d": size["d"], "h": size["h"],
-            "router": router if impl.startswith(("smoe", "experts")) else None, "dtype": dtype, "device": device,
-            "median_s": statistics.median(times), "runs_s": times, "threads": torch.get_num_threads()}
+    return {"impl": impl, "E": num_experts, "k": size["k"], "N": size["N"], "T": size.get("T"), "d": size["d"],
+            "h": size["h"], "router": router if impl in ROUTED else None, "dtype": dtype, "device": device,
+            "median_s": statistics.median(times), "mean_s": statistics.mean(times), "runs_s": times,
+            "threads": torch.get_num_threads()}
 
 
 # ---------------------------------------------------------------- driver
@@ -206,16 +242,28 @@ def run_one(impl: str, size: dict, num_experts: int, router: str, repeats: int, 
     return record
 
 
-def markdown_table(records: list[dict], reference: str = "smoe") -> str:
-    """One row per (E, impl): median time, peak memory, and the reference's time divided by this row's."""
-    lines = ["| E | impl | median fwd+bwd (s) | peak mem (MB) | smoe ÷ this |", "|---|---|---|---|---|"]
-    ref = {r["E"]: r["median_s"] for r in records if r["impl"] == reference and "median_s" in r}
-    for r in sorted(records, key=lambda r: (r["E"], IMPLS.index(r["impl"]) if r["impl"] in IMPLS else 99)):
+def row_label(record: dict) -> str:
+    """The impl, with its router spec for the impls that run per router: "smoe [ssr:p=1.0]"."""
+    return f"{record['impl']} [{record['router']}]" if record.get("router") else record["impl"]
+
+
+def markdown_table(records: list[dict], reference: str | None = None) -> str:
+    """One row per (E, impl, router): median time, peak memory, and the reference's time divided by this row's.
+
+    reference: a row label; default the first smoe row's ("smoe [topk]" for the default --router).
+    """
+    if reference is None:
+        reference = next((row_label(r) for r in records if r["impl"] == "smoe"), "smoe")
+    lines = [f"| E | impl | median fwd+bwd (s) | peak mem (MB) | {reference} ÷ this |", "|---|---|---|---|---|"]
+    ref = {r["E"]: r["median_s"] for r in records if row_label(r) == reference and "median_s" in r}
+    order = {label: i for i, label in enumerate(dict.fromkeys(row_label(r) for r in records))}
+    for r in sorted(records, key=lambda r: (r["E"], IMPLS.index(r["impl"]) if r["impl"] in IMPLS else 99,
+                                            order[row_label(r)])):
         if "error" in r:
-            lines.append(f"| {r['E']} | {r['impl']} | error: {r['error']} | | |")
+            lines.append(f"| {r['E']} | {row_label(r)} | error: {r['error']} | | |")
             continue
         ratio = ref.get(r["E"], float("nan")) / r["median_s"]
-        lines.append(f"| {r['E']} | {r['impl']} | {r['median_s']:.3f} | {r['peak_mb']:.0f} | {ratio:.2f} |")
+        lines.append(f"| {r['E']} | {row_label(r)} | {r['median_s']:.3f} | {r['peak_mb']:.0f} | {ratio:.2f} |")
     return "\n".join(lines)
 
 
@@ -225,8 +273,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help=f"small sizes for CI: {QUICK}")
     p.add_argument("--experts", type=str, default=None, help="comma-separated E values (default 8,32,64)")
     p.add_argument("--impls", type=str, default=",".join(IMPLS), help="comma-separated subset of the impls")
-    p.add_argument("--router", type=str, default="topk", help="router of the smoe rows (default topk)")
+    p.add_argument("--router", type=str, default="topk",
+                   help="comma-separated router specs name[:option=value...] of the smoe rows (default topk)")
     p.add_argument("--tokens", type=int, default=None, help="override N")
+    p.add_argument("--seq-len", type=int, default=None, help="override T, the tokens per sequence (N = B * T)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (median reported)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -244,10 +294,24 @@ def main(argv: list[str] | None = None) -> int:
                       spec["dtype"], spec["mode"])
         print(json.dumps(rec))
         return 0
-    from smoe.routing import available_routers
+    from smoe.layer import available_layers
+    from smoe.routing import available_routers, router_options
 
-    if args.router not in available_routers():
-        raise SystemExit(f"--router: unknown router {args.router!r}; available: {', '.join(available_routers())}")
+    routers = [r.strip() for r in args.router.split(",") if r.strip()]
+    for spec in routers:
+        try:
+            name, options = parse_router_spec(spec)
+        except ValueError as err:
+            raise SystemExit(f"--router: {err}") from None
+        names = sorted(available_routers() + available_layers())
+        if name not in names:
+            raise SystemExit(f"--router: unknown router {name!r}; available: {', '.join(names)}")
+        if name not in available_routers():
+            continue  # a layer-level method (s2moe): its options are checked when it is built
+        valid = set(router_options(name)) - {"k"}  # k is the benchmark size's
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise SystemExit(f"--router: unknown option(s) {unknown} for {name!r}; valid: {', '.join(sorted(valid))}")
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = sorted(set(impls) - set(IMPLS))
     if unknown:
@@ -255,17 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     size = dict(QUICK if args.quick else FULL)
     if args.tokens:
         size["N"] = args.tokens
+    if args.seq_len:
+        size["T"] = args.seq_len
+    size["T"] = min(size["T"], size["N"])
+    if size["N"] % size["T"]:
+        raise SystemExit(f"--seq-len: T={size['T']} must divide N={size['N']}")
     experts = [int(e) for e in args.experts.split(",")] if args.experts else list(size.pop("experts"))
     size.pop("experts", None)
     from tqdm import tqdm
 
     records = []
-    jobs = [(e, impl) for e in experts for impl in impls]
-    for e, impl in tqdm(jobs, desc="bench layer", unit="run", file=sys.stderr):
-        rec = run_one(impl, size, e, args.router, args.repeats, args.device, args.dtype, args.timeout)
+    jobs = [(e, impl, router) for e in experts for impl in impls
+            for router in (routers if impl in ROUTED else routers[:1])]
+    for e, impl, router in tqdm(jobs, desc="bench layer", unit="run", file=sys.stderr):
+        rec = run_one(impl, size, e, router, args.repeats, args.device, args.dtype, args.timeout)
         records.append(rec)
-    print(f"N={size['N']} d={size['d']} h={size['h']} k={size['k']} {args.dtype} {args.device} "
-          f"router={args.router} threads={torch.get_num_threads()} repeats={args.repeats}")
+    print(f"N={size['N']} T={size['T']} d={size['d']} h={size['h']} k={size['k']} {args.dtype} {args.device} "
+          f"routers={','.join(routers)} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(markdown_table(records))
     if args.json:
         with open(args.json, "w") as f:

@@ -8,6 +8,8 @@ and global-budget routers (0..E experts per token) share one representation and 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -25,6 +27,9 @@ class RoutingContext:
     token_ids: (N,) long input ids (hash routing).
     step: training step, for schedules.
     generator: the source of every random draw a router makes (noise, sampling).
+    gather: set only by an expert-parallel layer with a global view: gather(t) all-gathers the rows of t: (N, ...)
+        from every rank of the group, in rank order and without gradient, and returns (N_all, ...) with the
+        offset of this rank's rows in it. None: the call's own tokens are the whole pool.
     """
 
     batch_shape: tuple[int, ...] | None = None
@@ -34,6 +39,19 @@ class RoutingContext:
     token_ids: Tensor | None = None
     step: int | None = None
     generator: torch.Generator | None = None
+    gather: Callable[[Tensor], tuple[Tensor, int]] | None = None
+
+    def sequences(self, num_tokens: int) -> tuple[int, int]:
+        """(B, T): the N flattened tokens as B sequences of T tokens, T = the last axis of batch_shape.
+
+        Without a batch_shape (or with a 0-dim one) all N tokens form one sequence.
+        """
+        if not self.batch_shape:
+            return 1, num_tokens
+        b, t = math.prod(self.batch_shape[:-1]), self.batch_shape[-1]
+        if b * t != num_tokens:
+            raise ValueError(f"batch_shape {tuple(self.batch_shape)} does not hold {num_tokens} tokens")
+        return b, t
 
 
 @dataclass
@@ -47,6 +65,8 @@ class Routing:
     priority: (A,) float or None -- higher survives first when capacity drops pairs; None means pair order.
     logits: (N, E) raw router logits, where the router has them.
     mask: (N,) bool or None -- which tokens are real (copied from the context).
+    group: (A,) long or None -- routing group of each pair; under capacity every (group, expert) gets its own
+        capacity, computed from the group's pairs (V-MoE routes groups of images independently). None: one pool.
     """
 
     token: Tensor
@@ -58,6 +78,7 @@ class Routing:
     priority: Tensor | None = None
     logits: Tensor | None = None
     mask: Tensor | None = None
+    group: Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -69,6 +90,11 @@ class Routing:
 
     def replace(self, **changes) -> Routing:
         return replace(self, **changes)
+
+    def select(self, keep: Tensor) -> Routing:
+        """The same routing with only the pairs where keep: (A,) bool is True."""
+        per_pair = ("token", "expert", "weight", "priority", "group")
+        return self.replace(**{n: None if getattr(self, n) is None else getattr(self, n)[keep] for n in per_pair})
 
     def dense_weights(self) -> Tensor:
         """(N, E) weight matrix with zeros where no pair exists (for tests and small analyses)."""
@@ -89,20 +115,23 @@ class Routing:
         aux: dict[str, Tensor] | None = None,
         logits: Tensor | None = None,
         choice_priority: bool = True,
+        priority: Tensor | None = None,
     ) -> Routing:
         """Flatten per-token choices index, weight: (N, k) into token-major pairs, dropping masked tokens.
 
         With choice_priority, all first choices outrank all second choices under capacity (GShard, V-MoE);
-        within a rank, earlier tokens win.
+        within a rank, earlier tokens win. priority: (N, k), when given, is the pairs' priority instead.
         """
         n, k = index.shape
         token = torch.arange(n, device=index.device).repeat_interleave(k)
-        rank = torch.arange(k, device=index.device).repeat(n)
         expert, w = index.reshape(-1), weight.reshape(-1)
+        if priority is None and choice_priority and k > 1:
+            priority = -torch.arange(k, device=index.device, dtype=probs.dtype).expand(n, k)
+        priority = None if priority is None else priority.reshape(-1)
         if ctx.mask is not None:
             keep = ctx.mask.repeat_interleave(k)
-            token, rank, expert, w = token[keep], rank[keep], expert[keep], w[keep]
-        priority = -rank.to(probs.dtype) if choice_priority and k > 1 else None
+            token, expert, w = token[keep], expert[keep], w[keep]
+            priority = None if priority is None else priority[keep]
         return cls(
             token=token, expert=expert, weight=w, probs=probs, num_experts=probs.shape[1],
             aux=aux or {}, priority=priority, logits=logits, mask=ctx.mask,
@@ -116,9 +145,11 @@ class Router(nn.Module):
     Subclasses implement `forward(x: (N, d), ctx) -> Routing`. State that changes between steps is updated by
     `after_step` (called by the Trainer once per optimizer step), never inside `forward`.
     A router that reads `ctx.attn_probs` sets `needs_attn_probs = True` so blocks compute them eagerly.
+    A router that pools over the tokens of every rank when `ctx.gather` is given sets `supports_global_view = True`.
     """
 
     needs_attn_probs: bool = False
+    supports_global_view: bool = False
 
     def __init__(self, d_model: int, num_experts: int, k: int = 1):
         super().__init__()
@@ -177,15 +208,20 @@ def check_int(name: str, value: object, low: int | None = None, high: int | None
 
 
 def check_float(name: str, value: object, low: float | None = None, high: float | None = None,
-                low_open: bool = False) -> None:
+                low_open: bool = False, high_open: bool = False) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")

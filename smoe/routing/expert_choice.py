@@ -20,7 +20,11 @@ class ExpertChoiceRouter(Router):
     by S[t, e] (no renormalisation). A token may get 0..E experts; load is perfectly balanced by construction.
     The pool is every real token of the call (all sequences of the batch): routing a token looks at later
     tokens, so this router is not causal. No aux loss (the paper has none); optional ST-MoE z-loss.
+    Under expert parallelism the pool is each rank's own tokens; with a global view (`ctx.gather`, see
+    `smoe.parallel`) it is every real token of every rank, exactly as one process holding the whole batch.
     """
+
+    supports_global_view = True
 
     def __init__(self, d_model: int, num_experts: int, k: int = 2, capacity_factor: float = 1.0,
                  z_loss_coef: float = 0.0):
@@ -35,14 +39,16 @@ class ExpertChoiceRouter(Router):
         return min(num_tokens, math.ceil(self.capacity_factor * num_tokens * self.k / self.num_experts))
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
-        """x: (N, d) -> Routing with C pairs per expert (expert-major)."""
+        """x: (N, d) -> Routing with C pairs per expert (expert-major; with ctx.gather, this call's share of them)."""
         logits = gate_logits(x, self.gate.weight)
         probs = torch.softmax(logits, dim=-1)
         scores = probs if ctx.mask is None else probs.masked_fill(~ctx.mask[:, None], -1.0)
-        n_real = x.shape[0] if ctx.mask is None else int(ctx.mask.sum())
-        c = self.capacity(n_real)
-        weight, token = scores.t().topk(c, dim=1)  # (E, C)
+        pool, offset = (scores, 0) if ctx.gather is None else ctx.gather(scores.detach())
+        c = self.capacity(int((pool[:, 0] >= 0).sum()))  # real rows hold probabilities >= 0, masked ones -1
+        token = pool.t().topk(c, dim=1).indices.reshape(-1) - offset  # (E * C,) pool rows -> this call's rows
         expert = torch.arange(self.num_experts, device=x.device).repeat_interleave(c)
+        mine = (token >= 0) & (token < x.shape[0])  # all of them unless the pool spans several ranks
+        token, expert = token[mine], expert[mine]
         aux = {"z_loss": self.z_loss_coef * z_loss(logits, ctx.mask)} if self.z_loss_coef > 0 else {}
-        return Routing(token=token.reshape(-1), expert=expert, weight=weight.reshape(-1), probs=probs,
+        return Routing(token=token, expert=expert, weight=probs[token, expert], probs=probs,
                        num_experts=self.num_experts, aux=aux, logits=logits, mask=ctx.mask)

@@ -16,15 +16,30 @@ from smoe.routing.base import (
     RoutingContext,
     check_choice,
     check_float,
+    check_int,
     gate_logits,
     sample_noise,
 )
+from smoe.routing.bias_balancing import BiasBalancing
 from smoe.routing.losses import load_balance_loss, z_loss
 from smoe.routing.registry import register_router
 
 
+def top_k_probs(probs: Tensor, k: int, normalize: bool, select: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The k largest entries of each row of probs: (N, E) -> weight, index: (N, k); normalize rescales to sum 1.
+
+    select: (N, E) scores that choose the k experts instead of probs (e.g. probs + an expert bias); the weights
+    are still the chosen entries of probs.
+    """
+    index = (probs if select is None else select).topk(k, dim=-1).indices
+    weight = probs.gather(1, index)
+    if normalize:
+        weight = weight / weight.sum(-1, keepdim=True)
+    return weight, index
+
+
 @register_router("topk")
-class TopKRouter(Router):
+class TopKRouter(BiasBalancing, Router):
     """Softmax top-k (Switch k=1, GShard/Mixtral k=2; Shazeer et al. 2017 noisy gating).
 
     logits = x W_g (+ noise in training); per token keep the k largest.
@@ -34,8 +49,12 @@ class TopKRouter(Router):
     with softmax="before" and normalize=True this equals softmax="after".
     noise="learned": Shazeer's noisy gating, std = softplus(x W_noise), training only;
     noise="fixed": Gaussian noise of std `noise_std` on the logits, training only.
+    eval_k: experts per token in eval mode (None: k), e.g. train top-2 and infer top-1 without retraining.
     Aux losses: Switch load balancing E * sum_e f_e P_e (coefficient `load_balance_coef`) and ST-MoE z-loss
     (`z_loss_coef`); a coefficient of 0 disables the term.
+    bias_rate: opt in to aux-loss-free balancing (Wang et al. 2024, see `BiasBalancing`; None = off): a
+    per-expert bias is added to the scores that top-k ranks (probabilities with softmax="before", logits with
+    "after") and never to the weights.
     """
 
     def __init__(
@@ -49,9 +68,13 @@ class TopKRouter(Router):
         noise_std: float = 1.0,
         load_balance_coef: float = 0.01,
         z_loss_coef: float = 0.0,
+        bias_rate: float | None = None,
+        eval_k: int | None = None,
     ):
         super().__init__(d_model, num_experts, k)
         self.check_k_fits()
+        if eval_k is not None:
+            check_int("eval_k", eval_k, low=1, high=num_experts)
         check_choice("softmax", softmax, ("before", "after"))
         check_choice("noise", noise, ("none", "learned", "fixed"))
         check_float("noise_std", noise_std, low=0.0)
@@ -63,10 +86,12 @@ class TopKRouter(Router):
         self.normalize = k > 1 if normalize is None else normalize
         self.noise, self.noise_std = noise, noise_std
         self.load_balance_coef, self.z_loss_coef = load_balance_coef, z_loss_coef
+        self.eval_k = eval_k
         self.gate = nn.Linear(d_model, num_experts, bias=False)
         self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if noise == "learned" else None
         if self.noise_gate is not None:
             nn.init.zeros_(self.noise_gate.weight)
+        self.init_bias_balancing(bias_rate)
 
     def noisy_logits(self, x: Tensor, logits: Tensor, ctx: RoutingContext) -> Tensor:
         """logits + noise during training (the clean logits in eval or with noise='none')."""
@@ -77,18 +102,21 @@ class TopKRouter(Router):
             return logits + eps * F.softplus(gate_logits(x, self.noise_gate.weight))
         return logits + eps * self.noise_std
 
+    @property
+    def active_k(self) -> int:
+        """Experts per token in the current mode (eval_k in eval mode when set)."""
+        return self.k if self.training or self.eval_k is None else self.eval_k
+
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
-        """x: (N, d) -> Routing with k pairs per real token."""
+        """x: (N, d) -> Routing with k pairs per real token (eval_k in eval mode when set)."""
         logits = gate_logits(x, self.gate.weight)
         scores = self.noisy_logits(x, logits, ctx)
         probs = torch.softmax(scores, dim=-1)
         if self.softmax == "before":
-            weight, index = probs.topk(self.k, dim=-1)
-            if self.normalize:
-                weight = weight / weight.sum(-1, keepdim=True)
+            weight, index = top_k_probs(probs, self.active_k, self.normalize, select=self.biased(probs))
         else:
-            top_logits, index = scores.topk(self.k, dim=-1)
-            weight = torch.softmax(top_logits, dim=-1) if self.normalize else probs.gather(1, index)
+            index = self.biased(scores).topk(self.active_k, dim=-1).indices
+            weight = torch.softmax(scores.gather(1, index), dim=-1) if self.normalize else probs.gather(1, index)
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         routing.aux.update(self.losses(routing, logits, ctx))
         return routing

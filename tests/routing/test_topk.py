@@ -117,9 +117,22 @@ def test_gradcheck_router_weights():
     assert torch.autograd.gradcheck(f, (x,))
 
 
+def test_eval_k_routes_fewer_experts_in_eval_only():
+    r = make(k=2, eval_k=1, load_balance_coef=0.0)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    train = r.train()(x, RoutingContext())
+    evaluated = r.eval()(x, RoutingContext())
+    assert train.experts_per_token().tolist() == [2] * 6 and evaluated.experts_per_token().tolist() == [1] * 6
+    assert torch.equal(evaluated.expert, train.expert.view(6, 2)[:, 0])  # the top-1 of the same scores
+    assert torch.equal(evaluated.weight, torch.ones(6, dtype=torch.float64))  # k = 2 renormalises: 1 of 1
+    assert make(k=2).eval()(x, RoutingContext()).experts_per_token().tolist() == [2] * 6  # default: eval_k = k
+
+
 @pytest.mark.parametrize(
     "opts, match",
     [
+        ({"eval_k": 4}, "eval_k must be <= 3"),
+        ({"eval_k": 0}, "eval_k must be >= 1"),
         ({"k": 4}, "k=4 must be <= num_experts=3"),
         ({"k": 0}, "k must be >= 1"),
         ({"softmax": "middle"}, "softmax must be one of"),

@@ -1,0 +1,110 @@
+"""A report as a list of blocks (heading, text, code, bullets, table, image) and its two renderings: Markdown
+(images linked) and one self-contained HTML file (inline CSS, images inlined as base64, no external reference).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class Code:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    marked: set[int] = field(default_factory=set)  # indices of rows to emphasise (the best router)
+
+
+@dataclass
+class Image:
+    path: Path  # relative to the report's directory
+    caption: str
+
+
+Block = Heading | Text | Code | Bullets | Table | Image
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    out = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"{'#' * block.level} {block.text}")
+        elif isinstance(block, Text):
+            out.append(block.text)
+        elif isinstance(block, Code):
+            out.append(f"```\n{block.text}\n```")
+        elif isinstance(block, Bullets):
+            out.append("\n".join(f"- {item}" for item in block.items))
+        elif isinstance(block, Table):
+            lines = ["| " + " | ".join(map(_md_cell, block.header)) + " |", "|" + "---|" * len(block.header)]
+            for i, row in enumerate(block.rows):
+                cells = [_md_cell(c) for c in row]
+                if i in block.marked:
+                    cells = [f"**{c}**" for c in cells]
+                lines.append("| " + " | ".join(cells) + " |")
+            out.append("\n".join(lines))
+        elif isinstance(block, Image):
+            out.append(f"![{block.caption}]({block.path.as_posix()})\n\n*{block.caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}th{background:#f3f3f3}
+th:first-child,td:first-child{text-align:left}tr.best{background:#e6f4ea;font-weight:bold}
+figure{margin:1.5em 0}img{max-width:100%}figcaption{font-style:italic;color:#555}
+.wide{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}"""
+
+
+def render_html(blocks: Sequence[Block], title: str, base: Path) -> str:
+    """One HTML file with inline CSS and every image inlined as base64 (no external reference)."""
+    esc = html.escape
+    out = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")
+        elif isinstance(block, Text):
+            out.append(f"<p>{esc(block.text)}</p>")
+        elif isinstance(block, Code):
+            out.append(f"<pre><code>{esc(block.text)}</code></pre>")
+        elif isinstance(block, Bullets):
+            out.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block.items) + "</ul>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{esc(c)}</th>" for c in block.header)
+            body = "".join(("<tr class=\"best\">" if i in block.marked else "<tr>")
+                           + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for i, row in enumerate(block.rows))
+            out.append(f"<div class=\"wide\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+        elif isinstance(block, Image):
+            data = base64.b64encode((base / block.path).read_bytes()).decode("ascii")
+            out.append(f"<figure><img alt=\"{esc(block.caption)}\" src=\"data:image/png;base64,{data}\">"
+                       f"<figcaption>{esc(block.caption)}</figcaption></figure>")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")

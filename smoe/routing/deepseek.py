@@ -1,0 +1,100 @@
+"""DeepSeek-V3 routing: sigmoid affinities, bias-balanced top-k, group-limited choice, sequence-wise balance loss.
+
+References: DeepSeek-AI 2024, "DeepSeek-V3 Technical Report" (arXiv 2412.19437, section 2.1.2), and the
+official inference code (deepseek-ai/DeepSeek-V3, inference/model.py, class Gate). The choice, group limit,
+weights and scaling were checked against that code (and HF transformers' DeepseekV3TopkRouter); what only the
+report states (the sequence-wise loss, alpha, the node-limited k / M rule) is reconstructed, not checked against
+the paper. docs/routers.md lists which is which.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from smoe.routing.base import Router, Routing, RoutingContext, check_float, check_int, gate_logits
+from smoe.routing.bias_balancing import BiasBalancing
+from smoe.routing.losses import sequence_balance_loss
+from smoe.routing.registry import register_router
+
+
+@register_router("deepseek")
+class DeepSeekRouter(BiasBalancing, Router):
+    """DeepSeek-V3 (DeepSeek-AI 2024): sigmoid gating, top-k of s + b with aux-loss-free bias, group-limited routing.
+
+    s = sigmoid(x W_g): (N, E). Experts are chosen by top-k of s + b, where b is the aux-loss-free bias
+    (`bias_rate`, see `BiasBalancing`; 0.001 as in the report; None removes it). Gate weights are s of the chosen
+    experts (never s + b), divided by their sum when `normalize` (the release always does for sigmoid
+    scores), then times `routed_scaling_factor` (2.5 in the V3 release config; 1.0 here, the release default).
+    Group-limited routing (`n_group` > 1): the E experts form n_group consecutive groups, a group scores the
+    sum of its `group_score_topk` largest s + b, and only the best `topk_group` groups stay eligible. The
+    release sums the top 2 (the default); the report's node-limited rule sums the top k / M per node, M the
+    number of nodes (k // topk_group here), also 2 for V3 (k = 8, M = 4): pass that to follow it
+    (reconstructed, not checked against the paper).
+    Aux loss: the report's complementary sequence-wise balance loss, coefficient `seq_aux_coef` (alpha =
+    1e-4 in the report; 0 disables it), per sequence (the last axis of the layer input) on the normalised
+    affinities s / sum(s), f counted from the experts actually chosen (after bias and group limits), as in
+    Megatron-LM (reconstructed, not checked against the paper).
+    Routing.probs holds s / sum(s) (a distribution, for losses and metrics) and Routing.logits the x W_g.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        k: int = 2,
+        n_group: int = 1,
+        topk_group: int | None = None,
+        group_score_topk: int = 2,
+        normalize: bool = True,
+        routed_scaling_factor: float = 1.0,
+        bias_rate: float | None = 0.001,
+        seq_aux_coef: float = 1e-4,
+    ):
+        super().__init__(d_model, num_experts, k)
+        self.check_k_fits()
+        check_int("n_group", n_group, low=1)
+        if num_experts % n_group:
+            raise ValueError(f"n_group={n_group} must divide num_experts={num_experts}")
+        topk_group = n_group if topk_group is None else topk_group
+        check_int("topk_group", topk_group, low=1, high=n_group)
+        group_size = num_experts // n_group
+        if n_group > 1:
+            check_int("group_score_topk", group_score_topk, low=1, high=group_size)
+        if k > topk_group * group_size:
+            raise ValueError(f"k={k} must be <= topk_group * experts per group = {topk_group * group_size}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
+        check_float("routed_scaling_factor", routed_scaling_factor, low=0.0, low_open=True)
+        check_float("seq_aux_coef", seq_aux_coef, low=0.0)
+        self.n_group, self.topk_group, self.group_score_topk = n_group, topk_group, group_score_topk
+        self.normalize, self.routed_scaling_factor, self.seq_aux_coef = normalize, routed_scaling_factor, seq_aux_coef
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+        self.init_bias_balancing(bias_rate)
+
+    def limit_groups(self, choice: Tensor) -> Tensor:
+        """choice: (N, E) selection scores -> the same with every expert outside the best topk_group groups -inf."""
+        if self.topk_group == self.n_group:
+            return choice
+        grouped = choice.view(choice.shape[0], self.n_group, -1)  # (N, G, E / G)
+        group_score = grouped.topk(self.group_score_topk, dim=-1).values.sum(-1)  # (N, G)
+        best = group_score.topk(self.topk_group, dim=-1).indices
+        allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best, True)
+        return grouped.masked_fill(~allowed.unsqueeze(-1), float("-inf")).view_as(choice)
+
+    def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
+        """x: (N, d) -> Routing with k pairs per real token."""
+        logits = gate_logits(x, self.gate.weight)
+        scores = torch.sigmoid(logits)
+        index = self.limit_groups(self.biased(scores)).topk(self.k, dim=-1).indices  # (N, k)
+        weight = scores.gather(1, index)
+        if self.normalize:
+            weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
+        weight = weight * self.routed_scaling_factor
+        probs = scores / scores.sum(-1, keepdim=True)
+        routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
+        if self.seq_aux_coef > 0:
+            seq_len = ctx.batch_shape[-1] if ctx.batch_shape is not None and len(ctx.batch_shape) > 1 else x.shape[0]
+            routing.aux["seq_balance"] = self.seq_aux_coef * sequence_balance_loss(
+                probs, routing.token, routing.expert, seq_len, self.k, ctx.mask)
+        return routing

@@ -1,0 +1,141 @@
+"""X-MoE routing (Chi et al., NeurIPS 2022, "On the Representation Collapse of Sparse Mixture of Experts").
+
+Release: microsoft/torchscale `torchscale/component/xmoe/routing.py` (`Top2Gate`, `top2gating`, `Top1Gate`); the
+paper's text beyond its abstract was not read. Both readings are offered (see the class docstring); the paper
+reading is the default because it is the method the paper describes (scores on a hypersphere over a learnable
+temperature) and the only one with the bounded, token-norm-invariant scores the paper motivates; the release
+(`normalize_tokens=False, temperature=None`) is what the authors ran.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smoe.routing.base import (
+    Router,
+    Routing,
+    RoutingContext,
+    check_choice,
+    check_float,
+    check_int,
+    gate_logits,
+    router_dtype,
+)
+from smoe.routing.losses import load_balance_loss
+from smoe.routing.registry import register_router
+
+NORM_EPS = 1e-4  # the release's eps when L2-normalising expert embeddings (used for tokens too)
+
+
+@register_router("xmoe")
+class XMoERouter(Router):
+    """X-MoE (Chi et al. 2022): cosine routing scores in a low-dimensional space, over a learnable temperature.
+
+    z = R x with R: (dim, d) linear, no bias (dim 16 in the release); expert embeddings M: (E, dim), orthogonal
+    init with gain 0.32. Score s[t, e] = <z_t / |z_t|, m_e / |m_e|> / max(tau, min_temperature) (paper reading,
+    default: both sides normalised, tau learnable from `temperature` = 0.07, floored at 1e-4; reconstructed, not
+    checked against the paper), so |s| <= 1 / tau and s does not depend on |x|. The release: normalize_tokens=False,
+    temperature=None (s = <z_t, m_e / |m_e|>, no temperature). G = softmax(s).
+    k=1: weight G[e1]. k=2 (release default): e1, e2 the two largest G, weights G / (G[e1] + G[e2]) normalised
+    before any drop; second_expert="random" keeps the second pair only with probability 2 g2 (u ~ U(0, 1) from
+    ctx.generator, kept iff 2 g2 > u; the release does this in eval too: eval_second_expert="random");
+    eval_second_expert="threshold" (default) keeps it iff 2 g2 > 1/2, "all" always; second_expert="all" is plain
+    top-2. k>2 is plain top-k with renormalised weights (second_expert must be "all").
+    Every row of M is rescaled to norm `expert_norm` (1.5) at construction and by `after_step` after every
+    optimizer step -- the release does it in place at the start of every forward; the scores only see m_e / |m_e|,
+    so forward outputs are the same, only the parameter the optimizer updates differs. None disables it.
+    Aux loss: load_balance_coef * E * sum_e mean_t G[t, e] * (fraction of tokens whose first choice is e), counted
+    before any drop (release weight 0.01).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        k: int = 2,
+        dim: int = 16,
+        normalize_tokens: bool = True,
+        temperature: float | None = 0.07,
+        learn_temperature: bool = True,
+        min_temperature: float = 1e-4,
+        expert_norm: float | None = 1.5,
+        init_gain: float = 0.32,
+        second_expert: str = "random",
+        eval_second_expert: str = "threshold",
+        load_balance_coef: float = 0.01,
+    ):
+        super().__init__(d_model, num_experts, k)
+        self.check_k_fits()
+        check_int("dim", dim, low=1)
+        for name, flag in (("normalize_tokens", normalize_tokens), ("learn_temperature", learn_temperature)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if temperature is not None:
+            check_float("temperature", temperature, low=0.0, low_open=True)
+        check_float("min_temperature", min_temperature, low=0.0, low_open=True)
+        if expert_norm is not None:
+            check_float("expert_norm", expert_norm, low=0.0, low_open=True)
+        check_float("init_gain", init_gain, low=0.0, low_open=True)
+        check_choice("second_expert", second_expert, ("random", "all"))
+        check_choice("eval_second_expert", eval_second_expert, ("random", "threshold", "all"))
+        if k > 2 and "random" in (second_expert, eval_second_expert):
+            raise ValueError(f"second_expert and eval_second_expert must be 'all' for k={k} > 2 "
+                             "(the random second-expert policy is defined for top-2)")
+        check_float("load_balance_coef", load_balance_coef, low=0.0)
+        self.normalize_tokens, self.min_temperature, self.expert_norm = normalize_tokens, min_temperature, expert_norm
+        self.second_expert, self.eval_second_expert = second_expert, eval_second_expert
+        self.load_balance_coef = load_balance_coef
+        self.proj = nn.Linear(d_model, dim, bias=False)
+        self.expert_emb = nn.Parameter(torch.empty(num_experts, dim))
+        nn.init.orthogonal_(self.expert_emb, gain=init_gain)
+        if temperature is None:
+            self.temperature = None
+        elif learn_temperature:
+            self.temperature = nn.Parameter(torch.tensor(float(temperature)))
+        else:
+            self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.rescale_expert_embeddings()
+
+    @torch.no_grad()
+    def rescale_expert_embeddings(self) -> None:
+        """Rescale every row of the expert embeddings to norm `expert_norm` (no-op when None)."""
+        if self.expert_norm is not None:
+            emb = self.expert_emb
+            emb.mul_(self.expert_norm / emb.norm(dim=1, keepdim=True).clamp_min(NORM_EPS))
+
+    @torch.no_grad()
+    def after_step(self, routing_stats: list | None = None) -> None:
+        self.rescale_expert_embeddings()
+
+    def scores(self, x: Tensor) -> Tensor:
+        """x: (N, d) -> routing scores s: (N, E) in float32 (float64 for float64 input)."""
+        z = gate_logits(x, self.proj.weight)
+        if self.normalize_tokens:
+            z = F.normalize(z, dim=-1, eps=NORM_EPS)
+        experts = F.normalize(self.expert_emb.to(router_dtype(x)), dim=-1, eps=NORM_EPS)
+        s = z @ experts.T
+        if self.temperature is None:
+            return s
+        return s / self.temperature.to(s.dtype).clamp_min(self.min_temperature)
+
+    def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
+        """x: (N, d) -> Routing with k pairs per real token (the second one possibly dropped, see `second_expert`)."""
+        logits = self.scores(x)
+        probs = torch.softmax(logits, dim=-1)
+        top, index = probs.topk(self.k, dim=-1)
+        weight = top / top.sum(-1, keepdim=True) if self.k > 1 else top
+        routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
+        if self.load_balance_coef > 0:
+            first = index[:, 0] if ctx.mask is None else index[ctx.mask, 0]
+            routing.aux["load_balance"] = self.load_balance_coef * load_balance_loss(probs, first, ctx.mask)
+        policy = self.second_expert if self.training else self.eval_second_expert
+        if self.k != 2 or policy == "all":
+            return routing
+        keep = torch.ones(routing.num_pairs, dtype=torch.bool, device=x.device)
+        g2 = routing.weight[1::2].detach()  # pairs are token-major, two per real token
+        threshold = 0.5 if policy == "threshold" else torch.rand(g2.shape, generator=ctx.generator,
+                                                                 device=g2.device, dtype=g2.dtype)
+        keep[1::2] = 2 * g2 > threshold
+        return routing.select(keep)
