@@ -1,10 +1,11 @@
 """Hugging Face transformers integration: any smoe router inside a pretrained HF sparse-MoE model.
 
-`swap_router(model, "usmoe", ...)` replaces the gate of every sparse-MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE,
-OLMoE) with an smoe router, reusing the block's pretrained gate weights where the router has a gate of the same
-shape, and keeps the block's experts (and shared expert). The HF experts take a fixed number of choices per
-token, so a routing with a variable number of experts per token (USMoE, expert choice) is passed as `(N, k_max)`
-with padding pairs of weight 0 (exact: a zero weight adds nothing; the padding costs compute only).
+`swap_router(model, "usmoe", ...)` (`smoe.swap`; HF models land in `swap_hf_router`) replaces the gate of
+every sparse-MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) with an smoe router, reusing the block's
+pretrained gate weights where the router has a gate of the same shape, and keeps the block's experts (and
+shared expert). The HF experts take a fixed number of choices per token, so a routing with a variable number of
+experts per token (USMoE, expert choice) is passed as `(N, k_max)` with padding pairs of weight 0 (exact: a zero
+weight adds nothing; the padding costs compute only).
 
 Legend: B batch, T sequence length, N = B*T tokens, E experts, d hidden size.
 """
@@ -19,7 +20,12 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from smoe.embed import Embedder, embeddings_from
 from smoe.routing import Router, Routing, RoutingContext, build_router, router_options
+from smoe.swap import SwapReport, carry_gate, swap_router
+
+__all__ = ["SUPPORTED_BLOCKS", "SmoeGate", "hf_embedder", "moe_blocks", "record_router_logits", "routing_to_topk",
+           "swap_hf_router", "swap_router", "tiny_hf_model"]
 
 
 @dataclass(frozen=True)
@@ -87,18 +93,9 @@ class SmoeGate(nn.Module):
         return logits.to(hidden.dtype), weights.to(hidden.dtype), experts
 
 
-@dataclass
-class SwapReport:
-    """What `swap_router` did: the blocks swapped and which of them reused the pretrained gate weights."""
-
-    router: str
-    blocks: list[str]
-    reused_gate: list[str]
-
-
-def swap_router(model: nn.Module, router: str, reuse_gate: bool = True, use_mask: bool = True,
-                **options) -> SwapReport:
-    """Replace the gate of every supported sparse-MoE block of `model` with smoe router `router`, in place.
+def swap_hf_router(model: nn.Module, router: str, reuse_gate: bool = True, use_mask: bool = True,
+                   **options) -> SwapReport:
+    """Replace the gate of every supported sparse-MoE block of a HF `model` with smoe router `router`, in place.
 
     Defaults for `k` (the block's num_experts_per_tok) and, for routers with a `normalize` option, the block's
     renormalisation flag come from the model config; `options` override them. With use_mask, the
@@ -113,7 +110,7 @@ def swap_router(model: nn.Module, router: str, reuse_gate: bool = True, use_mask
     causal = not getattr(config, "is_encoder_decoder", False)
     already_swapped = any(isinstance(block.gate, SmoeGate) for _, block in blocks)
     accepted = router_options(router)
-    report = SwapReport(router=router, blocks=[], reused_gate=[])
+    report = SwapReport(router=router, layers=[], reused_gate=[])
     for name, block in blocks:
         spec = SUPPORTED_BLOCKS[type(block).__name__]
         num_experts = getattr(config, spec.num_experts_attr)
@@ -124,15 +121,12 @@ def swap_router(model: nn.Module, router: str, reuse_gate: bool = True, use_mask
         new = build_router(router, d_model=config.hidden_size, num_experts=num_experts, **opts)
         old_weight = _gate_weight(block.gate)
         new = new.to(device=old_weight.device)
-        inner = getattr(new, "gate", None)
-        if reuse_gate and isinstance(inner, nn.Linear) and inner.weight.shape == old_weight.shape:
-            with torch.no_grad():
-                new.gate.weight.copy_(old_weight)
+        if reuse_gate and carry_gate(new, old_weight):
             report.reused_gate.append(name)
         block.gate = SmoeGate(new, causal).to(old_weight.device)
         if not already_swapped:
             block.register_forward_pre_hook(_set_batch_shape)
-        report.blocks.append(name)
+        report.layers.append(name)
     if not already_swapped:
         model.register_forward_pre_hook(partial(_set_mask, use_mask=use_mask), with_kwargs=True)
         model.register_forward_hook(_clear_context)
@@ -188,35 +182,16 @@ def record_router_logits(model: nn.Module) -> Iterator[list[Tensor]]:
             h.remove()
 
 
-def last_token_index(attention_mask: Tensor) -> Tensor:
-    """(B, T) mask -> (B,) index of each row's last real token (right or left padding)."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * (positions + 1)).argmax(1)
+def hf_embedder(model: nn.Module) -> Embedder:
+    """Embedder of a HF sparse-MoE causal LM for `smoe.embed`: last-layer hidden states and router logits."""
 
+    @torch.no_grad()
+    def embed(ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        with record_router_logits(model) as logits:
+            out = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        return embeddings_from(out.hidden_states[-1], [x.view(*ids.shape, -1) for x in logits], mask.bool())
 
-@torch.no_grad()
-def hf_embeddings(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
-    """MoEE-style embeddings of a batch (Li & Zhou 2024, "Your Mixture-of-Experts LLM Is Secretly an Embedding Model").
-
-    Returns {"hs": last-token last-layer hidden state (B, d), "rw": last-token router logits concatenated
-    over the MoE layers (B, L*E), "moee": both concatenated, each part z-scored over the batch}.
-    """
-    with record_router_logits(model) as logits:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    return embeddings_from(out.hidden_states[-1], [x.view(*input_ids.shape, -1) for x in logits], attention_mask)
-
-
-def embeddings_from(hidden: Tensor, layer_logits: list[Tensor], attention_mask: Tensor) -> dict[str, Tensor]:
-    """hidden: (B, T, d), layer_logits: per MoE layer (B, T, E), mask (B, T) -> {"hs", "rw", "moee"}."""
-    idx = last_token_index(attention_mask)
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    hs = hidden[rows, idx].float()
-    rw = torch.cat([x[rows, idx].float() for x in layer_logits], dim=-1)
-    return {"hs": hs, "rw": rw, "moee": torch.cat([_zscore(hs), _zscore(rw)], dim=-1)}
-
-
-def _zscore(x: Tensor) -> Tensor:
-    return (x - x.mean(0)) / x.std(0, correction=0).clamp_min(1e-6)
+    return embed
 
 
 def tiny_hf_model(arch: str, seed: int = 0, **overrides) -> nn.Module:

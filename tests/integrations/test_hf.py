@@ -3,8 +3,7 @@ import torch
 
 from smoe.integrations.hf import (
     SUPPORTED_BLOCKS,
-    hf_embeddings,
-    last_token_index,
+    hf_embedder,
     moe_blocks,
     record_router_logits,
     routing_to_topk,
@@ -28,7 +27,7 @@ def test_topk_swap_keeps_logits(arch):
         before = model(x).logits
         report = swap_router(model, "topk")
         after = model(x).logits
-    assert len(report.blocks) == model.config.num_hidden_layers == len(report.reused_gate)
+    assert len(report.layers) == model.config.num_hidden_layers == len(report.reused_gate)
     assert torch.allclose(before, after, atol=1e-6, rtol=0)
 
 
@@ -81,9 +80,9 @@ def test_router_logits_and_embeddings():
     with record_router_logits(model) as logits, torch.no_grad():
         model(x, attention_mask=mask)
     assert len(logits) == 2 and logits[0].shape == (21, 8)
-    emb = hf_embeddings(model, x, mask)
+    emb = hf_embedder(model)(x, mask.bool())
     assert emb["hs"].shape == (3, 64) and emb["rw"].shape == (3, 16) and emb["moee"].shape == (3, 80)
-    assert last_token_index(mask).tolist() == [6, 4, 6]
+    assert torch.equal(emb["hs"][1], model(x, attention_mask=mask, output_hidden_states=True).hidden_states[-1][1, 4])
 
 
 def test_unsupported_model_and_router_errors():
@@ -94,3 +93,29 @@ def test_unsupported_model_and_router_errors():
         swap_router(tiny_hf_model("mixtral"), "nope")
     with pytest.raises(ValueError, match="arch must be one of"):
         tiny_hf_model("llama")
+
+
+def test_usmoe_swap_follows_the_usmoe_definition_per_sequence():
+    model = tiny_hf_model("olmoe")
+    block = moe_blocks(model)[0][1]
+    w = block.gate.weight.detach().clone()  # reused by the swapped router
+    report = swap_router(model, "usmoe", pool="sequence")
+    assert report.reused_gate == [name for name, _ in moe_blocks(model)]
+    seen = {}
+    block.gate.register_forward_hook(lambda m, args, out: seen.update(x=args[0], w=out[1], e=out[2]))
+    x = ids(batch=2, length=6)
+    with torch.no_grad():
+        model(x)
+    hidden, weights, experts = seen["x"], seen["w"], seen["e"]
+    e, k, t = 8, model.config.num_experts_per_tok, 6
+    logits = hidden.float() @ w.float().t()
+    u = 0.5 * torch.softmax(logits, -1) + 0.5 * (2 / e) * torch.sigmoid(logits)  # the unified score
+    expected = torch.zeros_like(u)
+    for b in range(2):  # each sequence keeps its top-(T * k) (token, expert) entries of U, weighted by U
+        rows = u[b * t:(b + 1) * t].flatten()
+        keep = rows.topk(t * k).indices
+        expected[b * t:(b + 1) * t].view(-1)[keep] = rows[keep]
+    got = torch.zeros_like(u).scatter_add_(1, experts, weights.float())
+    assert torch.allclose(got, expected, atol=1e-6)
+    per_token = (expected > 0).sum(1)
+    assert per_token.sum() == 2 * t * k and per_token.max() > per_token.min()  # 0..E experts a token
