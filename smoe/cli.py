@@ -86,6 +86,12 @@ def train_help() -> str:
     return "\n".join(lines)
 
 
+def cmd_eval_embed(args: argparse.Namespace) -> int:
+    from smoe.embed import main as eval_embed
+
+    return eval_embed(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from smoe.layer import available_layers
     from smoe.routing import available_routers
@@ -107,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="directory holding results.json (written by `smoe compare`)")
     p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR)")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("eval-embed", help="MoEE embeddings of an MoE LM on an offline MTEB-style mini suite, "
+                                          "with routers swapped in without training (`smoe eval-embed --help`)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_eval_embed)
     add_train_parser(sub)
     return parser
 

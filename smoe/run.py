@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from smoe.checkpoint import load_checkpoint, load_module_tensors
 from smoe.layer import available_layers
 from smoe.routing import available_routers
 from smoe.routing.base import check_choice, check_int
-from smoe.tasks import Task, get_task
+from smoe.tasks import Task, TaskSetup, get_task
 from smoe.train import Hook, TrainConfig, Trainer, TrainResult, derived_seed
 
 SECTIONS = ("data", "model", "train")
@@ -164,3 +165,36 @@ def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progres
                       evaluate=setup.evaluate, out_dir=out_dir, run_config=run.to_dict(setup.model_config),
                       seed=run.seed, device=run.device, hooks=hooks, progress=progress)
     return trainer.fit(resume=resume)
+
+
+def run_config_from_dict(config: dict) -> RunConfig:
+    """The RunConfig a run directory's config.yaml describes (fields derived from the data are rebuilt)."""
+    try:
+        task = get_task(config["task"])
+        model = {k: v for k, v in config["model"].items() if k not in task.derived}
+        return RunConfig(task=config["task"], preset=config["preset"], router=config["router"],
+                         seed=config["seed"], device=config["device"], data=_build(task.data_config, config["data"],
+                                                                                   "data"),
+                         model=model, train=_build(TrainConfig, config["train"], "train"))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not a run configuration (config.yaml): missing or bad field {e}") from e
+
+
+def load_run(run_dir: str | Path, step: int | None = None, device: str | None = None) -> tuple[RunConfig, TaskSetup]:
+    """A trained run: its RunConfig and its task set-up (model with the weights of checkpoint `step`, default the
+    latest; data, loss, evaluation), the model in eval mode on `device` (default: the run's)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"run_dir {str(run_dir)!r} has no config.yaml: not a run directory of `smoe train`")
+    run = run_config_from_dict(yaml.safe_load(path.read_text()))
+    if device is not None:
+        check_device(device)
+        run.device = device
+    torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
+    setup = get_task(run.task).setup(run)
+    tensors, state = load_checkpoint(run_dir / "checkpoints", step)
+    load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                        state["aliases"])
+    setup.model.to(run.device).eval()
+    return run, setup

@@ -155,7 +155,7 @@ class TextDataConfig:
         check_int("split_seed", self.split_seed, low=0)
 
 
-def _corpus(task_name: str, data: TextDataConfig):
+def text_corpus(task_name: str, data: TextDataConfig):
     if task_name == "text":
         from smoe.data.text import load_text
 
@@ -189,7 +189,7 @@ def build_language_model(run) -> TaskSetup:
     from smoe.data.text import get_tokenizer, lm_streams
 
     data: TextDataConfig = run.data
-    corpus = _corpus(run.task, data)
+    corpus = text_corpus(run.task, data)
     tokenizer = get_tokenizer(corpus, data.vocab_size, cache_dir=data.cache_dir)
     streams = lm_streams(corpus, tokenizer)
     config = run.model_config(vocab_size=tokenizer.get_vocab_size(), max_len=data.seq_len)
@@ -226,7 +226,7 @@ def build_topic_classifier(run) -> TaskSetup:
     from smoe.data.text import classification_tensors, get_tokenizer
 
     data: TextDataConfig = run.data
-    corpus = _corpus(run.task, data)
+    corpus = text_corpus(run.task, data)
     tokenizer = get_tokenizer(corpus, data.vocab_size, cache_dir=data.cache_dir)
     splits = classification_tensors(corpus, tokenizer, data.seq_len)
     config = run.model_config(vocab_size=tokenizer.get_vocab_size(), max_len=data.seq_len,

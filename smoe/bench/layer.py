@@ -27,7 +27,6 @@ impls:
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import os
@@ -40,6 +39,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from smoe.routing.registry import parse_router_spec
 
 IMPLS = ("smoe", "smoe-uniform", "experts-only", "dense", "hf-eager", "hf-grouped_mm", "einsum")
 ROUTED = ("smoe", "experts-only")  # the impls that run once per --router spec (smoe-uniform replaces the router)
@@ -100,21 +101,6 @@ def hf_mixtral_block(d: int, num_experts: int, hidden: int, k: int, implementati
     for p in block.parameters():
         nn.init.normal_(p, std=1 / math.sqrt(p.shape[-1]))
     return block
-
-
-def parse_router_spec(spec: str) -> tuple[str, dict]:
-    """"ssr:p=1.0:cost=probs" -> ("ssr", {"p": 1.0, "cost": "probs"}); values are Python literals or strings."""
-    name, *pairs = spec.split(":")
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"router spec {spec!r}: expected name:option=value, got {pair!r}")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    return name, options
 
 
 def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tuple[Callable[[], Tensor], nn.Module]:

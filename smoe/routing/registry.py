@@ -6,6 +6,7 @@ imports every module in `smoe/routing/` so nothing else changes.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import inspect
 from collections.abc import Callable
@@ -66,3 +67,18 @@ def router_summary(name: str) -> str:
     """First line of the router's docstring (its paper), for `smoe routers` and `--help`."""
     doc = inspect.getdoc(router_class(name)) or ""
     return doc.splitlines()[0] if doc else ""
+
+
+def parse_router_spec(spec: str) -> tuple[str, dict]:
+    """"ssr:p=1.0:cost=probs" -> ("ssr", {"p": 1.0, "cost": "probs"}); values are Python literals or strings."""
+    name, *pairs = spec.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"router spec {spec!r}: expected name:option=value, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return name, options
