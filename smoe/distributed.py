@@ -187,7 +187,7 @@ class DataParallel:
                                "first (torchrun sets up the environment for it)")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
-        shards = {name: m.experts for name, m in model.named_modules() if isinstance(m, ExpertParallelMoE)}
+        shards = {f"{name}.experts": m.experts for name, m in model.named_modules() if isinstance(m, ExpertParallelMoE)}
         shard_ids = {id(t) for m in shards.values() for t in (*m.parameters(), *m.buffers())}
         params = [p for p in model.parameters() if p.requires_grad]
         self.replicated = [p for p in params if id(p) not in shard_ids]
