@@ -51,6 +51,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one router on one task; the run folder gets config.yaml, metrics, checkpoints and final.json."""
     import json
+    import os
 
     from smoe.distributed import ParallelConfig
     from smoe.run import resolve_config, train_run
@@ -64,11 +65,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:  # bad configuration or data, unusable checkpoint (CheckpointError)
         print(f"smoe train: error: {e}", file=sys.stderr)
         return 2
-    if result.status == "interrupted":
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+        pass
+    elif result.status == "interrupted":
         print(f"interrupted at step {result.step}; checkpoint written, continue with --resume", file=sys.stderr)
-        return 128 + result.signal
-    print(json.dumps({"step": result.step, **result.final}, indent=1))
-    return 0
+    else:
+        print(json.dumps({"step": result.step, **result.final}, indent=1))
+    return 128 + result.signal if result.status == "interrupted" else 0
 
 
 def train_help() -> str:

@@ -360,3 +360,33 @@ def test_data_parallel_needs_a_process_group():
     model = nn.Linear(2, 2)
     with pytest.raises(RuntimeError, match="init_process_group"):
         DataParallel(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+# ---------------------------------------------------------------- the command line under torchrun
+
+
+@pytest.mark.slow  # ~15 s: two fresh interpreters import torch, smoe and the digits data
+def test_torchrun_trains_a_task_and_a_one_process_resume_is_refused(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from smoe.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--task", "digits", "--steps", "2", "--no-progress", "--out", str(out),
+            "--set", "model.d_model=16", "--set", "model.num_layers=2", "--set", "model.num_heads=2",
+            "--set", "model.ffn_hidden=16", "--set", "train.batch_size=8", "--set", "train.checkpoint_every=1"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "smoe", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"step": 2') == 1  # rank 0 alone reports
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["parallel"] == {"world_size": 2, "expert_parallel": True, "global_view": False}
+    assert [r["step"] for r in records(out)] == [2]  # log_every 10: the last step only, written once
+    assert checkpoint_steps(out / "checkpoints" / "rank-1") == [1, 2]
+    assert main([*args, "--resume", "--steps", "3"]) == 2
+    assert "written by 2 process(es) and this run has 1; resume it with torchrun --nproc_per_node=2" in \
+        capsys.readouterr().err
