@@ -187,6 +187,7 @@ class DataParallel:
                                "first (torchrun sets up the environment for it)")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
+        self.device = next(model.parameters()).device  # where small collective tensors live (NCCL: on the GPU)
         shards = {f"{name}.experts": m.experts for name, m in model.named_modules() if isinstance(m, ExpertParallelMoE)}
         shard_ids = {id(t) for m in shards.values() for t in (*m.parameters(), *m.buffers())}
         params = [p for p in model.parameters() if p.requires_grad]
@@ -286,7 +287,7 @@ class DataParallel:
         return means, sum(c for _, c in every)
 
     def _max(self, value: int) -> int:
-        t = torch.tensor([value], dtype=torch.long)
+        t = torch.tensor([value], dtype=torch.long, device=self.device)
         self._collective("all-reduce of a flag", lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX))
         return int(t)
 

@@ -110,8 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="smoe bench parallel", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"small sizes for CI: {QUICK}")
-    p.add_argument("--world-sizes", type=str, default="1,2", help="comma-separated process counts for the ep, lm-ep and lm-dp rows")
-    p.add_argument("--router", type=str, default="topk", help="router of the layer (default topk)")
+    p.add_argument("--world-sizes", type=str, default="1,2",
+                   help="comma-separated process counts for the ep, lm-ep and lm-dp rows")
+    p.add_argument("--router", type=str, default="topk", help="router of the layer and the LM (default topk)")
     p.add_argument("--tokens", type=int, default=None, help="override the global batch N")
     p.add_argument("--experts", type=int, default=None, help="override E (divisible by every world size)")
     p.add_argument("--repeats", type=int, default=5, help="timed steps after one warm-up (median reported)")
