@@ -390,3 +390,37 @@ def test_torchrun_trains_a_task_and_a_one_process_resume_is_refused(tmp_path, ca
     assert main([*args, "--resume", "--steps", "3"]) == 2
     assert "written by 2 process(es) and this run has 1; resume it with torchrun --nproc_per_node=2" in \
         capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- every router trains on 2 processes
+
+
+def every_router(root: str) -> dict:
+    """2 steps of the tiny LM with each registered router and layer-level method, experts sharded."""
+    from smoe.layer import available_layers
+    from smoe.routing import available_routers
+
+    out = {}
+    for router in available_routers() + available_layers():
+        model = build_model(router, {})
+        before = cpu_state(model)
+        prepare_model(model, ParallelConfig(), W)
+        cfg = TrainConfig(steps=2, schedule_steps=2, batch_size=BATCH, warmup_steps=0, lr=1e-2, eval_every=0,
+                          checkpoint_every=0, log_every=1)
+        trainer = Trainer(model, cfg, loss_fn=lm_loss, train_batches=lambda g: lm_batches(STREAM, BATCH, SEQ, g),
+                          out_dir=Path(root) / router, progress=False, data_parallel=True)
+        status = trainer.fit().status
+        after = {k: v for k, v in cpu_state(model).items() if ".experts." not in k}
+        moved = not torch.equal(after["tok_emb.weight"], before["tok_emb.weight"])
+        out[router] = {"status": status, "replicated": after, "moved": moved,
+                       "finite": all(bool(torch.isfinite(v).all()) for v in cpu_state(model).values())}
+    return out
+
+
+def test_every_router_trains_on_two_processes_and_stays_replicated(tmp_path):
+    ranks = run_local(every_router, W, (str(tmp_path),), timeout_s=60.0, deadline_s=300.0, num_threads=1)
+    for router, got in ranks[0].items():
+        other = ranks[1][router]
+        assert got["status"] == other["status"] == "done" and got["finite"] and other["finite"], router
+        assert got["moved"], router
+        assert all(torch.equal(v, other["replicated"][k]) for k, v in got["replicated"].items()), router
