@@ -5,7 +5,9 @@ Two references, both 1-process Trainer runs here: "plain" trains on the global b
 the loss decomposes over tokens: topk without the load-balancing loss, expert choice with global_view);
 "shares" accumulates each global batch as its 2 rank shares, one micro-batch each (equal for every router: the
 load-balancing loss, expert choice's pool and step state see one rank's share, as on that rank). All 2-process
-scenarios run in one spawn (module fixture); each test checks its own.
+scenarios run in one spawn (module fixture); each test checks its own. Further down: sharded checkpoints and
+resume, world-size errors, DataParallel's pieces by hand, a dead rank, every router on 2 processes, and
+`torchrun -m smoe train` itself.
 """
 
 from __future__ import annotations
