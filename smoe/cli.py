@@ -51,21 +51,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one router on one task; the run folder gets config.yaml, metrics, checkpoints and final.json."""
     import json
+    import os
 
+    from smoe.distributed import ParallelConfig
     from smoe.run import resolve_config, train_run
 
     try:
         run = resolve_config(args.task, preset=args.preset, router=args.router, seed=args.seed, device=args.device,
                              steps=args.steps, overrides=args.set or [])
-        result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress)
+        parallel = ParallelConfig(expert_parallel=args.expert_parallel, global_view=args.global_view,
+                                  timeout_s=args.dist_timeout)
+        result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress, parallel=parallel)
     except ValueError as e:  # bad configuration or data, unusable checkpoint (CheckpointError)
         print(f"smoe train: error: {e}", file=sys.stderr)
         return 2
-    if result.status == "interrupted":
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
+        pass
+    elif result.status == "interrupted":
         print(f"interrupted at step {result.step}; checkpoint written, continue with --resume", file=sys.stderr)
-        return 128 + result.signal
-    print(json.dumps({"step": result.step, **result.final}, indent=1))
-    return 0
+    else:
+        print(json.dumps({"step": result.step, **result.final}, indent=1))
+    return 128 + result.signal if result.status == "interrupted" else 0
 
 
 def train_help() -> str:
@@ -83,6 +89,8 @@ def train_help() -> str:
                  "e.g. --set model.num_experts=16 --set train.lr=3e-4 --set model.router_options.noise=learned")
     lines.append("--steps N is where training stops; the learning-rate schedule runs over train.schedule_steps, "
                  "so `--steps n` then `--steps 2n --resume` equals `--steps 2n` exactly")
+    lines.append("several processes: torchrun --nproc_per_node=N -m smoe train ... (train.batch_size is the global "
+                 "batch, split over the ranks; experts sharded when num_experts is divisible by N)")
     return "\n".join(lines)
 
 
@@ -138,6 +146,15 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="the run folder")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--expert-parallel", choices=["auto", "on", "off"], default="auto",
+                   help="under torchrun: shard the experts over the ranks (auto: when num_experts is divisible by the "
+                        "number of processes; off: pure data parallelism)")
+    p.add_argument("--global-view", action="store_true",
+                   help="under torchrun, with expert parallelism: routers that pool tokens (expert_choice) pool every "
+                        "rank's tokens")
+    p.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="under torchrun: seconds a collective waits for a dead or hung rank before it fails "
+                        "(default 600)")
     p.set_defaults(fn=cmd_train)
 
 

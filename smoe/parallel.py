@@ -42,19 +42,38 @@ from smoe.routing import Routing, RoutingContext, available_routers
 from smoe.routing.registry import router_class
 
 
-class ExpertParallelError(RuntimeError):
+class CollectiveError(RuntimeError):
+    """A collective failed: a peer rank died, hung past the process group's timeout, or skipped a call."""
+
+
+class ExpertParallelError(CollectiveError):
     """A collective of the expert-parallel layer failed: a peer rank died, hung past the timeout, or skipped a call."""
 
 
-def _collective(what: str, group: dist.ProcessGroup | None, op: Callable[[], object]) -> None:
-    """Run the collective `op`, turning a backend failure into an ExpertParallelError that says what failed."""
+def collective(what: str, group: dist.ProcessGroup | None, op: Callable[[], object],
+               error: type[CollectiveError] = CollectiveError) -> None:
+    """Run the collective `op`, turning a backend failure into `error` that says what failed and on which rank."""
     try:
         op()
     except RuntimeError as e:  # gloo's and NCCL's errors (DistBackendError included) are RuntimeErrors
-        raise ExpertParallelError(
-            f"expert-parallel {what} failed on rank {dist.get_rank(group)} of {dist.get_world_size(group)}: "
-            f"a peer rank died, hung past the process group's timeout, or skipped this MoE call ({e})"
+        raise error(
+            f"{what} failed on rank {dist.get_rank(group)} of {dist.get_world_size(group)}: "
+            f"a peer rank died, hung past the process group's timeout, or skipped this call ({e})"
         ) from e
+
+
+def _collective(what: str, group: dist.ProcessGroup | None, op: Callable[[], object]) -> None:
+    collective(f"expert-parallel {what}", group, op, ExpertParallelError)
+
+
+def sum_stats(stats: MoEStats, group: dist.ProcessGroup | None = None) -> MoEStats:
+    """This rank's stats summed over the group: counts and routed are totals, dropped_fraction is of the totals;
+    capacity stays this rank's."""
+    both = torch.stack([stats.counts, stats.routed])
+    collective("all-reduce of routing statistics", group, lambda: dist.all_reduce(both, group=group))
+    counts, routed = both
+    dropped = (routed.sum() - counts.sum()).float() / routed.sum().clamp_min(1).float()
+    return MoEStats(counts=counts, routed=routed, dropped_fraction=dropped, capacity=stats.capacity)
 
 
 def exchange_rows(x: Tensor, send: list[int], recv: list[int], group: dist.ProcessGroup | None,
@@ -200,13 +219,8 @@ class ExpertParallelMoE(MoE):
         self.router.after_step(None if stats is None else [self.group_stats(s) for s in stats])
 
     def group_stats(self, stats: MoEStats) -> MoEStats:
-        """This rank's stats summed over the group: counts and routed are totals, dropped_fraction is of the totals;
-        capacity stays this rank's."""
-        both = torch.stack([stats.counts, stats.routed])
-        _collective("all-reduce of routing statistics", self.group, lambda: dist.all_reduce(both, group=self.group))
-        counts, routed = both
-        dropped = (routed.sum() - counts.sum()).float() / routed.sum().clamp_min(1).float()
-        return MoEStats(counts=counts, routed=routed, dropped_fraction=dropped, capacity=stats.capacity)
+        """This rank's stats summed over the expert-parallel group (`sum_stats`)."""
+        return sum_stats(stats, self.group)
 
 
 def to_expert_parallel(model: nn.Module, group: dist.ProcessGroup | None = None, global_view: bool = False

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from smoe.checkpoint import load_checkpoint, load_module_tensors
+from smoe.distributed import ParallelConfig, prepare_model, process_group, run_world_size
 from smoe.layer import available_layers
+from smoe.parallel import collective
 from smoe.routing import available_routers
 from smoe.routing.base import check_choice, check_int
 from smoe.tasks import Task, TaskSetup, get_task
@@ -157,13 +160,37 @@ def check_device(device: str) -> None:
 
 
 def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-              hooks: list[Hook] | None = None) -> TrainResult:
-    """Build the task's model and data from `run` and train it in `out_dir` (continuing it with resume)."""
+              hooks: list[Hook] | None = None, parallel: ParallelConfig | None = None) -> TrainResult:
+    """Build the task's model and data from `run` and train it in `out_dir` (continuing it with resume).
+
+    On several processes (torchrun, or an initialised process group of size > 1) every rank calls this: the
+    model is built with the same seed everywhere and prepared as `parallel` says (default ParallelConfig()),
+    the global batch `train.batch_size` is split over the ranks, and the run config records the `parallel`
+    section (see `smoe.distributed`).
+    """
+    if run_world_size() == 1:
+        return _train(run, out_dir, resume, progress, hooks)
+    parallel = parallel or ParallelConfig()
+    with process_group(run.device, parallel.timeout_s) as device:
+        return _train(run, out_dir, resume, progress, hooks, parallel, device)
+
+
+def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, hooks: list[Hook] | None,
+           parallel: ParallelConfig | None = None, device: str | None = None) -> TrainResult:
     torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
-    setup = get_task(run.task).setup(run)
+    if parallel is None:
+        setup = get_task(run.task).setup(run)
+        run_config = run.to_dict(setup.model_config)
+    else:
+        world_size = dist.get_world_size()
+        if run.train.batch_size % world_size:
+            raise ValueError(f"train.batch_size={run.train.batch_size} (the global batch) must be divisible by the "
+                             f"world size {world_size}")
+        setup = _setup_rank_zero_first(run)
+        run_config = {**run.to_dict(setup.model_config), "parallel": prepare_model(setup.model, parallel, world_size)}
     trainer = Trainer(setup.model, run.train, loss_fn=setup.loss, train_batches=setup.train_batches,
-                      evaluate=setup.evaluate, out_dir=out_dir, run_config=run.to_dict(setup.model_config),
-                      seed=run.seed, device=run.device, hooks=hooks, progress=progress)
+                      evaluate=setup.evaluate, out_dir=out_dir, run_config=run_config, seed=run.seed,
+                      device=device or run.device, hooks=hooks, progress=progress, data_parallel=parallel is not None)
     return trainer.fit(resume=resume)
 
 
@@ -198,3 +225,14 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | None = 
                         state["aliases"])
     setup.model.to(run.device).eval()
     return run, setup
+def _setup_rank_zero_first(run: RunConfig):
+    """The task's setup on every rank, rank 0 first, so the others read what it cached (the tokenizer)."""
+    def barrier() -> None:
+        collective("barrier around the task's set-up on rank 0", None, dist.barrier)
+
+    if dist.get_rank() != 0:
+        barrier()
+    setup = get_task(run.task).setup(run)
+    if dist.get_rank() == 0:
+        barrier()
+    return setup

@@ -7,9 +7,15 @@ layers` (logged by name), AdamW, warm-up + cosine learning rate, gradient clippi
 micro-batch of the step, then the hooks (per-step analytics). Eval every `eval_every` steps, metrics to JSONL
 and TensorBoard, atomic checkpoints, exact resume, SIGINT/SIGTERM -> checkpoint and stop.
 
+With `data_parallel=True` (W processes, torchrun) the same loop runs on every rank: `smoe.distributed.DataParallel`
+gives each rank its share of every batch, synchronises the gradients, clips with the whole model's norm, hands
+the layers the group's routing counts, averages the logged values, shards the checkpoints and agrees on when
+to stop; rank 0 alone writes the run folder's files. One process uses `SingleProcess`, which does none of that.
+
 Randomness: the caller seeds the global generator before building the model (init); dropout draws from the
 global generator; data order and model noise (router noise, VAE sampling) come from two generators seeded from
-`seed`. All three states are in the checkpoint, so `steps=2n` straight and `steps=n` then `steps=2n` resumed
+`seed` (with data_parallel, rank r > 0 reseeds the global generator and its noise from (seed, r) after the model
+is built). All three states are in the checkpoint, so `steps=2n` straight and `steps=n` then `steps=2n` resumed
 give bit-identical parameters on CPU (the batch sampler must keep no state besides its generator, as the
 samplers of `smoe.data.batches` do).
 """
@@ -35,18 +41,18 @@ from smoe.checkpoint import (
     checkpoint_steps,
     decode_bytes,
     encode_bytes,
-    load_checkpoint,
     load_module_tensors,
     load_optimizer_tensors,
     module_tensors,
     optimizer_tensors,
-    save_checkpoint,
 )
+from smoe.data.batches import map_tensors
+from smoe.distributed import DataParallel, SingleProcess
 from smoe.layer import MoEOutput
 from smoe.models.common import aux_losses
 from smoe.routing.base import check_float, check_int
 
-_DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM = 1, 2, 3
+_DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
 
 
 def derived_seed(seed: int, stream: int) -> int:
@@ -154,13 +160,14 @@ class Trainer:
     train_batches(generator) -> an endless iterator of batches whose only state is `generator`.
     loss_fn(model, batch, step, generator) -> StepOutput; evaluate(model, split, generator) -> {metric: float}.
     out_dir: the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/, final.json); run_config: the whole
-    run's configuration (saved as YAML, compared on resume except train.steps).
+    run's configuration (saved as YAML, compared on resume except train.steps). data_parallel: train on every
+    rank of the initialised default process group (see `smoe.distributed`); model already prepared for it.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, loss_fn: LossFn,
                  train_batches: Callable[[torch.Generator], Iterator], evaluate: EvalFn | None = None,
                  out_dir: str | Path, run_config: dict | None = None, seed: int = 0, device: str = "cpu",
-                 hooks: list[Hook] | None = None, progress: bool = True):
+                 hooks: list[Hook] | None = None, progress: bool = True, data_parallel: bool = False):
         self.model, self.config = model.to(device), config
         self.loss_fn, self.train_batches, self.evaluate = loss_fn, train_batches, evaluate
         self.out_dir, self.seed, self.device = Path(out_dir), seed, torch.device(device)
@@ -168,8 +175,13 @@ class Trainer:
         self.run_config = json.loads(json.dumps(run_config if run_config is not None else {"train": asdict(config)}))
         self.hooks, self.progress = list(hooks or []), progress
         self.optimizer = self._build_optimizer()
-        self.data_rng = torch.Generator().manual_seed(derived_seed(seed, _DATA_STREAM))
-        self.noise = torch.Generator(self.device).manual_seed(derived_seed(seed, _NOISE_STREAM))
+        self.parallel = DataParallel(self.model, self.optimizer) if data_parallel else SingleProcess()
+        self.data_rng = torch.Generator().manual_seed(derived_seed(seed, _DATA_STREAM))  # the same on every rank
+        noise_seed = derived_seed(seed, _NOISE_STREAM)
+        if self.parallel.rank:  # the shares of a batch get their own router noise and dropout (rank 0: one process's)
+            noise_seed = derived_seed(noise_seed, self.parallel.rank)
+            torch.manual_seed(derived_seed(derived_seed(seed, _DROPOUT_STREAM), self.parallel.rank))
+        self.noise = torch.Generator(self.device).manual_seed(noise_seed)
         self.step = 0
         self._stop_signal: int | None = None
 
@@ -194,8 +206,10 @@ class Trainer:
             self._restore()
         elif (self.out_dir / "config.yaml").exists() or checkpoint_steps(self.checkpoint_dir):
             raise ValueError(f"{self.out_dir} already holds a run; resume it (--resume) or choose another --out")
+        self.parallel.barrier()  # every rank has looked before rank 0 writes
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.out_dir / "config.yaml", yaml.safe_dump(self.run_config, sort_keys=False).encode())
+        if self.parallel.is_main:
+            atomic_write(self.out_dir / "config.yaml", yaml.safe_dump(self.run_config, sort_keys=False).encode())
 
     # ------------------------------------------------------------ checkpoints
 
@@ -210,10 +224,11 @@ class Trainer:
                     **({"cuda": encode_bytes(torch.cuda.get_rng_state(self.device))}
                        if self.device.type == "cuda" else {})},
         }
-        return save_checkpoint(self.checkpoint_dir, self.step, tensors, state, self.config.keep_checkpoints)
+        return self.parallel.save_checkpoint(self.checkpoint_dir, self.step, tensors, state,
+                                             self.config.keep_checkpoints)
 
     def _restore(self) -> None:
-        tensors, state = load_checkpoint(self.checkpoint_dir)
+        tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
         mismatch = config_differences(state.get("config", {}), self.run_config, ignore={("train", "steps")})
         if mismatch:
             raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another configuration "
@@ -235,36 +250,40 @@ class Trainer:
         """Train until `config.steps` (continuing from the latest checkpoint with resume=True)."""
         self._prepare_dir(resume)
         batches = iter(self.train_batches(self.data_rng))
-        log = RunLog(self.out_dir, self.step)
+        log = RunLog(self.out_dir, self.step) if self.parallel.is_main else _NoLog()
         in_main = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         from tqdm import tqdm
 
-        bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress, unit="step")
+        bar = tqdm(total=self.config.steps, initial=self.step, disable=not (self.progress and self.parallel.is_main),
+                   unit="step")
         try:
-            while self.step < self.config.steps and self._stop_signal is None:
+            stop = None
+            while self.step < self.config.steps and stop is None:
                 started = time.perf_counter()
                 outputs, record = self.train_step(batches)
                 self.step += 1
                 for hook in self.hooks:
                     record.update(hook(self.step, outputs) or {})
+                stop = self.parallel.agree_stop(self._stop_signal)  # every rank stops after the same step
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    values = {k: float(v) for k, v in record.items()}
-                    values["per_s"] = sum(o.count for o in outputs) / max(time.perf_counter() - started, 1e-9)
+                    values, count = self.parallel.reduce_log(record, sum(o.count for o in outputs))
+                    values["per_s"] = count / max(time.perf_counter() - started, 1e-9)
                     log.write(self.step, "train", values)
                     bar.set_postfix(loss=f"{values['loss']:.4g}")
                 bar.update(1)
                 if self._due(self.config.eval_every) and self.step < self.config.steps:
                     log.write(self.step, "valid", self._evaluate("valid"))
-                if self._due(self.config.checkpoint_every) or self._stop_signal is not None:
+                if self._due(self.config.checkpoint_every) or stop is not None:
                     self.save()
             if self.step < self.config.steps:
-                return TrainResult("interrupted", self.step, signal=self._stop_signal)
+                return TrainResult("interrupted", self.step, signal=stop)
             final = {split: self._evaluate(split) for split in ("valid", "test")} if self.evaluate else {}
             for split, values in final.items():
                 log.write(self.step, split, values)
             self.save()
-            (self.out_dir / "final.json").write_text(json.dumps({"step": self.step, **final}, indent=1))
+            if self.parallel.is_main:
+                (self.out_dir / "final.json").write_text(json.dumps({"step": self.step, **final}, indent=1))
             return TrainResult("done", self.step, final)
         finally:
             bar.close()
@@ -291,7 +310,7 @@ class Trainer:
         outputs: list[StepOutput] = []
         sums: dict[str, Tensor] = {}
         for _ in range(cfg.grad_accum):
-            batch = _to_device(next(batches), self.device)
+            batch = _to_device(self.parallel.share(next(batches)), self.device)
             out = self.loss_fn(model, batch, self.step, self.noise)
             aux = aux_losses(out.moe)
             total = out.loss + sum(aux.values(), torch.zeros((), device=self.device))
@@ -300,12 +319,13 @@ class Trainer:
             terms = {"loss": out.loss, "total": total, **{f"aux/{k}": v for k, v in aux.items()}, **out.metrics}
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach() / cfg.grad_accum
+        self.parallel.sync_gradients()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if cfg.grad_clip > 0:
-            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            sums["grad_norm"] = self.parallel.clip_grad_norm_(params, cfg.grad_clip)
         self.optimizer.step()
         for i, layer in enumerate(model.moe_layers()):
-            layer.after_step([out.moe[i].stats for out in outputs])
+            layer.after_step(self.parallel.layer_stats(layer, [out.moe[i].stats for out in outputs]))
         sums["lr"] = torch.tensor(lr, dtype=torch.float64)
         return outputs, sums
 
@@ -323,13 +343,17 @@ class Trainer:
 
 
 def _to_device(batch, device: torch.device):
-    if isinstance(batch, Tensor):
-        return batch.to(device)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
+    return map_tensors(lambda t: t.to(device), batch)
+
+
+class _NoLog:
+    """RunLog's interface on ranks other than 0, which write no files."""
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def config_differences(old: dict, new: dict, ignore: set[tuple[str, ...]] = frozenset(), prefix=()) -> list[str]:

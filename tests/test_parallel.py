@@ -421,3 +421,4 @@ def test_bench_parallel_runs_a_short_setting(capsys):
     assert main(["--quick", "--tokens", "64", "--repeats", "1", "--threads", "2"]) == 0
     table = capsys.readouterr().out
     assert "| moe | 1 |" in table and "| ep | 1 |" in table and "| ep | 2 |" in table and "error" not in table
+    assert "| lm | 1 |" in table and "| lm-ep | 2 |" in table and "| lm-dp | 2 |" in table  # the tiny-LM rows

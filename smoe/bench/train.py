@@ -20,8 +20,10 @@ import tempfile
 import time
 
 import torch
+import torch.distributed as dist
 
 from smoe.data.batches import lm_batches
+from smoe.distributed import ParallelConfig, prepare_model
 from smoe.models import LM, LMConfig
 from smoe.run import check_device, resolve_config
 from smoe.tasks import get_task
@@ -31,7 +33,10 @@ IMPLS = ("moe", "dense")
 
 
 def build_trainer(impl: str, preset: str, router: str, device: str, out_dir: str,
-                  overrides: list[str] | None = None) -> tuple[Trainer, LMConfig]:
+                  overrides: list[str] | None = None, parallel: ParallelConfig | None = None
+                  ) -> tuple[Trainer, LMConfig]:
+    """The Trainer of `impl` on uniform random tokens; with `parallel`, on every rank of the initialised process
+    group (the preset's batch is the global batch)."""
     run = resolve_config("lm-bbc", preset, router=router, device=device, overrides=overrides or [])
     fields = dict(run.model)
     if impl == "dense":
@@ -46,8 +51,12 @@ def build_trainer(impl: str, preset: str, router: str, device: str, out_dir: str
         ce = torch.nn.functional.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
         return StepOutput(loss=ce, moe=out.moe, count=y.numel())
 
-    trainer = Trainer(LM(config), run.train, loss_fn=loss, out_dir=out_dir, device=device, progress=False,
-                      train_batches=lambda g: lm_batches(stream, run.train.batch_size, run.data.seq_len, g))
+    model = LM(config)
+    if parallel is not None:
+        prepare_model(model, parallel, dist.get_world_size())
+    trainer = Trainer(model, run.train, loss_fn=loss, out_dir=out_dir, device=device, progress=False,
+                      train_batches=lambda g: lm_batches(stream, run.train.batch_size, run.data.seq_len, g),
+                      data_parallel=parallel is not None)
     return trainer, config
 
 

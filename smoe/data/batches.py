@@ -6,7 +6,7 @@ Legend: B batch size, T sequence length, L stream length, n samples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -67,3 +67,15 @@ def tensor_batches(*tensors: Tensor, batch_size: int, generator: torch.Generator
             yield tuple(t[lo:lo + batch_size] for t in tensors)
 
     return random_batches() if shuffle else one_pass()
+
+
+def map_tensors(fn: Callable[[Tensor], Tensor], batch):
+    """`batch` with fn applied to every tensor in it (tensors, tuples, lists and dicts of them, nested); other
+    values are kept as they are."""
+    if isinstance(batch, Tensor):
+        return fn(batch)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(map_tensors(fn, b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: map_tensors(fn, v) for k, v in batch.items()}
+    return batch
