@@ -1,4 +1,5 @@
-"""A training run: resolve a `RunConfig` (task preset + router + `--set key=value` overrides) and train it.
+"""A training run: resolve a `RunConfig` (task preset + router + `--set key=value` overrides) and train it;
+load a trained run back from its folder (`load_run`).
 
 Sections: `data` (the task's data config), `model` (the task's model config, less the fields derived from the
 data) and `train` (`TrainConfig`). Override keys are `section.field` (`model.num_experts=16`, `train.lr=3e-4`),
@@ -16,10 +17,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from smoe.checkpoint import load_checkpoint, load_module_tensors
 from smoe.layer import available_layers
 from smoe.routing import available_routers
 from smoe.routing.base import check_choice, check_int
-from smoe.tasks import Task, get_task
+from smoe.tasks import Task, TaskSetup, get_task
 from smoe.train import Hook, TrainConfig, Trainer, TrainResult, derived_seed
 
 SECTIONS = ("data", "model", "train")
@@ -157,10 +159,52 @@ def check_device(device: str) -> None:
 
 def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
               hooks: list[Hook] | None = None) -> TrainResult:
-    """Build the task's model and data from `run` and train it in `out_dir` (continuing it with resume)."""
+    """Build the task's model and data from `run` and train it in `out_dir` (continuing it with resume).
+
+    The task's probe set is routed at every eval and at the end (`smoe.probe.RoutingTrace`, written to
+    out_dir/routing_trace.jsonl) before the other hooks run.
+    """
+    from smoe.probe import TRACE_FILE, RoutingTrace
+
     torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
     setup = get_task(run.task).setup(run)
+    trace = [] if setup.probe is None else [
+        RoutingTrace(setup.model, setup.probe, Path(out_dir) / TRACE_FILE, run.train.eval_every, run.train.steps)]
     trainer = Trainer(setup.model, run.train, loss_fn=setup.loss, train_batches=setup.train_batches,
                       evaluate=setup.evaluate, out_dir=out_dir, run_config=run.to_dict(setup.model_config),
-                      seed=run.seed, device=run.device, hooks=hooks, progress=progress)
+                      seed=run.seed, device=run.device, hooks=[*trace, *(hooks or [])], progress=progress)
     return trainer.fit(resume=resume)
+
+
+def run_from_dict(config: dict) -> RunConfig:
+    """The RunConfig of a run folder's config.yaml (`RunConfig.to_dict`; the data-derived model fields dropped)."""
+    try:
+        t = get_task(config["task"])
+        model = {k: v for k, v in config["model"].items() if k not in t.derived}
+        return RunConfig(task=config["task"], preset=config["preset"], router=config["router"], seed=config["seed"],
+                         device=config["device"], data=_build(t.data_config, config["data"], "data"), model=model,
+                         train=_build(TrainConfig, config["train"], "train"))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a run configuration (config.yaml of `smoe train`): {e!r}") from e
+
+
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[RunConfig, TaskSetup, int]:
+    """(run config, task set-up with the model of the latest checkpoint in eval mode, its step) of a run folder.
+
+    device: where to load the model (default: the run's device).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"run_dir must be a run folder of `smoe train` or `smoe compare` (with config.yaml), "
+                         f"got {run_dir}")
+    run = run_from_dict(yaml.safe_load(path.read_text()))
+    if device is not None:
+        check_device(device)
+        run = dataclasses.replace(run, device=device)
+    setup = get_task(run.task).setup(run)
+    tensors, state = load_checkpoint(run_dir / "checkpoints")
+    load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                        state["aliases"])
+    setup.model.to(run.device).eval()
+    return run, setup, state["step"]

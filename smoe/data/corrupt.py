@@ -95,18 +95,38 @@ def corrupt(x: Tensor, spec: str, seed: int = 0, **context) -> Tensor:
     context: what the function needs besides x (vocab_size, mask, foreign for text); keys it does not take are
     ignored, so one context serves every corruption of a kind.
     """
-    c, level = parse_corruption(spec)
+    out = _apply(x, spec, seed, context)
+    return out.ids if isinstance(out, TokenCorruption) else out
+
+
+def corrupt_tokens(ids: Tensor, spec: str, seed: int = 0, **context) -> TokenCorruption:
+    """`corrupt` for a text corruption, also returning which positions it corrupted (e.g. to score only the
+    original tokens of a contaminated text)."""
+    c, _ = parse_corruption(spec)
+    if c.kind != "text":
+        raise ValueError(f"corrupt_tokens needs a text corruption ({', '.join(available_corruptions('text'))}), "
+                         f"got {c.kind} corruption {c.name!r}")
+    return _apply(ids, spec, seed, context)
+
+
+def _apply(x: Tensor, spec: str, seed: int, context: dict):
+    c, _ = parse_corruption(spec)
     check_int("seed", seed, low=0)
     params = inspect.signature(c.fn).parameters
     kwargs = {k: v for k, v in context.items() if k in params}
-    kwargs[c.parameter] = c.levels[level - 1] if level else 0.0
+    kwargs[c.parameter] = severity(spec)
     if "generator" in params:
         kwargs["generator"] = torch.Generator(device=x.device).manual_seed(seed)
     missing = [p.name for p in list(params.values())[1:] if p.default is p.empty and p.name not in kwargs]
     if missing:
         raise ValueError(f"corruption {c.name!r} needs {', '.join(missing)} (pass it as a keyword argument)")
-    out = c.fn(x, **kwargs)
-    return out.ids if isinstance(out, TokenCorruption) else out
+    return c.fn(x, **kwargs)
+
+
+def severity(spec: str) -> float:
+    """The parameter value of "NAME:LEVEL" (0 for level 0): rate, std, sigma or area fraction."""
+    c, level = parse_corruption(spec)
+    return c.levels[level - 1] if level else 0.0
 
 
 # ---------------------------------------------------------------- shared helpers
