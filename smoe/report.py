@@ -27,7 +27,9 @@ ROUTING_SCALARS = {
     "effective_rank_router": "eff. rank router",
 }
 TITLES = {
-    "final.valid_loss": "valid loss", "steps": "steps", "train_time_s": "train time (s)", "tokens_per_s": "tokens/s",
+    "final.valid_loss": "valid loss", "final.valid_metric": "valid metric",
+    "final.experts_per_token": "experts per token", "final.eval_time_s": "eval time (s)", "steps": "steps",
+    "train_time_s": "train time (s)", "tokens_per_s": "tokens/s",
     **{f"routing.{key}": title for key, title in ROUTING_SCALARS.items()},
     "fluctuation.top1": "fluct. top-1 (last)", "fluctuation.topk_set": "fluct. top-k set (last)",
     "coactivation.nmi": "co-activation NMI", "sensitivity": "top-expert sensitivity",
@@ -307,8 +309,8 @@ def _runs_table(results: Mapping) -> list[Block]:
         options = run.get("options")
         error = run.get("error")
         router = run.get("router")
-        name = run_label(run) + (f" ({router})" if isinstance(router, str) and router != run_label(run) else "")
-        body.append([name, str(run.get("seed", "?")),
+        shown = run_label(run) + (f" ({router})" if isinstance(router, str) and router != run_label(run) else "")
+        body.append([shown, str(run.get("seed", "?")),
                      run["status"] if isinstance(run.get("status"), str) else "unknown",
                      _format_value(run.get("steps")), _format_value(get(run, "final", "metric")),
                      _format_value(run.get("train_time_s")),

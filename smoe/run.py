@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +115,9 @@ def _assign(target: dict, name: str, value) -> None:
 
 
 def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: int = 0, device: str = "cpu",
-                   steps: int | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The RunConfig of `task` with `preset`, `router`, overrides (`key=value` strings) and `steps` applied."""
+                   steps: int | None = None, overrides: Sequence[str | tuple[str, object]] = ()) -> RunConfig:
+    """The RunConfig of `task` with `preset`, `router`, overrides (`key=value` strings, or (key, parsed value)
+    pairs) and `steps` applied."""
     t = get_task(task)
     check_choice("preset", preset, tuple(t.presets))
     check_choice("router", router, tuple(available_routers() + available_layers()))
@@ -128,7 +130,7 @@ def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: 
         "train": dict(p.get("train", {})),
     }
     for item in overrides:
-        apply_override(sections, t, *parse_override(item))
+        apply_override(sections, t, *(item if isinstance(item, tuple) else parse_override(item)))
     if steps is not None:
         sections["train"]["steps"] = steps
     data = _build(t.data_config, sections["data"], "data")
