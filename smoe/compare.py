@@ -54,8 +54,10 @@ class Entry:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "-", self.label).strip("-") or "entry"
 
     def config_overrides(self) -> list:
-        """Overrides for `resolve_config`: the router options as (key, value) pairs, then the +KEY=VALUE ones."""
-        return [*((f"model.router_options.{k}", v) for k, v in self.options.items()), *self.overrides]
+        """Overrides for `resolve_config`: the router options as (key, value) pairs (option k is the model's k),
+        then the +KEY=VALUE ones."""
+        options = [("model.k" if k == "k" else f"model.router_options.{k}", v) for k, v in self.options.items()]
+        return [*options, *self.overrides]
 
     def describe(self) -> dict:
         """The options field of results.json: router options and overrides."""
@@ -221,12 +223,11 @@ class GridProgress:
 
 
 def train_one(config: CompareConfig, entry: Entry, seed: int, run_dir: Path, progress: GridProgress) -> int | None:
-    """Train (or resume, or skip) one run; returns the signal that interrupted it, else None."""
+    """Train (or resume, or skip) one run; returns the signal that interrupted it, else None. A run folder of
+    another configuration must have been refused before (`check_same_config`)."""
     from smoe.run import train_run
 
     run = config.run_config(entry, seed)
-    if (run_dir / "config.yaml").exists():
-        check_same_config(run, run_dir)
     step = trained_step(run_dir)
     if step is not None and step >= run.train.steps:
         return None
@@ -354,6 +355,9 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True)
     grid = [(entry, seed) for seed in range(config.seeds) for entry in config.entries]
     runs = {(entry.label, seed): config.run_config(entry, seed) for entry, seed in grid}  # fail early on bad keys
     folder = {(e.label, s): out / "runs" / f"{e.folder}-s{s}" for e, s in grid}
+    for key, run_dir in folder.items():  # before anything is trained or written
+        if (run_dir / "config.yaml").exists():
+            check_same_config(runs[key], run_dir)
     done = sum(min(trained_step(folder[e.label, s]) or _checkpoint(folder[e.label, s]), runs[e.label, s].train.steps)
                for e, s in grid)
     bar = GridProgress(sum(r.train.steps for r in runs.values()), done, progress)
