@@ -148,13 +148,13 @@ def classify_eval(logits_of: Callable, splits: dict, batch_size: int, corrupt_in
     return evaluate
 
 
-def corrupt_signals(x: Tensor, spec: str, seed: int, low: float, high: float) -> Tensor:
-    """An image corruption "NAME:LEVEL" on x: (n, C, H, W) images or (n, C, L) signals (as 1-pixel-high images)
-    whose values span [low, high]: mapped to [0, 1] for the corruption, then back."""
-    view = x.unsqueeze(2) if x.dim() == 3 else x
-    scale = max(high - low, 1e-12)
+def corrupt_signals(x: Tensor, spec: str, seed: int) -> Tensor:
+    """An image corruption "NAME:LEVEL" on x: (n, C, H, W) images or (n, C, L) signals (as 1-pixel-high images):
+    x's value range [min, max] is mapped to [0, 1] for the corruption, then back (level 0 returns x)."""
+    view = (x.unsqueeze(2) if x.dim() == 3 else x).double()  # float64: the round trip is exact in x's dtype
+    low, scale = view.min(), (view.max() - view.min()).clamp_min(1e-12)
     out = corrupt((view - low) / scale, spec, seed) * scale + low
-    return out.reshape(x.shape)
+    return out.reshape(x.shape).to(x.dtype)
 
 
 # ---------------------------------------------------------------- language modelling (lm-bbc, text)
@@ -254,7 +254,7 @@ def build_language_model(run) -> TaskSetup:
         probe_windows = valid[starts[:, None] + torch.arange(t + 1)]
         topics = stream_labels(corpus, tokenizer, "valid")
         probe = Probe(inputs=probe_batches(probe_windows[:, :-1], batch_size=data.eval_batch_size),
-                      labels={} if topics is None else {"topic": topics[starts[:, None] + torch.arange(t)]},
+                      labels={} if topics is None else {"topic": topics[starts[:, None] + torch.arange(t)].flatten()},
                       metric=lambda model, generator: math.exp(
                           next_token_loss(model, probe_windows, data.eval_batch_size, generator)))
 
@@ -363,7 +363,6 @@ def build_patch_classifier(run) -> TaskSetup:
         raw = load_mnist1d(num_samples=data.num_samples, seed=data.split_seed)
     x_train = raw["train"][0]
     mean, std = x_train.mean(), x_train.std().clamp_min(1e-8)  # one scalar each
-    low, high = float(x_train.min()), float(x_train.max())
 
     def prepare(x: Tensor) -> Tensor:
         return patchify((x - mean) / std, data.patch_size)
@@ -385,8 +384,8 @@ def build_patch_classifier(run) -> TaskSetup:
         return classify_step(logits_of, (patches,), labels, model, step, generator)
 
     def corrupt_inputs(split: str, corruption: str, seed: int) -> tuple[Tensor]:
-        """The split's raw images (signals) corrupted on their train-split value range, then patched."""
-        return (prepare(corrupt_signals(raw[split][0], corruption, seed, low, high)),)
+        """The split's raw images (signals) corrupted on their value range, then patched."""
+        return (prepare(corrupt_signals(raw[split][0], corruption, seed)),)
 
     evaluate = classify_eval(logits_of, splits, data.eval_batch_size, corrupt_inputs)
     return TaskSetup(model, config, train_batches, loss, evaluate,
