@@ -314,3 +314,5 @@ def test_runs_are_grouped_by_label_not_router(tmp_path):
     assert summarize(results)[0].label == "topk-k1"
     md = write_report(results, tmp_path).markdown.read_text()
     assert "| topk-k1 (topk) | 0 | done |" in md
+    # the runs table's metric column is titled by the metric, not by the last run's label
+    assert "| router | seed | status | steps | ppl | train time (s) |" in md
