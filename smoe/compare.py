@@ -215,19 +215,15 @@ class GridProgress:
     def hook(self, step: int, outputs) -> None:
         self.bar.update(1)
 
-    def skip(self, steps: int) -> None:
-        self.bar.update(steps)
-
     def close(self) -> None:
         self.bar.close()
 
 
-def train_one(config: CompareConfig, entry: Entry, seed: int, run_dir: Path, progress: GridProgress) -> int | None:
+def train_one(run, run_dir: Path, progress: GridProgress) -> int | None:
     """Train (or resume, or skip) one run; returns the signal that interrupted it, else None. A run folder of
     another configuration must have been refused before (`check_same_config`)."""
     from smoe.run import train_run
 
-    run = config.run_config(entry, seed)
     step = trained_step(run_dir)
     if step is not None and step >= run.train.steps:
         return None
@@ -242,25 +238,30 @@ def train_one(config: CompareConfig, entry: Entry, seed: int, run_dir: Path, pro
     return result.signal if result.status == "interrupted" else None
 
 
-def evaluate_one(config: CompareConfig, run_dir: Path) -> None:
-    """Write analysis.json and eval.json of a trained run unless they are there for its final step."""
+def evaluate_one(config: CompareConfig, run, run_dir: Path) -> None:
+    """Write analysis.json (when the task has a probe set) and eval.json of a trained run, unless they are there
+    for its final step (and, for eval.json, for the same corruptions and capacities)."""
     from smoe.analysis import ANALYSIS_FILE, analyze
     from smoe.evaluate import default_sweep, eval_file, evaluate_model
     from smoe.run import load_run
     from smoe.tasks import get_task
 
+    task = get_task(run.task)
+    request = {"corruptions": default_sweep(task.corruptions) if config.corruptions is None else config.corruptions,
+               "capacities": config.capacities, "bpr": config.bpr}
     step = trained_step(run_dir)
     analysis, evaluation = _json(run_dir / ANALYSIS_FILE), _json(run_dir / eval_file(None))
-    if analysis and evaluation and analysis.get("step") == step and evaluation.get("step") == step:
+    needs_analysis = run.data.probe_tokens > 0 and (analysis or {}).get("step") != step
+    needs_eval = evaluation is None or evaluation.get("step") != step or evaluation.get("request") != request
+    if not (needs_analysis or needs_eval):
         return
     run, setup, step = load_run(run_dir, config.device)
-    task = get_task(run.task)
-    if setup.probe is not None:
+    if needs_analysis:
         analyze(setup.model, setup.probe, run_dir, step, {"task": run.task, "router": run.router})
-    corruptions = default_sweep(task.corruptions) if config.corruptions is None else config.corruptions
-    result = evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better,
-                            corruptions=corruptions, capacities=config.capacities, bpr=config.bpr)
-    atomic_write(run_dir / eval_file(None), json.dumps({"step": step, **result}, indent=1).encode())
+    if needs_eval:
+        result = evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better, **request)
+        atomic_write(run_dir / eval_file(None),
+                     json.dumps({"step": step, "request": request, **result}, indent=1).encode())
 
 
 # ---------------------------------------------------------------- results.json
@@ -372,9 +373,9 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True)
                 continue
             bar.start(f"{entry.label} s{seed}")
             try:
-                interrupted = train_one(config, entry, seed, run_dir, bar)
+                interrupted = train_one(runs[entry.label, seed], run_dir, bar)
                 if interrupted is None:
-                    evaluate_one(config, run_dir)
+                    evaluate_one(config, runs[entry.label, seed], run_dir)
                 status, error = ("skipped", "interrupted") if interrupted is not None else ("done", None)
             except Exception as e:  # one failed run must not stop the grid
                 status, error = "failed", f"{type(e).__name__}: {e}"

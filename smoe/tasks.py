@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe.data.batches import lm_batches, tensor_batches
-from smoe.data.corrupt import corrupt, corrupt_tokens
+from smoe.data.corrupt import corrupt, corrupt_signals, corrupt_tokens
 from smoe.models import LM, LMConfig, SMoEVAE, VAEConfig, ViT, ViTConfig
 from smoe.routing.base import check_choice, check_int
 from smoe.train import StepOutput
@@ -146,15 +146,6 @@ def classify_eval(logits_of: Callable, splits: dict, batch_size: int, corrupt_in
         return classify_metrics(logits_of, model, tuple(inputs), labels, batch_size, generator)
 
     return evaluate
-
-
-def corrupt_signals(x: Tensor, spec: str, seed: int) -> Tensor:
-    """An image corruption "NAME:LEVEL" on x: (n, C, H, W) images or (n, C, L) signals (as 1-pixel-high images):
-    x's value range [min, max] is mapped to [0, 1] for the corruption, then back (level 0 returns x)."""
-    view = (x.unsqueeze(2) if x.dim() == 3 else x).double()  # float64: the round trip is exact in x's dtype
-    low, scale = view.min(), (view.max() - view.min()).clamp_min(1e-12)
-    out = corrupt((view - low) / scale, spec, seed) * scale + low
-    return out.reshape(x.shape).to(x.dtype)
 
 
 # ---------------------------------------------------------------- language modelling (lm-bbc, text)

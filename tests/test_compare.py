@@ -108,6 +108,12 @@ def test_pipeline_on_a_tiny_grid_skip_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(GridProgress, "hook", lambda *a: pytest.fail("a finished run was trained again"))
     assert run_compare(tiny_config(out), progress=False).failed == []
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.json")} == stamps
+    # other corruptions: every run is evaluated again, nothing is trained or analysed again
+    assert run_compare(tiny_config(out, corruptions=["blur:2"]), progress=False).failed == []
+    changed = {p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t}
+    assert changed == {"eval.json"}
+    assert {(e["corruption"], e["level"]) for e in load_results(out)["runs"][0]["robustness"]} == {("blur", 0),
+                                                                                                   ("blur", 2)}
     monkeypatch.undo()
 
     # another configuration in the same folder is refused

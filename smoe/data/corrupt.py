@@ -16,6 +16,7 @@ Images ((n, C, H, W) floating point in [0, 1]; the result stays in [0, 1]):
   the area, filled with a constant).
 
 Severity 0 of every registered corruption is the identity; levels 1-5 are in `CORRUPTIONS[name].levels`.
+`corrupt_signals` applies an image corruption to data of any value range (standardised images, 1-D signals).
 """
 
 from __future__ import annotations
@@ -97,6 +98,18 @@ def corrupt(x: Tensor, spec: str, seed: int = 0, **context) -> Tensor:
     """
     out = _apply(x, spec, seed, context)
     return out.ids if isinstance(out, TokenCorruption) else out
+
+
+def corrupt_signals(x: Tensor, spec: str, seed: int = 0) -> Tensor:
+    """An image corruption "NAME:LEVEL" on x of any value range: (n, C, H, W) images or (n, C, L) signals (as
+    images one pixel high). x's [min, max] is mapped to [0, 1] for the corruption, then back; level 0 returns x."""
+    if not isinstance(x, Tensor) or x.dim() not in (3, 4) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point (n, C, H, W) or (n, C, L) tensor, got "
+                         f"{getattr(x, 'dtype', type(x))} of shape {tuple(getattr(x, 'shape', ()))}")
+    view = (x.unsqueeze(2) if x.dim() == 3 else x).double()  # float64: the round trip is exact in x's dtype
+    low, scale = view.min(), (view.max() - view.min()).clamp_min(1e-12)
+    out = corrupt((view - low) / scale, spec, seed) * scale + low
+    return out.reshape(x.shape).to(x.dtype)
 
 
 def corrupt_tokens(ids: Tensor, spec: str, seed: int = 0, **context) -> TokenCorruption:

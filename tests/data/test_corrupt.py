@@ -6,6 +6,7 @@ from smoe.data.corrupt import (
     CORRUPTIONS,
     available_corruptions,
     corrupt,
+    corrupt_signals,
     corrupt_tokens,
     gaussian_blur,
     gaussian_noise,
@@ -237,3 +238,17 @@ def test_severity_is_the_level_parameter():
     assert severity("noise:2") == 0.12 and severity("substitute:5") == 0.4 and severity("blur:0") == 0.0
     with pytest.raises(ValueError, match=r"LEVEL in 0\.\.5"):
         severity("blur:6")
+
+
+def test_corrupt_signals_works_on_any_value_range_and_on_1d_signals():
+    x = torch.randn(6, 1, 40, generator=gen(4)) * 3 + 1  # standardised-looking 1-D signals
+    assert torch.equal(corrupt_signals(x, "noise:0"), x)
+    noisy = corrupt_signals(x, "noise:3", seed=1)
+    assert noisy.shape == x.shape and noisy.dtype == x.dtype and not torch.equal(noisy, x)
+    assert float(noisy.min()) >= float(x.min()) - 1e-5 and float(noisy.max()) <= float(x.max()) + 1e-5  # clipped
+    # on [0, 1] images it is the corruption itself
+    images = torch.rand(2, 1, 8, 8, generator=gen(5))
+    images[0, 0, 0, 0], images[0, 0, 0, 1] = 0.0, 1.0
+    assert torch.allclose(corrupt_signals(images, "blur:3"), corrupt(images, "blur:3"), atol=1e-6)
+    with pytest.raises(ValueError, match="floating-point"):
+        corrupt_signals(torch.zeros(3, 4, dtype=torch.long), "noise:1")
