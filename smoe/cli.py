@@ -36,10 +36,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Re-render report.md, report.html and plots/ from DIR/results.json."""
-    from smoe.report import write_report
+    """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table)."""
+    from smoe.report import columns_table, robustness_table, write_report
 
     try:
+        if args.columns or args.robustness:
+            print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
+            return 0
         files = write_report(args.dir, args.out)
     except ValueError as err:
         print(f"smoe report: {err}", file=sys.stderr)
@@ -172,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json")
     p.add_argument("dir", help="directory holding results.json (written by `smoe compare`)")
     p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR)")
+    p.add_argument("--columns", type=_specs, metavar="KEY[,...]",
+                   help="print only a table of these columns (e.g. final.metric,routing.load_cv; a wrong key lists "
+                        "the available ones) instead of writing the report")
+    p.add_argument("--robustness", action="store_true",
+                   help="print only the metric at every corruption (and capacity) level instead of the report")
     p.set_defaults(fn=cmd_report)
     add_train_parser(sub)
     add_compare_parser(sub)
