@@ -98,11 +98,15 @@ def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better
     """The eval.json content (module docstring) for `model` and the task's `evaluate` function."""
     check_choice("bpr", bpr, BPR_CHOICES)
     specs = [parse_corruption(spec) for spec in corruptions]  # fail on a bad spec before evaluating anything
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(0)
+    device = next(model.parameters()).device
+
+    def generator() -> torch.Generator:  # a fresh one per evaluation: results never depend on their order
+        return torch.Generator(device).manual_seed(0)
+
     model.eval()
     with inference_settings(model, eval_k=eval_k):
         started = time.perf_counter()
-        clean = evaluate(model, split, generator)
+        clean = evaluate(model, split, generator())
         elapsed = time.perf_counter() - started
         robustness = []
         by_name: dict[str, list[tuple[int, str]]] = {}
@@ -114,7 +118,7 @@ def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better
             for level, spec in levels:
                 if level == 0:
                     continue
-                metrics = evaluate(model, split, generator, corruption=spec, seed=CORRUPTION_SEED)
+                metrics = evaluate(model, split, generator(), corruption=spec, seed=CORRUPTION_SEED)
                 robustness.append({"corruption": name, "level": level, "severity": severity(spec),
                                    "metric": metrics[metric_key], "metrics": metrics})
         capacity = []
@@ -126,7 +130,7 @@ def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better
                 counter = _DropCounter(model)
                 try:
                     with inference_settings(model, capacity=c, bpr=use_bpr if _has_bpr(model) else None):
-                        metrics = evaluate(model, split, generator)
+                        metrics = evaluate(model, split, generator())
                 finally:
                     dropped = counter.close()
                 capacity.append({"capacity": c, "bpr": use_bpr, "metric": metrics[metric_key],
