@@ -27,8 +27,9 @@ for name in "${@:-${ALL[@]}}"; do
   case $name in
     # X-MoE: less representation collapse (effective rank), more consistent routing (fluctuation) than topk
     xmoe)     compare xmoe --task lm-bbc --routers topk,xmoe ;;
-    # MomentumSMoE / AdamSMoE: lower clean and contaminated perplexity than the plain residual
-    momentum) compare momentum --task lm-bbc --routers residual=topk,momentum=topk+rule=momentum,adam=topk+rule=adam ;;
+    # MomentumSMoE / AdamSMoE: lower clean and contaminated perplexity than the plain residual (canonical form
+    # x' = h + m, and the official code's form with two LayerNorms)
+    momentum) compare momentum --task lm-bbc --routers residual=topk,momentum=topk+rule=momentum,adam=topk+rule=adam,momentum-official=topk+rule=momentum+rule_options.form=official,adam-official=topk+rule=adam+rule_options.form=official ;;
     # V-MoE: trained at capacity 1.05; at test-time capacity < 1, BPR keeps more accuracy than positional dropping
     vmoe-bpr) compare vmoe-bpr --task digits --routers vmoe --set model.capacity_factor=1.05 \
                 --capacity 0.1,0.25,0.5,0.75,1.0 --corrupt '' ;;
