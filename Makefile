@@ -23,8 +23,11 @@ test: setup lint
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# the main job: 4 routers x 2 seeds on lm-bbc (tiny), trained, evaluated, analysed; prints where the report is
+DEMO_ROUTERS ?= topk,xmoe,ssr,deepseek
 demo: setup
-	$(VENV)/bin/smoe bench layer --quick
+	$(VENV)/bin/smoe compare --task lm-bbc --routers $(DEMO_ROUTERS) --seeds 2 --preset tiny \
+		--corrupt substitute:2,substitute:4,insert:2,insert:4 --out runs/demo
 
 bench: setup
 	$(VENV)/bin/smoe bench layer --json docs/bench_layer_cpu.json

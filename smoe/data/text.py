@@ -221,6 +221,15 @@ def lm_streams(corpus: TextCorpus, tokenizer: Tokenizer) -> dict[str, Tensor]:
     return streams
 
 
+def stream_labels(corpus: TextCorpus, tokenizer: Tokenizer, split: str) -> Tensor | None:
+    """(L,) long: the label of each token of `lm_streams(...)[split]` (its document's, EOS included); None when
+    the corpus has no labels."""
+    if corpus.labels is None:
+        return None
+    lengths = [len(doc) + 1 for doc in _encode(tokenizer, corpus.documents_in(split))]
+    return torch.tensor(corpus.labels_in(split), dtype=torch.long).repeat_interleave(torch.tensor(lengths))
+
+
 def classification_tensors(corpus: TextCorpus, tokenizer: Tokenizer,
                            max_len: int) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     """{split: (ids (n, T) long, mask (n, T) bool, labels (n,) long)} with T = max_len.

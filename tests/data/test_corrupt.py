@@ -6,12 +6,15 @@ from smoe.data.corrupt import (
     CORRUPTIONS,
     available_corruptions,
     corrupt,
+    corrupt_signals,
+    corrupt_tokens,
     gaussian_blur,
     gaussian_noise,
     insert_random_tokens,
     mix_foreign_text,
     occlude,
     parse_corruption,
+    severity,
     substitute_tokens,
 )
 
@@ -218,3 +221,34 @@ def test_occlusion_covers_the_requested_area(fraction, side):
     for img in covered[:, 0]:  # one square patch
         rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
         assert len(rows) == side and len(cols) == side and int(rows[-1] - rows[0]) == side - 1
+
+
+def test_corrupt_tokens_says_which_positions_changed():
+    ids, mask = text_batch()
+    out = corrupt_tokens(ids, "substitute:4", seed=2, vocab_size=V, mask=mask)
+    assert torch.equal(out.ids, corrupt(ids, "substitute:4", seed=2, vocab_size=V, mask=mask))
+    assert torch.equal(out.corrupted, out.ids != ids)  # substitution always changes the token
+    assert out.corrupted.sum(1).tolist() == [8, 6, 2]  # round(0.2 * (40, 30, 11)), half to even
+    assert not corrupt_tokens(ids, "insert:0", vocab_size=V, mask=mask).corrupted.any()
+    with pytest.raises(ValueError, match="needs a text corruption"):
+        corrupt_tokens(ids, "noise:1")
+
+
+def test_severity_is_the_level_parameter():
+    assert severity("noise:2") == 0.12 and severity("substitute:5") == 0.4 and severity("blur:0") == 0.0
+    with pytest.raises(ValueError, match=r"LEVEL in 0\.\.5"):
+        severity("blur:6")
+
+
+def test_corrupt_signals_works_on_any_value_range_and_on_1d_signals():
+    x = torch.randn(6, 1, 40, generator=gen(4)) * 3 + 1  # standardised-looking 1-D signals
+    assert torch.equal(corrupt_signals(x, "noise:0"), x)
+    noisy = corrupt_signals(x, "noise:3", seed=1)
+    assert noisy.shape == x.shape and noisy.dtype == x.dtype and not torch.equal(noisy, x)
+    assert float(noisy.min()) >= float(x.min()) - 1e-5 and float(noisy.max()) <= float(x.max()) + 1e-5  # clipped
+    # on [0, 1] images it is the corruption itself
+    images = torch.rand(2, 1, 8, 8, generator=gen(5))
+    images[0, 0, 0, 0], images[0, 0, 0, 1] = 0.0, 1.0
+    assert torch.allclose(corrupt_signals(images, "blur:3"), corrupt(images, "blur:3"), atol=1e-6)
+    with pytest.raises(ValueError, match="floating-point"):
+        corrupt_signals(torch.zeros(3, 4, dtype=torch.long), "noise:1")

@@ -2,7 +2,16 @@ import pytest
 import torch
 
 import smoe.data.text as text
-from smoe.data.text import EOS, PAD, TextCorpus, classification_tensors, get_tokenizer, lm_streams, load_text
+from smoe.data.text import (
+    EOS,
+    PAD,
+    TextCorpus,
+    classification_tensors,
+    get_tokenizer,
+    lm_streams,
+    load_text,
+    stream_labels,
+)
 
 
 def write(path, content, encoding="utf-8"):
@@ -159,6 +168,16 @@ def test_lm_streams_join_documents_with_eos(corpus, tmp_path):
         expected = [t for d in docs for t in (*tok.encode(d).ids, 0)]
         assert streams[split].dtype == torch.long and streams[split].tolist() == expected
         assert int((streams[split] == 0).sum()) == len(docs)
+
+
+def test_stream_labels_give_each_token_its_documents_label(corpus, tmp_path):
+    tok = get_tokenizer(corpus, 400, cache_dir=tmp_path)
+    stream = lm_streams(corpus, tok)["valid"]
+    labels = stream_labels(corpus, tok, "valid")
+    expected = [y for d, y in zip(corpus.documents_in("valid"), corpus.labels_in("valid"))
+                for _ in range(len(tok.encode(d).ids) + 1)]  # the document's tokens and its EOS
+    assert labels.dtype == torch.long and labels.tolist() == expected and labels.shape == stream.shape
+    assert stream_labels(TextCorpus("u", corpus.documents, None, None, corpus.split), tok, "valid") is None
 
 
 def test_classification_tensors_pad_truncate_and_mask(corpus, tmp_path):
