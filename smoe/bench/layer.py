@@ -1,10 +1,13 @@
 """Layer benchmark: forward + backward time and peak memory of the MoE layer against its baselines and peers.
 
-Every (impl, E) runs in fresh subprocesses: one times `repeats` steps after a warm-up, another measures peak
-memory over one step after a warm-up: the resident-set high-water mark (reset with /proc/self/clear_refs after
-the warm-up) minus the resident set at that point, with glibc told to return every block over 64 KiB to the system
-(MALLOC_MMAP_THRESHOLD_) so that freed tensors do not linger in the figure. On CUDA: the allocator's peak
-over its allocation after set-up. Both are real measurements, not estimates.
+Time: for each E, one fresh subprocess builds every (impl, router) row, warms each up, then runs `repeats`
+rounds of one step of every row in turn and reports each row's median. Interleaving matters on a shared or
+throttled machine, where the speed drifts by 10-30 % over minutes: rows timed minutes apart in separate
+processes would compare the machine's moods, not the code. Memory: every (impl, E) in its own fresh subprocess,
+peak over one step after a warm-up: the resident-set high-water mark (reset with /proc/self/clear_refs after the
+warm-up) minus the resident set at that point, with glibc told to return every block over 64 KiB to the system
+(MALLOC_MMAP_THRESHOLD_) so that freed tensors do not linger in the figure. On CUDA: the allocator's peak over
+its allocation after set-up. Both are real measurements, not estimates.
 
 Modules are timed in train mode (router noise, Sinkhorn on training calls). --router takes one or more
 comma-separated specs `name[:option=value...]`, e.g. `topk,ssr,ssr:p=1.0,sinkhorn`; the smoe rows run once per
@@ -140,7 +143,12 @@ def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tu
         with torch.no_grad():
             plan = moe.dispatcher.plan(moe(seqs, **context).routing)
         rows = x.detach()[plan.token].clone().requires_grad_()
-        return (lambda: moe.experts(rows, plan.counts)), moe.experts
+
+        def run_experts() -> Tensor:
+            rows.grad = None
+            return moe.experts(rows, plan.counts)
+
+        return run_experts, moe.experts
     if impl == "dense":
         m = DenseSwiGLU(d, k * h).to(**place)
         return (lambda: m(x)), m
@@ -169,9 +177,8 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def measure(impl: str, size: dict, num_experts: int, router: str, repeats: int, device: str, dtype: str,
-            mode: str) -> dict:
-    """mode="time": median of `repeats` steps; mode="memory": peak memory of one step (both after a warm-up)."""
+def _step_fn(impl: str, size: dict, num_experts: int, router: str, device: str, dtype: str) -> Callable[[], None]:
+    """One forward + backward of the impl on fixed random x and output gradient (gradients freed first)."""
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
     x = torch.randn(size["N"], size["d"], device=device, dtype=dt, requires_grad=True)
@@ -182,9 +189,16 @@ def measure(impl: str, size: dict, num_experts: int, router: str, repeats: int, 
 
     def step():
         module.zero_grad(set_to_none=True)
+        x.grad = None
         fn().backward(grad)
         sync()
 
+    return step
+
+
+def measure_memory(impl: str, size: dict, num_experts: int, router: str, device: str, dtype: str) -> dict:
+    """Peak memory (MB) of one step after a warm-up, over what the process held before it."""
+    step = _step_fn(impl, size, num_experts, router, device, dtype)
     step()  # warm-up
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -193,39 +207,70 @@ def measure(impl: str, size: dict, num_experts: int, router: str, repeats: int, 
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         base = _rss_mb("VmRSS")
-    times = []
-    for _ in range(repeats if mode == "time" else 1):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    step()
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _rss_mb("VmHWM")
-    if mode == "memory":
-        return {"peak_mb": peak - base}
-    return {"impl": impl, "E": num_experts, "k": size["k"], "N": size["N"], "T": size.get("T"), "d": size["d"],
-            "h": size["h"], "router": router if impl in ROUTED else None, "dtype": dtype, "device": device,
-            "median_s": statistics.median(times), "mean_s": statistics.mean(times), "runs_s": times,
-            "threads": torch.get_num_threads()}
+    return {"peak_mb": peak - base}
+
+
+def measure_times(rows: list[tuple[str, str]], size: dict, num_experts: int, repeats: int, device: str,
+                  dtype: str) -> list[dict]:
+    """Median step time of every (impl, router) row at one E, timed in interleaved rounds in this process.
+
+    A row that fails to build or run becomes a record with `error`; the others go on.
+    """
+    steps: dict[int, Callable[[], None]] = {}
+    records = []
+    for i, (impl, router) in enumerate(rows):
+        records.append({"impl": impl, "E": num_experts, "k": size["k"], "N": size["N"], "T": size.get("T"),
+                        "d": size["d"], "h": size["h"], "router": router if impl in ROUTED else None,
+                        "dtype": dtype, "device": device, "threads": torch.get_num_threads(), "runs_s": []})
+        try:
+            steps[i] = _step_fn(impl, size, num_experts, router, device, dtype)
+            steps[i]()  # warm-up
+        except Exception as err:  # a failing row is reported, the benchmark goes on
+            steps.pop(i, None)
+            records[i]["error"] = f"{type(err).__name__}: {err}"
+    for _ in range(repeats):
+        for i, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            records[i]["runs_s"].append(time.perf_counter() - t0)
+    for rec in records:
+        if "error" not in rec:
+            rec["median_s"], rec["mean_s"] = statistics.median(rec["runs_s"]), statistics.mean(rec["runs_s"])
+    return records
 
 
 # ---------------------------------------------------------------- driver
 
-def run_one(impl: str, size: dict, num_experts: int, router: str, repeats: int, device: str, dtype: str,
-            timeout: float) -> dict:
-    """Time and measure one (impl, E), each in a fresh subprocess; a failure becomes a record with `error`."""
-    record: dict = {}
-    for mode in ("time", "memory"):
-        spec = json.dumps({"impl": impl, "size": size, "E": num_experts, "router": router, "repeats": repeats,
-                           "device": device, "dtype": dtype, "mode": mode})
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if mode == "memory" else os.environ.copy()
-        cmd = [sys.executable, "-m", "smoe.bench.layer", "--worker", spec]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return {"impl": impl, "E": num_experts, "error": f"timed out after {timeout:.0f} s"}
-        if proc.returncode != 0:
-            return {"impl": impl, "E": num_experts, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-        record.update(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return record
+def _worker(spec: dict, env: dict, timeout: float) -> dict | list:
+    """Run `spec` in a fresh `smoe.bench.layer --worker` process; its last stdout line (JSON), or {"error"}."""
+    cmd = [sys.executable, "-m", "smoe.bench.layer", "--worker", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_experts_count(rows: list[tuple[str, str]], size: dict, num_experts: int, repeats: int, device: str,
+                      dtype: str, timeout: float) -> list[dict]:
+    """Every row at one E: times from one interleaved process, then each row's peak memory from its own."""
+    spec = {"mode": "time", "rows": rows, "size": size, "E": num_experts, "repeats": repeats, "device": device,
+            "dtype": dtype}
+    timed = _worker(spec, os.environ.copy(), timeout * len(rows))
+    if isinstance(timed, dict):  # the whole process failed
+        return [{"impl": impl, "E": num_experts, "router": router if impl in ROUTED else None, **timed}
+                for impl, router in rows]
+    memory_env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    for rec, (impl, router) in zip(timed, rows):
+        if "error" not in rec:
+            spec = {"mode": "memory", "impl": impl, "router": router, "size": size, "E": num_experts,
+                    "device": device, "dtype": dtype}
+            rec.update(_worker(spec, memory_env, timeout))
+    return timed
 
 
 def row_label(record: dict) -> str:
@@ -266,7 +311,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (median reported)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per (impl, E) before giving up")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds per row (impl, router) and E before giving up")
     p.add_argument("--json", type=str, default=None, help="write the records to this JSON file")
     p.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -276,9 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        rec = measure(spec["impl"], spec["size"], spec["E"], spec["router"], spec["repeats"], spec["device"],
-                      spec["dtype"], spec["mode"])
-        print(json.dumps(rec))
+        if spec["mode"] == "time":
+            out = measure_times([tuple(r) for r in spec["rows"]], spec["size"], spec["E"], spec["repeats"],
+                                spec["device"], spec["dtype"])
+        else:
+            out = measure_memory(spec["impl"], spec["size"], spec["E"], spec["router"], spec["device"],
+                                 spec["dtype"])
+        print(json.dumps(out))
         return 0
     from smoe.layer import available_layers
     from smoe.routing import available_routers, router_options
@@ -315,11 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     records = []
-    jobs = [(e, impl, router) for e in experts for impl in impls
-            for router in (routers if impl in ROUTED else routers[:1])]
-    for e, impl, router in tqdm(jobs, desc="bench layer", unit="run", file=sys.stderr):
-        rec = run_one(impl, size, e, router, args.repeats, args.device, args.dtype, args.timeout)
-        records.append(rec)
+    rows = [(impl, router) for impl in impls for router in (routers if impl in ROUTED else routers[:1])]
+    for e in tqdm(experts, desc="bench layer", unit="E", file=sys.stderr):
+        records += run_experts_count(rows, size, e, args.repeats, args.device, args.dtype, args.timeout)
     print(f"N={size['N']} T={size['T']} d={size['d']} h={size['h']} k={size['k']} {args.dtype} {args.device} "
           f"routers={','.join(routers)} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(markdown_table(records))

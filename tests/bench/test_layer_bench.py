@@ -32,3 +32,29 @@ def test_table_labels_rows_by_router_and_uses_the_first_as_reference():
     assert lines[2].startswith("| 8 | smoe [topk] | 1.000") and lines[3].startswith("| 8 | smoe [ssr] | 1.250")
     assert lines[3].endswith(f"| {1 / 1.25:.2f} |") and lines[4].endswith(f"| {1 / 0.5:.2f} |")
     assert math.isclose(float(lines[4].split("|")[-2]), 2.0)
+
+
+def test_rows_are_timed_in_interleaved_rounds_and_a_failing_row_does_not_stop_the_others():
+    from smoe.bench.layer import measure_times
+
+    size = {"N": 32, "T": 16, "d": 8, "h": 16, "k": 2}
+    rows = [("smoe", "topk"), ("smoe", "hash"), ("dense", "topk")]
+    records = measure_times(rows, size, 4, repeats=3, device="cpu", dtype="float32")
+    assert [r["impl"] for r in records] == ["smoe", "smoe", "dense"]
+    assert [r["router"] for r in records] == ["topk", "hash", None]
+    assert "vocab_size" in records[1]["error"] and "median_s" not in records[1]
+    for r in (records[0], records[2]):
+        assert len(r["runs_s"]) == 3 and r["median_s"] == sorted(r["runs_s"])[1] > 0
+
+
+def test_main_writes_time_and_memory_of_every_row(tmp_path, capsys):
+    import json
+
+    from smoe.bench.layer import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--experts", "4", "--impls", "smoe,dense", "--repeats", "2", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["impl"], r["E"]) for r in records] == [("smoe", 4), ("dense", 4)]
+    assert all(r["median_s"] > 0 and r["peak_mb"] >= 0 and len(r["runs_s"]) == 2 for r in records)
+    assert "| 4 | smoe [topk] |" in capsys.readouterr().out
