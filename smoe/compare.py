@@ -66,9 +66,9 @@ class Entry:
 
 def parse_entry(text: str) -> Entry:
     """"[LABEL=]NAME[:OPTION=VALUE...][+KEY=VALUE...]" -> Entry (see the module docstring)."""
-    from smoe.routing.registry import parse_router_spec
     from smoe.layer import available_layers
     from smoe.routing import available_routers, router_options
+    from smoe.routing.registry import parse_router_spec
 
     spec = text.strip()
     label, sep, rest = spec.partition("=")

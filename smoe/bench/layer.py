@@ -3,16 +3,19 @@
 Time: for each E, one fresh subprocess builds every (impl, router) row, warms each up, then runs `repeats`
 rounds of one step of every row in turn and reports each row's median. Interleaving matters on a shared or
 throttled machine, where the speed drifts by 10-30 % over minutes: rows timed minutes apart in separate
-processes would compare the machine's moods, not the code. Memory: every (impl, E) in its own fresh subprocess,
-peak over one step after a warm-up: the resident-set high-water mark (reset with /proc/self/clear_refs after the
-warm-up) minus the resident set at that point, with glibc told to return every block over 64 KiB to the system
-(MALLOC_MMAP_THRESHOLD_) so that freed tensors do not linger in the figure. On CUDA: the allocator's peak over
+processes would compare the machine's moods, not the code. Each round starts one row later, because a row that
+runs right after a memory-hungry one (einsum) pays for fresh pages: with a fixed order the first row always did.
+Memory: every (impl, E) in its own fresh subprocess, peak over one step after a warm-up: the resident-set
+high-water mark (reset with /proc/self/clear_refs after the warm-up) minus the resident set at that point, with
+glibc told to return every block over 64 KiB to the system (MALLOC_MMAP_THRESHOLD_) so that freed tensors do
+not linger in the figure. On CUDA: the allocator's peak over
 its allocation after set-up. Both are real measurements, not estimates.
 
 Modules are timed in train mode (router noise, Sinkhorn on training calls). --router takes one or more
 comma-separated specs `name[:option=value...]`, e.g. `topk,ssr,ssr:p=1.0,sinkhorn`; the smoe rows run once per
-spec and every ratio is against the first spec's smoe row. SSR's expected step time is (1 - p) t(ssr:p=0) +
-p t(ssr:p=1) (its median over a few steps at small p is the softmax branch).
+spec and every ratio is against the first spec's smoe row. A spec's options may also be the MoE layer's own
+keyword arguments: `topk:backend=grouped` (the grouped_mm experts), `topk:capacity_factor=1.25`. SSR's expected
+step time is (1 - p) t(ssr:p=0) + p t(ssr:p=1) (its median over a few steps at small p is the softmax branch).
 
 The smoe rows see x as sequences of T tokens (--seq-len), which matters only for routers that pool over a
 sequence (similarity, attention, usmoe); routers that read attention probabilities get fixed random ones.
@@ -30,6 +33,7 @@ impls:
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -48,6 +52,7 @@ from smoe.routing.registry import parse_router_spec
 IMPLS = ("smoe", "smoe-uniform", "experts-only", "dense", "hf-eager", "hf-grouped_mm", "einsum")
 ROUTED = ("smoe", "experts-only")  # the impls that run once per --router spec (smoe-uniform replaces the router)
 FULL = {"N": 8192, "T": 512, "d": 512, "h": 1024, "k": 2, "experts": (8, 32, 64)}
+LAYER_SIZE_ARGUMENTS = ("d_model", "num_experts", "hidden", "router", "router_options")  # set by the benchmark
 QUICK = {"N": 512, "T": 128, "d": 64, "h": 128, "k": 2, "experts": (4, 8)}
 
 
@@ -230,10 +235,11 @@ def measure_times(rows: list[tuple[str, str]], size: dict, num_experts: int, rep
         except Exception as err:  # a failing row is reported, the benchmark goes on
             steps.pop(i, None)
             records[i]["error"] = f"{type(err).__name__}: {err}"
-    for _ in range(repeats):
-        for i, step in steps.items():
+    order = list(steps)
+    for r in range(repeats):  # each round starts one row later: no row always follows the same (memory-hungry) one
+        for i in order[r % len(order):] + order[:r % len(order)]:
             t0 = time.perf_counter()
-            step()
+            steps[i]()
             records[i]["runs_s"].append(time.perf_counter() - t0)
     for rec in records:
         if "error" not in rec:
@@ -278,6 +284,12 @@ def row_label(record: dict) -> str:
     return f"{record['impl']} [{record['router']}]" if record.get("router") else record["impl"]
 
 
+def _milliseconds(seconds: float) -> str:
+    """4 significant digits, never in exponent notation: 3.351, 1232, 11795."""
+    ms = 1000 * seconds
+    return f"{ms:.0f}" if ms >= 1000 else f"{ms:.4g}"
+
+
 def markdown_table(records: list[dict], reference: str | None = None) -> str:
     """One row per (E, impl, router): median time, peak memory, and the reference's time divided by this row's.
 
@@ -285,7 +297,7 @@ def markdown_table(records: list[dict], reference: str | None = None) -> str:
     """
     if reference is None:
         reference = next((row_label(r) for r in records if r["impl"] == "smoe"), "smoe")
-    lines = [f"| E | impl | median fwd+bwd (s) | peak mem (MB) | {reference} ÷ this |", "|---|---|---|---|---|"]
+    lines = [f"| E | impl | median fwd+bwd (ms) | peak mem (MB) | {reference} ÷ this |", "|---|---|---|---|---|"]
     ref = {r["E"]: r["median_s"] for r in records if row_label(r) == reference and "median_s" in r}
     order = {label: i for i, label in enumerate(dict.fromkeys(row_label(r) for r in records))}
     for r in sorted(records, key=lambda r: (r["E"], IMPLS.index(r["impl"]) if r["impl"] in IMPLS else 99,
@@ -294,7 +306,8 @@ def markdown_table(records: list[dict], reference: str | None = None) -> str:
             lines.append(f"| {r['E']} | {row_label(r)} | error: {r['error']} | | |")
             continue
         ratio = ref.get(r["E"], float("nan")) / r["median_s"]
-        lines.append(f"| {r['E']} | {row_label(r)} | {r['median_s']:.3f} | {r['peak_mb']:.0f} | {ratio:.2f} |")
+        time_ms = _milliseconds(r["median_s"])
+        lines.append(f"| {r['E']} | {row_label(r)} | {time_ms} | {r['peak_mb']:.0f} | {ratio:.2f} |")
     return "\n".join(lines)
 
 
@@ -330,9 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                                  spec["dtype"])
         print(json.dumps(out))
         return 0
+    from smoe import MoE
     from smoe.layer import available_layers
     from smoe.routing import available_routers, router_options
 
+    # the layer's own keyword arguments are accepted in a spec too: topk:backend=grouped, topk:capacity_factor=1.25
+    layer_options = [n for n in inspect.signature(MoE).parameters if n not in LAYER_SIZE_ARGUMENTS]
     routers = [r.strip() for r in args.router.split(",") if r.strip()]
     for spec in routers:
         try:
@@ -344,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--router: unknown router {name!r}; available: {', '.join(names)}")
         if name not in available_routers():
             continue  # a layer-level method (s2moe): its options are checked when it is built
-        valid = set(router_options(name)) - {"k"}  # k is the benchmark size's
+        valid = (set(router_options(name)) | set(layer_options)) - {"k"}  # k is the benchmark size's
         unknown = sorted(set(options) - valid)
         if unknown:
             raise SystemExit(f"--router: unknown option(s) {unknown} for {name!r}; valid: {', '.join(sorted(valid))}")

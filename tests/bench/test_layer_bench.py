@@ -29,7 +29,7 @@ def test_table_labels_rows_by_router_and_uses_the_first_as_reference():
     table = markdown_table([rec("smoe", "topk", 1.0), rec("smoe", "ssr", 1.25), rec("dense", None, 0.5)])
     lines = table.splitlines()
     assert "smoe [topk] ÷ this" in lines[0]
-    assert lines[2].startswith("| 8 | smoe [topk] | 1.000") and lines[3].startswith("| 8 | smoe [ssr] | 1.250")
+    assert lines[2].startswith("| 8 | smoe [topk] | 1000 |") and lines[3].startswith("| 8 | smoe [ssr] | 1250 |")
     assert lines[3].endswith(f"| {1 / 1.25:.2f} |") and lines[4].endswith(f"| {1 / 0.5:.2f} |")
     assert math.isclose(float(lines[4].split("|")[-2]), 2.0)
 
@@ -58,3 +58,13 @@ def test_main_writes_time_and_memory_of_every_row(tmp_path, capsys):
     assert [(r["impl"], r["E"]) for r in records] == [("smoe", 4), ("dense", 4)]
     assert all(r["median_s"] > 0 and r["peak_mb"] >= 0 and len(r["runs_s"]) == 2 for r in records)
     assert "| 4 | smoe [topk] |" in capsys.readouterr().out
+
+
+def test_a_spec_may_carry_the_layers_own_arguments_and_a_wrong_one_is_named(capsys):
+    from smoe.bench.layer import main
+
+    size = {"N": 32, "T": 16, "d": 8, "h": 16, "k": 2}
+    _, moe = build("smoe", size, 4, "topk:backend=grouped:capacity_factor=1.25", torch.randn(32, 8))
+    assert moe.experts.backend == "grouped" and moe.dispatcher.capacity_factor == 1.25
+    with pytest.raises(SystemExit, match=r"unknown option\(s\) \['backnd'\] for 'topk'; valid: .*backend"):
+        main(["--quick", "--router", "topk:backnd=grouped"])
