@@ -375,6 +375,7 @@ def test_torchrun_trains_a_task_and_a_one_process_resume_is_refused(tmp_path, ca
     import yaml
 
     from smoe.cli import main
+    from smoe.probe import read_trace
 
     out = tmp_path / "run"
     args = ["train", "--task", "digits", "--steps", "2", "--no-progress", "--out", str(out),
@@ -388,6 +389,7 @@ def test_torchrun_trains_a_task_and_a_one_process_resume_is_refused(tmp_path, ca
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["parallel"] == {"world_size": 2, "expert_parallel": True, "global_view": False}
     assert [r["step"] for r in records(out)] == [2]  # log_every 10: the last step only, written once
+    assert [r["step"] for r in read_trace(out)] == [2]  # the probe's routing trace, written by rank 0 alone
     assert checkpoint_steps(out / "checkpoints" / "rank-1") == [1, 2]
     assert main([*args, "--resume", "--steps", "3"]) == 2
     assert "written by 2 process(es) and this run has 1; resume it with torchrun --nproc_per_node=2" in \
