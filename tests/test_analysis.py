@@ -132,3 +132,15 @@ def test_cli_analyze_and_eval(runs, capsys):
 def test_default_sweep_is_every_level():
     assert default_sweep(["noise", "substitute"]) == [f"noise:{i}" for i in range(1, 6)] + [
         f"substitute:{i}" for i in range(1, 6)]
+
+
+def test_load_run_loads_the_latest_or_a_chosen_checkpoint_and_says_which(tmp_path):
+    overrides = [*DIGITS, "train.checkpoint_every=2", "train.keep_checkpoints=3"]
+    train_run(resolve_config("digits", steps=4, overrides=overrides), tmp_path / "run", progress=False)
+    run, latest, step = load_run(tmp_path / "run")
+    assert (run.task, run.router, step) == ("digits", "topk", 4)
+    _, earlier, step = load_run(tmp_path / "run", step=2)
+    assert step == 2 and not latest.model.training
+    assert any(not torch.equal(a, b) for a, b in zip(latest.model.parameters(), earlier.model.parameters()))
+    with pytest.raises(ValueError, match=r"config\.yaml"):
+        load_run(tmp_path)
