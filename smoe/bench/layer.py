@@ -261,7 +261,7 @@ def _worker(spec: dict, env: dict, timeout: float) -> dict | list:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_experts_count(rows: list[tuple[str, str]], size: dict, num_experts: int, repeats: int, device: str,
+def run_rows(rows: list[tuple[str, str]], size: dict, num_experts: int, repeats: int, device: str,
                       dtype: str, timeout: float) -> list[dict]:
     """Every row at one E: times from one interleaved process, then each row's peak memory from its own."""
     spec = {"mode": "time", "rows": rows, "size": size, "E": num_experts, "repeats": repeats, "device": device,
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     rows = [(impl, router) for impl in impls for router in (routers if impl in ROUTED else routers[:1])]
     for e in tqdm(experts, desc="bench layer", unit="E", file=sys.stderr):
-        records += run_experts_count(rows, size, e, args.repeats, args.device, args.dtype, args.timeout)
+        records += run_rows(rows, size, e, args.repeats, args.device, args.dtype, args.timeout)
     print(f"N={size['N']} T={size['T']} d={size['d']} h={size['h']} k={size['k']} {args.dtype} {args.device} "
           f"routers={','.join(routers)} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(markdown_table(records))
