@@ -262,7 +262,7 @@ def _worker(spec: dict, env: dict, timeout: float) -> dict | list:
 
 
 def run_rows(rows: list[tuple[str, str]], size: dict, num_experts: int, repeats: int, device: str,
-                      dtype: str, timeout: float) -> list[dict]:
+             dtype: str, timeout: float) -> list[dict]:
     """Every row at one E: times from one interleaved process, then each row's peak memory from its own."""
     spec = {"mode": "time", "rows": rows, "size": size, "E": num_experts, "repeats": repeats, "device": device,
             "dtype": dtype}
