@@ -1,10 +1,10 @@
 """smoe: sparse mixture-of-experts layers, every router of the papers behind one interface."""
 
 from smoe.dispatch import Dispatcher, DispatchPlan
+from smoe.expert_parallel import ExpertParallelMoE, to_expert_parallel
 from smoe.experts import Experts
 from smoe.layer import MoE, MoEConfig, MoEOutput, MoEStats, available_layers, build_moe
 from smoe.models import LM, LMConfig, ModelOutput, SMoEVAE, VAEConfig, ViT, ViTConfig
-from smoe.parallel import ExpertParallelMoE, to_expert_parallel
 from smoe.routing import (
     Router,
     Routing,
@@ -15,9 +15,19 @@ from smoe.routing import (
     router_options,
 )
 from smoe.s2moe import S2MoE  # registers the layer-level method "s2moe"
-from smoe.train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
+
+_WORKBENCH = {"TrainConfig": "smoe.workbench.trainer", "Trainer": "smoe.workbench.trainer"}
+
+
+def __getattr__(name: str):
+    """The workbench's public names (`smoe.Trainer`), imported on first use: the library never imports it."""
+    if name in _WORKBENCH:
+        import importlib
+
+        return getattr(importlib.import_module(_WORKBENCH[name]), name)
+    raise AttributeError(f"module 'smoe' has no attribute {name!r}")
 
 __all__ = [
     "LM",

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smoe._validate import check_choice, check_float, check_int
 from smoe.layer import MoEOutput, build_moe
 from smoe.residual import PlainResidual, ResidualRule, available_rules, build_rule, register_rule
-from smoe.routing.base import check_choice, check_float, check_int
 
 __all__ = ["Attention", "Block", "BlockConfig", "BlockOutput", "DenseFFN", "PlainResidual", "ResidualRule",
            "available_rules", "build_rule", "register_rule", "run_blocks"]

@@ -5,12 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 
+from smoe.bench.layer import main as bench_layer
+from smoe.bench.parallel import main as bench_parallel
+from smoe.bench.train import main as bench_train
+from smoe.data.corrupt import available_corruptions
+from smoe.layer import available_layers, layer_summary
+from smoe.routing import available_routers, router_summary
+from smoe.workbench.analysis import ANALYSIS_FILE, analyze_run, format_analysis
+from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
+from smoe.workbench.compare import __doc__ as compare_doc
+from smoe.workbench.data_parallel import ParallelConfig
+from smoe.workbench.embed_suite import main as eval_embed
+from smoe.workbench.evaluate import eval_file, evaluate_run, format_eval
+from smoe.workbench.report import columns_table, robustness_table, write_report
+from smoe.workbench.run_config import resolve_config
+from smoe.workbench.runner import train_run
+from smoe.workbench.tasks import available_tasks, get_task
+
 
 def cmd_routers(args: argparse.Namespace) -> int:
     """Print every registered router, and every layer-level method (`build_moe`), with the paper it follows."""
-    from smoe.layer import available_layers, layer_summary
-    from smoe.routing import available_routers, router_summary
-
     rows = [(n, router_summary(n)) for n in available_routers()]
     rows += [(n, layer_summary(n) + "  [layer-level: smoe.build_moe]") for n in available_layers()]
     width = max(len(n) for n, _ in rows)
@@ -21,24 +35,16 @@ def cmd_routers(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "layer":
-        from smoe.bench.layer import main as bench_layer
-
         return bench_layer(args.rest)
     if args.what == "train":
-        from smoe.bench.train import main as bench_train
-
         return bench_train(args.rest)
     if args.what == "parallel":
-        from smoe.bench.parallel import main as bench_parallel
-
         return bench_parallel(args.rest)
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table)."""
-    from smoe.report import columns_table, robustness_table, write_report
-
     try:
         if args.columns or args.robustness:
             print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
@@ -56,8 +62,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from smoe.distributed import ParallelConfig
-    from smoe.run import resolve_config, train_run
 
     try:
         run = resolve_config(args.task, preset=args.preset, router=args.router, seed=args.seed, device=args.device,
@@ -78,10 +82,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def train_help(steps_note: bool = True) -> str:
-    from smoe.layer import available_layers
-    from smoe.routing import available_routers
-    from smoe.tasks import available_tasks, get_task
-
     lines = ["tasks (and presets):"]
     for name in available_tasks():
         task = get_task(name)
@@ -99,8 +99,6 @@ def train_help(steps_note: bool = True) -> str:
 
 
 def cmd_eval_embed(args: argparse.Namespace) -> int:
-    from smoe.embed import main as eval_embed
-
     return eval_embed(args.rest)
 
 
@@ -119,7 +117,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Train, evaluate and analyse entries x seeds on one task; write results.json and the report."""
     import shlex
 
-    from smoe.compare import CompareConfig, parse_entries, run_compare
 
     try:
         config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
@@ -142,8 +139,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Routing analytics of a trained run on its probe set; prints tables and writes RUN_DIR/analysis.json."""
-    from smoe.analysis import ANALYSIS_FILE, analyze_run, format_analysis
-
     try:
         analysis = analyze_run(args.run_dir, args.device)
     except ValueError as e:
@@ -156,8 +151,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Task metric of a trained run, clean and corrupted, at test-time capacities, with eval_k experts."""
-    from smoe.evaluate import eval_file, evaluate_run, format_eval
-
     try:
         result = evaluate_run(args.run_dir, args.device, split=args.split, corruptions=args.corrupt,
                               capacities=args.capacity or [], bpr=args.bpr, eval_k=args.eval_k)
@@ -170,9 +163,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from smoe.layer import available_layers
-    from smoe.routing import available_routers
-
     parser = argparse.ArgumentParser(
         prog="smoe",
         description="Sparse mixture-of-experts workbench. Routers: "
@@ -207,9 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_compare_parser(sub) -> None:
-    from smoe.compare import __doc__ as compare_doc
-    from smoe.tasks import available_tasks
-
     syntax = compare_doc.split("Entry syntax", 1)[1]
     p = sub.add_parser("compare", help="train, evaluate and analyse routers x seeds on a task; results + report",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -234,8 +221,6 @@ def add_compare_parser(sub) -> None:
 
 
 def add_analysis_parsers(sub) -> None:
-    from smoe.data.corrupt import available_corruptions
-
     p = sub.add_parser("analyze", help="routing analytics of a trained run (writes RUN_DIR/analysis.json)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of smoe train or smoe compare")
     p.add_argument("--device", default=None, help="where to load the model (default: the run's device)")
@@ -258,8 +243,6 @@ def add_analysis_parsers(sub) -> None:
 
 
 def add_train_parser(sub) -> None:
-    from smoe.tasks import available_tasks
-
     p = sub.add_parser("train", help="train a router on a task", epilog=train_help(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=available_tasks(), metavar="TASK",

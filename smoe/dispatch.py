@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from smoe.routing.base import Routing, check_choice, check_float, check_int
+from smoe._validate import check_choice, check_float, check_int
+from smoe.routing.base import Routing
 
 
 @dataclass

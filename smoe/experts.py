@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe.routing.base import check_choice, check_int
+from smoe._validate import check_choice, check_int
 
 EXPERT_KINDS = ("swiglu", "gelu", "relu")
 BACKENDS = ("auto", "grouped", "loop")

@@ -24,7 +24,7 @@ import math
 
 from torch import Tensor, nn
 
-from smoe.routing.base import check_choice, check_float, check_int
+from smoe._validate import check_choice, check_float, check_int
 
 FORMS = ("canonical", "official")
 _RULES: dict[str, type[ResidualRule]] = {}

@@ -16,16 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from smoe._validate import check_bool, check_choice, check_float, check_int
 from smoe.layer import MoE, MoEOutput, MoEStats, aux_total, register_layer
-from smoe.routing.base import (
-    Router,
-    RoutingContext,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    sample_noise,
-)
+from smoe.routing.base import Router, RoutingContext, sample_noise
 from smoe.routing.losses import info_nce
 
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from smoe import build_moe
 from smoe.experts import Experts
-from smoe.launch import run_local
+from smoe.launch_local import run_local
 from smoe.layer import available_layers
 from smoe.routing import available_routers
 
@@ -76,7 +76,8 @@ def test_grouped_mm_and_loop_backends_agree_in_bf16(kind):
 
 
 def test_trainer_runs_and_resumes_on_cuda(tmp_path):
-    from smoe.run import resolve_config, train_run
+    from smoe.workbench.run_config import resolve_config
+    from smoe.workbench.runner import train_run
 
     config = resolve_config("digits", "tiny", router="vmoe", device="cuda", steps=20)
     result = train_run(config, tmp_path / "run", progress=False)
@@ -90,7 +91,7 @@ def test_trainer_runs_and_resumes_on_cuda(tmp_path):
 def expert_parallel_on_nccl() -> float:
     """On a 1-rank NCCL group: ExpertParallelMoE (all-to-all on the GPU) against MoE with the same weights."""
     from smoe import MoE
-    from smoe.parallel import ExpertParallelMoE
+    from smoe.expert_parallel import ExpertParallelMoE
 
     torch.cuda.set_device(dist.get_rank())
     torch.manual_seed(0)

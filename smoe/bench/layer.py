@@ -47,6 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smoe import MoE, build_moe
+from smoe.layer import available_layers
+from smoe.routing import Routing, available_routers, router_options
 from smoe.routing.registry import parse_router_spec
 
 IMPLS = ("smoe", "smoe-uniform", "experts-only", "dense", "hf-eager", "hf-grouped_mm", "einsum")
@@ -60,7 +63,6 @@ QUICK = {"N": 512, "T": 128, "d": 64, "h": 128, "k": 2, "experts": (4, 8)}
 
 class DenseSwiGLU(nn.Module):
     """The dense ceiling: one SwiGLU FFN of hidden k*h (same active FLOPs as the MoE)."""
-
     def __init__(self, d: int, hidden: int):
         super().__init__()
         self.w_in = nn.Parameter(torch.randn(d, 2 * hidden) / math.sqrt(d))
@@ -73,7 +75,6 @@ class DenseSwiGLU(nn.Module):
 
 class EinsumMoE(nn.Module):
     """GShard-style top-2 MoE: dense (N, E, C) dispatch/combine tensors and einsums, capacity factor 1.25."""
-
     def __init__(self, d: int, num_experts: int, hidden: int, k: int, capacity_factor: float = 1.25):
         super().__init__()
         self.k, self.capacity_factor = k, capacity_factor
@@ -116,8 +117,6 @@ def build(impl: str, size: dict, num_experts: int, router: str, x: Tensor) -> tu
 
     router: a spec `name[:option=value...]` for the smoe impls.
     """
-    from smoe import build_moe
-    from smoe.routing import Routing
 
     d, h, k = size["d"], size["h"], size["k"]
     place = {"device": x.device, "dtype": x.dtype}
@@ -343,9 +342,6 @@ def main(argv: list[str] | None = None) -> int:
                                  spec["dtype"])
         print(json.dumps(out))
         return 0
-    from smoe import MoE
-    from smoe.layer import available_layers
-    from smoe.routing import available_routers, router_options
 
     # the layer's own keyword arguments are accepted in a spec too: topk:backend=grouped, topk:capacity_factor=1.25
     layer_options = [n for n in inspect.signature(MoE).parameters if n not in LAYER_SIZE_ARGUMENTS]

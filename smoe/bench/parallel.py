@@ -25,6 +25,13 @@ import time
 
 import torch
 
+from smoe import MoE
+from smoe.bench.train import build_trainer
+from smoe.expert_parallel import ExpertParallelMoE
+from smoe.launch_local import LocalRunError, run_local
+from smoe.routing import available_routers
+from smoe.workbench.data_parallel import ParallelConfig
+
 FULL = {"N": 8192, "d": 512, "h": 1024, "E": 8, "k": 2}
 QUICK = {"N": 512, "d": 64, "h": 128, "E": 4, "k": 2}
 IMPLS = ("moe", "ep")
@@ -35,8 +42,6 @@ def measure(impl: str, size: dict, router: str, repeats: int) -> dict:
     """Runs on every rank of a local group: the median time of `repeats` steps after one warm-up."""
     import torch.distributed as dist
 
-    from smoe import MoE
-    from smoe.parallel import ExpertParallelMoE
 
     rank, world_size = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
@@ -68,8 +73,6 @@ def measure_lm(impl: str, router: str, repeats: int, overrides: list[str]) -> di
 
     import torch.distributed as dist
 
-    from smoe.bench.train import build_trainer
-    from smoe.distributed import ParallelConfig
 
     parallel = None if impl == "lm" else ParallelConfig(expert_parallel="on" if impl == "lm-ep" else "off")
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,9 +128,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from smoe.launch import LocalRunError, run_local
-    from smoe.routing import available_routers
-
     args = parse_args(argv)
     if args.router not in available_routers():
         raise SystemExit(f"--router: unknown router {args.router!r}; available: {', '.join(available_routers())}")

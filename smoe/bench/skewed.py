@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from smoe._validate import check_float, check_int
 from smoe.layer import MoE
-from smoe.routing.base import check_float, check_int
 from smoe.routing.losses import cv_squared
 
 RUNS = {  # name: (router, router options); no run has an aux loss

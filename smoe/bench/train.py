@@ -23,11 +23,11 @@ import torch
 import torch.distributed as dist
 
 from smoe.data.batches import lm_batches
-from smoe.distributed import ParallelConfig, prepare_model
 from smoe.models import LM, LMConfig
-from smoe.run import check_device, resolve_config
-from smoe.tasks import get_task
-from smoe.train import StepOutput, Trainer
+from smoe.workbench.data_parallel import ParallelConfig, prepare_model
+from smoe.workbench.run_config import check_device, resolve_config
+from smoe.workbench.tasks import get_task
+from smoe.workbench.trainer import StepOutput, Trainer
 
 IMPLS = ("moe", "dense")
 

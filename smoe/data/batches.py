@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from smoe.routing.base import check_int
+from smoe._validate import check_int
 
 
 def lm_batches(stream: Tensor, batch_size: int, seq_len: int,

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from smoe.routing.base import check_choice, check_float, check_int
+from smoe._validate import check_choice, check_float, check_int
 
 
 class TokenCorruption(NamedTuple):

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smoe._validate import check_choice, check_int
 from smoe.data.raster import read_stroke3_npz, render_strokes, stroke3_to_strokes
 from smoe.data.splits import SPLITS, assign_splits, check_fractions, split_index
-from smoe.routing.base import check_choice, check_int
 
 SketchSplits = dict[str, tuple[Tensor, Tensor, Tensor]]
 Drawer = Callable[[int, np.random.Generator], list[np.ndarray]]

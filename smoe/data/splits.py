@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from smoe.routing.base import check_float, check_int
+from smoe._validate import check_float, check_int
 
 SPLITS = ("train", "valid", "test")
 

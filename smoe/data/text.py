@@ -17,8 +17,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 
+from smoe._validate import check_choice, check_int
 from smoe.data.splits import SPLITS, assign_splits
-from smoe.routing.base import check_choice, check_int
 
 EOS = "<|endoftext|>"  # ends every document in an LM stream (id 0)
 PAD = "<pad>"  # fills classification rows past the document (id 1); the mask marks it False

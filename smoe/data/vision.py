@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from smoe._validate import check_int
 from smoe.data.splits import SPLITS, assign_splits, check_fractions, split_index
-from smoe.routing.base import check_int
 
 Splits = dict[str, tuple[Tensor, Tensor]]
 

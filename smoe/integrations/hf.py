@@ -1,6 +1,6 @@
 """Hugging Face transformers integration: any smoe router inside a pretrained HF sparse-MoE model.
 
-`swap_router(model, "usmoe", ...)` (`smoe.swap`; HF models land in `swap_hf_router`) replaces the gate of
+`swap_router(model, "usmoe", ...)` (`smoe.integrations.swap`; HF models land in `swap_hf_router`) replaces the gate of
 every sparse-MoE block (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) with an smoe router, reusing the block's
 pretrained gate weights where the router has a gate of the same shape, and keeps the block's experts (and
 shared expert). The HF experts take a fixed number of choices per token, so a routing with a variable number of
@@ -20,12 +20,10 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from smoe.embed import Embedder, embeddings_from
 from smoe.routing import Router, Routing, RoutingContext, build_router, router_options
-from smoe.swap import SwapReport, carry_gate, swap_router
 
-__all__ = ["SUPPORTED_BLOCKS", "SmoeGate", "hf_embedder", "moe_blocks", "record_router_logits", "routing_to_topk",
-           "swap_hf_router", "swap_router", "tiny_hf_model"]
+__all__ = ["SUPPORTED_BLOCKS", "SmoeGate", "moe_blocks", "record_router_logits", "routing_to_topk",
+           "swap_hf_router", "tiny_hf_model"]
 
 
 @dataclass(frozen=True)
@@ -94,8 +92,9 @@ class SmoeGate(nn.Module):
 
 
 def swap_hf_router(model: nn.Module, router: str, reuse_gate: bool = True, use_mask: bool = True,
-                   **options) -> SwapReport:
-    """Replace the gate of every supported sparse-MoE block of a HF `model` with smoe router `router`, in place.
+                   **options) -> list[tuple[str, bool]]:
+    """Replace the gate of every supported sparse-MoE block of a HF `model` with smoe router `router`, in place;
+    returns (block name, whether the pretrained gate weights were reused) per block (`swap_router` reports them).
 
     Defaults for `k` (the block's num_experts_per_tok) and, for routers with a `normalize` option, the block's
     renormalisation flag come from the model config; `options` override them. With use_mask, the
@@ -110,7 +109,7 @@ def swap_hf_router(model: nn.Module, router: str, reuse_gate: bool = True, use_m
     causal = not getattr(config, "is_encoder_decoder", False)
     already_swapped = any(isinstance(block.gate, SmoeGate) for _, block in blocks)
     accepted = router_options(router)
-    report = SwapReport(router=router, layers=[], reused_gate=[])
+    swapped = []
     for name, block in blocks:
         spec = SUPPORTED_BLOCKS[type(block).__name__]
         num_experts = getattr(config, spec.num_experts_attr)
@@ -121,16 +120,15 @@ def swap_hf_router(model: nn.Module, router: str, reuse_gate: bool = True, use_m
         new = build_router(router, d_model=config.hidden_size, num_experts=num_experts, **opts)
         old_weight = _gate_weight(block.gate)
         new = new.to(device=old_weight.device)
-        if reuse_gate and carry_gate(new, old_weight):
-            report.reused_gate.append(name)
+        reused = reuse_gate and new.load_gate(old_weight)
         block.gate = SmoeGate(new, causal).to(old_weight.device)
         if not already_swapped:
             block.register_forward_pre_hook(_set_batch_shape)
-        report.layers.append(name)
+        swapped.append((name, reused))
     if not already_swapped:
         model.register_forward_pre_hook(partial(_set_mask, use_mask=use_mask), with_kwargs=True)
         model.register_forward_hook(_clear_context)
-    return report
+    return swapped
 
 
 def _gate_weight(gate: nn.Module) -> Tensor:
@@ -180,18 +178,6 @@ def record_router_logits(model: nn.Module) -> Iterator[list[Tensor]]:
     finally:
         for h in hooks:
             h.remove()
-
-
-def hf_embedder(model: nn.Module) -> Embedder:
-    """Embedder of a HF sparse-MoE causal LM for `smoe.embed`: last-layer hidden states and router logits."""
-
-    @torch.no_grad()
-    def embed(ids: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        with record_router_logits(model) as logits:
-            out = model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
-        return embeddings_from(out.hidden_states[-1], [x.view(*ids.shape, -1) for x in logits], mask.bool())
-
-    return embed
 
 
 def tiny_hf_model(arch: str, seed: int = 0, **overrides) -> nn.Module:

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from smoe._validate import check_choice, check_float, check_int
 from smoe.blocks import Block, BlockConfig, available_rules
 from smoe.layer import MoEOutput, available_layers
 from smoe.routing import available_routers
-from smoe.routing.base import check_choice, check_float, check_int
 
 
 def moe_positions(num_layers: int, every: int, last: int | None = None) -> list[int]:

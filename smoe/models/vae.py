@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from smoe._validate import check_choice, check_float, check_int
 from smoe.dispatch import Dispatcher
 from smoe.layer import MoEOutput, MoEStats, aux_total
 from smoe.routing import RoutingContext, available_routers, build_router
-from smoe.routing.base import check_choice, check_float, check_int
 
 
 @dataclass(kw_only=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from smoe._validate import check_choice, check_int
 from smoe.blocks import run_blocks
 from smoe.layer import MoE
 from smoe.models.common import ModelOutput, StackConfig, build_blocks, init_embedding
-from smoe.routing.base import check_choice, check_int
 
 
 @dataclass(kw_only=True)

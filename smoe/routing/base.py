@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
+from smoe._validate import check_int
+
 
 @dataclass
 class RoutingContext:
@@ -169,6 +171,16 @@ class Router(nn.Module):
     def after_step(self, routing_stats: list | None = None) -> None:
         """Hook the Trainer calls after each optimizer step (no-op unless a router keeps step state)."""
 
+    def load_gate(self, weight: Tensor) -> bool:
+        """Copy a trained (E, d) gate weight into this router's linear `gate` when it has one of that shape
+        (training-free router swaps reuse the trained gate); False, and nothing copied, otherwise."""
+        gate = getattr(self, "gate", None)
+        if not isinstance(gate, nn.Linear) or gate.weight.shape != weight.shape:
+            return False
+        with torch.no_grad():
+            gate.weight.copy_(weight)
+        return True
+
 
 def router_dtype(x: Tensor) -> torch.dtype:
     """Routers compute in float32, or float64 when the input is float64 (reference tests)."""
@@ -196,32 +208,3 @@ def masked_mean(values: Tensor, mask: Tensor | None, dim: int = 0) -> Tensor:
 def sample_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Standard normal noise shaped like `like`, drawn from the context's generator when given."""
     return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
-
-
-def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value}")
-
-
-def check_float(name: str, value: object, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from smoe.routing.base import check_float
+from smoe._validate import check_float
 
 
 class BiasBalancing:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smoe.routing.base import Router, Routing, RoutingContext, check_float, check_int, gate_logits
+from smoe._validate import check_float, check_int
+from smoe.routing.base import Router, Routing, RoutingContext, gate_logits
 from smoe.routing.bias_balancing import BiasBalancing
 from smoe.routing.losses import sequence_balance_loss
 from smoe.routing.registry import register_router

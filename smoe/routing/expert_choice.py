@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from smoe.routing.base import Router, Routing, RoutingContext, check_float, gate_logits
+from smoe._validate import check_float
+from smoe.routing.base import Router, Routing, RoutingContext, gate_logits
 from smoe.routing.losses import z_loss
 from smoe.routing.registry import register_router
 
@@ -21,7 +22,7 @@ class ExpertChoiceRouter(Router):
     The pool is every real token of the call (all sequences of the batch): routing a token looks at later
     tokens, so this router is not causal. No aux loss (the paper has none); optional ST-MoE z-loss.
     Under expert parallelism the pool is each rank's own tokens; with a global view (`ctx.gather`, see
-    `smoe.parallel`) it is every real token of every rank, exactly as one process holding the whole batch.
+    `smoe.expert_parallel`) it is every real token of every rank, exactly as one process holding the whole batch.
     """
 
     supports_global_view = True

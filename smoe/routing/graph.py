@@ -17,14 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from smoe.routing.base import (
-    Routing,
-    RoutingContext,
-    check_bool,
-    check_choice,
-    check_float,
-    gate_logits,
-)
+from smoe._validate import check_bool, check_choice, check_float
+from smoe.routing.base import Routing, RoutingContext, gate_logits
 from smoe.routing.topk import TopKRouter, top_k_probs
 
 

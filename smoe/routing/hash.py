@@ -11,7 +11,8 @@ import random
 import torch
 from torch import Tensor
 
-from smoe.routing.base import Router, Routing, RoutingContext, check_int, router_dtype
+from smoe._validate import check_int
+from smoe.routing.base import Router, Routing, RoutingContext, router_dtype
 from smoe.routing.registry import register_router
 
 

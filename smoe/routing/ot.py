@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from smoe.routing.base import check_choice, check_float, check_int, router_dtype
+from smoe._validate import check_choice, check_float, check_int
+from smoe.routing.base import router_dtype
 
 
 def sinkhorn_plan(

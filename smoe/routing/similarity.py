@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe.routing.base import RoutingContext, check_choice, check_float, router_dtype
+from smoe._validate import check_choice, check_float
+from smoe.routing.base import RoutingContext, router_dtype
 from smoe.routing.graph import GraphOfTokensRouter
 from smoe.routing.registry import register_router
 

@@ -14,7 +14,8 @@ import random
 import torch
 from torch import Tensor
 
-from smoe.routing.base import Routing, RoutingContext, check_choice, check_float, check_int
+from smoe._validate import check_choice, check_float, check_int
+from smoe.routing.base import Routing, RoutingContext
 from smoe.routing.registry import register_router
 from smoe.routing.sinkhorn import SinkhornRouter
 

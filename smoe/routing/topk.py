@@ -10,16 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe.routing.base import (
-    Router,
-    Routing,
-    RoutingContext,
-    check_choice,
-    check_float,
-    check_int,
-    gate_logits,
-    sample_noise,
-)
+from smoe._validate import check_choice, check_float, check_int
+from smoe.routing.base import Router, Routing, RoutingContext, gate_logits, sample_noise
 from smoe.routing.bias_balancing import BiasBalancing
 from smoe.routing.losses import load_balance_loss, z_loss
 from smoe.routing.registry import register_router

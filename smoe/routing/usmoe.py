@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smoe.routing.base import Router, Routing, RoutingContext, check_choice, check_float, gate_logits
+from smoe._validate import check_choice, check_float
+from smoe.routing.base import Router, Routing, RoutingContext, gate_logits
 from smoe.routing.registry import register_router
 
 POOLS = ("auto", "sequence", "batch_position", "batch")

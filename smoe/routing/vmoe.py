@@ -14,16 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from smoe.routing.base import (
-    Router,
-    Routing,
-    RoutingContext,
-    check_choice,
-    check_float,
-    check_int,
-    gate_logits,
-    sample_noise,
-)
+from smoe._validate import check_choice, check_float, check_int
+from smoe.routing.base import Router, Routing, RoutingContext, gate_logits, sample_noise
 from smoe.routing.losses import importance_loss, noisy_load_loss
 from smoe.routing.registry import register_router
 

@@ -13,16 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe.routing.base import (
-    Router,
-    Routing,
-    RoutingContext,
-    check_choice,
-    check_float,
-    check_int,
-    gate_logits,
-    router_dtype,
-)
+from smoe._validate import check_choice, check_float, check_int
+from smoe.routing.base import Router, Routing, RoutingContext, gate_logits, router_dtype
 from smoe.routing.losses import load_balance_loss
 from smoe.routing.registry import register_router
 

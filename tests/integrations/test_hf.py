@@ -1,15 +1,9 @@
 import pytest
 import torch
 
-from smoe.integrations.hf import (
-    SUPPORTED_BLOCKS,
-    hf_embedder,
-    moe_blocks,
-    record_router_logits,
-    routing_to_topk,
-    swap_router,
-    tiny_hf_model,
-)
+from smoe.integrations.embed import hf_embedder
+from smoe.integrations.hf import SUPPORTED_BLOCKS, moe_blocks, record_router_logits, routing_to_topk, tiny_hf_model
+from smoe.integrations.swap import swap_router
 from smoe.routing import Routing
 
 ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]

@@ -1,0 +1,377 @@
+"""`smoe compare`: entries (a router with options and config overrides) x seeds on one task, each trained through
+the Trainer into DIR/runs/<label>-s<seed>/, evaluated clean and corrupted (`workbench.evaluate`), analysed
+(`workbench.analysis`), gathered into DIR/results.json (schema v1, `workbench.results`) and rendered as
+DIR/report.md and DIR/report.html (`smoe.workbench.report.write_report`).
+
+Entry syntax (entries are comma-separated):  [LABEL=]NAME[:OPTION=VALUE...][+KEY=VALUE...]
+  NAME            a router or a layer-level method (`smoe routers`)
+  :OPTION=VALUE   a router option, as `smoe bench layer --router` (values are Python literals, else strings)
+  +KEY=VALUE      a config override of this entry only, as --set (`+rule=momentum`, `+model.k=1`, `+data.x=...`)
+  LABEL=          the entry's name in tables and run folders (letters, digits, `_ . -`); default: the entry text
+e.g. `topk`, `ssr:p=0.1`, `topk+rule=momentum`, `adam=topk+rule=adam`, `s2moe`, `sup=topk+supervised=true`.
+
+Resumable: a run with final.json (and its analysis and evaluation) is skipped, a run with a checkpoint is
+resumed, a run folder without one starts over; a run folder written with another configuration is an error.
+`--steps N` compresses the preset's schedule to N steps (train.steps = schedule_steps = N; warm-up, eval and
+checkpoint intervals scaled by N / the preset's steps); --set and entry overrides still win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from smoe._validate import check_choice, check_int
+from smoe.layer import available_layers
+from smoe.routing import available_routers, router_options
+from smoe.routing.registry import parse_router_spec
+from smoe.workbench.analysis import ANALYSIS_FILE, analyze
+from smoe.workbench.checkpoint import atomic_write, checkpoint_steps
+from smoe.workbench.evaluate import default_sweep, eval_file, evaluate_model
+from smoe.workbench.report import write_report
+from smoe.workbench.results import RESULTS_FILE, SCHEMA_VERSION
+from smoe.workbench.run_config import resolve_config, run_config_from_dict
+from smoe.workbench.runner import load_run, train_run
+from smoe.workbench.tasks import get_task
+from smoe.workbench.trainer import TrainConfig, config_differences
+
+LABEL = re.compile(r"[A-Za-z0-9_.-]+")
+TIMING_FILE = "timing.json"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One comparison entry: label, router (or layer-level method), router options, config overrides."""
+    label: str
+    router: str
+    options: dict = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> str:
+        """The run-folder stem: the label with characters other than letters, digits and `_ . = -` as `-`."""
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "-", self.label).strip("-") or "entry"
+
+    def config_overrides(self) -> list:
+        """Overrides for `resolve_config`: the router options as (key, value) pairs (option k is the model's k),
+        then the +KEY=VALUE ones."""
+        options = [("model.k" if k == "k" else f"model.router_options.{k}", v) for k, v in self.options.items()]
+        return [*options, *self.overrides]
+
+    def describe(self) -> dict:
+        """The options field of results.json: router options and overrides."""
+        return {**self.options, **dict(o.split("=", 1) for o in self.overrides)}
+
+
+def parse_entry(text: str) -> Entry:
+    """"[LABEL=]NAME[:OPTION=VALUE...][+KEY=VALUE...]" -> Entry (see the module docstring)."""
+    spec = text.strip()
+    label, sep, rest = spec.partition("=")
+    if sep and LABEL.fullmatch(label) and label not in available_routers() + available_layers():
+        spec = rest
+    else:
+        label = spec
+    head, *overrides = spec.split("+")
+    name, options = parse_router_spec(head)
+    names = available_routers() + available_layers()
+    if name not in names:
+        raise ValueError(f"entry {text!r}: unknown router {name!r}; available: {', '.join(sorted(names))}")
+    if name in available_routers():
+        unknown = sorted(set(options) - set(router_options(name)))
+        if unknown:
+            raise ValueError(f"entry {text!r}: unknown option(s) {unknown} for router {name!r}; valid: "
+                             f"{', '.join(router_options(name))}")
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"entry {text!r}: expected +KEY=VALUE, got {'+' + item!r}")
+    return Entry(label=label, router=name, options=options, overrides=tuple(overrides))
+
+
+def parse_entries(text: str) -> list[Entry]:
+    """Comma-separated entries; labels and run folders must be distinct."""
+    entries = [parse_entry(item) for item in text.split(",") if item.strip()]
+    if not entries:
+        raise ValueError("routers must name at least one entry, e.g. topk,xmoe")
+    for attr in ("label", "folder"):
+        seen = [getattr(e, attr) for e in entries]
+        dupes = sorted({x for x in seen if seen.count(x) > 1})
+        if dupes:
+            raise ValueError(f"entries must have distinct {attr}s, got {dupes} more than once (set LABEL=)")
+    return entries
+
+
+@dataclass
+class CompareConfig:
+    """A comparison. corruptions: None = the task's default sweep (`smoe.workbench.evaluate.default_sweep`), [] = none;
+    capacities: test-time capacity ratios to evaluate (with BPR on and off for routers that have it)."""
+
+    task: str
+    entries: list[Entry]
+    out: str
+    seeds: int = 3
+    preset: str = "tiny"
+    steps: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    corruptions: list[str] | None = None
+    capacities: list[float] = field(default_factory=list)
+    bpr: str = "both"
+
+    def __post_init__(self):
+        get_task(self.task)
+        check_int("seeds", self.seeds, low=1)
+        if self.steps is not None:
+            check_int("steps", self.steps, low=1)
+        check_choice("bpr", self.bpr, ("both", "on", "off"))
+        if not self.entries:
+            raise ValueError("entries must hold at least one Entry")
+
+    def schedule_overrides(self) -> list[str]:
+        """--steps N as overrides: the preset's schedule compressed to N steps (module docstring)."""
+        if self.steps is None:
+            return []
+        base = TrainConfig(**get_task(self.task).presets[self.preset].get("train", {}))
+        factor = self.steps / base.steps
+
+        def scaled(value: int, low: int) -> int:
+            return max(round(value * factor), low) if value else 0
+
+        return [f"train.steps={self.steps}", f"train.schedule_steps={self.steps}",
+                f"train.warmup_steps={scaled(base.warmup_steps, 0)}", f"train.eval_every={scaled(base.eval_every, 1)}",
+                f"train.checkpoint_every={scaled(base.checkpoint_every, 1)}"]
+
+    def run_config(self, entry: Entry, seed: int):
+        overrides = [*self.schedule_overrides(), *self.overrides, *entry.config_overrides()]
+        try:
+            return resolve_config(self.task, self.preset, router=entry.router, seed=seed, device=self.device,
+                                  overrides=overrides)
+        except ValueError as e:
+            raise ValueError(f"entry {entry.label!r}: {e}") from e
+
+
+# ---------------------------------------------------------------- one run
+
+
+def comparable(run) -> dict:
+    """A RunConfig as a dict with every model field spelled out (defaults included, data-derived ones left out),
+    so that a resolved config and one read back from config.yaml compare equal."""
+
+    task = get_task(run.task)
+    full = dataclasses.asdict(task.model_config(**run.model, **task.derived))
+    return {**run.to_dict(), "model": {k: v for k, v in full.items() if k not in task.derived}}
+
+
+def check_same_config(run, run_dir: Path) -> None:
+    """ValueError when run_dir holds a run of another configuration (train.steps may differ: it extends)."""
+    import yaml
+
+
+    old = run_config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    diff = config_differences(comparable(old), comparable(run), ignore={("train", "steps")})
+    if diff:
+        raise ValueError(f"{run_dir} holds a run of another configuration ({'; '.join(diff)}); compare into "
+                         f"another --out or remove that folder")
+
+
+def trained_step(run_dir: Path) -> int | None:
+    """The step of final.json, or None when the run has not finished."""
+    path = run_dir / "final.json"
+    return json.loads(path.read_text())["step"] if path.exists() else None
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+class GridProgress:
+    """One tqdm line over the training steps of the whole grid: which run is going, and the time left."""
+    def __init__(self, total_steps: int, done_steps: int, enabled: bool):
+        from tqdm import tqdm
+
+        # smoothing=0: the rate averaged since the start, so the time left includes evaluation and analysis
+        self.bar = tqdm(total=total_steps, initial=done_steps, unit="step", disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True, smoothing=0)
+
+    def start(self, name: str) -> None:
+        self.bar.set_description(name)
+
+    def hook(self, step: int, outputs) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_one(run, run_dir: Path, progress: GridProgress) -> int | None:
+    """Train (or resume, or skip) one run; returns the signal that interrupted it, else None. A run folder of
+    another configuration must have been refused before (`check_same_config`)."""
+
+    step = trained_step(run_dir)
+    if step is not None and step >= run.train.steps:
+        return None
+    resume = bool(checkpoint_steps(run_dir / "checkpoints"))
+    if not resume and run_dir.exists():  # interrupted before its first checkpoint: nothing to resume
+        shutil.rmtree(run_dir)
+    timing = _json(run_dir / TIMING_FILE) or {"train_time_s": 0.0}
+    started = time.perf_counter()
+    result = train_run(run, run_dir, resume=resume, progress=False, hooks=[progress.hook])
+    timing["train_time_s"] += time.perf_counter() - started
+    atomic_write(run_dir / TIMING_FILE, json.dumps(timing).encode())
+    return result.signal if result.status == "interrupted" else None
+
+
+def evaluate_one(config: CompareConfig, run, run_dir: Path) -> None:
+    """Write analysis.json (when the task has a probe set) and eval.json of a trained run, unless they are there
+    for its final step (and, for eval.json, for the same corruptions and capacities)."""
+
+    task = get_task(run.task)
+    request = {"corruptions": default_sweep(task.corruptions) if config.corruptions is None else config.corruptions,
+               "capacities": config.capacities, "bpr": config.bpr}
+    step = trained_step(run_dir)
+    analysis, evaluation = _json(run_dir / ANALYSIS_FILE), _json(run_dir / eval_file(None))
+    needs_analysis = run.data.probe_tokens > 0 and (analysis or {}).get("step") != step
+    needs_eval = evaluation is None or evaluation.get("step") != step or evaluation.get("request") != request
+    if not (needs_analysis or needs_eval):
+        return
+    run, setup, step = load_run(run_dir, config.device)
+    if needs_analysis:
+        analyze(setup.model, setup.probe, run_dir, step, {"task": run.task, "router": run.router})
+    if needs_eval:
+        result = evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better, **request)
+        atomic_write(run_dir / eval_file(None),
+                     json.dumps({"step": step, "request": request, **result}, indent=1).encode())
+
+
+# ---------------------------------------------------------------- results.json
+
+
+def collect_run(entry: Entry, seed: int, run_dir: Path, out: Path, metric_key: str, status: str,
+                error: str | None) -> dict:
+    """The run's record in results.json (schema v1), from the files in its folder."""
+    record: dict = {"router": entry.router, "label": entry.label, "seed": seed, "options": entry.describe(),
+                    "run_dir": str(run_dir.relative_to(out)), "status": status, "error": error}
+    final = _json(run_dir / "final.json")
+    if final is None:
+        return record
+    valid, test = final.get("valid", {}), final.get("test", {})
+    record["steps"] = final["step"]
+    extras = {k: v for k, v in test.items() if k not in (metric_key, "loss")}  # e.g. unigram perplexity
+    record["final"] = {"metric": test.get(metric_key), "valid_metric": valid.get(metric_key),
+                       "valid_loss": valid.get("loss"), **extras}
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines if line]
+    record["curve"] = [{"step": r["step"], "valid_loss": r.get("loss"), "metric": r.get(metric_key)}
+                       for r in logged if r["split"] == "valid"]
+    rates = sorted(r["per_s"] for r in logged if r["split"] == "train" and "per_s" in r)
+    if rates:
+        record["tokens_per_s"] = rates[len(rates) // 2]  # median: robust to a stalled step
+    timing = _json(run_dir / TIMING_FILE)
+    if timing:
+        record["train_time_s"] = timing["train_time_s"]
+    analysis = _json(run_dir / ANALYSIS_FILE)
+    if analysis:
+        record["routing"] = analysis["routing"]
+        per_token = [layer.get("experts_per_token") for layer in analysis["routing"]["layers"]]
+        if per_token and all(isinstance(v, (int, float)) for v in per_token):
+            record["final"]["experts_per_token"] = sum(per_token) / len(per_token)
+        if "latent" in analysis:
+            record["latent"] = analysis["latent"]
+    evaluation = _json(run_dir / eval_file(None))
+    if evaluation:
+        record["robustness"] = [{k: e[k] for k in ("corruption", "level", "severity", "metric")}
+                                for e in evaluation["robustness"]]
+        record["final"]["eval_time_s"] = evaluation["eval_time_s"]
+    return record
+
+
+def machine(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = f"{names[0]} x {len(names)}" if names else cpu
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "device": device,
+            "python": platform.python_version()}
+
+
+def write_results(config: CompareConfig, records: list[dict], command: str) -> Path:
+    task = get_task(config.task)
+    results = {"schema": SCHEMA_VERSION, "task": config.task, "preset": config.preset, "command": command,
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "metric": {"name": task.metric_key, "higher_is_better": task.higher_is_better},
+               "machine": machine(config.device), "runs": records}
+    path = Path(config.out) / RESULTS_FILE
+    atomic_write(path, json.dumps(results, indent=1).encode())  # NaN / inf stay numbers, as the schema allows
+    return path
+
+
+# ---------------------------------------------------------------- the grid
+
+
+@dataclass
+class CompareResult:
+    results: Path
+    report: Path | None
+    failed: list[str]
+    interrupted: int | None  # the signal that stopped the grid
+
+
+def run_compare(config: CompareConfig, command: str = "", progress: bool = True) -> CompareResult:
+    """Train, evaluate and analyse every (entry, seed) of `config` (seed-major order), then write results.json
+    and the report. A run that raises is recorded as failed and the grid goes on; an interrupted training
+    (SIGINT/SIGTERM, checkpoint written) stops the grid, and the runs not done are recorded as skipped."""
+
+    out = Path(config.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    grid = [(entry, seed) for seed in range(config.seeds) for entry in config.entries]
+    runs = {(entry.label, seed): config.run_config(entry, seed) for entry, seed in grid}  # fail early on bad keys
+    folder = {(e.label, s): out / "runs" / f"{e.folder}-s{s}" for e, s in grid}
+    for key, run_dir in folder.items():  # before anything is trained or written
+        if (run_dir / "config.yaml").exists():
+            check_same_config(runs[key], run_dir)
+    done = sum(min(trained_step(folder[e.label, s]) or _checkpoint(folder[e.label, s]), runs[e.label, s].train.steps)
+               for e, s in grid)
+    bar = GridProgress(sum(r.train.steps for r in runs.values()), done, progress)
+    metric_key = get_task(config.task).metric_key
+    records, failed, interrupted = [], [], None
+    try:
+        for entry, seed in grid:
+            run_dir = folder[entry.label, seed]
+            if interrupted is not None:
+                records.append(collect_run(entry, seed, run_dir, out, metric_key, "skipped",
+                                           "not run: the comparison was interrupted"))
+                continue
+            bar.start(f"{entry.label} s{seed}")
+            try:
+                interrupted = train_one(runs[entry.label, seed], run_dir, bar)
+                if interrupted is None:
+                    evaluate_one(config, runs[entry.label, seed], run_dir)
+                status, error = ("skipped", "interrupted") if interrupted is not None else ("done", None)
+            except Exception as e:  # one failed run must not stop the grid
+                status, error = "failed", f"{type(e).__name__}: {e}"
+                failed.append(f"{entry.label} s{seed}: {error}")
+                print(f"smoe compare: {entry.label} seed {seed} failed: {error}", file=sys.stderr)
+            records.append(collect_run(entry, seed, run_dir, out, metric_key, status, error))
+            write_results(config, records, command)
+    finally:
+        bar.close()
+    path = write_results(config, records, command)
+    report = None if interrupted is not None else write_report(out).html
+    return CompareResult(results=path, report=report, failed=failed, interrupted=interrupted)
+
+
+def _checkpoint(run_dir: Path) -> int:
+    steps = checkpoint_steps(run_dir / "checkpoints")
+    return steps[-1] if steps else 0

@@ -1,0 +1,474 @@
+"""Comparison report: `summarize` a results.json per router label (mean +- std over seeds) and `write_report`
+a report.md (tables, PNGs in plots/) and a self-contained report.html (the same content, PNGs inlined).
+
+Numbers are never invented: a quantity no run of a router recorded is "missing", a NaN or infinite one is "n/a"
+(with how many seeds were not finite), and std is the sample std (ddof 1), absent for one seed ("n=1").
+Schema of the input: `smoe.workbench.results`. `smoe report DIR [--out OUT]` re-renders from DIR/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smoe.workbench import plots
+from smoe.workbench.document import Block, Bullets, Code, Heading, Image, Table, Text, render_html, render_markdown
+from smoe.workbench.results import (
+    get,
+    group_runs,
+    is_finished,
+    load_results,
+    metric_spec,
+    number,
+    numbers,
+    records,
+    run_label,
+)
+
+# routing.layers[*] scalars, averaged over layers -> column title
+ROUTING_SCALARS = {
+    "load_cv": "load CV", "max_over_mean": "max/mean load", "entropy": "entropy", "margin": "margin",
+    "active_experts": "active experts", "dropped_fraction": "dropped", "effective_rank_input": "eff. rank input",
+    "effective_rank_router": "eff. rank router",
+}
+TITLES = {
+    "final.valid_loss": "valid loss", "final.valid_metric": "valid metric",
+    "final.experts_per_token": "experts per token", "final.eval_time_s": "eval time (s)", "steps": "steps",
+    "train_time_s": "train time (s)", "tokens_per_s": "tokens/s",
+    **{f"routing.{key}": title for key, title in ROUTING_SCALARS.items()},
+    "fluctuation.top1": "fluct. top-1 (last)", "fluctuation.topk_set": "fluct. top-k set (last)",
+    "coactivation.nmi": "co-activation NMI", "sensitivity": "top-expert sensitivity",
+}
+RUN_COUNTERS = ("steps", "train_time_s", "tokens_per_s")
+LATE_ROUTING = ("fluctuation.top1", "fluctuation.topk_set", "coactivation.nmi", "sensitivity")
+MISSING, NOT_FINITE = "missing", "n/a"
+
+# ---------------------------------------------------------------- per run
+
+
+def _mean_of(items: Sequence, value: Callable[[object], float | None]) -> float | None:
+    """Mean of value(item) over the items where it is a number (NaN/inf propagate); None when there are none."""
+    found = [v for v in map(value, items) if v is not None]
+    return sum(found) / len(found) if found else None
+
+
+def _sensitivity(entry: Mapping) -> float | None:
+    clean, dropped = number(entry.get("clean")), number(entry.get("dropped"))
+    return None if clean is None or dropped is None else dropped - clean
+
+
+def _last_fluctuation(run: Mapping) -> Mapping | None:
+    """The fluctuation record with the largest step (the last one listed when steps are missing or tie)."""
+    entries = records(run, "routing", "fluctuation")
+
+    def step(ie: tuple[int, Mapping]) -> tuple[float, int]:
+        s = number(ie[1].get("step"))
+        return (s if s is not None and math.isfinite(s) else -math.inf, ie[0])
+
+    return max(enumerate(entries), key=step)[1] if entries else None
+
+
+def strongest_levels(runs: Sequence[Mapping]) -> dict[str, float]:
+    """corruption -> the highest level any of the runs evaluated."""
+    levels: dict[str, float] = {}
+    for run in runs:
+        for entry in records(run, "robustness"):
+            name, level = entry.get("corruption"), number(entry.get("level"))
+            if isinstance(name, str) and level is not None and math.isfinite(level):
+                levels[name] = max(level, levels.get(name, -math.inf))
+    return levels
+
+
+def run_values(run: Mapping, strongest: Mapping[str, float]) -> dict[str, float]:
+    """Column key -> the run's value, for every quantity it recorded; routing scalars are means over layers.
+
+    Keys: "final.<key>" (each key of `final`), "robust.<corruption>@<level>" (metric at the strongest level),
+    "routing.<scalar>", "routing.nmi.<label name>", "fluctuation.top1|topk_set" (last record), "coactivation.nmi"
+    (mean over layer pairs), "sensitivity" (dropped - clean metric, mean over layers), and RUN_COUNTERS.
+    """
+    values: dict[str, float | None] = {}
+    final = get(run, "final")
+    for key, value in (final.items() if isinstance(final, Mapping) else ()):
+        values[f"final.{key}"] = number(value)
+    for name, level in strongest.items():
+        values[f"robust.{name}@{level:g}"] = next(
+            (number(e.get("metric")) for e in records(run, "robustness")
+             if e.get("corruption") == name and number(e.get("level")) == level), None)
+    for key in RUN_COUNTERS:
+        values[key] = number(run.get(key))
+    layers = records(run, "routing", "layers")
+    for key in ROUTING_SCALARS:
+        values[f"routing.{key}"] = _mean_of(layers, lambda layer, key=key: number(layer.get(key)))
+    nmi = [d for layer in layers if isinstance(d := layer.get("specialization_nmi"), Mapping)]
+    for name in dict.fromkeys(name for d in nmi for name in d):
+        values[f"routing.nmi.{name}"] = _mean_of(nmi, lambda d, name=name: number(d.get(name)))
+    last = _last_fluctuation(run)
+    for key in ("top1", "topk_set"):
+        values[f"fluctuation.{key}"] = _mean_of(numbers(get(last, key)) or [], lambda v: v)
+    values["coactivation.nmi"] = _mean_of(records(run, "routing", "coactivation"), lambda c: number(c.get("nmi")))
+    values["sensitivity"] = _mean_of(records(run, "routing", "sensitivity"), _sensitivity)
+    return {key: value for key, value in values.items() if value is not None}
+
+
+# ---------------------------------------------------------------- per router
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One quantity over the seeds that recorded it: mean, sample std (ddof 1; None for n=1), n values, of
+    which `nonfinite` were NaN or infinite (then mean and std are NaN)."""
+
+    mean: float
+    std: float | None
+    n: int
+    nonfinite: int = 0
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        n = len(values)
+        if n == 0:
+            raise ValueError("values must hold at least one number")
+        bad = sum(not math.isfinite(v) for v in values)
+        if bad:
+            return cls(math.nan, math.nan if n > 1 else None, n, bad)
+        return cls(statistics.fmean(values), statistics.stdev(values) if n > 1 else None, n)
+
+
+@dataclass
+class RouterRow:
+    """One router label: how many runs it has and finished, and a Stat per column it has data for."""
+
+    label: str
+    runs: int
+    finished: int
+    cells: dict[str, Stat] = field(default_factory=dict)
+    best: bool = False
+
+
+def summarize(results: str | os.PathLike | Mapping) -> list[RouterRow]:
+    """Rows per router label over its finished runs, best first by the headline metric's direction.
+
+    Rows without a finite mean metric come last; with no direction given, rows are in label order and none is
+    marked best. Rows tied with the best mean are all marked best.
+    """
+    results = load_results(results)
+    _, higher_is_better = metric_spec(results)
+    groups = group_runs(results)
+    strongest = strongest_levels([run for run in results["runs"] if is_finished(run)])
+    rows = []
+    for label, runs in groups.items():
+        done = [run for run in runs if is_finished(run)]
+        per_run = [run_values(run, strongest) for run in done]
+        keys = dict.fromkeys(key for values in per_run for key in values)
+        rows.append(RouterRow(label=label, runs=len(runs), finished=len(done),
+                              cells={key: Stat.of([v[key] for v in per_run if key in v]) for key in keys}))
+
+    def rank(row: RouterRow) -> tuple:
+        stat = row.cells.get("final.metric")
+        if higher_is_better is None or stat is None or stat.nonfinite:
+            return (1, 0.0, row.label)
+        return (0, -stat.mean if higher_is_better else stat.mean, row.label)
+
+    rows.sort(key=rank)
+    if rows and rank(rows[0])[0] == 0:
+        for row in rows:
+            row.best = rank(row)[:2] == rank(rows[0])[:2]
+    return rows
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def format_number(x: float) -> str:
+    """Short fixed text for a number; "n/a" for NaN and infinities."""
+    if not math.isfinite(x):
+        return NOT_FINITE
+    size = abs(x)
+    if x.is_integer() and size < 1e5:
+        return str(int(x))
+    if size >= 1e5 or size < 1e-3:
+        return f"{x:.3e}"
+    return f"{x:.1f}" if size >= 100 else f"{x:.3f}" if size >= 1 else f"{x:.4f}"
+
+
+def format_stat(stat: Stat | None, seeds: int) -> str:
+    """ "mean ± std", "value (n=1)", "n/a (k of n not finite)" or "missing"; "(n=m)" when m < seeds recorded it."""
+    if stat is None:
+        return MISSING
+    if stat.nonfinite:
+        return f"{NOT_FINITE} ({stat.nonfinite} of {stat.n} not finite)"
+    text = format_number(stat.mean) if stat.std is None else f"{format_number(stat.mean)} ± {format_number(stat.std)}"
+    return f"{text} (n={stat.n})" if stat.n == 1 or stat.n != seeds else text
+
+
+def _format_value(value: object) -> str:
+    x = number(value)
+    return MISSING if x is None else format_number(x)
+
+
+def column_title(key: str, metric_name: str, higher_is_better: bool | None) -> str:
+    if key == "final.metric":
+        return metric_name + {True: " (higher is better)", False: " (lower is better)", None: ""}[higher_is_better]
+    if key.startswith("robust."):
+        name, level = key[len("robust."):].rsplit("@", 1)
+        return f"{metric_name} @ {name} L{level}"
+    if key.startswith("routing.nmi."):
+        return f"NMI {key[len('routing.nmi.'):]}"
+    return TITLES.get(key, key.removeprefix("final."))
+
+
+def table_columns(rows: Sequence[RouterRow]) -> tuple[list[str], list[str]]:
+    """Column keys of the task table and of the routing table, in display order; only those with data
+    (the headline metric always)."""
+    keys = list(dict.fromkeys(key for row in rows for key in row.cells))
+
+    def having(test: Callable[[str], bool]) -> list[str]:
+        return [key for key in keys if test(key)]
+
+    task = ["final.metric", *having(lambda k: k == "final.valid_loss"),
+            *having(lambda k: k.startswith("final.") and k not in ("final.metric", "final.valid_loss")),
+            *sorted(having(lambda k: k.startswith("robust."))), *[k for k in RUN_COUNTERS if k in keys]]
+    routing = [*[k for k in (f"routing.{s}" for s in ROUTING_SCALARS) if k in keys],
+               *having(lambda k: k.startswith("routing.nmi.")), *[k for k in LATE_ROUTING if k in keys]]
+    return task, routing
+
+
+# ---------------------------------------------------------------- the document
+
+
+def _direction(higher_is_better: bool | None) -> str:
+    return {True: "higher is better", False: "lower is better",
+            None: "direction not recorded, so no router is marked best"}[higher_is_better]
+
+
+def _header(results: Mapping, rows: Sequence[RouterRow]) -> list[Block]:
+    name, higher_is_better = metric_spec(results)
+    task, preset = results.get("task"), results.get("preset")
+    title = f"Router comparison: {task if isinstance(task, str) else 'unknown task'}"
+    blocks: list[Block] = [Heading(title + (f" ({preset})" if isinstance(preset, str) else ""), 1)]
+    runs = results["runs"]
+    status = [run.get("status") if isinstance(run.get("status"), str) else "unknown" for run in runs]
+    counts = ", ".join(f"{status.count(s)} {s}" for s in dict.fromkeys(status))
+    blocks.append(Text(f"Headline metric: {name} ({_direction(higher_is_better)}). "
+                       f"{len(runs)} runs of {len(rows)} routers" + (f": {counts}." if runs else ".")))
+    machine = results.get("machine")
+    created = results.get("created")
+    facts = [f"Created {created}" if isinstance(created, str) else "Creation time not recorded",
+             "machine: " + ", ".join(f"{k} {v}" for k, v in machine.items())
+             if isinstance(machine, Mapping) and machine else "machine not recorded"]
+    blocks.append(Text("; ".join(facts) + "."))
+    if isinstance(results.get("command"), str):
+        blocks.append(Code(results["command"]))
+    return blocks
+
+
+def _stat_table(rows: Sequence[RouterRow], keys: Sequence[str], results: Mapping) -> Table:
+    name, higher_is_better = metric_spec(results)
+    header = ["router", "seeds", *(column_title(k, name, higher_is_better) for k in keys)]
+    body = [[row.label + (" (best)" if row.best else ""),
+             str(row.finished) if row.finished == row.runs else f"{row.finished} of {row.runs}",
+             *(format_stat(row.cells.get(k), row.finished) for k in keys)] for row in rows]
+    return Table(header, body, marked={i for i, row in enumerate(rows) if row.best})
+
+
+def _severities(results: Mapping, keys: Sequence[str]) -> str:
+    """ "substitute L5 = severity 0.4, ..." for the robustness columns."""
+    parts = []
+    for key in keys:
+        name, level = key[len("robust."):].rsplit("@", 1)
+        severity = next((number(e.get("severity")) for run in results["runs"] for e in records(run, "robustness")
+                         if e.get("corruption") == name and number(e.get("level")) == float(level)), None)
+        parts.append(f"{name} L{level}" + (f" = severity {format_number(severity)}" if severity is not None else ""))
+    return ", ".join(parts)
+
+
+def _tables(results: Mapping, rows: Sequence[RouterRow]) -> list[Block]:
+    if not rows:
+        return [Heading("Results"), Text("The results hold no runs.")]
+    task_keys, routing_keys = table_columns(rows)
+    legend = ("Mean ± std over each router's finished seeds (sample std, ddof 1); one seed shows its value with "
+              "(n=1); (n=m) marks a quantity only m of the router's seeds recorded. missing: not recorded; n/a: "
+              "not a finite number (never averaged away). Rows are sorted best first.")
+    robust = [k for k in task_keys if k.startswith("robust.")]
+    if robust:
+        legend += f" Corruption columns: the metric at the strongest level evaluated ({_severities(results, robust)})."
+    blocks: list[Block] = [Heading("Results"), Text(legend), _stat_table(rows, task_keys, results),
+                           Heading("Routing")]
+    if not routing_keys:
+        return [*blocks, Text("No run recorded routing statistics.")]
+    return [*blocks, Text("Per-layer scalars are means over MoE layers; fluctuation: the last recorded checkpoint "
+                          "(fraction of held-out tokens whose routing changed); co-activation NMI: mean over "
+                          "consecutive layer pairs; top-expert sensitivity: metric with each token's top expert "
+                          "removed minus the clean metric, mean over layers."),
+            _stat_table(rows, routing_keys, results)]
+
+
+def _run_name(run: Mapping) -> str:
+    return f"{run_label(run)} seed {run.get('seed', '?')}"
+
+
+def _runs_table(results: Mapping) -> list[Block]:
+    name, _ = metric_spec(results)
+    body = []
+    for run in results["runs"]:
+        options = run.get("options")
+        error = run.get("error")
+        router = run.get("router")
+        shown = run_label(run) + (f" ({router})" if isinstance(router, str) and router != run_label(run) else "")
+        body.append([shown, str(run.get("seed", "?")),
+                     run["status"] if isinstance(run.get("status"), str) else "unknown",
+                     _format_value(run.get("steps")), _format_value(get(run, "final", "metric")),
+                     _format_value(run.get("train_time_s")),
+                     json.dumps(options, sort_keys=True) if isinstance(options, Mapping) and options else "",
+                     str(run.get("run_dir", "")), " ".join(str(error).split())[:300] if error else ""])
+    header = ["router", "seed", "status", "steps", name, "train time (s)", "options", "run dir", "error"]
+    return [Heading("Runs"), Table(header, body)] if body else []
+
+
+# what every finished run should have recorded: name -> test
+EXPECTED: dict[str, Callable[[Mapping], bool]] = {
+    "validation curve": lambda run: bool(records(run, "curve")),
+    "final metric": lambda run: number(get(run, "final", "metric")) is not None,
+    "valid loss": lambda run: number(get(run, "final", "valid_loss")) is not None,
+    "routing statistics per layer": lambda run: bool(records(run, "routing", "layers")),
+    "routing fluctuation": lambda run: bool(records(run, "routing", "fluctuation")),
+    "co-activation": lambda run: bool(records(run, "routing", "coactivation")),
+    "top-expert sensitivity": lambda run: bool(records(run, "routing", "sensitivity")),
+    "robustness": lambda run: bool(records(run, "robustness")),
+    "train time": lambda run: number(run.get("train_time_s")) is not None,
+    "tokens/s": lambda run: number(run.get("tokens_per_s")) is not None,
+}
+OPTIONAL = {"latent map": lambda run: isinstance(run.get("latent"), Mapping)}  # expected once any run has it
+
+
+def _missing(results: Mapping) -> list[Block]:
+    runs = results["runs"]
+    done = [run for run in runs if is_finished(run)]
+    expected = {**EXPECTED, **{k: test for k, test in OPTIONAL.items() if any(map(test, done))}}
+    nowhere = [what for what, test in expected.items() if done and not any(map(test, done))]
+    items = [f"No run recorded: {', '.join(nowhere)}."] if nowhere else []
+    for run in done:
+        lacks = [what for what, test in expected.items() if what not in nowhere and not test(run)]
+        if lacks:
+            items.append(f"{_run_name(run)}: no {', '.join(lacks)}.")
+    items += [f"{_run_name(run)} is not in the tables or plots: {run.get('status')}." for run in runs
+              if not is_finished(run)]
+    return [Heading("Missing data"), Bullets(items) if items else Text("Every run recorded every quantity.")]
+
+
+PLOT_STEMS = ("curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent")
+
+
+def _plots(results: Mapping, rows: Sequence[RouterRow], out: Path) -> list[Block]:
+    """Draw and save every plot under out/plots; an Image block for each, a sentence where data is missing."""
+    name, _ = metric_spec(results)
+    by_label = group_runs(results)
+    groups = {row.label: [run for run in by_label[row.label] if is_finished(run)] for row in rows}
+    band = "mean over seeds, band from min to max over seeds"
+    figures = {  # stem: (title, figure, caption, sentence when absent; None: leave the section out)
+        "curves": ("Validation curves", plots.validation_curves(groups, name),
+                   f"Validation {name} and loss over training: {band}.", "No run recorded a validation curve."),
+        "final_metric": ("Final metric", plots.final_metric(groups, name),
+                         f"Final {name}: one point per seed; diamond and bar: mean ± std.",
+                         "No run recorded a finite final metric."),
+        "load": ("Expert load", plots.load_heatmaps(groups),
+                 "Fraction of routed pairs per expert and layer, mean over seeds.", "No run recorded expert load."),
+        "fluctuation": ("Routing fluctuation", plots.fluctuation(groups),
+                        f"Fraction of held-out tokens whose routing changed since the previous checkpoint, mean over "
+                        f"layers: {band}.", "No run recorded routing fluctuation."),
+        "robustness": ("Robustness", plots.robustness(groups, name),
+                       f"{name} against corruption level (0 = clean): {band}.", "No run recorded robustness."),
+        "coactivation": ("Cross-layer co-activation", plots.coactivation(groups),
+                         "Experts of the first recorded layer pair: row i, column j = how often a token of expert i "
+                         "goes to expert j in the next layer, mean over seeds.", "No run recorded co-activation."),
+        "latent": ("Latent map", plots.latent_map(groups), "2-D map (t-SNE) of the VAE latent, coloured by the "
+                   "top-1 expert.", None),
+    }
+    blocks: list[Block] = [Heading("Plots")]
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    for stem in PLOT_STEMS:
+        title, fig, caption, absent = figures[stem]
+        path = out / "plots" / f"{stem}.png"
+        if fig is None:
+            path.unlink(missing_ok=True)  # a stale plot of an earlier rendering must not survive
+            blocks += [Heading(title, 3), Text(absent)] if absent else []
+            continue
+        plots.save_figure(fig, path)
+        blocks += [Heading(title, 3), Image(path.relative_to(out), caption)]
+    return blocks
+
+
+@dataclass
+class ReportFiles:
+    markdown: Path
+    html: Path
+    plots: list[Path]
+
+
+def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLike | None = None) -> ReportFiles:
+    """Write out_dir/report.md, out_dir/report.html and out_dir/plots/*.png from a comparison's results.
+
+    results: a results dict, a results.json path or the directory holding it; out_dir defaults to that
+    directory (required for a dict).
+    """
+    if out_dir is None:
+        if not isinstance(results, (str, os.PathLike)):
+            raise ValueError("out_dir is required when results is a dict, not a path")
+        out_dir = Path(results) if Path(results).is_dir() else Path(results).parent
+    results = load_results(results)
+    out = Path(out_dir)
+    rows = summarize(results)
+    blocks = [*_header(results, rows), *_tables(results, rows), *_runs_table(results), *_missing(results),
+              *_plots(results, rows, out)]
+    files = ReportFiles(out / "report.md", out / "report.html",
+                        [out / b.path for b in blocks if isinstance(b, Image)])
+    files.markdown.write_text(render_markdown(blocks), encoding="utf-8")
+    files.html.write_text(render_html(blocks, blocks[0].text, out), encoding="utf-8")
+    return files
+
+
+# ---------------------------------------------------------------- compact tables (smoe report --columns / --robustness)
+
+
+def columns_table(results: str | os.PathLike | Mapping, keys: Sequence[str]) -> str:
+    """A Markdown table of chosen columns per router (mean ± std over seeds, as in the report): keys as in
+    `run_values` ("final.metric", "routing.load_cv", "fluctuation.top1", "robust.noise@5", ...)."""
+    results = load_results(results)
+    rows = summarize(results)
+    available = list(dict.fromkeys(key for row in rows for key in row.cells))
+    unknown = [key for key in keys if key not in available]
+    if unknown or not keys:
+        raise ValueError(f"columns must name recorded quantities; unknown: {unknown}; available: "
+                         f"{', '.join(available)}")
+    return render_markdown([_stat_table(rows, keys, results)])
+
+
+def robustness_table(results: str | os.PathLike | Mapping) -> str:
+    """A Markdown table of the metric at every level of every corruption (and capacity sweep), per router: one
+    row per (router, corruption), one column per level, mean ± std over the finished seeds."""
+    results = load_results(results)
+    name, _ = metric_spec(results)
+    by_level: dict[tuple[str, str], dict[float, list[float]]] = {}
+    severity: dict[tuple[str, float], float] = {}
+    for label, runs in group_runs(results).items():
+        for run in (r for r in runs if is_finished(r)):
+            for e in records(run, "robustness"):
+                level, metric = number(e.get("level")), number(e.get("metric"))
+                if isinstance(e.get("corruption"), str) and level is not None and metric is not None:
+                    by_level.setdefault((label, e["corruption"]), {}).setdefault(level, []).append(metric)
+                    if number(e.get("severity")) is not None:
+                        severity[e["corruption"], level] = number(e["severity"])
+    if not by_level:
+        raise ValueError("no run recorded robustness")
+    levels = sorted({level for values in by_level.values() for level in values})
+    body = [[label, corruption, *(format_stat(Stat.of(v[level]), len(v[level])) if level in v else MISSING
+                                  for level in levels)]
+            for (label, corruption), v in by_level.items()]
+    header = ["router", "corruption", *(f"L{level:g}" for level in levels)]
+    legend = ", ".join(f"{c} L{level:g} = {format_number(sev)}" for (c, level), sev in severity.items() if level)
+    return f"{name} by corruption level ({legend})\n\n" + render_markdown([Table(header, body)])

@@ -1,0 +1,169 @@
+"""A run's configuration: a `RunConfig` resolved from a task preset, a router and `--set key=value` overrides.
+
+Sections: `data` (the task's data config), `model` (the task's model config, less the fields derived from the
+data) and `train` (`TrainConfig`). Override keys are `section.field` (`model.num_experts=16`, `train.lr=3e-4`),
+a bare `field` when exactly one section has it, or `section.field.key` inside a dict field
+(`model.router_options.noise=learned`). Values are parsed as YAML (`1e-3`, `true`, `[16, 32, 64]`, `null`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import yaml
+
+from smoe._validate import check_choice, check_int
+from smoe.layer import available_layers
+from smoe.routing import available_routers
+from smoe.workbench.tasks import Task, get_task
+from smoe.workbench.trainer import TrainConfig
+
+SECTIONS = ("data", "model", "train")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; `to_dict()` is what config.yaml and every checkpoint hold."""
+
+    task: str
+    preset: str
+    router: str
+    seed: int
+    device: str
+    data: object
+    model: dict
+    train: TrainConfig
+
+    def model_config(self, **derived):
+        """The task's model config dataclass: the model section plus the fields derived from the data."""
+        return get_task(self.task).model_config(**self.model, **derived)
+
+    def to_dict(self, model_config=None) -> dict:
+        head = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in SECTIONS}
+        model = dataclasses.asdict(model_config) if model_config is not None else self.model
+        return {**head, "data": dataclasses.asdict(self.data), "model": model,
+                "train": dataclasses.asdict(self.train)}
+
+
+def parse_value(text: str):
+    """YAML value, with numbers in exponent form (`1e-3`, which YAML 1.1 reads as a string) as floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_override(item: str) -> tuple[str, object]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set expects key=value, got {item!r}")
+    return key.strip(), parse_value(value.strip())
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def apply_override(sections: dict[str, dict], task: Task, key: str, value) -> None:
+    """Set `key` (section.field[.subkey...] or a bare field) to `value` in the section dicts."""
+    classes = {"data": task.data_config, "model": task.model_config, "train": TrainConfig}
+    path = key.split(".")
+    if path[0] not in SECTIONS:
+        owners = [s for s in SECTIONS if path[0] in _field_names(classes[s])]
+        if len(owners) != 1:
+            where = f"in sections {owners}" if owners else "in no section"
+            raise ValueError(f"--set {key}: the key is {where}; write it as section.field with section one of "
+                             f"{list(SECTIONS)}")
+        path = [owners[0], *path]
+    section, name, rest = path[0], ".".join(path[1:2]), path[2:]
+    if section == "model" and name == "router":
+        raise ValueError("--set model.router: choose the router with --router")
+    valid = [f for f in _field_names(classes[section]) if not (section == "model" and f in task.derived)]
+    if name not in valid:
+        hint = " (derived from the data)" if name in task.derived else ""
+        raise ValueError(f"--set {key}: unknown {section} key {name!r}{hint}; valid keys: {', '.join(valid)}")
+    if not rest:
+        _assign(sections[section], name, value)
+        return
+    container = copy.deepcopy(sections[section].get(name) or {})
+    if not isinstance(container, dict):
+        raise ValueError(f"--set {key}: {section}.{name} is not a dict")
+    node = container
+    for part in rest[:-1]:
+        node = node.setdefault(part, {})
+    _assign(node, rest[-1], value)
+    sections[section][name] = container
+
+
+def _assign(target: dict, name: str, value) -> None:
+    """target[name] = value, an int becoming a float where the current value is a float (lr=1)."""
+    old = target.get(name)
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    target[name] = value
+
+
+def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: int = 0, device: str = "cpu",
+                   steps: int | None = None, overrides: Sequence[str | tuple[str, object]] = ()) -> RunConfig:
+    """The RunConfig of `task` with `preset`, `router`, overrides (`key=value` strings, or (key, parsed value)
+    pairs) and `steps` applied."""
+    t = get_task(task)
+    check_choice("preset", preset, tuple(t.presets))
+    check_choice("router", router, tuple(available_routers() + available_layers()))
+    check_int("seed", seed, low=0)
+    check_device(device)
+    p = t.presets[preset]
+    sections = {
+        "data": dict(p.get("data", {})),
+        "model": {**p.get("model", {}), "router": router, "router_options": dict(t.router_options.get(router, {}))},
+        "train": dict(p.get("train", {})),
+    }
+    for item in overrides:
+        apply_override(sections, t, *(item if isinstance(item, tuple) else parse_override(item)))
+    if steps is not None:
+        sections["train"]["steps"] = steps
+    data = _build(t.data_config, sections["data"], "data")
+    train = _build(TrainConfig, sections["train"], "train")
+    _build(t.model_config, {**sections["model"], **t.derived}, "model")  # validate before loading any data
+    return RunConfig(task=task, preset=preset, router=router, seed=seed, device=device, data=data,
+                     model=sections["model"], train=train)
+
+
+def _build(cls: type, values: dict, section: str):
+    try:
+        return cls(**values)
+    except TypeError as e:  # an unknown key from a preset or override
+        raise ValueError(f"{section}: {e}; valid keys: {', '.join(_field_names(cls))}") from e
+    except ValueError as e:
+        raise ValueError(f"{section}: {e}") from e
+
+
+def check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}") from e
+    check_choice("device type", dev.type, ("cpu", "cuda"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+
+def run_config_from_dict(config: dict) -> RunConfig:
+    """The RunConfig a run directory's config.yaml describes (fields derived from the data are rebuilt)."""
+    try:
+        task = get_task(config["task"])
+        model = {k: v for k, v in config["model"].items() if k not in task.derived}
+        return RunConfig(task=config["task"], preset=config["preset"], router=config["router"],
+                         seed=config["seed"], device=config["device"], data=_build(task.data_config, config["data"],
+                                                                                   "data"),
+                         model=model, train=_build(TrainConfig, config["train"], "train"))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a run configuration (config.yaml of `smoe train`): missing or bad field {e!r}") from e
+
+

@@ -1,0 +1,96 @@
+"""Train a run into its folder (`train_run`) and load a trained run back from it (`load_run`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from smoe.collectives import collective
+from smoe.workbench.checkpoint import load_checkpoint, load_module_tensors
+from smoe.workbench.data_parallel import ParallelConfig, prepare_model, process_group, run_world_size
+from smoe.workbench.probe import TRACE_FILE, RoutingTrace
+from smoe.workbench.run_config import RunConfig, check_device, run_config_from_dict
+from smoe.workbench.tasks import TaskSetup, get_task
+from smoe.workbench.trainer import Hook, Trainer, TrainResult, derived_seed
+
+_INIT_STREAM = 0
+
+
+def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+              hooks: list[Hook] | None = None, parallel: ParallelConfig | None = None) -> TrainResult:
+    """Build the task's model and data from `run` and train it in `out_dir` (continuing it with resume).
+
+    On several processes (torchrun, or an initialised process group of size > 1) every rank calls this: the
+    model is built with the same seed everywhere and prepared as `parallel` says (default ParallelConfig()),
+    the global batch `train.batch_size` is split over the ranks, and the run config records the `parallel`
+    section (see `smoe.workbench.data_parallel`). The task's probe set is routed at every eval and at the end
+    (`smoe.workbench.probe.RoutingTrace`, written to out_dir/routing_trace.jsonl, rank 0) before the other hooks run.
+    """
+    if run_world_size() == 1:
+        return _train(run, out_dir, resume, progress, hooks)
+    parallel = parallel or ParallelConfig()
+    with process_group(run.device, parallel.timeout_s) as device:
+        return _train(run, out_dir, resume, progress, hooks, parallel, device)
+
+
+def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, hooks: list[Hook] | None,
+           parallel: ParallelConfig | None = None, device: str | None = None) -> TrainResult:
+    torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
+    if parallel is None:
+        setup = get_task(run.task).setup(run)
+        run_config = run.to_dict(setup.model_config)
+    else:
+        world_size = dist.get_world_size()
+        if run.train.batch_size % world_size:
+            raise ValueError(f"train.batch_size={run.train.batch_size} (the global batch) must be divisible by the "
+                             f"world size {world_size}")
+        setup = _setup_rank_zero_first(run)
+        run_config = {**run.to_dict(setup.model_config), "parallel": prepare_model(setup.model, parallel, world_size)}
+    trace = [] if setup.probe is None else [
+        RoutingTrace(setup.model, setup.probe, Path(out_dir) / TRACE_FILE, run.train.eval_every, run.train.steps)]
+    trainer = Trainer(setup.model, run.train, loss_fn=setup.loss, train_batches=setup.train_batches,
+                      evaluate=setup.evaluate, out_dir=out_dir, run_config=run_config, seed=run.seed,
+                      device=device or run.device, hooks=[*trace, *(hooks or [])], progress=progress,
+                      data_parallel=parallel is not None)
+    return trainer.fit(resume=resume)
+
+
+def load_run(run_dir: str | Path, device: str | None = None,
+             step: int | None = None) -> tuple[RunConfig, TaskSetup, int]:
+    """(run config, task set-up, checkpoint step) of a run folder of `smoe train` or `smoe compare`.
+
+    The set-up's model has the weights of checkpoint `step` (default: the latest) and is in eval mode on `device`
+    (default: the run's); data, loss and evaluation are the task's.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"run_dir must be a run folder of `smoe train` or `smoe compare` (with config.yaml), "
+                         f"got {str(run_dir)!r}")
+    run = run_config_from_dict(yaml.safe_load(path.read_text()))
+    if device is not None:
+        check_device(device)
+        run.device = device
+    torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
+    setup = get_task(run.task).setup(run)
+    tensors, state = load_checkpoint(run_dir / "checkpoints", step)
+    load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                        state["aliases"])
+    setup.model.to(run.device).eval()
+    return run, setup, state["step"]
+
+
+def _setup_rank_zero_first(run: RunConfig):
+    """The task's setup on every rank, rank 0 first, so the others read what it cached (the tokenizer)."""
+    def barrier() -> None:
+        collective("barrier around the task's set-up on rank 0", None, dist.barrier)
+
+    if dist.get_rank() != 0:
+        barrier()
+    setup = get_task(run.task).setup(run)
+    if dist.get_rank() == 0:
+        barrier()
+    return setup

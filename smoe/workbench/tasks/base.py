@@ -1,0 +1,149 @@
+"""What a task is (`Task`, `TaskSetup`), the task registry, and the helpers classification tasks share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smoe.data.batches import tensor_batches
+from smoe.registry import Registry
+from smoe.workbench.probe import Probe, probe_batches, spread
+from smoe.workbench.trainer import StepOutput
+
+
+@dataclass
+class TaskSetup:
+    """What the Trainer needs: a model, a batch sampler, a loss and an evaluation (`Trainer`).
+
+    evaluate(model, split, generator, corruption=None, seed=0): the task metrics on a split; corruption "NAME:LEVEL"
+    (`smoe.data.corrupt`) corrupts the split's inputs first, with a generator seeded by `seed`.
+    probe: the fixed held-out set of the routing analytics (`workbench.probe`), None when data.probe_tokens is 0.
+    """
+
+    model: nn.Module
+    model_config: object
+    train_batches: Callable[[torch.Generator], Iterator]
+    loss: Callable[[nn.Module, object, int, torch.Generator], StepOutput]
+    evaluate: Callable[..., dict[str, float]]
+    probe: Probe | None = None
+
+
+@dataclass
+class Task:
+    """A registered task.
+
+    data_config / model_config: the dataclasses of the `data` and `model` sections; presets: {name: {"data":
+    {...}, "model": {...}, "train": {...}}}; router_options: {router: options} applied when that router is chosen;
+    derived: model fields filled from the data (not settable), with placeholder values used to validate the model
+    section before the data is loaded; load_data(data config) -> the task's raw data (a corpus, image splits);
+    build(run, raw data) -> TaskSetup. metric_key: the headline metric among the keys
+    `evaluate` returns, and its direction; corruptions: the default robustness sweep (`smoe eval`).
+    """
+
+    name: str
+    summary: str
+    metric: str
+    data_config: type
+    model_config: type
+    presets: dict[str, dict]
+    load_data: Callable[[object], object]
+    build: Callable[[object, object], TaskSetup]
+    router_options: dict[str, dict] = field(default_factory=dict)
+    derived: dict[str, object] = field(default_factory=dict)
+    metric_key: str = "loss"
+    higher_is_better: bool = False
+    corruptions: tuple[str, ...] = ()
+
+    def setup(self, run) -> TaskSetup:
+        """The model, batches, loss and evaluation of `run` (a RunConfig of this task)."""
+        return self.build(run, self.load_data(run.data))
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def register_task(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
+    """Decorator on a factory `() -> Task`: registers the task it returns under `name` (its `Task.name`)."""
+
+    def add(factory: Callable[[], Task]) -> Callable[[], Task]:
+        task = factory()
+        if task.name != name:
+            raise ValueError(f"task factory {factory.__name__} registered as {name!r} returns task {task.name!r}")
+        TASKS.add(name, task)
+        return factory
+
+    return add
+
+
+def available_tasks() -> list[str]:
+    return TASKS.names()
+
+
+def get_task(name: str) -> Task:
+    return TASKS.get(name)
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def classify_step(logits_of: Callable, inputs: tuple, labels: Tensor, model, step, generator) -> StepOutput:
+    """Cross-entropy of a classifier: `logits_of(model, *inputs, step=, generator=)` -> ModelOutput."""
+    out = logits_of(model, *inputs, step=step, generator=generator)
+    loss = F.cross_entropy(out.logits.float(), labels)
+    accuracy = (out.logits.argmax(-1) == labels).float().mean()
+    return StepOutput(loss=loss, moe=out.moe, metrics={"accuracy": accuracy}, count=labels.numel())
+
+
+@torch.no_grad()
+def classify_metrics(logits_of: Callable, model: nn.Module, inputs: tuple, labels: Tensor, batch_size: int,
+                     generator: torch.Generator) -> dict[str, float]:
+    """{"loss", "accuracy"} of a classifier over inputs (tensors with n rows) and labels (n,)."""
+    device = model_device(model)
+    loss, correct = 0.0, 0
+    for chunk in tensor_batches(*inputs, labels, batch_size=batch_size, shuffle=False):
+        *xs, y = (t.to(device) for t in chunk)
+        logits = logits_of(model, *xs, generator=generator).logits.float()
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+    n = max(labels.shape[0], 1)
+    return {"loss": loss / n, "accuracy": correct / n}
+
+
+def classify_eval(logits_of: Callable, splits: dict, batch_size: int, corrupt_inputs: Callable) -> Callable:
+    """evaluate(model, split, generator, corruption=None, seed=0) -> {"loss", "accuracy"} over the whole split.
+
+    splits: {split: (*model inputs, labels)}; corrupt_inputs(split, corruption, seed) -> corrupted model inputs.
+    """
+
+    def evaluate(model: nn.Module, split: str, generator: torch.Generator, corruption: str | None = None,
+                 seed: int = 0) -> dict[str, float]:
+        *inputs, labels = splits[split]
+        if corruption is not None:
+            inputs = corrupt_inputs(split, corruption, seed)
+        return classify_metrics(logits_of, model, tuple(inputs), labels, batch_size, generator)
+
+    return evaluate
+
+
+def classifier_probe(logits_of: Callable, valid: tuple, tokens_per_sample: int, probe_tokens: int,
+                      batch_size: int, label_name: str) -> Probe | None:
+    """The probe of a classifier: valid samples spread over the split, each sample's label on all its tokens."""
+    if not probe_tokens:
+        return None
+    *inputs, labels = valid
+    pick = spread(labels.shape[0], max(probe_tokens // tokens_per_sample, 1))
+    inputs, labels = [t[pick] for t in inputs], labels[pick]
+    return Probe(inputs=probe_batches(*inputs, batch_size=batch_size),
+                 labels={label_name: labels.repeat_interleave(tokens_per_sample)},
+                 metric=lambda model, generator: classify_metrics(logits_of, model, tuple(inputs), labels,
+                                                                  batch_size, generator)["accuracy"])
+
+

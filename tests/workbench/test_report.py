@@ -1,0 +1,340 @@
+import base64
+import copy
+import json
+import math
+import re
+
+import pytest
+
+from smoe.cli import main
+from smoe.workbench.report import Stat, format_number, format_stat, summarize, write_report
+from smoe.workbench.results import load_results
+
+PLOTS = {"curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent"}
+
+
+def layer(i, load_cv, nmi):
+    return {"layer": i, "load": [0.4, 0.3, 0.2, 0.1], "load_cv": load_cv, "max_over_mean": 1.6, "entropy": 1.2,
+            "margin": 0.3, "active_experts": 4, "dropped_fraction": 0.0, "effective_rank_input": 30.0,
+            "effective_rank_router": 3.5, "specialization_nmi": {"topic": nmi}}
+
+
+def make_run(label, seed, metric, valid_loss, *, cvs=(0.2, 0.4), last_top1=(0.1, 0.3), robust=None,
+             sensitivity=(11.0, 5.0), train_time=60.0, routing=True, curve=True, **extra):
+    """A finished run of `label`; robust: metric at levels 0, 1, 2 of "substitute" (None: not evaluated)."""
+    run = {"router": label, "label": label, "seed": seed, "options": {"k": 2}, "run_dir": f"runs/{label}-s{seed}",
+           "status": "done", "error": None, "train_time_s": train_time, "steps": 300, "tokens_per_s": 1000.0,
+           "final": {"metric": metric, "valid_loss": valid_loss, "test_metric": metric + 5}}
+    if curve:
+        run["curve"] = [{"step": s, "valid_loss": valid_loss + 1 - s / 300, "metric": metric + 90 - s / 10}
+                        for s in (100, 200, 300)]
+    if routing:
+        run["routing"] = {
+            "layers": [layer(0, cvs[0], 0.12), layer(1, cvs[1], 0.18)],
+            # listed out of step order: the report must take the last *step* (200), not the last entry
+            "fluctuation": [{"step": 200, "top1": list(last_top1), "topk_set": [0.2, 0.4]},
+                            {"step": 100, "top1": [0.5, 0.7], "topk_set": [0.6, 0.8]}],
+            "coactivation": [{"layers": [0, 1], "nmi": 0.1, "matrix": [[0.5, 0.5, 0, 0], [0, 1, 0, 0],
+                                                                       [0.25, 0.25, 0.25, 0.25], [0, 0, 0, 1]]}],
+            "sensitivity": [{"layer": 0, "clean": metric, "dropped": metric + sensitivity[0]},
+                            {"layer": 1, "clean": metric, "dropped": metric + sensitivity[1]}],
+        }
+    if robust is not None:
+        run["robustness"] = [{"corruption": "substitute", "level": lvl, "severity": sev, "metric": m}
+                             for lvl, sev, m in zip((0, 1, 2), (0.0, 0.025, 0.05), robust)]
+    return {**run, **extra}
+
+
+def make_results(higher_is_better=False):
+    """topk and xmoe x 2 seeds (+ a failed xmoe run, an xmoe run without routing data), ssr with one seed (and a
+    latent map), sinkhorn with one seed and neither routing data nor curve nor robustness."""
+    latent = {"points": [[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [3.0, 1.0]], "expert": [0, 1, 1, 2],
+              "label": [0, 0, 1, 1]}
+    runs = [
+        make_run("topk", 0, 120.0, 4.8, robust=(120.0, 130.0, 150.0)),
+        make_run("topk", 1, 124.0, 4.9, cvs=(0.3, 0.5), last_top1=(0.3, 0.5), robust=(124.0, 135.0, 160.0),
+                 sensitivity=(12.0, 8.0), train_time=62.0),
+        make_run("xmoe", 0, 110.0, 4.6, robust=(110.0, 120.0, 140.0)),
+        make_run("xmoe", 1, 116.0, 4.7, routing=False),
+        # failed: its numbers must not enter the means
+        {"router": "xmoe", "label": "xmoe", "seed": 2, "status": "failed", "error": "RuntimeError: boom\n  at step 7",
+         "final": {"metric": 1.0}},
+        make_run("ssr", 0, 130.0, 5.0, robust=(130.0, 150.0, 170.0), latent=latent),
+        make_run("sinkhorn", 0, 140.0, 5.2, routing=False, curve=False),
+    ]
+    return {"schema": 1, "task": "lm-bbc", "preset": "tiny", "command": "smoe compare --task lm-bbc --seeds 2",
+            "metric": {"name": "ppl", "higher_is_better": higher_is_better},
+            "machine": {"cpu": "test cpu", "threads": 2, "torch": "2.13.0", "device": "cpu"},
+            "created": "2026-11-29T21:00:00Z", "runs": runs}
+
+
+def table(md, first_title):
+    """Rows (lists of cells) of the Markdown table whose third header cell is first_title."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| router | seeds | {first_title}"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip().strip("*") for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def row_of(rows, label):
+    return next(r for r in rows if r[0].split(" (")[0] == label)
+
+
+def without_images(text):
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    files = write_report(make_results(), out)
+    return out, files, files.markdown.read_text(), files.html.read_text()
+
+
+# ---------------------------------------------------------------- summary numbers
+
+
+def test_summary_means_and_sample_stds_by_hand():
+    rows = {row.label: row for row in summarize(make_results())}
+    topk = rows["topk"].cells
+    # ppl 120, 124: mean 122, std = sqrt(((-2)^2 + 2^2) / (2 - 1)) = sqrt(8) = 2.828427
+    assert topk["final.metric"] == Stat(122.0, pytest.approx(math.sqrt(8)), 2)
+    # valid loss 4.8, 4.9: mean 4.85, std = sqrt(2 * 0.05^2 / 1) = 0.0707107
+    assert topk["final.valid_loss"].mean == pytest.approx(4.85)
+    assert topk["final.valid_loss"].std == pytest.approx(math.sqrt(0.005))
+    # extra final key: 125, 129 -> 127 +- sqrt(8)
+    assert (topk["final.test_metric"].mean, topk["final.test_metric"].std) == (127.0, pytest.approx(math.sqrt(8)))
+    # load CV averaged over layers per run: (0.2 + 0.4) / 2 = 0.3, (0.3 + 0.5) / 2 = 0.4 -> 0.35 +- sqrt(0.005)
+    assert topk["routing.load_cv"].mean == pytest.approx(0.35)
+    assert topk["routing.load_cv"].std == pytest.approx(math.sqrt(0.005))
+    # fluctuation at the last step (200): top-1 mean over layers 0.2 and 0.4 -> 0.3 +- sqrt(2 * 0.1^2) = 0.141421
+    assert topk["fluctuation.top1"].mean == pytest.approx(0.3)
+    assert topk["fluctuation.top1"].std == pytest.approx(math.sqrt(0.02))
+    assert topk["fluctuation.topk_set"].mean == pytest.approx(0.3)  # (0.2 + 0.4) / 2 in both seeds
+    assert topk["fluctuation.topk_set"].std == pytest.approx(0.0)
+    # strongest corruption level is 2: 150, 160 -> 155 +- sqrt(50) = 7.071068
+    assert topk["robust.substitute@2"] == Stat(155.0, pytest.approx(math.sqrt(50)), 2)
+    # sensitivity: mean over layers of dropped - clean: (11 + 5) / 2 = 8, (12 + 8) / 2 = 10 -> 9 +- sqrt(2)
+    assert topk["sensitivity"] == Stat(9.0, pytest.approx(math.sqrt(2)), 2)
+    assert topk["routing.nmi.topic"].mean == pytest.approx(0.15)  # (0.12 + 0.18) / 2
+    assert topk["coactivation.nmi"].mean == pytest.approx(0.1)
+    assert topk["train_time_s"] == Stat(61.0, pytest.approx(math.sqrt(2)), 2)
+
+
+def test_summary_skips_failed_runs_and_counts_what_each_seed_recorded():
+    rows = {row.label: row for row in summarize(make_results())}
+    xmoe = rows["xmoe"]
+    assert (xmoe.runs, xmoe.finished) == (3, 2)
+    # 110, 116 (the failed run's 1.0 is left out): mean 113, std sqrt(9 + 9) = 4.242641
+    assert xmoe.cells["final.metric"] == Stat(113.0, pytest.approx(math.sqrt(18)), 2)
+    # only seed 0 has routing data and robustness
+    assert xmoe.cells["routing.load_cv"] == Stat(pytest.approx(0.3), None, 1)
+    assert xmoe.cells["robust.substitute@2"] == Stat(140.0, None, 1)
+    assert rows["ssr"].cells["final.metric"] == Stat(130.0, None, 1)
+    sinkhorn = rows["sinkhorn"].cells
+    assert "routing.load_cv" not in sinkhorn and "robust.substitute@2" not in sinkhorn
+    assert "fluctuation.top1" not in sinkhorn and "sensitivity" not in sinkhorn
+
+
+@pytest.mark.parametrize(("higher_is_better", "order"), [(False, ["xmoe", "topk", "ssr", "sinkhorn"]),
+                                                          (True, ["sinkhorn", "ssr", "topk", "xmoe"])])
+def test_best_router_first_for_both_directions(higher_is_better, order):
+    rows = summarize(make_results(higher_is_better))
+    assert [row.label for row in rows] == order
+    assert [row.best for row in rows] == [True, False, False, False]
+
+
+def test_no_direction_marks_no_best_and_ties_are_all_best():
+    results = make_results()
+    del results["metric"]["higher_is_better"]
+    rows = summarize(results)
+    assert [row.label for row in rows] == ["sinkhorn", "ssr", "topk", "xmoe"] and not any(r.best for r in rows)
+    results = make_results()
+    results["runs"][5]["final"]["metric"] = 113.0  # ssr ties xmoe's mean
+    assert [(r.label, r.best) for r in summarize(results)][:3] == [("ssr", True), ("xmoe", True), ("topk", False)]
+
+
+def test_non_finite_values_are_not_averaged_and_sort_last():
+    results = make_results()
+    results["runs"][1]["final"]["metric"] = math.nan
+    rows = summarize(results)
+    topk = next(r for r in rows if r.label == "topk")
+    assert topk.cells["final.metric"].nonfinite == 1 and math.isnan(topk.cells["final.metric"].mean)
+    assert rows[-1].label == "topk" and rows[0].label == "xmoe"
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def test_format_stat_cases():
+    assert format_stat(None, 2) == "missing"
+    assert format_stat(Stat(122.0, math.sqrt(8), 2), 2) == "122 ± 2.828"
+    assert format_stat(Stat(130.0, None, 1), 1) == "130 (n=1)"
+    assert format_stat(Stat(0.3, None, 1), 2) == "0.3000 (n=1)"
+    assert format_stat(Stat(0.35, 0.05, 2), 3) == "0.3500 ± 0.0500 (n=2)"  # only 2 of 3 seeds recorded it
+    assert format_stat(Stat(math.nan, math.nan, 2, 1), 2) == "n/a (1 of 2 not finite)"
+    assert format_number(math.inf) == format_number(-math.inf) == format_number(math.nan) == "n/a"
+    assert format_number(123456.0) == "1.235e+05" and format_number(4.85) == "4.850"
+
+
+# ---------------------------------------------------------------- the written report
+
+
+def test_files_exist_and_every_plot_is_drawn(report):
+    out, files, md, _ = report
+    assert files.markdown == out / "report.md" and files.html == out / "report.html"
+    assert {p.stem for p in files.plots} == PLOTS
+    assert {p.stem for p in (out / "plots").glob("*.png")} == PLOTS
+    for path in files.plots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+        assert f"(plots/{path.name})" in md
+
+
+def test_html_is_self_contained_and_embeds_every_plot(report):
+    _, files, _, html = report
+    assert "<link" not in html and "<script" not in html and "@import" not in html and "url(" not in html
+    references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", html)
+    assert references and all(ref.startswith("data:image/png;base64,") for ref in references)
+    assert "http://" not in without_images(html) and "https://" not in without_images(html)
+    for path in files.plots:
+        assert base64.b64encode(path.read_bytes()).decode() in html
+    assert html.count("<img ") == len(files.plots)
+
+
+def test_tables_have_every_router_with_mean_std_and_best_first(report):
+    _, _, md, html = report
+    rows = table(md, "ppl")
+    assert [r[0] for r in rows] == ["xmoe (best)", "topk", "ssr", "sinkhorn"]
+    assert "| **xmoe (best)** |" in md and '<tr class="best"><td>xmoe (best)</td>' in html
+    # router | seeds | ppl | valid loss | test_metric | ppl @ substitute L2 | steps | train time | tokens/s
+    assert row_of(rows, "topk")[1:6] == ["2", "122 ± 2.828", "4.850 ± 0.0707", "127 ± 2.828", "155 ± 7.071"]
+    assert row_of(rows, "xmoe")[1:6] == ["2 of 3", "113 ± 4.243", "4.650 ± 0.0707", "118 ± 4.243", "140 (n=1)"]
+    assert row_of(rows, "ssr")[1:3] == ["1", "130 (n=1)"]
+    assert row_of(rows, "sinkhorn")[5] == "missing"  # never evaluated under corruption
+    assert "ppl @ substitute L2" in md and "substitute L2 = severity 0.0500" in md
+
+
+def test_routing_table_reports_missing_routing_data(report):
+    _, _, md, _ = report
+    rows = table(md, "load CV")
+    assert [r[0] for r in rows] == ["xmoe (best)", "topk", "ssr", "sinkhorn"]
+    assert row_of(rows, "topk")[2] == "0.3500 ± 0.0707"
+    assert row_of(rows, "xmoe")[2] == "0.3000 (n=1)"  # one of its two finished seeds has routing data
+    assert set(row_of(rows, "sinkhorn")[2:]) == {"missing"}
+
+
+def test_missing_data_section_names_each_gap(report):
+    _, _, md, _ = report
+    section = md.split("## Missing data")[1].split("\n## ")[0]
+    assert "sinkhorn seed 0: no validation curve, routing statistics per layer, routing fluctuation" in section
+    assert "xmoe seed 1: no routing statistics per layer" in section and "robustness" in section
+    assert "xmoe seed 2 is not in the tables or plots: failed." in section
+    assert "topk seed 0: no latent map." in section  # latent is expected once any run has one
+    runs = md.split("## Runs")[1].split("\n## ")[0]
+    assert "| xmoe | 2 | failed |" in runs and "RuntimeError: boom at step 7" in runs
+
+
+def test_non_finite_numbers_are_shown_as_na(tmp_path):
+    results = make_results()
+    results["runs"][1]["final"]["metric"] = math.nan
+    results["runs"][5]["routing"]["layers"][0]["load_cv"] = math.inf
+    results["runs"][0]["curve"][1]["metric"] = math.nan
+    (tmp_path / "results.json").write_text(json.dumps(results))  # NaN / Infinity literals, as json writes them
+    files = write_report(tmp_path)
+    md, html = files.markdown.read_text(), without_images(files.html.read_text())
+    for text in (md, html):
+        assert not re.search(r"\b(nan|inf|infinity)\b", text, re.IGNORECASE)
+    assert row_of(table(md, "ppl"), "topk")[2] == "n/a (1 of 2 not finite)"
+    assert row_of(table(md, "load CV"), "ssr")[2] == "n/a (1 of 1 not finite)"
+    assert "| topk | 1 | done | 300 | n/a |" in md
+    assert table(md, "ppl")[0][0] == "xmoe (best)"
+
+
+def test_rerender_removes_stale_plots_and_empty_results_render(tmp_path):
+    write_report(make_results(), tmp_path)
+    assert (tmp_path / "plots" / "latent.png").exists()
+    results = make_results()
+    del results["runs"][5]["latent"]
+    files = write_report(results, tmp_path)
+    assert not (tmp_path / "plots" / "latent.png").exists() and "latent" not in {p.stem for p in files.plots}
+    empty = {**make_results(), "runs": []}
+    files = write_report(empty, tmp_path / "empty")
+    md = files.markdown.read_text()
+    assert files.plots == [] and "The results hold no runs." in md and "No run recorded a validation curve." in md
+
+
+def test_bad_input_raises_value_error_naming_the_argument(tmp_path):
+    with pytest.raises(ValueError, match=r"results\['schema'\] must be 1"):
+        load_results({**make_results(), "schema": 2})
+    with pytest.raises(ValueError, match=r"results\['runs'\] must be a list"):
+        load_results({"schema": 1, "runs": [1, 2]})
+    with pytest.raises(ValueError, match="results must be a path"):
+        load_results(42)
+    with pytest.raises(ValueError, match=r"existing results\.json"):
+        load_results(tmp_path / "nowhere")
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_results(tmp_path)
+    with pytest.raises(ValueError, match="out_dir is required"):
+        write_report(make_results())
+
+
+def test_malformed_fields_count_as_missing_not_crash(tmp_path):
+    results = make_results()
+    broken = copy.deepcopy(results["runs"][0])
+    broken.update(seed=9, curve="oops", routing={"layers": [{"load": "x", "load_cv": "high"}], "fluctuation": 3},
+                  robustness=[{"corruption": "substitute", "level": "max"}], final={"metric": None}, latent=[1])
+    results["runs"] = [broken]
+    files = write_report(results, tmp_path)
+    md = files.markdown.read_text()
+    # only the headline metric column is kept without data; one seed shows (n=1)
+    assert table(md, "ppl") == [["topk", "1", "missing", "300 (n=1)", "60 (n=1)", "1000 (n=1)"]]
+    assert "No run recorded routing statistics." in md
+    assert {p.stem for p in files.plots} == set()
+
+
+def test_cli_report_renders_from_dir(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(make_results()))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "report.md").exists()
+    assert "report.html" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "results.json" in capsys.readouterr().err
+
+
+def test_runs_are_grouped_by_label_not_router(tmp_path):
+    results = make_results()
+    results["runs"].append({**make_run("topk-k1", 0, 100.0, 4.0), "router": "topk"})
+    rows = {row.label: row for row in summarize(results)}
+    assert rows["topk"].cells["final.metric"].mean == 122.0 and rows["topk-k1"].cells["final.metric"].n == 1
+    assert summarize(results)[0].label == "topk-k1"
+    md = write_report(results, tmp_path).markdown.read_text()
+    assert "| topk-k1 (topk) | 0 | done |" in md
+    # the runs table's metric column is titled by the metric, not by the last run's label
+    assert "| router | seed | status | steps | ppl | train time (s) |" in md
+
+
+def test_compact_tables_for_docs(tmp_path, capsys):
+    from smoe.workbench.report import columns_table, robustness_table
+
+    results = make_results()
+    md = columns_table(results, ["final.metric", "routing.load_cv"])
+    assert md.splitlines()[0] == "| router | seeds | ppl (lower is better) | load CV |"
+    # xmoe: finished seeds with metrics 110 and 116 -> 113 ± 4.243; load CV of its one seed with routing: 0.3
+    assert "| **xmoe (best)** | **2 of 3** | **113 ± 4.243** | **0.3000 (n=1)** |" in md
+    assert "| sinkhorn | 1 | 140 (n=1) | missing |" in md
+    with pytest.raises(ValueError, match=r"unknown: \['nope'\]; available: final\.metric"):
+        columns_table(results, ["nope"])
+    table = robustness_table(results)
+    assert table.startswith("ppl by corruption level (substitute L1 = 0.0250, substitute L2 = 0.0500)")
+    # topk: levels 0, 1, 2 = (120, 124), (130, 135), (150, 160)
+    assert "| topk | substitute | 122 ± 2.828 | 132.5 ± 3.536 | 155 ± 7.071 |" in table
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path), "--columns", "final.metric"]) == 0
+    assert "| router | seeds | ppl (lower is better) |" in capsys.readouterr().out
+    assert not (tmp_path / "report.md").exists()  # a table only, no report written
+    assert main(["report", str(tmp_path), "--columns", "nope"]) == 2
