@@ -3,7 +3,7 @@
 from smoe.dispatch import Dispatcher, DispatchPlan
 from smoe.expert_parallel import ExpertParallelMoE, to_expert_parallel
 from smoe.experts import Experts
-from smoe.layer import MoE, MoEConfig, MoEOutput, MoEStats, available_layers, build_moe
+from smoe.layer import MoE, MoEConfig, MoELayer, MoEOutput, MoEStats, available_layers, build_moe, moe_layers
 from smoe.models import LM, LMConfig, ModelOutput, SMoEVAE, VAEConfig, ViT, ViTConfig
 from smoe.routing import (
     Router,
@@ -38,6 +38,7 @@ __all__ = [
     "LMConfig",
     "MoE",
     "MoEConfig",
+    "MoELayer",
     "MoEOutput",
     "MoEStats",
     "ModelOutput",
@@ -55,6 +56,7 @@ __all__ = [
     "available_routers",
     "build_moe",
     "build_router",
+    "moe_layers",
     "register_router",
     "router_options",
     "to_expert_parallel",

@@ -5,17 +5,18 @@ Legend: N tokens after flattening the leading dims, E experts, d model width.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from smoe._validate import check_int
+from smoe._validate import check_bool, check_choice, check_float, check_int
 from smoe.dispatch import Dispatcher, DispatchPlan
-from smoe.experts import Experts
-from smoe.routing import Routing, RoutingContext, build_router
+from smoe.experts import BACKENDS, EXPERT_KINDS, Experts
+from smoe.registry import Registry
+from smoe.routing import Routing, RoutingContext, available_routers, build_router
 from smoe.routing import router_options as router_options_of
 
 
@@ -38,6 +39,25 @@ class MoEConfig:
     num_shared_experts: int = 0
     shared_gate: bool = False
     router_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("d_model", "num_experts", "hidden", "k", "capacity_multiple"):
+            check_int(name, getattr(self, name), low=1)
+        check_int("num_shared_experts", self.num_shared_experts, low=0)
+        if self.router not in LAYERS and self.router not in available_routers():
+            raise ValueError(f"unknown router {self.router!r}; available routers: {', '.join(available_routers())}; "
+                             f"layer-level methods: {', '.join(LAYERS.names())}")
+        if self.capacity_factor is not None:
+            check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
+        check_choice("capacity_rounding", self.capacity_rounding, ("ceil", "round"))
+        check_choice("expert", self.expert, EXPERT_KINDS)
+        check_choice("backend", self.backend, BACKENDS)
+        for name in ("bias", "check_finite", "shared_gate"):
+            check_bool(name, getattr(self, name))
+        if self.shared_gate and not self.num_shared_experts:
+            raise ValueError("shared_gate=True needs num_shared_experts >= 1")
+        if not isinstance(self.router_options, dict):
+            raise ValueError(f"router_options must be a dict of the router's options, got {self.router_options!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +100,34 @@ class MoEOutput:
     aux_loss: Tensor
     routing: Routing
     stats: MoEStats
+
+
+@runtime_checkable
+class MoELayer(Protocol):
+    """What every MoE layer offers (`MoE`, `S2MoE`, `ExpertParallelMoE`, the SMoE-VAE's `DecoderMoE`), so that
+    metrics, evaluation and the Trainer find and drive layers one way: forward(...) -> MoEOutput; `router` and
+    `dispatcher`; `routing_transform` (None, or a map applied to the router's Routing before dispatch); and
+    `after_step(stats)`, called once per optimizer step with the layer's MoEStats of every micro-batch."""
+
+    router: nn.Module
+    dispatcher: Dispatcher
+    routing_transform: Callable[[Routing], Routing] | None
+
+    def after_step(self, stats: list[MoEStats] | None = None) -> None: ...
+
+
+def moe_layers(model: nn.Module) -> list[nn.Module]:
+    """The MoE layers of `model`: `model.moe_layers()` when it defines it (the order of its outputs' `moe`), else
+    `[model]` for a layer itself, else every outermost submodule meeting `MoELayer`."""
+    if callable(getattr(model, "moe_layers", None)):
+        return list(model.moe_layers())
+    if isinstance(model, MoELayer):
+        return [model]
+    found: list[nn.Module] = []
+    for m in model.modules():
+        if isinstance(m, MoELayer) and not any(m in list(outer.modules()) for outer in found):
+            found.append(m)
+    return found
 
 
 class MoE(nn.Module):
@@ -126,7 +174,7 @@ class MoE(nn.Module):
             check_finite=check_finite, num_shared_experts=num_shared_experts, shared_gate=shared_gate,
             router_options=dict(router_options),
         )
-        if router in _LAYERS:
+        if router in LAYERS:
             raise ValueError(f"{router!r} is a layer-level method, not a router: build it with "
                              f"smoe.build_moe(..., router={router!r})")
         if "capacity_factor" in router_options:
@@ -139,10 +187,6 @@ class MoE(nn.Module):
         self.dispatcher = Dispatcher(num_experts, capacity_factor, capacity_rounding, capacity_multiple)
         self.experts = Experts(num_experts, d_model, hidden, kind=expert, bias=bias, backend=backend)
         self.routing_transform: Callable[[Routing], Routing] | None = None
-        check_int("num_shared_experts", num_shared_experts, low=0)
-        if not isinstance(shared_gate, bool) or (shared_gate and not num_shared_experts):
-            raise ValueError(f"shared_gate must be True or False, and True needs num_shared_experts >= 1; got "
-                             f"shared_gate={shared_gate!r}, num_shared_experts={num_shared_experts}")
         self.shared = (Experts(1, d_model, num_shared_experts * hidden, kind=expert, bias=bias, backend=backend)
                        if num_shared_experts else None)
         self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
@@ -242,38 +286,23 @@ class MoE(nn.Module):
 
 # ---------------------------------------------------------------- layer-level methods
 
-_LAYERS: dict[str, type[nn.Module]] = {}
-
-
-def register_layer(name: str):
-    """Class decorator for a method that changes the whole layer, not only the routing (S2MoE).
-
-    The class is a drop-in for `MoE`: built with MoE's arguments and `router=name`, forward(x, mask, **context)
-    -> MoEOutput, and `router`, `dispatcher`, `experts`, `after_step` like MoE. `build_moe(router=name)` selects it.
-    """
-
-    def wrap(cls):
-        if name in _LAYERS and _LAYERS[name] is not cls:
-            raise ValueError(f"layer {name!r} is already registered by {_LAYERS[name].__qualname__}")
-        _LAYERS[name] = cls
-        cls.layer_name = name
-        return cls
-
-    return wrap
+LAYERS: Registry[type[nn.Module]] = Registry("layer-level method", name_attr="layer_name")
+# `@register_layer(name)` on a method that changes the whole layer, not only the routing (S2MoE): a drop-in for
+# `MoE` (built with MoE's arguments and `router=name`, forward(x, mask, **context) -> MoEOutput, with `router`,
+# `dispatcher`, `experts`, `after_step`), selected by `build_moe(router=name)`.
+register_layer = LAYERS.register
 
 
 def available_layers() -> list[str]:
     """Names of the layer-level methods, usable wherever a router name is (`build_moe(router=name)`)."""
-    return sorted(_LAYERS)
+    return LAYERS.names()
 
 
 def layer_summary(name: str) -> str:
     """First line of a layer-level method's docstring (its paper), for `smoe routers`."""
-    if name not in _LAYERS:
-        raise ValueError(f"unknown layer-level method {name!r}; available: {', '.join(available_layers())}")
-    return (inspect.getdoc(_LAYERS[name]) or "").splitlines()[0]
+    return LAYERS.summary(name)
 
 
 def build_moe(d_model: int, num_experts: int, hidden: int, router: str = "topk", **kwargs) -> nn.Module:
     """The MoE layer for `router`: a registered layer-level method of that name, else `MoE` with that router."""
-    return _LAYERS.get(router, MoE)(d_model, num_experts, hidden, router=router, **kwargs)
+    return (LAYERS.get(router) if router in LAYERS else MoE)(d_model, num_experts, hidden, router=router, **kwargs)

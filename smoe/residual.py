@@ -25,30 +25,19 @@ import math
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float, check_int
+from smoe.registry import Registry
 
 FORMS = ("canonical", "official")
-_RULES: dict[str, type[ResidualRule]] = {}
-
-
-def register_rule(name: str):
-    """Class decorator: make a ResidualRule buildable as `build_rule(name, ...)`."""
-
-    def wrap(cls):
-        _RULES[name] = cls
-        cls.rule_name = name
-        return cls
-
-    return wrap
+RULES: Registry[type[ResidualRule]] = Registry("residual rule", name_attr="rule_name")
+register_rule = RULES.register  # class decorator: `@register_rule("momentum")`
 
 
 def available_rules() -> list[str]:
-    return sorted(_RULES)
+    return RULES.names()
 
 
 def build_rule(name: str, **options) -> ResidualRule:
-    if name not in _RULES:
-        raise ValueError(f"unknown residual rule {name!r}; available: {', '.join(available_rules())}")
-    return _RULES[name](**options)
+    return RULES.get(name)(**options)
 
 
 class ResidualRule(nn.Module):

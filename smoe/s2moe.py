@@ -13,12 +13,14 @@ and every uncertain choice is an option (see `S2MoE`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from smoe._validate import check_bool, check_choice, check_float, check_int
 from smoe.layer import MoE, MoEOutput, MoEStats, aux_total, register_layer
-from smoe.routing.base import Router, RoutingContext, sample_noise
+from smoe.routing.base import Router, Routing, RoutingContext, sample_noise
 from smoe.routing.losses import info_nce
 
 
@@ -108,6 +110,15 @@ class S2MoE(nn.Module):
     @property
     def num_experts(self) -> int:
         return self.moe.num_experts
+
+    @property
+    def routing_transform(self) -> Callable[[Routing], Routing] | None:
+        """The inner MoE's: applied to both passes' routings before dispatch."""
+        return self.moe.routing_transform
+
+    @routing_transform.setter
+    def routing_transform(self, transform: Callable[[Routing], Routing] | None) -> None:
+        self.moe.routing_transform = transform
 
     @torch.no_grad()
     def after_step(self, stats: list[MoEStats] | None = None) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from smoe._validate import check_choice, check_float, check_int
 from smoe.blocks import Block, BlockConfig, available_rules
 from smoe.layer import MoEOutput, available_layers
-from smoe.routing import available_routers
+from smoe.routing import available_routers, router_options
 
 
 def moe_positions(num_layers: int, every: int, last: int | None = None) -> list[int]:
@@ -38,11 +38,11 @@ def moe_positions(num_layers: int, every: int, last: int | None = None) -> list[
 class StackConfig:
     """A stack of pre-norm transformer blocks with MoE FFNs at chosen positions, any router and residual rule.
 
-    ffn_hidden is the hidden width of each expert and of the dense FFNs of non-MoE blocks. The MoE options
-    (num_experts, k, router, router_options, capacity_factor) are those of `smoe.build_moe` (router: a registered
-    router or a layer-level method such as s2moe; router_options may also hold MoE options such as
-    num_shared_experts); `rule` and `rule_options` select the residual rule of `smoe/residual.py` by name (built
-    by each block, one per block).
+    ffn_hidden is the hidden width of each expert and of the dense FFNs of non-MoE blocks. The MoE fields
+    (num_experts, k, router, capacity_factor, num_shared_experts, shared_gate) are those of `smoe.MoEConfig`;
+    router_options holds the router's own options only (`smoe.routing.router_options(router)`; for a
+    layer-level method such as s2moe, its constructor's options); `rule` and `rule_options` select the residual
+    rule of `smoe/residual.py` by name (built by each block, one per block).
     """
 
     d_model: int = 128
@@ -56,6 +56,8 @@ class StackConfig:
     router: str = "topk"
     router_options: dict = field(default_factory=dict)
     capacity_factor: float | None = None
+    num_shared_experts: int = 0
+    shared_gate: bool = False
     moe_every: int = 1
     moe_last: int | None = None
     rule: str = "residual"
@@ -72,6 +74,16 @@ class StackConfig:
         for name in ("router_options", "rule_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a dict of keyword arguments, got {getattr(self, name)!r}")
+        if self.router in available_routers():
+            valid = router_options(self.router)
+            unknown = sorted(set(self.router_options) - set(valid) - {"k"})
+            if unknown or "k" in self.router_options:
+                raise ValueError(f"router_options {unknown or ['k']} are not options of router {self.router!r} "
+                                 f"(k is a field of its own); valid: {', '.join(o for o in valid if o != 'k')}")
+        check_int("num_shared_experts", self.num_shared_experts, low=0)
+        if not isinstance(self.shared_gate, bool) or (self.shared_gate and not self.num_shared_experts):
+            raise ValueError(f"shared_gate must be True or False, and True needs num_shared_experts >= 1, got "
+                             f"{self.shared_gate!r}")
         moe_positions(self.num_layers, self.moe_every, self.moe_last)
 
     def to_dict(self) -> dict:
@@ -80,7 +92,8 @@ class StackConfig:
     def moe_kwargs(self) -> dict:
         """Keyword arguments of `smoe.MoE` besides d_model / hidden / expert."""
         return {"num_experts": self.num_experts, "k": self.k, "router": self.router,
-                "capacity_factor": self.capacity_factor, **self.router_options}
+                "capacity_factor": self.capacity_factor, "num_shared_experts": self.num_shared_experts,
+                "shared_gate": self.shared_gate, **self.router_options}
 
 
 def build_blocks(config: StackConfig, causal: bool) -> nn.ModuleList:

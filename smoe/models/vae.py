@@ -21,6 +21,7 @@ trained only by label_coef * sum_b CE(p_b, label_b mod E) (reconstruction gradie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from smoe._validate import check_choice, check_float, check_int
 from smoe.dispatch import Dispatcher
 from smoe.layer import MoEOutput, MoEStats, aux_total
-from smoe.routing import RoutingContext, available_routers, build_router
+from smoe.routing import Routing, RoutingContext, available_routers, build_router
 
 
 @dataclass(kw_only=True)
@@ -135,6 +136,7 @@ class DecoderMoE(nn.Module):
                                    **config.router_options)
         self.dispatcher = Dispatcher(config.num_experts, config.capacity_factor)
         self.decoders = nn.ModuleList(Decoder(config) for _ in range(config.num_experts))
+        self.routing_transform: Callable[[Routing], Routing] | None = None
 
     def forward(self, z: Tensor, *, dense: bool, unit_weights: bool = False, step: int | None = None,
                 generator: torch.Generator | None = None) -> MoEOutput:
@@ -145,6 +147,8 @@ class DecoderMoE(nn.Module):
         """
         routing = self.router(self.gate_mlp(z), RoutingContext(batch_shape=(z.shape[0],), step=step,
                                                                generator=generator))
+        if self.routing_transform is not None:
+            routing = self.routing_transform(routing)
         plan = self.dispatcher.plan(routing)
         if dense:
             probs = routing.probs.to(z.dtype)

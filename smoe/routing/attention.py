@@ -25,21 +25,6 @@ class AttentionRouter(GraphOfTokensRouter):
 
     needs_attn_probs = True
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        k: int = 2,
-        mix: float = 1.0,
-        neighbour_probs: str = "full",
-        normalize: bool | None = None,
-        balance_on: str = "mixed",
-        detach_graph: bool = False,
-        load_balance_coef: float = 0.01,
-        z_loss_coef: float = 0.0,
-    ):
-        super().__init__(d_model, num_experts, k, mix, neighbour_probs, normalize, balance_on, detach_graph,
-                         load_balance_coef, z_loss_coef)
 
     def graph(self, x: Tensor, ctx: RoutingContext, batch: int, length: int, allowed: Tensor) -> Tensor:
         """ctx.attn_probs (B, T, T) restricted to the allowed links, rows renormalised."""

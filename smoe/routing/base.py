@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -140,25 +141,47 @@ class Routing:
         )
 
 
+@dataclass
+class RouterOptions:
+    """The options every router takes. A router declares its own as a subclass (inherited fields are not
+    repeated, except to change a default) validated in `__post_init__`; the registry lists these fields."""
+
+    k: int = 1
+
+    def __post_init__(self):
+        check_int("k", self.k, low=1)
+
+
 class Router(nn.Module):
     """Base class: decides which (token, expert) pairs exist and with what weight.
 
     A router owns its gate parameters and its aux losses; it never touches expert weights or moves tokens.
     Subclasses implement `forward(x: (N, d), ctx) -> Routing`. State that changes between steps is updated by
     `after_step` (called by the Trainer once per optimizer step), never inside `forward`.
+    `Router(d_model, num_experts, **options)`: options are the fields of the class's `Options` dataclass,
+    validated there (an unknown one is a ValueError listing the valid ones); `self.options` holds them and each
+    is also an attribute (`self.k`).
     A router that reads `ctx.attn_probs` sets `needs_attn_probs = True` so blocks compute them eagerly.
     A router that pools over the tokens of every rank when `ctx.gather` is given sets `supports_global_view = True`.
     """
 
+    Options: ClassVar[type[RouterOptions]] = RouterOptions
     needs_attn_probs: bool = False
     supports_global_view: bool = False
 
-    def __init__(self, d_model: int, num_experts: int, k: int = 1):
+    def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__()
         check_int("d_model", d_model, low=1)
         check_int("num_experts", num_experts, low=1)
-        check_int("k", k, low=1)
-        self.d_model, self.num_experts, self.k = d_model, num_experts, k
+        valid = [f.name for f in fields(self.Options)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            name = getattr(type(self), "router_name", type(self).__name__)
+            raise ValueError(f"unknown option(s) {unknown} for router {name!r}; valid options: {', '.join(valid)}")
+        self.options = self.Options(**options)
+        self.d_model, self.num_experts = d_model, num_experts
+        for name in valid:
+            setattr(self, name, getattr(self.options, name))
 
     def check_k_fits(self) -> None:
         if self.k > self.num_experts:

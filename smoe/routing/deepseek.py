@@ -9,14 +9,41 @@ the paper. docs/routers.md lists which is which.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from smoe._validate import check_float, check_int
-from smoe.routing.base import Router, Routing, RoutingContext, gate_logits
+from smoe._validate import check_bool, check_float, check_int
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits
 from smoe.routing.bias_balancing import BiasBalancing
 from smoe.routing.losses import sequence_balance_loss
 from smoe.routing.registry import register_router
+
+
+@dataclass
+class DeepSeekOptions(RouterOptions):
+    """Options of `deepseek` (see `DeepSeekRouter`); topk_group None means n_group."""
+
+    k: int = 2
+    n_group: int = 1
+    topk_group: int | None = None
+    group_score_topk: int = 2
+    normalize: bool = True
+    routed_scaling_factor: float = 1.0
+    bias_rate: float | None = 0.001
+    seq_aux_coef: float = 1e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("n_group", self.n_group, low=1)
+        if self.topk_group is None:
+            self.topk_group = self.n_group
+        check_int("topk_group", self.topk_group, low=1, high=self.n_group)
+        check_int("group_score_topk", self.group_score_topk, low=1)
+        check_bool("normalize", self.normalize)
+        check_float("routed_scaling_factor", self.routed_scaling_factor, low=0.0, low_open=True)
+        check_float("seq_aux_coef", self.seq_aux_coef, low=0.0)
 
 
 @register_router("deepseek")
@@ -39,39 +66,20 @@ class DeepSeekRouter(BiasBalancing, Router):
     Routing.probs holds s / sum(s) (a distribution, for losses and metrics) and Routing.logits the x W_g.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        k: int = 2,
-        n_group: int = 1,
-        topk_group: int | None = None,
-        group_score_topk: int = 2,
-        normalize: bool = True,
-        routed_scaling_factor: float = 1.0,
-        bias_rate: float | None = 0.001,
-        seq_aux_coef: float = 1e-4,
-    ):
-        super().__init__(d_model, num_experts, k)
+    Options = DeepSeekOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
         self.check_k_fits()
-        check_int("n_group", n_group, low=1)
-        if num_experts % n_group:
-            raise ValueError(f"n_group={n_group} must divide num_experts={num_experts}")
-        topk_group = n_group if topk_group is None else topk_group
-        check_int("topk_group", topk_group, low=1, high=n_group)
-        group_size = num_experts // n_group
-        if n_group > 1:
-            check_int("group_score_topk", group_score_topk, low=1, high=group_size)
-        if k > topk_group * group_size:
-            raise ValueError(f"k={k} must be <= topk_group * experts per group = {topk_group * group_size}")
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be True or False, got {normalize!r}")
-        check_float("routed_scaling_factor", routed_scaling_factor, low=0.0, low_open=True)
-        check_float("seq_aux_coef", seq_aux_coef, low=0.0)
-        self.n_group, self.topk_group, self.group_score_topk = n_group, topk_group, group_score_topk
-        self.normalize, self.routed_scaling_factor, self.seq_aux_coef = normalize, routed_scaling_factor, seq_aux_coef
+        if num_experts % self.n_group:
+            raise ValueError(f"n_group={self.n_group} must divide num_experts={num_experts}")
+        group_size = num_experts // self.n_group
+        if self.n_group > 1:
+            check_int("group_score_topk", self.group_score_topk, high=group_size)
+        if self.k > self.topk_group * group_size:
+            raise ValueError(f"k={self.k} must be <= topk_group * experts per group = {self.topk_group * group_size}")
         self.gate = nn.Linear(d_model, num_experts, bias=False)
-        self.init_bias_balancing(bias_rate)
+        self.init_bias_balancing(self.bias_rate)
 
     def limit_groups(self, choice: Tensor) -> Tensor:
         """choice: (N, E) selection scores -> the same with every expert outside the best topk_group groups -inf."""

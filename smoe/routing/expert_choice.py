@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from smoe._validate import check_float
-from smoe.routing.base import Router, Routing, RoutingContext, gate_logits
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits
 from smoe.routing.losses import z_loss
 from smoe.routing.registry import register_router
+
+
+@dataclass
+class ExpertChoiceOptions(RouterOptions):
+    """Options of `expert_choice`: k sets the capacity C = capacity_factor * N * k / E."""
+
+    k: int = 2
+    capacity_factor: float = 1.0
+    z_loss_coef: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
+        check_float("z_loss_coef", self.z_loss_coef, low=0.0)
 
 
 @register_router("expert_choice")
@@ -27,12 +42,10 @@ class ExpertChoiceRouter(Router):
 
     supports_global_view = True
 
-    def __init__(self, d_model: int, num_experts: int, k: int = 2, capacity_factor: float = 1.0,
-                 z_loss_coef: float = 0.0):
-        super().__init__(d_model, num_experts, k)
-        check_float("capacity_factor", capacity_factor, low=0.0, low_open=True)
-        check_float("z_loss_coef", z_loss_coef, low=0.0)
-        self.capacity_factor, self.z_loss_coef = capacity_factor, z_loss_coef
+    Options = ExpertChoiceOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     def capacity(self, num_tokens: int) -> int:

@@ -14,12 +14,14 @@ mixing, the optional residual mix, the weights and the balance loss on P~ follow
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from smoe._validate import check_bool, check_choice, check_float
 from smoe.routing.base import Routing, RoutingContext, gate_logits
-from smoe.routing.topk import TopKRouter, top_k_probs
+from smoe.routing.topk import SoftmaxTopKOptions, SoftmaxTopKRouter, top_k_probs
 
 
 def allowed_links(ctx: RoutingContext, batch: int, length: int, device: torch.device) -> Tensor:
@@ -55,7 +57,24 @@ def sparse_top_k(probs: Tensor, k: int) -> Tensor:
     return torch.zeros_like(probs).scatter(1, index, weight)
 
 
-class GraphOfTokensRouter(TopKRouter):
+@dataclass
+class GraphOptions(SoftmaxTopKOptions):
+    """Options of the graph-of-tokens routers (see `GraphOfTokensRouter`)."""
+
+    mix: float = 1.0
+    neighbour_probs: str = "full"
+    balance_on: str = "mixed"
+    detach_graph: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_float("mix", self.mix, low=0.0, high=1.0)
+        check_choice("neighbour_probs", self.neighbour_probs, ("full", "topk"))
+        check_choice("balance_on", self.balance_on, ("mixed", "own"))
+        check_bool("detach_graph", self.detach_graph)
+
+
+class GraphOfTokensRouter(SoftmaxTopKRouter):
     """Base of `similarity` and `attention`: softmax gate, mixing over a token graph, top-k of the mix.
 
     Subclasses provide `graph(x, ctx, batch, length, allowed) -> (B, T, T)` row-stochastic over `allowed`.
@@ -68,17 +87,7 @@ class GraphOfTokensRouter(TopKRouter):
     detach_graph: stop gradients through G (the similarities or the attention probabilities).
     """
 
-    def __init__(self, d_model: int, num_experts: int, k: int, mix: float, neighbour_probs: str,
-                 normalize: bool | None, balance_on: str, detach_graph: bool, load_balance_coef: float,
-                 z_loss_coef: float):
-        super().__init__(d_model, num_experts, k, softmax="before", normalize=normalize,
-                         load_balance_coef=load_balance_coef, z_loss_coef=z_loss_coef)
-        check_float("mix", mix, low=0.0, high=1.0)
-        check_choice("neighbour_probs", neighbour_probs, ("full", "topk"))
-        check_choice("balance_on", balance_on, ("mixed", "own"))
-        check_bool("detach_graph", detach_graph)
-        self.mix, self.neighbour_probs = mix, neighbour_probs
-        self.balance_on, self.detach_graph = balance_on, detach_graph
+    Options = GraphOptions
 
     def graph(self, x: Tensor, ctx: RoutingContext, batch: int, length: int, allowed: Tensor) -> Tensor:
         raise NotImplementedError  # pragma: no cover - abstract

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import heapq
 import random
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from smoe._validate import check_int
-from smoe.routing.base import Router, Routing, RoutingContext, router_dtype
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, router_dtype
 from smoe.routing.registry import register_router
 
 
@@ -35,6 +36,21 @@ def balanced_assignment(weights: list[float], num_experts: int, k: int, seed: in
     return table
 
 
+@dataclass
+class HashOptions(RouterOptions):
+    """Options of `hash`: the vocabulary the token ids come from (required) and the seed of the table."""
+
+    vocab_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.vocab_size is None:
+            raise ValueError("the hash router needs vocab_size (token ids are hashed over 0..vocab_size-1)")
+        check_int("vocab_size", self.vocab_size, low=1)
+        check_int("seed", self.seed, low=0)
+
+
 @register_router("hash")
 class HashRouter(Router):
     """Hash Layers (Roller et al. 2021): a fixed, balanced hash of the token id picks the expert; no parameters.
@@ -48,15 +64,12 @@ class HashRouter(Router):
     takes k distinct least-loaded experts, each weighted 1/k. No aux loss.
     """
 
-    def __init__(self, d_model: int, num_experts: int, k: int = 1, vocab_size: int | None = None, seed: int = 0):
-        super().__init__(d_model, num_experts, k)
+    Options = HashOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
         self.check_k_fits()
-        if vocab_size is None:
-            raise ValueError("the hash router needs vocab_size (token ids are hashed over 0..vocab_size-1)")
-        check_int("vocab_size", vocab_size, low=1)
-        check_int("seed", seed, low=0)
-        self.vocab_size, self.seed = vocab_size, seed
-        self.register_buffer("table", self._build([1.0] * vocab_size))
+        self.register_buffer("table", self._build([1.0] * self.vocab_size))
 
     def _build(self, weights: list[float]) -> Tensor:
         return torch.tensor(balanced_assignment(weights, self.num_experts, self.k, self.seed), dtype=torch.long)

@@ -5,6 +5,7 @@ with Graph of Tokens", arXiv 2505.00792, section 2). Mixing and options: `smoe/r
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,21 @@ from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float
 from smoe.routing.base import RoutingContext, router_dtype
-from smoe.routing.graph import GraphOfTokensRouter
+from smoe.routing.graph import GraphOfTokensRouter, GraphOptions
 from smoe.routing.registry import register_router
+
+
+@dataclass
+class SimilarityOptions(GraphOptions):
+    """Options of `similarity`: the graph options plus the token similarity and its temperature."""
+
+    similarity: str = "dot"
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("similarity", self.similarity, ("dot", "cosine", "bilinear"))
+        check_float("temperature", self.temperature, low=0.0, low_open=True)
 
 
 @register_router("similarity")
@@ -29,27 +43,11 @@ class SimilarityRouter(GraphOfTokensRouter):
     weights renormalised over the k kept, balance loss on P~.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        k: int = 2,
-        similarity: str = "dot",
-        temperature: float = 1.0,
-        mix: float = 1.0,
-        neighbour_probs: str = "full",
-        normalize: bool | None = None,
-        balance_on: str = "mixed",
-        detach_graph: bool = False,
-        load_balance_coef: float = 0.01,
-        z_loss_coef: float = 0.0,
-    ):
-        super().__init__(d_model, num_experts, k, mix, neighbour_probs, normalize, balance_on, detach_graph,
-                         load_balance_coef, z_loss_coef)
-        check_choice("similarity", similarity, ("dot", "cosine", "bilinear"))
-        check_float("temperature", temperature, low=0.0, low_open=True)
-        self.similarity, self.temperature = similarity, temperature
-        self.sim_proj = nn.Linear(d_model, d_model, bias=False) if similarity == "bilinear" else None
+    Options = SimilarityOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
+        self.sim_proj = nn.Linear(d_model, d_model, bias=False) if self.similarity == "bilinear" else None
         if self.sim_proj is not None:
             nn.init.eye_(self.sim_proj.weight)
 

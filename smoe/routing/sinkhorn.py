@@ -9,13 +9,55 @@ concrete public form matched here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from smoe._validate import check_choice, check_float, check_int
-from smoe.routing.base import Router, Routing, RoutingContext, gate_logits
+from smoe._validate import check_bool, check_choice, check_float, check_int
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits
 from smoe.routing.ot import balanced_plan
 from smoe.routing.registry import register_router
+
+
+@dataclass
+class TransportOptions(RouterOptions):
+    """Options of the optimal-transport routers (`sinkhorn`, `ssr`); normalize None means True when k > 1, eps
+    None means 1.0 for cost="logits" and 0.05 for cost="probs"."""
+
+    normalize: bool | None = None
+    cost: str = "logits"
+    eps: float | None = None
+    max_iter: int = 100
+    tol: float = 1e-4
+    plan_grad: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("cost", self.cost, ("logits", "probs"))
+        if self.eps is None:
+            self.eps = 1.0 if self.cost == "logits" else 0.05
+        check_float("eps", self.eps, low=0.0, low_open=True)
+        check_int("max_iter", self.max_iter, low=1)
+        check_float("tol", self.tol, low=0.0)
+        check_bool("plan_grad", self.plan_grad)
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise ValueError(f"normalize must be True, False or None (auto), got {self.normalize!r}")
+        if self.normalize is None:
+            self.normalize = self.k > 1
+
+
+@dataclass
+class SinkhornOptions(TransportOptions):
+    """Options of `sinkhorn` (see `SinkhornRouter`)."""
+
+    weights: str = "gate"
+    sinkhorn_in_eval: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("weights", self.weights, ("gate", "plan"))
+        check_bool("sinkhorn_in_eval", self.sinkhorn_in_eval)
 
 
 @register_router("sinkhorn")
@@ -35,36 +77,11 @@ class SinkhornRouter(Router):
     and a tolerance on the marginal error instead of on the change of the column scaling.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        k: int = 1,
-        weights: str = "gate",
-        normalize: bool | None = None,
-        cost: str = "logits",
-        eps: float | None = None,
-        max_iter: int = 100,
-        tol: float = 1e-4,
-        plan_grad: bool = False,
-        sinkhorn_in_eval: bool = False,
-    ):
-        super().__init__(d_model, num_experts, k)
+    Options = SinkhornOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
         self.check_k_fits()
-        check_choice("weights", weights, ("gate", "plan"))
-        check_choice("cost", cost, ("logits", "probs"))
-        eps = (1.0 if cost == "logits" else 0.05) if eps is None else eps
-        check_float("eps", eps, low=0.0, low_open=True)
-        check_int("max_iter", max_iter, low=1)
-        check_float("tol", tol, low=0.0)
-        for name, flag in (("plan_grad", plan_grad), ("sinkhorn_in_eval", sinkhorn_in_eval)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        if normalize is not None and not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be True, False or None (auto), got {normalize!r}")
-        self.weights, self.normalize = weights, k > 1 if normalize is None else normalize
-        self.cost, self.eps, self.max_iter, self.tol = cost, eps, max_iter, tol
-        self.plan_grad, self.sinkhorn_in_eval = plan_grad, sinkhorn_in_eval
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:

@@ -10,6 +10,7 @@ one third-party implementation and the first author's earlier experiments (see d
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -17,7 +18,25 @@ from torch import Tensor
 from smoe._validate import check_choice, check_float, check_int
 from smoe.routing.base import Routing, RoutingContext
 from smoe.routing.registry import register_router
-from smoe.routing.sinkhorn import SinkhornRouter
+from smoe.routing.sinkhorn import SinkhornRouter, TransportOptions
+
+
+@dataclass
+class SSROptions(TransportOptions):
+    """Options of `ssr` (see `SSRRouter`)."""
+
+    k: int = 2
+    plan_grad: bool = True
+    p: float = 0.01
+    draw: str = "call"
+    seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_float("p", self.p, low=0.0, high=1.0)
+        check_choice("draw", self.draw, ("call", "step"))
+        check_int("seed", self.seed, low=0)
+        self.p = float(self.p)
 
 
 @register_router("ssr")
@@ -37,27 +56,9 @@ class SelectiveSinkhornRouter(SinkhornRouter):
     tolerance, softmax at inference.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        k: int = 2,
-        p: float = 0.01,
-        draw: str = "call",
-        seed: int = 0,
-        normalize: bool | None = None,
-        cost: str = "logits",
-        eps: float | None = None,
-        max_iter: int = 100,
-        tol: float = 1e-4,
-        plan_grad: bool = True,
-    ):
-        super().__init__(d_model, num_experts, k, weights="plan", normalize=normalize, cost=cost, eps=eps,
-                         max_iter=max_iter, tol=tol, plan_grad=plan_grad, sinkhorn_in_eval=False)
-        check_float("p", p, low=0.0, high=1.0)
-        check_choice("draw", draw, ("call", "step"))
-        check_int("seed", seed, low=0)
-        self.p, self.draw, self.seed = float(p), draw, seed
+    Options = SSROptions
+    weights = "plan"  # the transport plan's weights, and no Sinkhorn at inference
+    sinkhorn_in_eval = False
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
         """x: (N, d) -> Routing with k pairs per real token."""

@@ -6,12 +6,14 @@ Transformer load-balancing loss), Zoph et al. 2022 (ST-MoE router z-loss), Jiang
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float, check_int
-from smoe.routing.base import Router, Routing, RoutingContext, gate_logits, sample_noise
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits, sample_noise
 from smoe.routing.bias_balancing import BiasBalancing
 from smoe.routing.losses import load_balance_loss, z_loss
 from smoe.routing.registry import register_router
@@ -30,8 +32,67 @@ def top_k_probs(probs: Tensor, k: int, normalize: bool, select: Tensor | None = 
     return weight, index
 
 
+@dataclass
+class SoftmaxTopKOptions(RouterOptions):
+    """What softmax top-k routers share: k, renormalisation (None: True when k > 1) and the two aux losses."""
+
+    k: int = 2
+    normalize: bool | None = None
+    load_balance_coef: float = 0.01
+    z_loss_coef: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_float("load_balance_coef", self.load_balance_coef, low=0.0)
+        check_float("z_loss_coef", self.z_loss_coef, low=0.0)
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise ValueError(f"normalize must be True, False or None (auto), got {self.normalize!r}")
+        if self.normalize is None:
+            self.normalize = self.k > 1
+
+
+@dataclass
+class TopKOptions(SoftmaxTopKOptions):
+    """Options of `topk` (see `TopKRouter`)."""
+
+    softmax: str = "before"
+    noise: str = "none"
+    noise_std: float = 1.0
+    bias_rate: float | None = None
+    eval_k: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.eval_k is not None:
+            check_int("eval_k", self.eval_k, low=1)
+        check_choice("softmax", self.softmax, ("before", "after"))
+        check_choice("noise", self.noise, ("none", "learned", "fixed"))
+        check_float("noise_std", self.noise_std, low=0.0)
+
+
+class SoftmaxTopKRouter(Router):
+    """The gate and the aux losses of softmax top-k routers (`topk`, and the graph-of-tokens routers):
+    Switch load balancing E * sum_e f_e P_e (coefficient `load_balance_coef`) and ST-MoE z-loss (`z_loss_coef`);
+    a coefficient of 0 disables the term."""
+
+    Options = SoftmaxTopKOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
+        self.check_k_fits()
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+
+    def losses(self, routing: Routing, logits: Tensor, ctx: RoutingContext) -> dict[str, Tensor]:
+        aux = {}
+        if self.load_balance_coef > 0:
+            aux["load_balance"] = self.load_balance_coef * load_balance_loss(routing.probs, routing.expert, ctx.mask)
+        if self.z_loss_coef > 0:
+            aux["z_loss"] = self.z_loss_coef * z_loss(logits, ctx.mask)
+        return aux
+
+
 @register_router("topk")
-class TopKRouter(BiasBalancing, Router):
+class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
     """Softmax top-k (Switch k=1, GShard/Mixtral k=2; Shazeer et al. 2017 noisy gating).
 
     logits = x W_g (+ noise in training); per token keep the k largest.
@@ -42,48 +103,22 @@ class TopKRouter(BiasBalancing, Router):
     noise="learned": Shazeer's noisy gating, std = softplus(x W_noise), training only;
     noise="fixed": Gaussian noise of std `noise_std` on the logits, training only.
     eval_k: experts per token in eval mode (None: k), e.g. train top-2 and infer top-1 without retraining.
-    Aux losses: Switch load balancing E * sum_e f_e P_e (coefficient `load_balance_coef`) and ST-MoE z-loss
-    (`z_loss_coef`); a coefficient of 0 disables the term.
+    Aux losses: those of `SoftmaxTopKRouter`.
     bias_rate: opt in to aux-loss-free balancing (Wang et al. 2024, see `BiasBalancing`; None = off): a
     per-expert bias is added to the scores that top-k ranks (probabilities with softmax="before", logits with
     "after") and never to the weights.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        k: int = 2,
-        softmax: str = "before",
-        normalize: bool | None = None,
-        noise: str = "none",
-        noise_std: float = 1.0,
-        load_balance_coef: float = 0.01,
-        z_loss_coef: float = 0.0,
-        bias_rate: float | None = None,
-        eval_k: int | None = None,
-    ):
-        super().__init__(d_model, num_experts, k)
-        self.check_k_fits()
-        if eval_k is not None:
-            check_int("eval_k", eval_k, low=1, high=num_experts)
-        check_choice("softmax", softmax, ("before", "after"))
-        check_choice("noise", noise, ("none", "learned", "fixed"))
-        check_float("noise_std", noise_std, low=0.0)
-        check_float("load_balance_coef", load_balance_coef, low=0.0)
-        check_float("z_loss_coef", z_loss_coef, low=0.0)
-        if normalize is not None and not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be True, False or None (auto), got {normalize!r}")
-        self.softmax = softmax
-        self.normalize = k > 1 if normalize is None else normalize
-        self.noise, self.noise_std = noise, noise_std
-        self.load_balance_coef, self.z_loss_coef = load_balance_coef, z_loss_coef
-        self.eval_k = eval_k
-        self.gate = nn.Linear(d_model, num_experts, bias=False)
-        self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if noise == "learned" else None
+    Options = TopKOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
+        if self.eval_k is not None:
+            check_int("eval_k", self.eval_k, high=num_experts)
+        self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if self.noise == "learned" else None
         if self.noise_gate is not None:
             nn.init.zeros_(self.noise_gate.weight)
-        self.init_bias_balancing(bias_rate)
+        self.init_bias_balancing(self.bias_rate)
 
     def noisy_logits(self, x: Tensor, logits: Tensor, ctx: RoutingContext) -> Tensor:
         """logits + noise during training (the clean logits in eval or with noise='none')."""
@@ -112,11 +147,3 @@ class TopKRouter(BiasBalancing, Router):
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         routing.aux.update(self.losses(routing, logits, ctx))
         return routing
-
-    def losses(self, routing: Routing, logits: Tensor, ctx: RoutingContext) -> dict[str, Tensor]:
-        aux = {}
-        if self.load_balance_coef > 0:
-            aux["load_balance"] = self.load_balance_coef * load_balance_loss(routing.probs, routing.expert, ctx.mask)
-        if self.z_loss_coef > 0:
-            aux["z_loss"] = self.z_loss_coef * z_loss(logits, ctx.mask)
-        return aux

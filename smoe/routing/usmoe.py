@@ -6,14 +6,32 @@ Legend: N tokens, E experts, k experts per token on average, P pools of L tokens
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float
-from smoe.routing.base import Router, Routing, RoutingContext, gate_logits
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits
 from smoe.routing.registry import register_router
 
 POOLS = ("auto", "sequence", "batch_position", "batch")
+
+
+@dataclass
+class USMoEOptions(RouterOptions):
+    """Options of `usmoe` (see `USMoERouter`); budget_factor must also be <= E / k."""
+
+    k: int = 2
+    score_mix: float = 0.5
+    pool: str = "auto"
+    budget_factor: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_float("score_mix", self.score_mix, low=0.0, high=1.0)
+        check_choice("pool", self.pool, POOLS)
+        check_float("budget_factor", self.budget_factor, low=0.0, low_open=True)
 
 
 @register_router("usmoe")
@@ -33,14 +51,12 @@ class USMoERouter(Router):
     paper's later versions (its exact use there is not verified).
     """
 
-    def __init__(self, d_model: int, num_experts: int, k: int = 2, score_mix: float = 0.5, pool: str = "auto",
-                 budget_factor: float = 1.0):
-        super().__init__(d_model, num_experts, k)
+    Options = USMoEOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
         self.check_k_fits()
-        check_float("score_mix", score_mix, low=0.0, high=1.0)
-        check_choice("pool", pool, POOLS)
-        check_float("budget_factor", budget_factor, low=0.0, high=num_experts / k, low_open=True)
-        self.score_mix, self.pool, self.budget_factor = score_mix, pool, budget_factor
+        check_float("budget_factor", self.budget_factor, high=num_experts / self.k)
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     def unified_score(self, logits: Tensor) -> Tensor:

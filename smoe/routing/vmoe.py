@@ -11,13 +11,36 @@ is an eval-time change of `moe.dispatcher.capacity_factor` (and `moe.router.batc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float, check_int
-from smoe.routing.base import Router, Routing, RoutingContext, gate_logits, sample_noise
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits, sample_noise
 from smoe.routing.losses import importance_loss, noisy_load_loss
 from smoe.routing.registry import register_router
+
+
+@dataclass
+class VMoEOptions(RouterOptions):
+    """Options of `vmoe` (see `VMoERouter`)."""
+
+    k: int = 2
+    noise_std: float = 1.0
+    batch_priority: str = "eval"
+    group_size: int | None = None
+    importance_coef: float = 0.005
+    load_coef: float = 0.005
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_float("noise_std", self.noise_std, low=0.0)
+        check_choice("batch_priority", self.batch_priority, ("eval", "always", "never"))
+        if self.group_size is not None:
+            check_int("group_size", self.group_size, low=1)
+        check_float("importance_coef", self.importance_coef, low=0.0)
+        check_float("load_coef", self.load_coef, low=0.0)
 
 
 @register_router("vmoe")
@@ -41,27 +64,11 @@ class VMoERouter(Router):
     checked against the paper). The gate keeps PyTorch's default Linear init (flax: LeCun normal).
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        k: int = 2,
-        noise_std: float = 1.0,
-        batch_priority: str = "eval",
-        group_size: int | None = None,
-        importance_coef: float = 0.005,
-        load_coef: float = 0.005,
-    ):
-        super().__init__(d_model, num_experts, k)
+    Options = VMoEOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
         self.check_k_fits()
-        check_float("noise_std", noise_std, low=0.0)
-        check_choice("batch_priority", batch_priority, ("eval", "always", "never"))
-        if group_size is not None:
-            check_int("group_size", group_size, low=1)
-        check_float("importance_coef", importance_coef, low=0.0)
-        check_float("load_coef", load_coef, low=0.0)
-        self.noise_std, self.batch_priority, self.group_size = noise_std, batch_priority, group_size
-        self.importance_coef, self.load_coef = importance_coef, load_coef
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     @property

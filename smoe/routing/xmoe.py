@@ -9,16 +9,53 @@ temperature) and the only one with the bounded, token-norm-invariant scores the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe._validate import check_choice, check_float, check_int
-from smoe.routing.base import Router, Routing, RoutingContext, gate_logits, router_dtype
+from smoe._validate import check_bool, check_choice, check_float, check_int
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits, router_dtype
 from smoe.routing.losses import load_balance_loss
 from smoe.routing.registry import register_router
 
 NORM_EPS = 1e-4  # the release's eps when L2-normalising expert embeddings (used for tokens too)
+
+
+@dataclass
+class XMoEOptions(RouterOptions):
+    """Options of `xmoe` (see `XMoERouter`)."""
+
+    k: int = 2
+    dim: int = 16
+    normalize_tokens: bool = True
+    temperature: float | None = 0.07
+    learn_temperature: bool = True
+    min_temperature: float = 1e-4
+    expert_norm: float | None = 1.5
+    init_gain: float = 0.32
+    second_expert: str = "random"
+    eval_second_expert: str = "threshold"
+    load_balance_coef: float = 0.01
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("dim", self.dim, low=1)
+        check_bool("normalize_tokens", self.normalize_tokens)
+        check_bool("learn_temperature", self.learn_temperature)
+        if self.temperature is not None:
+            check_float("temperature", self.temperature, low=0.0, low_open=True)
+        check_float("min_temperature", self.min_temperature, low=0.0, low_open=True)
+        if self.expert_norm is not None:
+            check_float("expert_norm", self.expert_norm, low=0.0, low_open=True)
+        check_float("init_gain", self.init_gain, low=0.0, low_open=True)
+        check_choice("second_expert", self.second_expert, ("random", "all"))
+        check_choice("eval_second_expert", self.eval_second_expert, ("random", "threshold", "all"))
+        if self.k > 2 and "random" in (self.second_expert, self.eval_second_expert):
+            raise ValueError(f"second_expert and eval_second_expert must be 'all' for k={self.k} > 2 "
+                             "(the random second-expert policy is defined for top-2)")
+        check_float("load_balance_coef", self.load_balance_coef, low=0.0)
 
 
 @register_router("xmoe")
@@ -42,51 +79,21 @@ class XMoERouter(Router):
     before any drop (release weight 0.01).
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        k: int = 2,
-        dim: int = 16,
-        normalize_tokens: bool = True,
-        temperature: float | None = 0.07,
-        learn_temperature: bool = True,
-        min_temperature: float = 1e-4,
-        expert_norm: float | None = 1.5,
-        init_gain: float = 0.32,
-        second_expert: str = "random",
-        eval_second_expert: str = "threshold",
-        load_balance_coef: float = 0.01,
-    ):
-        super().__init__(d_model, num_experts, k)
+    Options = XMoEOptions
+
+    def __init__(self, d_model: int, num_experts: int, **options):
+        super().__init__(d_model, num_experts, **options)
         self.check_k_fits()
-        check_int("dim", dim, low=1)
-        for name, flag in (("normalize_tokens", normalize_tokens), ("learn_temperature", learn_temperature)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        if temperature is not None:
-            check_float("temperature", temperature, low=0.0, low_open=True)
-        check_float("min_temperature", min_temperature, low=0.0, low_open=True)
-        if expert_norm is not None:
-            check_float("expert_norm", expert_norm, low=0.0, low_open=True)
-        check_float("init_gain", init_gain, low=0.0, low_open=True)
-        check_choice("second_expert", second_expert, ("random", "all"))
-        check_choice("eval_second_expert", eval_second_expert, ("random", "threshold", "all"))
-        if k > 2 and "random" in (second_expert, eval_second_expert):
-            raise ValueError(f"second_expert and eval_second_expert must be 'all' for k={k} > 2 "
-                             "(the random second-expert policy is defined for top-2)")
-        check_float("load_balance_coef", load_balance_coef, low=0.0)
-        self.normalize_tokens, self.min_temperature, self.expert_norm = normalize_tokens, min_temperature, expert_norm
-        self.second_expert, self.eval_second_expert = second_expert, eval_second_expert
-        self.load_balance_coef = load_balance_coef
-        self.proj = nn.Linear(d_model, dim, bias=False)
-        self.expert_emb = nn.Parameter(torch.empty(num_experts, dim))
-        nn.init.orthogonal_(self.expert_emb, gain=init_gain)
+        self.proj = nn.Linear(d_model, self.dim, bias=False)
+        self.expert_emb = nn.Parameter(torch.empty(num_experts, self.dim))
+        nn.init.orthogonal_(self.expert_emb, gain=self.init_gain)
+        temperature = self.options.temperature
         if temperature is None:
             self.temperature = None
-        elif learn_temperature:
+        elif self.learn_temperature:
             self.temperature = nn.Parameter(torch.tensor(float(temperature)))
         else:
+            del self.temperature
             self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.rescale_expert_embeddings()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from smoe.layer import MoE, MoEStats
+from smoe.layer import MoEStats, moe_layers
 from smoe.routing.base import Routing
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.instrumentation import routing_override
@@ -69,15 +69,12 @@ def coactivations(routings: list[Routing]) -> list[dict]:
 @torch.no_grad()
 def sensitivities(model: nn.Module, probe: Probe) -> list[dict]:
     """Per layer: the probe metric clean and with every token's top expert removed in that layer only (remaining
-    weights renormalised, `smoe.workbench.metrics.drop_top_expert`). Layers without an `MoE` inside (the SMoE-VAE's
-    decoder layer, whose dispatch has no routing override) are left out."""
+    weights renormalised, `smoe.workbench.metrics.drop_top_expert`), for every layer of `smoe.layer.moe_layers`."""
     if probe.metric is None:
         return []
     clean = float(probe.metric(model, probe_generator()))
     out = []
-    for i, layer in enumerate(model.moe_layers()):
-        if not any(isinstance(m, MoE) for m in layer.modules()):
-            continue
+    for i, layer in enumerate(moe_layers(model)):
         with routing_override(layer, drop_top_expert):
             out.append({"layer": i, "clean": clean, "dropped": float(probe.metric(model, probe_generator()))})
     return out

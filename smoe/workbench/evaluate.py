@@ -25,6 +25,7 @@ from torch import nn
 
 from smoe._validate import check_choice, check_float, check_int
 from smoe.data.corrupt import CORRUPTIONS, parse_corruption, severity
+from smoe.layer import moe_layers
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.metrics import dropped_fraction
 from smoe.workbench.runner import load_run
@@ -44,9 +45,9 @@ def eval_file(eval_k: int | None) -> str:
 
 
 def _routers_with(model: nn.Module, attribute: str, what: str) -> list[nn.Module]:
-    routers = [layer.router for layer in model.moe_layers() if hasattr(layer.router, attribute)]
+    routers = [layer.router for layer in moe_layers(model) if hasattr(layer.router, attribute)]
     if not routers:
-        names = sorted({type(layer.router).__name__ for layer in model.moe_layers()})
+        names = sorted({type(layer.router).__name__ for layer in moe_layers(model)})
         raise ValueError(f"{what} needs a router with a {attribute} option; this model's routers: {', '.join(names)}")
     return routers
 
@@ -60,7 +61,7 @@ def inference_settings(model: nn.Module, capacity: float | None = None, bpr: boo
     changes: list[tuple[object, str, object]] = []
     if capacity is not None:
         check_float("capacity", capacity, low=0.0, low_open=True)
-        changes += [(layer.dispatcher, "capacity_factor", capacity) for layer in model.moe_layers()]
+        changes += [(layer.dispatcher, "capacity_factor", capacity) for layer in moe_layers(model)]
     if bpr is not None:
         changes += [(r, "batch_priority", "eval" if bpr else "never")
                     for r in _routers_with(model, "batch_priority", "--bpr")]
@@ -82,7 +83,7 @@ class _DropCounter:
     """Forward hooks that pool each MoE layer's MoEStats over the calls of an evaluation."""
     def __init__(self, model: nn.Module):
         self.stats = []
-        self.handles = [layer.register_forward_hook(self._save) for layer in model.moe_layers()]
+        self.handles = [layer.register_forward_hook(self._save) for layer in moe_layers(model)]
 
     def _save(self, module, args, output) -> None:
         self.stats.append(output.stats)
@@ -144,7 +145,7 @@ def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better
 
 
 def _has_bpr(model: nn.Module) -> bool:
-    return any(hasattr(layer.router, "batch_priority") for layer in model.moe_layers())
+    return any(hasattr(layer.router, "batch_priority") for layer in moe_layers(model))
 
 
 def _capacity_modes(model: nn.Module, bpr: str) -> list[bool]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from smoe.layer import MoE
+from smoe.layer import moe_layers
 from smoe.routing.base import Routing
 from smoe.workbench.metrics import RoutingTransform, concat_routings, drop_top_expert
 
@@ -21,7 +21,7 @@ from smoe.workbench.metrics import RoutingTransform, concat_routings, drop_top_e
 @contextmanager
 def routing_override(model: nn.Module, transform: RoutingTransform | None) -> Iterator[None]:
     """Within the block, every MoE layer in `model` (or `model` itself) applies `transform` before dispatch."""
-    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    layers = moe_layers(model)
     if not layers:
         raise ValueError(f"model has no MoE layer: {type(model).__name__}")
     previous = [m.routing_transform for m in layers]
@@ -86,12 +86,10 @@ def _detached(routing: Routing) -> Routing:
 
 
 def moe_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The MoE layers of `model` by module name: those of `model.moe_layers()` in its order when the model has
-    that method (any layer with a `router`, e.g. the SMoE-VAE's decoder layer), else every `MoE` module."""
-    if hasattr(model, "moe_layers"):
-        names = {id(m): name for name, m in model.named_modules()}
-        return {names[id(m)]: m for m in model.moe_layers()}
-    return {name: m for name, m in model.named_modules() if isinstance(m, MoE)}
+    """The MoE layers of `model` (`smoe.layer.moe_layers`: those of `model.moe_layers()` in its order when the
+    model has that method) by module name."""
+    names = {id(m): name for name, m in model.named_modules()}
+    return {names[id(m)]: m for m in moe_layers(model)}
 
 
 @contextmanager

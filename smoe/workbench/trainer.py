@@ -3,7 +3,7 @@ evaluation (see `smoe/tasks.py`).
 
 Per optimizer step: `grad_accum` micro-batches, each `loss = task loss + sum of the routers' aux losses over
 layers` (logged by name), AdamW, warm-up + cosine learning rate, gradient clipping; then, once per step,
-`layer.after_step(stats)` for each layer of `model.moe_layers()` with that layer's `MoEStats` of every
+`layer.after_step(stats)` for each layer of `moe_layers(model)` with that layer's `MoEStats` of every
 micro-batch of the step, then the hooks (per-step analytics). Eval every `eval_every` steps, metrics to JSONL
 and TensorBoard, atomic checkpoints, exact resume, SIGINT/SIGTERM -> checkpoint and stop.
 
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from smoe._validate import check_float, check_int
 from smoe.data.batches import map_tensors
-from smoe.layer import MoEOutput
+from smoe.layer import MoEOutput, moe_layers
 from smoe.models.common import aux_losses
 from smoe.workbench.checkpoint import (
     CheckpointError,
@@ -156,7 +156,7 @@ class RunLog:
 class Trainer:
     """Train `model` on the batches of `train_batches(generator)` with `loss_fn`; evaluate with `evaluate`.
 
-    model: has `moe_layers()` (a list of modules with `after_step(stats_list)`).
+    model: its MoE layers (`smoe.layer.moe_layers`) meet `MoELayer`; their outputs come in that order.
     train_batches(generator) -> an endless iterator of batches whose only state is `generator`.
     loss_fn(model, batch, step, generator) -> StepOutput; evaluate(model, split, generator) -> {metric: float}.
     out_dir: the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/, final.json); run_config: the whole
@@ -324,7 +324,7 @@ class Trainer:
         if cfg.grad_clip > 0:
             sums["grad_norm"] = self.parallel.clip_grad_norm_(params, cfg.grad_clip)
         self.optimizer.step()
-        for i, layer in enumerate(model.moe_layers()):
+        for i, layer in enumerate(moe_layers(model)):
             layer.after_step(self.parallel.layer_stats(layer, [out.moe[i].stats for out in outputs]))
         sums["lr"] = torch.tensor(lr, dtype=torch.float64)
         return outputs, sums

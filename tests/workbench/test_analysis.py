@@ -62,7 +62,7 @@ def test_analysis_of_a_trained_run(runs):
     assert "NMI digit" in text and "top-1 changed L1" in text and "0 -> 1" in text
 
 
-def test_vae_analysis_has_a_latent_map_and_no_sensitivity(tmp_path):
+def test_vae_analysis_has_a_latent_map_and_its_decoder_layer_sensitivity(tmp_path):
     run = resolve_config("sketch-vae", steps=2, overrides=["data.num_per_class=60", "encoder_channels=[4, 4, 4]",
                                                          "train.batch_size=16", "data.probe_tokens=30"])
     train_run(run, tmp_path, progress=False)
@@ -71,7 +71,10 @@ def test_vae_analysis_has_a_latent_map_and_no_sensitivity(tmp_path):
     assert len(latent["points"]) == len(latent["expert"]) == len(latent["label"]) == 30  # 6 valid images x 5
     assert all(len(p) == 2 and all(map(finite, p)) for p in latent["points"])
     assert set(latent["label"]) == {0, 1, 2, 3, 4} and a["probe"]["labels"] == ["class", "style"]
-    assert a["routing"]["sensitivity"] == [] and a["routing"]["coactivation"] == []
+    assert a["routing"]["coactivation"] == []
+    (sensitivity,) = a["routing"]["sensitivity"]  # the decoder layer meets MoELayer: its top expert is ablated too
+    assert sensitivity["layer"] == 0 and finite(sensitivity["clean"]) and finite(sensitivity["dropped"])
+    assert sensitivity["dropped"] != sensitivity["clean"]
     assert set(a["routing"]["layers"][0]["specialization_nmi"]) == {"class", "style"}
 
 
