@@ -1,4 +1,4 @@
-"""Extreme logits, bf16 input and a single token give finite outputs, losses and gradients (issue 4 routers)."""
+"""Extreme logits, bf16 input and a single token give finite outputs, losses and gradients (every router)."""
 
 import pytest
 import torch
