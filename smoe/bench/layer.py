@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe import MoE, build_moe
+from smoe.bench import write_json
 from smoe.layer import available_layers
 from smoe.routing import Routing, available_routers, router_options
 from smoe.routing.registry import parse_router_spec
@@ -383,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"N={size['N']} T={size['T']} d={size['d']} h={size['h']} k={size['k']} {args.dtype} {args.device} "
           f"routers={','.join(routers)} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(markdown_table(records))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+    write_json(args.json, records)
     return 0
 
 

@@ -18,7 +18,6 @@ LM impls (the Trainer's whole optimizer step on uniform random tokens: forward, 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import time
 import torch
 
 from smoe import MoE
+from smoe.bench import write_json
 from smoe.bench.train import build_trainer
 from smoe.expert_parallel import ExpertParallelMoE
 from smoe.launch_local import LocalRunError, run_local
@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"float32 cpu threads={args.threads} repeats={args.repeats}")
         print(markdown_table(lm, base_impl="lm"))
         records += lm
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+    write_json(args.json, records)
     return 0
 
 

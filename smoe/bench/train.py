@@ -13,7 +13,6 @@ the impls so that load changes on the machine hit both; the median tokens/s over
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from smoe.bench import write_json
 from smoe.data.batches import lm_batches
 from smoe.models import LM, LMConfig
 from smoe.workbench.data_parallel import ParallelConfig, prepare_model
@@ -126,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         name = f"moe ({r['router']})" if r["router"] else r["impl"]
         print(f"| {name} | {r['params']:,} | {r['ffn_hidden']} | {r['moe_layers']} | {r['tokens_per_s']:,.0f} | "
               f"{r['tokens_per_s'] / dense:.2f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
+    write_json(args.json, records)
     return 0
 
 

@@ -152,6 +152,13 @@ class RouterOptions:
         check_int("k", self.k, low=1)
 
 
+def auto_normalize(normalize: object, k: int) -> bool:
+    """A `normalize` option: True or False as given, None (auto) meaning True when k > 1."""
+    if normalize is not None and not isinstance(normalize, bool):
+        raise ValueError(f"normalize must be True, False or None (auto), got {normalize!r}")
+    return k > 1 if normalize is None else normalize
+
+
 class Router(nn.Module):
     """Base class: decides which (token, expert) pairs exist and with what weight.
 

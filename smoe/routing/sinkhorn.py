@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from smoe._validate import check_bool, check_choice, check_float, check_int
-from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, auto_normalize, gate_logits
 from smoe.routing.ot import balanced_plan
 from smoe.routing.registry import register_router
 
@@ -41,10 +41,7 @@ class TransportOptions(RouterOptions):
         check_int("max_iter", self.max_iter, low=1)
         check_float("tol", self.tol, low=0.0)
         check_bool("plan_grad", self.plan_grad)
-        if self.normalize is not None and not isinstance(self.normalize, bool):
-            raise ValueError(f"normalize must be True, False or None (auto), got {self.normalize!r}")
-        if self.normalize is None:
-            self.normalize = self.k > 1
+        self.normalize = auto_normalize(self.normalize, self.k)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float, check_int
-from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits, sample_noise
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, auto_normalize, gate_logits, sample_noise
 from smoe.routing.bias_balancing import BiasBalancing
 from smoe.routing.losses import load_balance_loss, z_loss
 from smoe.routing.registry import register_router
@@ -45,10 +45,7 @@ class SoftmaxTopKOptions(RouterOptions):
         super().__post_init__()
         check_float("load_balance_coef", self.load_balance_coef, low=0.0)
         check_float("z_loss_coef", self.z_loss_coef, low=0.0)
-        if self.normalize is not None and not isinstance(self.normalize, bool):
-            raise ValueError(f"normalize must be True, False or None (auto), got {self.normalize!r}")
-        if self.normalize is None:
-            self.normalize = self.k > 1
+        self.normalize = auto_normalize(self.normalize, self.k)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from smoe.integrations.embed import KINDS, Embedder, embed_all, hf_embedder, smo
 from smoe.integrations.swap import swap_router
 from smoe.models import LM
 from smoe.routing.registry import parse_router_spec
+from smoe.workbench.checkpoint import atomic_write
 from smoe.workbench.runner import load_run
 from smoe.workbench.tasks import get_task
 
@@ -213,6 +215,5 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.max_len} tokens per document, seed {args.seed}")
     print(markdown_table(results))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        atomic_write(Path(args.json), json.dumps(results, indent=1).encode())
     return 0
