@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 
 import smoe
-from smoe.routing import Router, available_routers, build_router, register_router, router_options
+from smoe.routing import Router, available_routers, build_router, register_router, router_class, router_options
+from smoe.routing.base import RouterOptions
 
 
 def test_core_routers_are_registered():
@@ -40,3 +43,22 @@ def test_register_a_new_router_is_one_decorated_class():
     assert isinstance(build_router("_test_dummy", d_model=4, num_experts=3), Dummy)
     with pytest.raises(ValueError, match="already registered"):
         register_router("_test_dummy")(type("Other", (Router,), {}))
+
+
+def test_each_router_declares_its_options_once_as_a_validated_dataclass():
+    """Options are a RouterOptions dataclass per router, inherited fields not repeated (ssr keeps sinkhorn's
+    transport options, the graph routers topk's softmax top-k ones); bad values fail in __post_init__."""
+    for name in available_routers():
+        cls = router_class(name)
+        assert dataclasses.is_dataclass(cls.Options) and issubclass(cls.Options, RouterOptions), name
+        assert router_options(name) == {f.name: f.default for f in dataclasses.fields(cls.Options)}
+    assert {"cost", "eps", "max_iter", "tol", "plan_grad"} <= set(router_options("ssr"))
+    assert not {"weights", "sinkhorn_in_eval"} & set(router_options("ssr"))  # fixed by SSR, not options
+    assert {"mix", "normalize", "load_balance_coef"} <= set(router_options("similarity"))
+    assert not {"noise", "softmax", "bias_rate"} & set(router_options("attention"))  # unused by graph routers
+    with pytest.raises(ValueError, match=r"softmax must be one of \['before', 'after'\], got 'middle'"):
+        router_class("topk").Options(softmax="middle")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        build_router("sinkhorn", d_model=4, num_experts=2, k=0)
+    router = build_router("topk", d_model=4, num_experts=3, k=1, noise="fixed")
+    assert router.options.k == router.k == 1 and router.noise == "fixed" and router.normalize is False

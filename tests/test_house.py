@@ -1,0 +1,111 @@
+"""The house rules of the package, checked on its source: two wings with one-way imports, no import cycle, no
+function-level smoe import, modules under 500 lines, one registry."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from smoe.layer import LAYERS
+from smoe.registry import Registry
+from smoe.residual import RULES
+from smoe.routing.registry import ROUTERS
+from smoe.workbench.tasks.base import TASKS
+
+ROOT = Path(__file__).resolve().parents[1] / "smoe"
+LIBRARY = ("smoe.routing", "smoe.dispatch", "smoe.experts", "smoe.layer", "smoe.s2moe", "smoe.residual",
+           "smoe.blocks", "smoe.models", "smoe.expert_parallel", "smoe.integrations", "smoe._validate",
+           "smoe.collectives", "smoe.registry", "smoe.data", "smoe.launch_local")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def smoe_imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, inside a function or class) for every `smoe` import of a file."""
+    found = []
+    tree = ast.parse(path.read_text())
+    nested = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+              for n in ast.walk(f) if n is not f}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("smoe"):
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("smoe")]
+        else:
+            continue
+        found += [(name, id(node) in nested) for name in names]
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {m: {t for t, _ in smoe_imports(p) if t in mods and t != m} for m, p in mods.items()}
+
+
+def test_the_library_never_imports_the_workbench():
+    bad = [(m, t) for m, targets in graph().items() if m.startswith(LIBRARY) for t in targets
+           if t.startswith("smoe.workbench") or t in ("smoe.cli", "smoe.bench")]
+    assert bad == []
+
+
+def test_no_function_level_smoe_import():
+    bad = [(str(p.relative_to(ROOT)), t) for p in modules().values() for t, inside in smoe_imports(p) if inside]
+    assert bad == []
+
+
+def test_no_import_cycle():
+    g, state, cycles = graph(), {}, []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for t in sorted(g[m]):
+            if state.get(t) == "open":
+                cycles.append([*path[path.index(t):], t])
+            elif t not in state:
+                visit(t, [*path, t])
+        state[m] = "done"
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+def test_no_module_over_500_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in modules().values()}
+    assert {f: n for f, n in sizes.items() if n > 500} == {}
+
+
+def test_one_registry_implementation():
+    """Every registry is a `smoe.registry.Registry`: no module keeps its own dict of registered names."""
+    assert all(isinstance(r, Registry) for r in (ROUTERS, LAYERS, RULES, TASKS))
+    assert ROUTERS.names() and LAYERS.names() == ["s2moe"] and "momentum" in RULES and "lm-bbc" in TASKS
+
+
+def test_registry_decorator_duplicates_wildcards_and_errors():
+    reg: Registry[type] = Registry("widget", name_attr="widget_name")
+
+    @reg.register("alpha")
+    class Alpha:
+        """Alpha widget (a paper, 2025).
+
+        More text."""
+
+    reg.add("alpha", Alpha)  # the same object again is fine (a module imported twice)
+    reg.add("beta", type("Beta", (), {}))
+    assert Alpha.widget_name == "alpha" and reg.get("alpha") is Alpha and "beta" in reg
+    assert reg.names() == ["alpha", "beta"] and reg.names("a*") == ["alpha"] and list(reg) == ["alpha", "beta"]
+    assert reg.summary("alpha") == "Alpha widget (a paper, 2025)."
+    with pytest.raises(ValueError, match="widget 'alpha' is already registered"):
+        reg.add("alpha", type("Other", (), {}))
+    with pytest.raises(ValueError, match="unknown widget 'gamma'; available widgets: alpha, beta"):
+        reg.get("gamma")
+    with pytest.raises(ValueError, match="non-empty string"):
+        reg.add("", type("Other", (), {}))
