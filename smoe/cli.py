@@ -270,6 +270,8 @@ def add_train_parser(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
+        return eval_embed(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]
     return args.fn(args)

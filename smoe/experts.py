@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe._validate import check_choice, check_int
+from smoe._validate import check_choice, check_int, check_memory
 
 EXPERT_KINDS = ("swiglu", "gelu", "relu")
 BACKENDS = ("auto", "grouped", "loop")
@@ -128,16 +128,26 @@ def _bounds(sizes: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def check_expert_sizes(num_experts: int, d_model: int, hidden: int, kind: str = "swiglu", bias: bool = False) -> None:
+    """Validate the sizes of E experts and refuse, before allocating, weights that could not be trained in the
+    device's memory (weights and gradients larger than it)."""
+    check_int("num_experts", num_experts, low=1)
+    check_int("d_model", d_model, low=1)
+    check_int("hidden", hidden, low=1)
+    check_choice("expert", kind, EXPERT_KINDS)
+    width = 2 * hidden if kind == "swiglu" else hidden
+    numel = num_experts * (d_model * width + hidden * d_model + (width + d_model if bias else 0))
+    check_memory(f"the weights of num_experts={num_experts} experts (d_model={d_model}, hidden={hidden}, {kind}) "
+                 "and their gradients", 2 * numel * torch.get_default_dtype().itemsize)
+
+
 class Experts(nn.Module):
     """E expert MLPs (SwiGLU, or a GELU/ReLU MLP), optional biases, grouped or looped computation."""
 
     def __init__(self, num_experts: int, d_model: int, hidden: int, kind: str = "swiglu", bias: bool = False,
                  backend: str = "auto"):
         super().__init__()
-        check_int("num_experts", num_experts, low=1)
-        check_int("d_model", d_model, low=1)
-        check_int("hidden", hidden, low=1)
-        check_choice("expert", kind, EXPERT_KINDS)
+        check_expert_sizes(num_experts, d_model, hidden, kind, bias)
         check_choice("backend", backend, BACKENDS)
         self.num_experts, self.d_model, self.hidden = num_experts, d_model, hidden
         self.kind, self.backend = kind, backend
@@ -164,17 +174,19 @@ class Experts(nn.Module):
         """The hidden nonlinearity: silu(gate) * up for SwiGLU, else gelu/relu."""
         return activate(self.kind, h)
 
-    def resolve_backend(self, x: Tensor) -> str:
-        """The backend used for input x (fixed for a given dtype and device)."""
+    def resolve_backend(self, x: Tensor, weight_dtype: torch.dtype | None = None) -> str:
+        """The backend used for input x (fixed for a given dtype and device); weight_dtype: that of the weights
+        used (default: the parameters')."""
         if self.backend != "auto":
             return self.backend
-        if not self.grouped_supported(x) or (x.device.type == "cpu" and x.dtype == torch.float32):
+        if not self.grouped_supported(x, weight_dtype) or (x.device.type == "cpu" and x.dtype == torch.float32):
             return "loop"
         return "grouped"
 
-    def grouped_supported(self, x: Tensor) -> bool:
+    def grouped_supported(self, x: Tensor, weight_dtype: torch.dtype | None = None) -> bool:
         """Whether grouped_mm accepts these dtypes and widths (rows must be 16-byte aligned)."""
-        if not hasattr(F, "grouped_mm") or x.dtype not in _GROUPED_DTYPES or self.w_in.dtype != x.dtype:
+        weight_dtype = self.w_in.dtype if weight_dtype is None else weight_dtype
+        if not hasattr(F, "grouped_mm") or x.dtype not in _GROUPED_DTYPES or weight_dtype != x.dtype:
             return False
         if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
             return False
@@ -182,27 +194,35 @@ class Experts(nn.Module):
         return all(n % align == 0 for n in (self.d_model, self.hidden, self.w_in.shape[2]))
 
     def forward(self, x: Tensor, counts: Tensor) -> Tensor:
-        """x: (A, d) rows grouped by expert, counts: (E,) rows per expert -> (A, d)."""
-        backend = self.resolve_backend(x)
-        if backend == "grouped":
-            if not self.grouped_supported(x):
-                raise ValueError(f"backend='grouped' needs float32/bfloat16/float16 weights and inputs of one dtype "
-                                 f"with widths aligned to 16 bytes; got x {x.dtype}, w_in {self.w_in.dtype}")
-            return self._grouped(x, counts)
-        return self._loop(x, counts)
+        """x: (A, d) rows grouped by expert, counts: (E,) rows per expert -> (A, d).
 
-    def _grouped(self, x: Tensor, counts: Tensor) -> Tensor:
+        Under torch.autocast on x's device, rows and weights are cast to the autocast dtype (as nn.Linear's are)
+        and the experts run in it with autocast off (the loop writes into tensors of that dtype).
+        """
+        weights = (self.w_in, self.w_out, self.b_in, self.b_out)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return self._run(x.to(dtype), counts, *(None if w is None else w.to(dtype) for w in weights))
+        return self._run(x, counts, *weights)
+
+    def _run(self, x: Tensor, counts: Tensor, w_in: Tensor, w_out: Tensor, b_in: Tensor | None,
+             b_out: Tensor | None) -> Tensor:
+        backend = self.resolve_backend(x, w_in.dtype)
+        if backend == "loop":
+            return _ExpertLoop.apply(x, w_in, w_out, b_in, b_out, counts.tolist(), self.kind)
+        if not self.grouped_supported(x, w_in.dtype):
+            raise ValueError(f"backend='grouped' needs float32/bfloat16/float16 weights and inputs of one dtype "
+                             f"with widths aligned to 16 bytes; got x {x.dtype}, w_in {w_in.dtype}")
         offsets = torch.cumsum(counts, 0).to(torch.int32)
-        h = _grouped_mm(x, self.w_in, offsets)
-        if self.b_in is not None:
-            h = h + self.b_in.repeat_interleave(counts, dim=0, output_size=x.shape[0])
-        y = _grouped_mm(self.activation(h), self.w_out, offsets)
-        if self.b_out is not None:
-            y = y + self.b_out.repeat_interleave(counts, dim=0, output_size=x.shape[0])
+        h = _grouped_mm(x, w_in, offsets)
+        if b_in is not None:
+            h = h + b_in.repeat_interleave(counts, dim=0, output_size=x.shape[0])
+        y = _grouped_mm(self.activation(h), w_out, offsets)
+        if b_out is not None:
+            y = y + b_out.repeat_interleave(counts, dim=0, output_size=x.shape[0])
         return y
-
-    def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
-        return _ExpertLoop.apply(x, self.w_in, self.w_out, self.b_in, self.b_out, counts.tolist(), self.kind)
 
     def dense_forward(self, x: Tensor, expert: int) -> Tensor:
         """Expert `expert` applied to every row of x: (M, d) -> (M, d) (a reference for tests and analyses)."""

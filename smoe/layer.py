@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from smoe._validate import check_bool, check_choice, check_float, check_int
 from smoe.dispatch import Dispatcher, DispatchPlan
-from smoe.experts import BACKENDS, EXPERT_KINDS, Experts
+from smoe.experts import BACKENDS, EXPERT_KINDS, Experts, check_expert_sizes
 from smoe.registry import Registry
 from smoe.routing import Routing, RoutingContext, available_routers, build_router
 from smoe.routing import router_options as router_options_of
@@ -179,6 +179,7 @@ class MoE(nn.Module):
                              f"smoe.build_moe(..., router={router!r})")
         if "capacity_factor" in router_options:
             raise ValueError("capacity_factor is an argument of MoE itself; pass it once")
+        check_expert_sizes(num_experts, d_model, hidden, expert, bias)  # before the router allocates its (E, d) gate
         if capacity_factor is not None and "capacity_factor" in router_options_of(router):
             # the router owns capacity (expert choice): it receives the factor and dispatch is dropless
             router_options = {**router_options, "capacity_factor": capacity_factor}
@@ -272,6 +273,10 @@ class MoE(nn.Module):
                 raise ValueError(f"{name} must have shape {lead} (x's leading dims), got {tuple(t.shape)}")
         if mask is not None and mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor (True = real token), got {mask.dtype}")
+        weight_dtype = self.experts.w_in.dtype
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"x has dtype {x.dtype} and the layer's weights {weight_dtype}: cast one to the other "
+                             f"(x.to({weight_dtype}) or layer.to({x.dtype})), or run under torch.autocast")
         # one cheap reduction; the exact check only when the sum is not finite (NaN/Inf, or an overflow)
         if self.config.check_finite and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or Inf; the MoE layer refuses non-finite input "

@@ -123,7 +123,8 @@ def load_text(path: str | os.PathLike, valid_fraction: float = 0.1, test_fractio
     Folder: each .txt file is a document; with one sub-folder per label (`root/<label>/*.txt`) the corpus is
     labelled (labels numbered in sorted folder order). The split is stratified by label, by content (duplicate
     documents share a split) and fixed for a given seed (see `smoe.data.splits`).
-    Empty input, non-UTF-8 bytes and a missing path raise ValueError naming the path.
+    Empty input, non-UTF-8 bytes, a missing path and one that is not a regular file or folder raise ValueError
+    naming the path.
     """
     check_choice("separator", separator, ("blank_line", "line"))
     root = Path(path)
@@ -131,6 +132,9 @@ def load_text(path: str | os.PathLike, valid_fraction: float = 0.1, test_fractio
         raise ValueError(f"path {str(root)!r} does not exist (expected a UTF-8 text file or a folder of .txt files)")
     if root.is_dir():
         documents, labels, label_names = _read_folder(root, fallback_encoding)
+    elif not root.is_file():  # a FIFO or a device would block or never end
+        raise ValueError(f"path {str(root)!r} is not a regular file or a folder (a FIFO, socket or device); "
+                         "expected a UTF-8 text file or a folder of .txt files")
     else:
         documents = _split_documents(read_text_file(root, fallback_encoding), separator)
         labels = label_names = None

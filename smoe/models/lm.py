@@ -79,6 +79,11 @@ class LM(nn.Module):
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"idx must be a (B, T) long tensor, got {tuple(idx.shape)} {idx.dtype}")
         t = idx.shape[1]
+        if idx.numel():
+            low, high = (int(v) for v in idx.aminmax())
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(f"token ids must lie in [0, vocab_size={self.config.vocab_size}), got ids from {low} "
+                                 f"to {high}")
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} exceeds max_len={self.config.max_len}")
         if mask is not None and (mask.shape != idx.shape or mask.dtype != torch.bool):

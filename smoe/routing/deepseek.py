@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe._validate import check_bool, check_float, check_int
@@ -96,11 +97,11 @@ class DeepSeekRouter(BiasBalancing, Router):
         logits = gate_logits(x, self.gate.weight)
         scores = torch.sigmoid(logits)
         index = self.limit_groups(self.biased(scores)).topk(self.k, dim=-1).indices  # (N, k)
-        weight = scores.gather(1, index)
-        if self.normalize:
-            weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
+        # s / sum(s) as softmax(log s): finite when every s underflows to 0 (logits below about -104 in float32)
+        log_scores = F.logsigmoid(logits)
+        weight = torch.softmax(log_scores.gather(1, index), -1) if self.normalize else scores.gather(1, index)
         weight = weight * self.routed_scaling_factor
-        probs = scores / scores.sum(-1, keepdim=True)
+        probs = torch.softmax(log_scores, dim=-1)
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         if self.seq_aux_coef > 0:
             seq_len = ctx.batch_shape[-1] if ctx.batch_shape is not None and len(ctx.batch_shape) > 1 else x.shape[0]

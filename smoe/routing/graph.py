@@ -48,7 +48,7 @@ def restrict_graph(graph: Tensor, allowed: Tensor) -> Tensor:
 def mix_over_graph(probs: Tensor, graph: Tensor) -> Tensor:
     """probs: (N, E), graph: (B, T, T) with N = B * T -> (N, E), row i = sum_j G[i, j] P[j] within a sequence."""
     b, t, _ = graph.shape
-    return (graph.to(probs.dtype) @ probs.view(b, t, -1)).reshape(probs.shape)
+    return (graph.to(probs.dtype) @ probs.view(b, t, probs.shape[1])).reshape(probs.shape)
 
 
 def sparse_top_k(probs: Tensor, k: int) -> Tensor:

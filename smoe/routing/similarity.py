@@ -53,7 +53,7 @@ class SimilarityRouter(GraphOfTokensRouter):
 
     def graph(self, x: Tensor, ctx: RoutingContext, batch: int, length: int, allowed: Tensor) -> Tensor:
         """(B, T, T) row-stochastic similarity graph over the allowed links."""
-        z = x.to(router_dtype(x)).view(batch, length, -1)
+        z = x.to(router_dtype(x)).view(batch, length, x.shape[-1])
         if self.similarity == "cosine":
             z = F.normalize(z, dim=-1)
             scores = z @ z.transpose(1, 2)

@@ -23,12 +23,12 @@ def top_k_probs(probs: Tensor, k: int, normalize: bool, select: Tensor | None = 
     """The k largest entries of each row of probs: (N, E) -> weight, index: (N, k); normalize rescales to sum 1.
 
     select: (N, E) scores that choose the k experts instead of probs (e.g. probs + an expert bias); the weights
-    are still the chosen entries of probs.
+    are still the chosen entries of probs (all 0, not NaN, when every chosen entry underflowed to 0).
     """
     index = (probs if select is None else select).topk(k, dim=-1).indices
     weight = probs.gather(1, index)
     if normalize:
-        weight = weight / weight.sum(-1, keepdim=True)
+        weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
     return weight, index
 
 

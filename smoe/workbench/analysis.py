@@ -26,6 +26,7 @@ from torch import nn
 
 from smoe.layer import MoEStats, moe_layers
 from smoe.routing.base import Routing
+from smoe.workbench.checkpoint import atomic_write
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.instrumentation import routing_override
 from smoe.workbench.metrics import (
@@ -38,6 +39,7 @@ from smoe.workbench.metrics import (
     top1_expert,
 )
 from smoe.workbench.probe import Probe, ProbeRouting, probe_generator, read_trace, route_probe
+from smoe.workbench.run_folder import hold_folder
 from smoe.workbench.runner import load_run
 
 ANALYSIS_FILE = "analysis.json"
@@ -123,16 +125,17 @@ def analyze(model: nn.Module, probe: Probe, run_dir: str | Path, step: int, head
     latent = latent_map(model, probe, probed)
     if latent is not None:
         analysis["latent"] = latent
-    Path(run_dir, ANALYSIS_FILE).write_text(json.dumps(analysis, indent=1))
+    atomic_write(Path(run_dir, ANALYSIS_FILE), json.dumps(analysis, indent=1).encode())
     return analysis
 
 
 def analyze_run(run_dir: str | Path, device: str | None = None) -> dict:
-    """Load the run in `run_dir` (latest checkpoint) and `analyze` it."""
-    run, setup, step = load_run(run_dir, device)
-    if setup.probe is None:
-        raise ValueError(f"the run in {run_dir} has no probe set (data.probe_tokens=0): nothing to analyse")
-    return analyze(setup.model, setup.probe, run_dir, step, {"task": run.task, "router": run.router})
+    """Load the run in `run_dir` (latest checkpoint) and `analyze` it, holding the run folder's writer lock."""
+    with hold_folder(run_dir, create=False):
+        run, setup, step = load_run(run_dir, device)
+        if setup.probe is None:
+            raise ValueError(f"the run in {run_dir} has no probe set (data.probe_tokens=0): nothing to analyse")
+        return analyze(setup.model, setup.probe, run_dir, step, {"task": run.task, "router": run.router})
 
 
 # ---------------------------------------------------------------- printing

@@ -12,6 +12,8 @@ e.g. `topk`, `ssr:p=0.1`, `topk+rule=momentum`, `adam=topk+rule=adam`, `s2moe`, 
 
 Resumable: a run with final.json (and its analysis and evaluation) is skipped, a run with a checkpoint is
 resumed, a run folder without one starts over; a run folder written with another configuration is an error.
+The comparison folder and each run folder have one writer (`smoe.workbench.run_folder.hold_folder`); a run whose
+files are damaged is recorded as failed and the grid goes on.
 `--steps N` compresses the preset's schedule to N steps (train.steps = schedule_steps = N; warm-up, eval and
 checkpoint intervals scaled by N / the preset's steps); --set and entry overrides still win.
 """
@@ -22,7 +24,6 @@ import dataclasses
 import json
 import platform
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from smoe.workbench.evaluate import default_sweep, eval_file, evaluate_model
 from smoe.workbench.report import write_report
 from smoe.workbench.results import RESULTS_FILE, SCHEMA_VERSION
 from smoe.workbench.run_config import resolve_config, run_config_from_dict
+from smoe.workbench.run_folder import DamagedFileError, hold_folder, read_json, read_jsonl, read_yaml
 from smoe.workbench.runner import load_run, train_run
 from smoe.workbench.tasks import get_task
 from smoe.workbench.trainer import TrainConfig, config_differences
@@ -174,10 +176,11 @@ def comparable(run) -> dict:
 
 def check_same_config(run, run_dir: Path) -> None:
     """ValueError when run_dir holds a run of another configuration (train.steps may differ: it extends)."""
-    import yaml
-
-
-    old = run_config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    path = run_dir / "config.yaml"
+    try:
+        old = run_config_from_dict(read_yaml(path), path)
+    except DamagedFileError:  # rewritten from the checkpoint's config on resume, or the run fails in the grid
+        return
     diff = config_differences(comparable(old), comparable(run), ignore={("train", "steps")})
     if diff:
         raise ValueError(f"{run_dir} holds a run of another configuration ({'; '.join(diff)}); compare into "
@@ -186,12 +189,8 @@ def check_same_config(run, run_dir: Path) -> None:
 
 def trained_step(run_dir: Path) -> int | None:
     """The step of final.json, or None when the run has not finished."""
-    path = run_dir / "final.json"
-    return json.loads(path.read_text())["step"] if path.exists() else None
-
-
-def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    final = read_json(run_dir / "final.json")
+    return None if final is None else final.get("step")
 
 
 class GridProgress:
@@ -220,10 +219,8 @@ def train_one(run, run_dir: Path, progress: GridProgress) -> int | None:
     step = trained_step(run_dir)
     if step is not None and step >= run.train.steps:
         return None
-    resume = bool(checkpoint_steps(run_dir / "checkpoints"))
-    if not resume and run_dir.exists():  # interrupted before its first checkpoint: nothing to resume
-        shutil.rmtree(run_dir)
-    timing = _json(run_dir / TIMING_FILE) or {"train_time_s": 0.0}
+    resume = bool(checkpoint_steps(run_dir / "checkpoints"))  # without one the Trainer starts the folder over
+    timing = read_json(run_dir / TIMING_FILE) or {"train_time_s": 0.0}
     started = time.perf_counter()
     result = train_run(run, run_dir, resume=resume, progress=False, hooks=[progress.hook])
     timing["train_time_s"] += time.perf_counter() - started
@@ -239,7 +236,7 @@ def evaluate_one(config: CompareConfig, run, run_dir: Path) -> None:
     request = {"corruptions": default_sweep(task.corruptions) if config.corruptions is None else config.corruptions,
                "capacities": config.capacities, "bpr": config.bpr}
     step = trained_step(run_dir)
-    analysis, evaluation = _json(run_dir / ANALYSIS_FILE), _json(run_dir / eval_file(None))
+    analysis, evaluation = read_json(run_dir / ANALYSIS_FILE), read_json(run_dir / eval_file(None))
     needs_analysis = run.data.probe_tokens > 0 and (analysis or {}).get("step") != step
     needs_eval = evaluation is None or evaluation.get("step") != step or evaluation.get("request") != request
     if not (needs_analysis or needs_eval):
@@ -258,10 +255,18 @@ def evaluate_one(config: CompareConfig, run, run_dir: Path) -> None:
 
 def collect_run(entry: Entry, seed: int, run_dir: Path, out: Path, metric_key: str, status: str,
                 error: str | None) -> dict:
-    """The run's record in results.json (schema v1), from the files in its folder."""
+    """The run's record in results.json (schema v1), from the files in its folder; a damaged file makes it a
+    failed run (the error names the file and line)."""
     record: dict = {"router": entry.router, "label": entry.label, "seed": seed, "options": entry.describe(),
                     "run_dir": str(run_dir.relative_to(out)), "status": status, "error": error}
-    final = _json(run_dir / "final.json")
+    try:
+        return _add_run_files(record, run_dir, metric_key)
+    except DamagedFileError as e:
+        return {**record, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def _add_run_files(record: dict, run_dir: Path, metric_key: str) -> dict:
+    final = read_json(run_dir / "final.json")
     if final is None:
         return record
     valid, test = final.get("valid", {}), final.get("test", {})
@@ -269,17 +274,16 @@ def collect_run(entry: Entry, seed: int, run_dir: Path, out: Path, metric_key: s
     extras = {k: v for k, v in test.items() if k not in (metric_key, "loss")}  # e.g. unigram perplexity
     record["final"] = {"metric": test.get(metric_key), "valid_metric": valid.get(metric_key),
                        "valid_loss": valid.get("loss"), **extras}
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    logged = [json.loads(line) for line in lines if line]
+    logged = read_jsonl(run_dir / "metrics.jsonl")
     record["curve"] = [{"step": r["step"], "valid_loss": r.get("loss"), "metric": r.get(metric_key)}
                        for r in logged if r["split"] == "valid"]
     rates = sorted(r["per_s"] for r in logged if r["split"] == "train" and "per_s" in r)
     if rates:
         record["tokens_per_s"] = rates[len(rates) // 2]  # median: robust to a stalled step
-    timing = _json(run_dir / TIMING_FILE)
+    timing = read_json(run_dir / TIMING_FILE)
     if timing:
         record["train_time_s"] = timing["train_time_s"]
-    analysis = _json(run_dir / ANALYSIS_FILE)
+    analysis = read_json(run_dir / ANALYSIS_FILE)
     if analysis:
         record["routing"] = analysis["routing"]
         per_token = [layer.get("experts_per_token") for layer in analysis["routing"]["layers"]]
@@ -287,7 +291,7 @@ def collect_run(entry: Entry, seed: int, run_dir: Path, out: Path, metric_key: s
             record["final"]["experts_per_token"] = sum(per_token) / len(per_token)
         if "latent" in analysis:
             record["latent"] = analysis["latent"]
-    evaluation = _json(run_dir / eval_file(None))
+    evaluation = read_json(run_dir / eval_file(None))
     if evaluation:
         record["robustness"] = [{k: e[k] for k in ("corruption", "level", "severity", "metric")}
                                 for e in evaluation["robustness"]]
@@ -331,8 +335,14 @@ class CompareResult:
 def run_compare(config: CompareConfig, command: str = "", progress: bool = True) -> CompareResult:
     """Train, evaluate and analyse every (entry, seed) of `config` (seed-major order), then write results.json
     and the report. A run that raises is recorded as failed and the grid goes on; an interrupted training
-    (SIGINT/SIGTERM, checkpoint written) stops the grid, and the runs not done are recorded as skipped."""
+    (SIGINT/SIGTERM, checkpoint written) stops the grid, and the runs not done are recorded as skipped. The
+    comparison folder is held (one writer) throughout."""
 
+    with hold_folder(config.out):
+        return _run_grid(config, command, progress)
+
+
+def _run_grid(config: CompareConfig, command: str, progress: bool) -> CompareResult:
     out = Path(config.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     grid = [(entry, seed) for seed in range(config.seeds) for entry in config.entries]
@@ -341,8 +351,7 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True)
     for key, run_dir in folder.items():  # before anything is trained or written
         if (run_dir / "config.yaml").exists():
             check_same_config(runs[key], run_dir)
-    done = sum(min(trained_step(folder[e.label, s]) or _checkpoint(folder[e.label, s]), runs[e.label, s].train.steps)
-               for e, s in grid)
+    done = sum(min(_steps_done(folder[e.label, s]), runs[e.label, s].train.steps) for e, s in grid)
     bar = GridProgress(sum(r.train.steps for r in runs.values()), done, progress)
     metric_key = get_task(config.task).metric_key
     records, failed, interrupted = [], [], None
@@ -355,15 +364,18 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True)
                 continue
             bar.start(f"{entry.label} s{seed}")
             try:
-                interrupted = train_one(runs[entry.label, seed], run_dir, bar)
-                if interrupted is None:
-                    evaluate_one(config, runs[entry.label, seed], run_dir)
+                with hold_folder(run_dir):
+                    interrupted = train_one(runs[entry.label, seed], run_dir, bar)
+                    if interrupted is None:
+                        evaluate_one(config, runs[entry.label, seed], run_dir)
                 status, error = ("skipped", "interrupted") if interrupted is not None else ("done", None)
             except Exception as e:  # one failed run must not stop the grid
                 status, error = "failed", f"{type(e).__name__}: {e}"
-                failed.append(f"{entry.label} s{seed}: {error}")
-                print(f"smoe compare: {entry.label} seed {seed} failed: {error}", file=sys.stderr)
-            records.append(collect_run(entry, seed, run_dir, out, metric_key, status, error))
+            record = collect_run(entry, seed, run_dir, out, metric_key, status, error)
+            if record["status"] == "failed":
+                failed.append(f"{entry.label} s{seed}: {record['error']}")
+                print(f"smoe compare: {entry.label} seed {seed} failed: {record['error']}", file=sys.stderr)
+            records.append(record)
             write_results(config, records, command)
     finally:
         bar.close()
@@ -372,6 +384,10 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True)
     return CompareResult(results=path, report=report, failed=failed, interrupted=interrupted)
 
 
-def _checkpoint(run_dir: Path) -> int:
+def _steps_done(run_dir: Path) -> int:
+    """Steps a run folder already holds (final.json's, else the latest checkpoint's; 0 if damaged)."""
     steps = checkpoint_steps(run_dir / "checkpoints")
-    return steps[-1] if steps else 0
+    try:
+        return trained_step(run_dir) or (steps[-1] if steps else 0)
+    except DamagedFileError:
+        return 0

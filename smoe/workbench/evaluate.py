@@ -26,8 +26,10 @@ from torch import nn
 from smoe._validate import check_choice, check_float, check_int
 from smoe.data.corrupt import CORRUPTIONS, parse_corruption, severity
 from smoe.layer import moe_layers
+from smoe.workbench.checkpoint import atomic_write
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.metrics import dropped_fraction
+from smoe.workbench.run_folder import hold_folder
 from smoe.workbench.runner import load_run
 from smoe.workbench.tasks import get_task
 
@@ -160,15 +162,16 @@ def _capacity_modes(model: nn.Module, bpr: str) -> list[bool]:
 
 def evaluate_run(run_dir: str | Path, device: str | None = None, **options) -> dict:
     """Load the run in `run_dir`, `evaluate_model` it with `options` (default corruptions: the task's sweep) and
-    write RUN_DIR/eval.json (eval-k<K>.json with eval_k)."""
+    write RUN_DIR/eval.json (eval-k<K>.json with eval_k), holding the run folder's writer lock."""
 
-    run, setup, step = load_run(run_dir, device)
-    task = get_task(run.task)
-    if options.get("corruptions") is None:
-        options["corruptions"] = default_sweep(task.corruptions)
-    result = {"step": step, **evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better,
-                                             **options)}
-    Path(run_dir, eval_file(options.get("eval_k"))).write_text(json.dumps(result, indent=1))
+    with hold_folder(run_dir, create=False):
+        run, setup, step = load_run(run_dir, device)
+        task = get_task(run.task)
+        if options.get("corruptions") is None:
+            options["corruptions"] = default_sweep(task.corruptions)
+        result = {"step": step, **evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better,
+                                                 **options)}
+        atomic_write(Path(run_dir, eval_file(options.get("eval_k"))), json.dumps(result, indent=1).encode())
     return result
 
 

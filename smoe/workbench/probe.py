@@ -38,6 +38,7 @@ from smoe.workbench.metrics import (
     routing_margin,
     top1_expert,
 )
+from smoe.workbench.run_folder import jsonl_bytes, read_jsonl
 
 TRACE_FILE = "routing_trace.jsonl"
 PROBE_SEED = 0
@@ -169,12 +170,10 @@ class RoutingTrace:
         self.writes = not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
     def _start(self, step: int) -> None:
-        kept = []
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] < step]
-            if self.writes:
-                atomic_write(self.path, "".join(line + "\n" for line in kept).encode())
-        self.previous = json.loads(kept[-1]) if kept else None
+        kept = [r for r in read_jsonl(self.path) if r["step"] < step]  # a torn last line dropped with a warning
+        if self.writes and self.path.exists():
+            atomic_write(self.path, jsonl_bytes(kept))
+        self.previous = kept[-1] if kept else None
         self.started = True
 
     def due(self, step: int) -> bool:
@@ -202,10 +201,7 @@ class RoutingTrace:
 
 def read_trace(run_dir: str | Path) -> list[dict]:
     """The records of RUN_DIR/routing_trace.jsonl in step order ([] when the run has none)."""
-    path = Path(run_dir) / TRACE_FILE
-    if not path.exists():
-        return []
-    return sorted((json.loads(line) for line in path.read_text().splitlines() if line), key=lambda r: r["step"])
+    return sorted(read_jsonl(Path(run_dir) / TRACE_FILE), key=lambda r: r["step"])
 
 
 def _mean(values: list[float]) -> float:

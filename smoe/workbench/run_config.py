@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import yaml
@@ -51,7 +53,11 @@ class RunConfig:
 
 def parse_value(text: str):
     """YAML value, with numbers in exponent form (`1e-3`, which YAML 1.1 reads as a string) as floats."""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{text!r} is not a YAML value ({problem})") from None
     if isinstance(value, str):
         try:
             return float(value)
@@ -64,7 +70,10 @@ def parse_override(item: str) -> tuple[str, object]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"--set expects key=value, got {item!r}")
-    return key.strip(), parse_value(value.strip())
+    try:
+        return key.strip(), parse_value(value.strip())
+    except ValueError as e:
+        raise ValueError(f"--set {item}: {e}") from None
 
 
 def _field_names(cls: type) -> list[str]:
@@ -129,11 +138,22 @@ def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: 
         apply_override(sections, t, *(item if isinstance(item, tuple) else parse_override(item)))
     if steps is not None:
         sections["train"]["steps"] = steps
+    for section, values in sections.items():
+        check_finite_floats(section, values)
     data = _build(t.data_config, sections["data"], "data")
     train = _build(TrainConfig, sections["train"], "train")
     _build(t.model_config, {**sections["model"], **t.derived}, "model")  # validate before loading any data
     return RunConfig(task=task, preset=preset, router=router, seed=seed, device=device, data=data,
                      model=sections["model"], train=train)
+
+
+def check_finite_floats(name: str, value) -> None:
+    """ValueError naming the key of the first NaN or infinite float anywhere in a nested config value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, item in items:
+        check_finite_floats(f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]", item)
 
 
 def _build(cls: type, values: dict, section: str):
@@ -154,8 +174,9 @@ def check_device(device: str) -> None:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
 
-def run_config_from_dict(config: dict) -> RunConfig:
-    """The RunConfig a run directory's config.yaml describes (fields derived from the data are rebuilt)."""
+def run_config_from_dict(config: dict, source: str | Path = "config") -> RunConfig:
+    """The RunConfig a run directory's config.yaml describes (fields derived from the data are rebuilt);
+    `source` (the file) names it in errors."""
     try:
         task = get_task(config["task"])
         model = {k: v for k, v in config["model"].items() if k not in task.derived}
@@ -164,6 +185,9 @@ def run_config_from_dict(config: dict) -> RunConfig:
                                                                                    "data"),
                          model=model, train=_build(TrainConfig, config["train"], "train"))
     except (KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"not a run configuration (config.yaml of `smoe train`): missing or bad field {e!r}") from e
+        raise ValueError(f"{source} is not a run configuration (config.yaml of `smoe train`): missing or bad field "
+                         f"{e!r}") from e
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
 
 

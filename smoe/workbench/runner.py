@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import yaml
 
 from smoe.collectives import collective
-from smoe.workbench.checkpoint import load_checkpoint, load_module_tensors
+from smoe.workbench.checkpoint import checkpoint_path, load_checkpoint, load_module_tensors, reading_state
 from smoe.workbench.data_parallel import ParallelConfig, prepare_model, process_group, run_world_size
 from smoe.workbench.probe import TRACE_FILE, RoutingTrace
 from smoe.workbench.run_config import RunConfig, check_device, run_config_from_dict
+from smoe.workbench.run_folder import hold_folder, read_yaml
 from smoe.workbench.tasks import TaskSetup, get_task
 from smoe.workbench.trainer import Hook, Trainer, TrainResult, derived_seed
 
@@ -28,11 +29,14 @@ def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progres
     the global batch `train.batch_size` is split over the ranks, and the run config records the `parallel`
     section (see `smoe.workbench.data_parallel`). The task's probe set is routed at every eval and at the end
     (`smoe.workbench.probe.RoutingTrace`, written to out_dir/routing_trace.jsonl, rank 0) before the other hooks run.
+    The run folder is held (one writer, `smoe.workbench.run_folder`) from before the data is loaded.
     """
     if run_world_size() == 1:
-        return _train(run, out_dir, resume, progress, hooks)
+        with hold_folder(out_dir):  # a second writer fails before the data is loaded
+            return _train(run, out_dir, resume, progress, hooks)
     parallel = parallel or ParallelConfig()
-    with process_group(run.device, parallel.timeout_s) as device:
+    with (process_group(run.device, parallel.timeout_s) as device,
+          hold_folder(out_dir) if dist.get_rank() == 0 else contextlib.nullcontext()):
         return _train(run, out_dir, resume, progress, hooks, parallel, device)
 
 
@@ -70,15 +74,16 @@ def load_run(run_dir: str | Path, device: str | None = None,
     if not path.is_file():
         raise ValueError(f"run_dir must be a run folder of `smoe train` or `smoe compare` (with config.yaml), "
                          f"got {str(run_dir)!r}")
-    run = run_config_from_dict(yaml.safe_load(path.read_text()))
+    run = run_config_from_dict(read_yaml(path), path)
     if device is not None:
         check_device(device)
         run.device = device
     torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
     setup = get_task(run.task).setup(run)
     tensors, state = load_checkpoint(run_dir / "checkpoints", step)
-    load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
-                        state["aliases"])
+    with reading_state(checkpoint_path(run_dir / "checkpoints", state["step"])):
+        load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                            state["aliases"])
     setup.model.to(run.device).eval()
     return run, setup, state["step"]
 

@@ -22,11 +22,13 @@ samplers of `smoe.data.batches` do).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ from smoe.models.common import aux_losses
 from smoe.workbench.checkpoint import (
     CheckpointError,
     atomic_write,
+    checkpoint_path,
     checkpoint_steps,
     decode_bytes,
     encode_bytes,
@@ -49,8 +52,10 @@ from smoe.workbench.checkpoint import (
     load_optimizer_tensors,
     module_tensors,
     optimizer_tensors,
+    reading_state,
 )
 from smoe.workbench.data_parallel import DataParallel, SingleProcess
+from smoe.workbench.run_folder import hold_folder, jsonl_bytes, read_json, read_jsonl, read_yaml, remove_temp_files
 
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
 
@@ -136,12 +141,12 @@ class RunLog:
 
     def __init__(self, folder: Path, start_step: int):
         self.path = folder / "metrics.jsonl"
-        if start_step and self.path.exists():  # drop records past the checkpoint we resume from
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
-            atomic_write(self.path, "".join(line + "\n" for line in kept).encode())
+        if self.path.exists():  # drop records past the step we start from (a torn last line with a warning)
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step]
+            atomic_write(self.path, jsonl_bytes(kept))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(folder / "tb"), purge_step=start_step + 1 if start_step else None)
+        self.tb = SummaryWriter(str(folder / "tb"), purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         with open(self.path, "a") as f:
@@ -199,17 +204,48 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
 
-    def _prepare_dir(self, resume: bool) -> None:
-        """A fresh run needs an empty run folder; a resumed one a checkpoint of the same configuration (its
-        config.yaml then records the new train.steps)."""
-        if resume:
+    def _prepare_dir(self, resume: bool) -> dict | None:
+        """Check the run folder (held by this process) and write its config.yaml; returns final.json's record
+        when a resumed run is already done at `steps` (then nothing is written).
+
+        A fresh run needs a folder without a checkpoint or final.json (a config.yaml alone is what a run killed
+        before its first checkpoint leaves: it is started over). Resume continues the latest checkpoint of the same
+        configuration, and is refused past `steps`; without a checkpoint it starts from step 0 (after checking
+        the folder's config.yaml, if any). Logs past the starting step and temporary files are removed.
+        """
+        final = read_json(self.out_dir / "final.json")
+        if resume and checkpoint_steps(self.checkpoint_dir):
             self._restore()
-        elif (self.out_dir / "config.yaml").exists() or checkpoint_steps(self.checkpoint_dir):
+            if self.step > self.config.steps:
+                raise ValueError(f"{self.out_dir} holds a run at step {self.step}, past steps={self.config.steps}; "
+                                 f"nothing to do (pass --steps {self.step} or more to extend it)")
+            if final is not None and final.get("step") == self.step == self.config.steps:
+                return final
+        elif resume:
+            if final is not None:
+                raise CheckpointError(f"{self.out_dir} holds a finished run without checkpoints; it cannot be "
+                                      "resumed (choose another --out)")
+            self._check_folder_config()
+            warnings.warn(f"no checkpoint in {self.checkpoint_dir}: starting from step 0", stacklevel=3)
+        elif checkpoint_steps(self.checkpoint_dir) or final is not None:
             raise ValueError(f"{self.out_dir} already holds a run; resume it (--resume) or choose another --out")
         self.parallel.barrier()  # every rank has looked before rank 0 writes
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.parallel.is_main:
+            remove_temp_files(self.out_dir)
+            if final is not None:  # extended past its end: final.json will describe the new one
+                (self.out_dir / "final.json").unlink()
             atomic_write(self.out_dir / "config.yaml", yaml.safe_dump(self.run_config, sort_keys=False).encode())
+        return None
+
+    def _check_folder_config(self) -> None:
+        """A config.yaml already in the folder must be this run's (train.steps may differ)."""
+        path = self.out_dir / "config.yaml"
+        if not path.exists():
+            return
+        mismatch = config_differences(read_yaml(path), self.run_config, ignore={("train", "steps")})
+        if mismatch:
+            raise CheckpointError(f"{path} was written with another configuration (only train.steps may change on "
+                                  f"resume): " + "; ".join(mismatch))
 
     # ------------------------------------------------------------ checkpoints
 
@@ -229,26 +265,35 @@ class Trainer:
 
     def _restore(self) -> None:
         tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
-        mismatch = config_differences(state.get("config", {}), self.run_config, ignore={("train", "steps")})
-        if mismatch:
-            raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another configuration "
-                                  f"(only train.steps may change on resume): " + "; ".join(mismatch))
-        load_module_tensors(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
-                            state["aliases"])
-        load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")},
-                               state["optimizer"])
-        torch.set_rng_state(decode_bytes(state["rng"]["global"]))
-        self.data_rng.set_state(decode_bytes(state["rng"]["data"]))
-        self.noise.set_state(decode_bytes(state["rng"]["noise"]))
-        if "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(decode_bytes(state["rng"]["cuda"]), self.device)
+        with reading_state(checkpoint_path(self.checkpoint_dir, state["step"])):
+            mismatch = config_differences(state["config"], self.run_config, ignore={("train", "steps")})
+            if mismatch:
+                raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another "
+                                      f"configuration (only train.steps may change on resume): " + "; ".join(mismatch))
+            load_module_tensors(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                                state["aliases"])
+            load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")},
+                                   state["optimizer"])
+            rng = state["rng"]
+            torch.set_rng_state(decode_bytes(rng["global"]))
+            self.data_rng.set_state(decode_bytes(rng["data"]))
+            self.noise.set_state(decode_bytes(rng["noise"]))
+            if "cuda" in rng:
+                torch.cuda.set_rng_state(decode_bytes(rng["cuda"]), self.device)
         self.step = state["step"]
 
     # ------------------------------------------------------------ the loop
 
     def fit(self, resume: bool = False) -> TrainResult:
-        """Train until `config.steps` (continuing from the latest checkpoint with resume=True)."""
-        self._prepare_dir(resume)
+        """Train until `config.steps` (continuing from the latest checkpoint with resume=True), holding the run
+        folder's writer lock throughout (`smoe.workbench.run_folder.hold_folder`; rank 0 under data parallelism)."""
+        with hold_folder(self.out_dir) if self.parallel.is_main else contextlib.nullcontext():
+            done = self._prepare_dir(resume)
+            if done is not None:
+                return TrainResult("done", self.step, {k: v for k, v in done.items() if k != "step"})
+            return self._train()
+
+    def _train(self) -> TrainResult:
         batches = iter(self.train_batches(self.data_rng))
         log = RunLog(self.out_dir, self.step) if self.parallel.is_main else _NoLog()
         in_main = threading.current_thread() is threading.main_thread()
@@ -283,7 +328,7 @@ class Trainer:
                 log.write(self.step, split, values)
             self.save()
             if self.parallel.is_main:
-                (self.out_dir / "final.json").write_text(json.dumps({"step": self.step, **final}, indent=1))
+                atomic_write(self.out_dir / "final.json", json.dumps({"step": self.step, **final}, indent=1).encode())
             return TrainResult("done", self.step, final)
         finally:
             bar.close()

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -206,3 +208,11 @@ def test_classification_needs_labels_and_a_valid_length(corpus, tmp_path):
         classification_tensors(unlabelled, tok, 8)
     with pytest.raises(ValueError, match="vocab_size"):
         get_tokenizer(corpus, 100, cache_dir=tmp_path)
+
+
+def test_a_fifo_or_device_is_refused_before_reading(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        with pytest.raises(ValueError, match="is not a regular file or a folder"):
+            load_text(path)

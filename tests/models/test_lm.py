@@ -136,3 +136,11 @@ def test_bad_input(call, match):
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         small(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [11, 99, -1])
+def test_token_ids_out_of_the_vocabulary_name_its_size(bad):
+    idx = torch.randint(0, 11, (2, 5))
+    idx[1, 3] = bad
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocab_size=11\)"):
+        LM(small())(idx)

@@ -169,12 +169,14 @@ def test_resume_with_another_config_is_an_error_and_overwrites_nothing(tmp_path)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
-def test_fresh_run_in_a_used_folder_and_resume_without_checkpoint_are_errors(tmp_path):
+def test_a_fresh_run_in_a_folder_with_a_checkpoint_or_final_json_is_an_error(tmp_path):
     make_trainer(tmp_path / "a", 1).fit()
     with pytest.raises(ValueError, match="already holds a run"):
         make_trainer(tmp_path / "a", 1).fit()
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        make_trainer(tmp_path / "b", 1).fit(resume=True)
+    for p in (tmp_path / "a" / "checkpoints").iterdir():
+        p.unlink()
+    with pytest.raises(ValueError, match="already holds a run"):
+        make_trainer(tmp_path / "a", 1).fit()
 
 
 def test_corrupt_checkpoint_on_resume_is_an_error(tmp_path):
