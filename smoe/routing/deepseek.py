@@ -24,12 +24,13 @@ from smoe.routing.registry import register_router
 
 @dataclass
 class DeepSeekOptions(RouterOptions):
-    """Options of `deepseek` (see `DeepSeekRouter`); topk_group None means n_group."""
+    """Options of `deepseek` (see `DeepSeekRouter`); topk_group None means n_group, group_score_topk None the
+    release's rule (2 with the expert bias, 1 = the group maximum without it)."""
 
     k: int = 2
     n_group: int = 1
     topk_group: int | None = None
-    group_score_topk: int = 2
+    group_score_topk: int | None = None
     normalize: bool = True
     routed_scaling_factor: float = 1.0
     bias_rate: float | None = 0.001
@@ -41,6 +42,8 @@ class DeepSeekOptions(RouterOptions):
         if self.topk_group is None:
             self.topk_group = self.n_group
         check_int("topk_group", self.topk_group, low=1, high=self.n_group)
+        if self.group_score_topk is None:
+            self.group_score_topk = 1 if self.bias_rate is None else 2
         check_int("group_score_topk", self.group_score_topk, low=1)
         check_bool("normalize", self.normalize)
         check_float("routed_scaling_factor", self.routed_scaling_factor, low=0.0, low_open=True)
@@ -56,10 +59,11 @@ class DeepSeekRouter(BiasBalancing, Router):
     experts (never s + b), divided by their sum when `normalize` (the release always does for sigmoid
     scores), then times `routed_scaling_factor` (2.5 in the V3 release config; 1.0 here, the release default).
     Group-limited routing (`n_group` > 1): the E experts form n_group consecutive groups, a group scores the
-    sum of its `group_score_topk` largest s + b, and only the best `topk_group` groups stay eligible. The
-    release sums the top 2 (the default); the report's node-limited rule sums the top k / M per node, M the
-    number of nodes (k // topk_group here), also 2 for V3 (k = 8, M = 4): pass that to follow it
-    (reconstructed, not checked against the paper).
+    sum of its `group_score_topk` largest s + b, and only the best `topk_group` groups stay eligible. Default
+    (None): the release's rule, the sum of the top 2 with the expert bias (V3) and the group maximum (top 1)
+    without it (bias_rate=None); the report's node-limited rule sums the top k / M per node, M the number of
+    nodes (k // topk_group here), also 2 for V3 (k = 8, M = 4): pass that to follow it (reconstructed, not
+    checked against the paper).
     Aux loss: the report's complementary sequence-wise balance loss, coefficient `seq_aux_coef` (alpha =
     1e-4 in the report; 0 disables it), per sequence (the last axis of the layer input) on the normalised
     affinities s / sum(s), f counted from the experts actually chosen (after bias and group limits), as in

@@ -105,5 +105,5 @@ class GraphOfTokensRouter(SoftmaxTopKRouter):
         weight, index = top_k_probs(mixed, self.k, self.normalize)
         routing = Routing.from_token_choice(index, weight, mixed, ctx, logits=logits)
         scored = routing if self.balance_on == "mixed" else routing.replace(probs=probs)
-        routing.aux.update(self.losses(scored, logits, ctx))
+        routing.aux.update(self.losses(scored, logits, ctx, index))
         return routing

@@ -34,16 +34,19 @@ def top_k_probs(probs: Tensor, k: int, normalize: bool, select: Tensor | None = 
 
 @dataclass
 class SoftmaxTopKOptions(RouterOptions):
-    """What softmax top-k routers share: k, renormalisation (None: True when k > 1) and the two aux losses."""
+    """What softmax top-k routers share: k, renormalisation (None: True when k > 1) and the two aux losses
+    (load_balance_counts: which choices f_e counts, see `SoftmaxTopKRouter`)."""
 
     k: int = 2
     normalize: bool | None = None
     load_balance_coef: float = 0.01
+    load_balance_counts: str = "pairs"
     z_loss_coef: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
         check_float("load_balance_coef", self.load_balance_coef, low=0.0)
+        check_choice("load_balance_counts", self.load_balance_counts, ("pairs", "first"))
         check_float("z_loss_coef", self.z_loss_coef, low=0.0)
         self.normalize = auto_normalize(self.normalize, self.k)
 
@@ -70,7 +73,10 @@ class TopKOptions(SoftmaxTopKOptions):
 class SoftmaxTopKRouter(Router):
     """The gate and the aux losses of softmax top-k routers (`topk`, and the graph-of-tokens routers):
     Switch load balancing E * sum_e f_e P_e (coefficient `load_balance_coef`) and ST-MoE z-loss (`z_loss_coef`);
-    a coefficient of 0 disables the term."""
+    a coefficient of 0 disables the term. P_e is the mean router probability of expert e over the real tokens;
+    f_e with load_balance_counts="pairs" (default) the fraction of all k pairs sent to e (1 under perfect balance
+    for any k; HF's Mixtral loss is k times it), with "first" the fraction of tokens whose first choice is e
+    (GShard, X-MoE: E^2 mean_e(me_e ce_e)). Both count the choices before capacity drops any."""
 
     Options = SoftmaxTopKOptions
 
@@ -79,10 +85,15 @@ class SoftmaxTopKRouter(Router):
         self.check_k_fits()
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
-    def losses(self, routing: Routing, logits: Tensor, ctx: RoutingContext) -> dict[str, Tensor]:
+    def losses(self, routing: Routing, logits: Tensor, ctx: RoutingContext, index: Tensor) -> dict[str, Tensor]:
+        """The weighted aux losses of a routing whose per-token choices are index: (N, k), best first."""
         aux = {}
         if self.load_balance_coef > 0:
-            aux["load_balance"] = self.load_balance_coef * load_balance_loss(routing.probs, routing.expert, ctx.mask)
+            if self.load_balance_counts == "pairs":
+                counted = routing.expert
+            else:
+                counted = index[:, 0] if ctx.mask is None else index[ctx.mask, 0]
+            aux["load_balance"] = self.load_balance_coef * load_balance_loss(routing.probs, counted, ctx.mask)
         if self.z_loss_coef > 0:
             aux["z_loss"] = self.z_loss_coef * z_loss(logits, ctx.mask)
         return aux
@@ -94,9 +105,12 @@ class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
 
     logits = x W_g (+ noise in training); per token keep the k largest.
     softmax="before": weights are softmax over all E experts, then top-k (GShard, Mixtral, V-MoE).
-    softmax="after": weights are softmax over the k chosen logits only (Shazeer 2017).
+    softmax="after": the k largest logits choose; with normalize the weights are a softmax over the k chosen
+    logits only (Shazeer 2017), without it the chosen entries of the softmax over all E.
     normalize: rescale the kept weights to sum 1 (default: True when k > 1, False for k = 1 as in Switch);
-    with softmax="before" and normalize=True this equals softmax="after".
+    with softmax="before" and normalize=True this equals softmax="after". So with k = 1 and the default, both
+    give the full-softmax probability of the chosen expert: a softmax over one logit is the constant 1 and would
+    pass the gate no gradient through the weights (normalize=True gives that literal form, weight 1).
     noise="learned": Shazeer's noisy gating, std = softplus(x W_noise), training only;
     noise="fixed": Gaussian noise of std `noise_std` on the logits, training only.
     eval_k: experts per token in eval mode (None: k), e.g. train top-2 and infer top-1 without retraining.
@@ -142,5 +156,5 @@ class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
             index = self.biased(scores).topk(self.active_k, dim=-1).indices
             weight = torch.softmax(scores.gather(1, index), dim=-1) if self.normalize else probs.gather(1, index)
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
-        routing.aux.update(self.losses(routing, logits, ctx))
+        routing.aux.update(self.losses(routing, logits, ctx, index))
         return routing

@@ -9,6 +9,7 @@ temperature) and the only one with the bounded, token-norm-invariant scores the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,8 @@ class XMoEOptions(RouterOptions):
     second_expert: str = "random"
     eval_second_expert: str = "threshold"
     load_balance_coef: float = 0.01
+    capacity: str = "layer"
+    eval_capacity_fraction: float = 0.25
 
     def __post_init__(self):
         super().__post_init__()
@@ -56,6 +59,8 @@ class XMoEOptions(RouterOptions):
             raise ValueError(f"second_expert and eval_second_expert must be 'all' for k={self.k} > 2 "
                              "(the random second-expert policy is defined for top-2)")
         check_float("load_balance_coef", self.load_balance_coef, low=0.0)
+        check_choice("capacity", self.capacity, ("layer", "release"))
+        check_float("eval_capacity_fraction", self.eval_capacity_fraction, low=0.0, high=1.0)
 
 
 @register_router("xmoe")
@@ -77,6 +82,12 @@ class XMoERouter(Router):
     so forward outputs are the same, only the parameter the optimizer updates differs. None disables it.
     Aux loss: load_balance_coef * E * sum_e mean_t G[t, e] * (fraction of tokens whose first choice is e), counted
     before any drop (release weight 0.01).
+    capacity="layer" (default): the MoE layer's capacity_factor (if any) applies to the pairs left after the
+    random drop, C = ceil(capacity_factor * A / E) from those A pairs. capacity="release": the router itself keeps
+    per expert at most C = k ceil(S / E) pairs in training (2 ceil(S/E) for top-2) and ceil(eval_capacity_fraction
+    * S) in eval (0.25; 0: the training rule), S the tokens of the call (padding included, as the release counts
+    them), C computed before the random drop; first choices in token order fill the slots before any second
+    choice. Use it with a dropless layer (capacity_factor=None).
     """
 
     Options = XMoEOptions
@@ -130,11 +141,30 @@ class XMoERouter(Router):
             first = index[:, 0] if ctx.mask is None else index[ctx.mask, 0]
             routing.aux["load_balance"] = self.load_balance_coef * load_balance_loss(probs, first, ctx.mask)
         policy = self.second_expert if self.training else self.eval_second_expert
-        if self.k != 2 or policy == "all":
-            return routing
-        keep = torch.ones(routing.num_pairs, dtype=torch.bool, device=x.device)
-        g2 = routing.weight[1::2].detach()  # pairs are token-major, two per real token
-        threshold = 0.5 if policy == "threshold" else torch.rand(g2.shape, generator=ctx.generator,
-                                                                 device=g2.device, dtype=g2.dtype)
-        keep[1::2] = 2 * g2 > threshold
-        return routing.select(keep)
+        if self.k == 2 and policy != "all":
+            keep = torch.ones(routing.num_pairs, dtype=torch.bool, device=x.device)
+            g2 = routing.weight[1::2].detach()  # pairs are token-major, two per real token
+            threshold = 0.5 if policy == "threshold" else torch.rand(g2.shape, generator=ctx.generator,
+                                                                     device=g2.device, dtype=g2.dtype)
+            keep[1::2] = 2 * g2 > threshold
+            routing = routing.select(keep)
+        if self.capacity == "release":
+            routing = routing.select(self.within_release_capacity(routing, x.shape[0]))
+        return routing
+
+    def release_capacity(self, num_tokens: int) -> int:
+        """Per-expert capacity of the release for a call of S = num_tokens tokens (see capacity="release")."""
+        if not self.training and self.eval_capacity_fraction > 0:
+            return math.ceil(self.eval_capacity_fraction * num_tokens)
+        return self.k * math.ceil(num_tokens / self.num_experts)
+
+    def within_release_capacity(self, routing: Routing, num_tokens: int) -> Tensor:
+        """(A,) bool: the pairs the release keeps, filling each expert's `release_capacity` slots with first
+        choices in token order, then second choices."""
+        order = (torch.arange(routing.num_pairs, device=routing.expert.device) if routing.priority is None
+                 else torch.argsort(routing.priority, descending=True, stable=True))
+        expert = routing.expert[order]
+        slot = (F.one_hot(expert, self.num_experts).cumsum(0) - 1).gather(1, expert[:, None]).squeeze(1)
+        keep = torch.empty_like(expert, dtype=torch.bool)
+        keep[order] = slot < self.release_capacity(num_tokens)
+        return keep

@@ -35,9 +35,12 @@ def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progres
         with hold_folder(out_dir):  # a second writer fails before the data is loaded
             return _train(run, out_dir, resume, progress, hooks)
     parallel = parallel or ParallelConfig()
-    with (process_group(run.device, parallel.timeout_s) as device,
-          hold_folder(out_dir) if dist.get_rank() == 0 else contextlib.nullcontext()):
-        return _train(run, out_dir, resume, progress, hooks, parallel, device)
+    with process_group(run.device, parallel.timeout_s) as device:
+        if run.train.batch_size % dist.get_world_size():
+            raise ValueError(f"train.batch_size={run.train.batch_size} (the global batch) must be divisible by the "
+                             f"world size {dist.get_world_size()}")
+        with hold_folder(out_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
+            return _train(run, out_dir, resume, progress, hooks, parallel, device)
 
 
 def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, hooks: list[Hook] | None,
@@ -48,9 +51,6 @@ def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, ho
         run_config = run.to_dict(setup.model_config)
     else:
         world_size = dist.get_world_size()
-        if run.train.batch_size % world_size:
-            raise ValueError(f"train.batch_size={run.train.batch_size} (the global batch) must be divisible by the "
-                             f"world size {world_size}")
         setup = _setup_rank_zero_first(run)
         run_config = {**run.to_dict(setup.model_config), "parallel": prepare_model(setup.model, parallel, world_size)}
     trace = [] if setup.probe is None else [

@@ -62,6 +62,19 @@ def test_group_limited_routing_by_hand():
     assert torch.allclose(out.weight, torch.tensor([16 / 31, 15 / 31], dtype=F64))
 
 
+def test_without_the_bias_a_group_scores_its_maximum_as_the_release_does():
+    # release (inference/model.py, Gate): group score = amax without the bias, top-2 sum with it
+    # max: [0.9, 0.75, 0.8] -> groups 0, 2 eligible -> experts 0 (0.9), 5 (0.8); weights 9/17, 8/17
+    out = make(6, k=2, n_group=3, topk_group=2, bias_rate=None)(logit(S6), RoutingContext())
+    assert out.expert.tolist() == [0, 5]
+    assert torch.allclose(out.weight, torch.tensor([9 / 17, 8 / 17], dtype=F64))
+    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=None).group_score_topk == 1
+    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=0.0).group_score_topk == 2
+    # the choice stays open: the top-2 sum without a bias ([1.0, 1.25, 1.4] -> groups 1, 2 -> experts 5, 2)
+    out = make(6, k=2, n_group=3, topk_group=2, bias_rate=None, group_score_topk=2)(logit(S6), RoutingContext())
+    assert out.expert.tolist() == [5, 2]
+
+
 def test_group_score_topk_option_by_hand():
     # group score = max (top-1): [0.9, 0.75, 0.8] -> groups 0, 2 eligible -> experts 0 (0.9), 5 (0.8)
     out = make(6, k=2, n_group=3, topk_group=2, group_score_topk=1)(logit(S6), RoutingContext())

@@ -145,3 +145,39 @@ def test_eval_k_routes_fewer_experts_in_eval_only():
 def test_bad_options(opts, match):
     with pytest.raises(ValueError, match=match):
         build_router("topk", d_model=2, num_experts=3, **opts)
+
+
+def test_load_balance_counts_pairs_or_first_choices_by_hand():
+    """Pairs (default): f = fraction of all k pairs; "first" (GShard, X-MoE): fraction of first choices."""
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]], dtype=torch.float64)
+    r = build_router("topk", d_model=3, num_experts=3, k=2, load_balance_coef=1.0).double()
+    set_gate(r, torch.eye(3))
+    ctx = RoutingContext()
+    # choices: token 0 -> 0, 1; token 1 -> 1, 2. P = [0.3, 0.45, 0.25]
+    # pairs: f = [1/4, 1/2, 1/4] -> 3 * (0.075 + 0.225 + 0.0625) = 1.0875 (HF Mixtral's loss is 2x: 2.175)
+    assert torch.isclose(r(p.log(), ctx).aux["load_balance"], torch.tensor(1.0875, dtype=torch.float64))
+    r.load_balance_counts = "first"
+    # first choices: f = [1/2, 1/2, 0] -> 3 * (0.15 + 0.225) = 1.125
+    assert torch.isclose(r(p.log(), ctx).aux["load_balance"], torch.tensor(1.125, dtype=torch.float64))
+    mask = torch.tensor([True, False])  # padding never counts: token 0 alone, f = [1, 0, 0], P = [0.5, 0.3, 0.2]
+    assert torch.isclose(r(p.log(), RoutingContext(mask=mask)).aux["load_balance"],
+                         torch.tensor(1.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"load_balance_counts must be one of \['pairs', 'first'\]"):
+        build_router("topk", d_model=3, num_experts=3, load_balance_counts="tokens")
+
+
+def test_softmax_after_with_k1_keeps_the_full_softmax_probability():
+    """A softmax over one chosen logit is the constant 1 (no gradient to the gate through the weight), so k = 1
+    defaults to the chosen entry of the full softmax, like softmax="before"; normalize=True is the literal form."""
+    x = X.clone().requires_grad_()
+    after = make(k=1, softmax="after", load_balance_coef=0.0)
+    out = after(x, RoutingContext())
+    assert torch.allclose(out.weight, torch.softmax(LOGITS, -1).max(-1).values)
+    assert torch.allclose(out.weight, make(k=1, load_balance_coef=0.0)(X, RoutingContext()).weight)
+    out.weight.sum().backward()
+    assert after.gate.weight.grad.abs().sum() > 0
+    literal = make(k=1, softmax="after", normalize=True, load_balance_coef=0.0)
+    out = literal(X, RoutingContext())
+    assert torch.equal(out.weight, torch.ones(3, dtype=torch.float64))
+    out.weight.sum().backward()
+    assert literal.gate.weight.grad.abs().sum() == 0

@@ -156,3 +156,43 @@ def test_k3_plain_topk_renormalised():
     out = r(torch.randn(5, 4, dtype=F64), RoutingContext())
     assert out.num_pairs == 15 and torch.allclose(out.dense_weights().sum(1), torch.ones(5, dtype=F64))
     assert all(len(set(row)) == 3 for row in out.expert.view(5, 3).tolist())  # three distinct experts each
+
+
+def release_capacity_router(**opts):
+    return top2_router(second_expert="all", eval_second_expert="all", capacity="release", load_balance_coef=0.0,
+                       **opts)
+
+
+def pairs(routing):
+    return sorted(zip(routing.token.tolist(), routing.expert.tolist()))
+
+
+def test_release_capacity_by_hand():
+    """torchscale top2gating: C = 2 ceil(S/E) in training, ceil(0.25 S) in eval; first choices fill the slots
+    (in token order) before any second choice."""
+    g = torch.tensor([[0.6, 0.3, 0.05, 0.05], [0.6, 0.3, 0.05, 0.05],  # tokens 0, 1: experts 0 then 1
+                      [0.3, 0.6, 0.05, 0.05], [0.3, 0.6, 0.05, 0.05]], dtype=F64)  # tokens 2, 3: experts 1 then 0
+    r = release_capacity_router()
+    assert r.release_capacity(4) == 2  # 2 ceil(4 / 4)
+    # expert 0: first choices of tokens 0, 1 fill it; expert 1: those of tokens 2, 3. Every second choice dropped
+    # (pair order alone would have let tokens 0 and 1 take both slots of expert 1)
+    assert pairs(r(g.log(), RoutingContext())) == [(0, 0), (1, 0), (2, 1), (3, 1)]
+    r.eval()
+    assert r.release_capacity(4) == 1  # ceil(0.25 * 4)
+    assert pairs(r(g.log(), RoutingContext())) == [(0, 0), (2, 1)]
+    r.eval_capacity_fraction = 0.0  # the training rule in eval too
+    assert pairs(r(g.log(), RoutingContext())) == [(0, 0), (1, 0), (2, 1), (3, 1)]
+
+
+def test_release_capacity_is_computed_before_the_random_drop_unlike_the_layers():
+    # every token: expert 0 (g1 = 0.8 / 0.9), expert 1 (g2 = 0.1 / 0.9, 2 g2 < 1/2: dropped in eval)
+    g = torch.tensor([0.8, 0.1, 0.05, 0.05], dtype=F64).log().expand(4, 4)
+    release = release_capacity_router(eval_capacity_fraction=0.0).eval()
+    release.eval_second_expert = "threshold"
+    assert pairs(release(g, RoutingContext())) == [(0, 0), (1, 0)]  # C = 2 ceil(4 / 4) = 2, from S
+    layer = MoE(4, 4, 8, router="xmoe", k=2, dim=4, capacity_factor=1.0, **RELEASE).double().eval()
+    with torch.no_grad():
+        layer.router.proj.weight.copy_(torch.eye(4))
+        layer.router.expert_emb.copy_(torch.eye(4))
+    out = layer(g.clone())
+    assert out.stats.capacity == 1 and out.stats.counts.tolist() == [1, 0, 0, 0]  # C = ceil(1.0 * 4 pairs / 4)
