@@ -56,9 +56,10 @@ def make_folder(folder: str | Path) -> Path:
 @contextlib.contextmanager
 def hold_folder(folder: str | Path, create: bool = True) -> Iterator[Path]:
     """Hold the exclusive writer's lock of `folder` for the duration of the block. The folder is created if
-    needed (create=True) or must exist (create=False: a run folder to analyse or evaluate)."""
-    if not create and not Path(folder).is_dir():
-        raise ValueError(f"{folder} is not a folder (a run folder of `smoe train` or `smoe compare` expected)")
+    needed (create=True) or must be an existing run folder, with a config.yaml (create=False: to analyse or
+    evaluate it)."""
+    if not create and not (Path(folder) / "config.yaml").is_file():
+        raise ValueError(f"{folder} is not a run folder of `smoe train` or `smoe compare` (no config.yaml)")
     folder = make_folder(folder)
     key = folder.resolve()
     if key in _held:  # this process already holds it (an outer block)

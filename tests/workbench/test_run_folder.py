@@ -57,6 +57,7 @@ def test_a_second_writer_fails_at_once_naming_the_folder_and_the_holders_pid(tmp
     with pytest.raises(FolderBusyError, match=rf"{tmp_path / 'run'} is being written .*pid {holder.pid}"):
         make_trainer(tmp_path / "run", 2).fit()
     assert not (tmp_path / "run" / "config.yaml").exists()  # nothing written
+    (tmp_path / "run" / "config.yaml").write_text("task: digits\n")
     with pytest.raises(FolderBusyError, match=f"pid {holder.pid}"):
         evaluate.evaluate_run(tmp_path / "run")
     with pytest.raises(FolderBusyError, match=f"pid {holder.pid}"):
