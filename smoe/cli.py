@@ -49,7 +49,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.columns or args.robustness:
             print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
             return 0
-        files = write_report(args.dir, args.out)
+        files = write_report(args.dir, args.out, baseline=args.baseline)
     except ValueError as err:
         print(f"smoe report: {err}", file=sys.stderr)
         return 2
@@ -121,7 +121,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
                                preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
-                               corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr)
+                               corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
+                               baseline=args.baseline)
         command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
         result = run_compare(config, command=command, progress=not args.no_progress)
     except ValueError as e:
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the available ones) instead of writing the report")
     p.add_argument("--robustness", action="store_true",
                    help="print only the metric at every corruption (and capacity) level instead of the report")
+    p.add_argument("--baseline", metavar="LABEL", default=None,
+                   help="the entry the verdicts compare every other with (default: the one results.json records)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("eval-embed", help="MoEE embeddings of an MoE LM on an offline MTEB-style mini suite, "
                                           "with routers swapped in without training (`smoe eval-embed --help`)",
@@ -215,6 +218,8 @@ def add_compare_parser(sub) -> None:
                    help="also evaluate at these test-time capacity ratios (V-MoE; BPR on and off for vmoe)")
     p.add_argument("--bpr", default="both", choices=["both", "on", "off"], help="with --capacity (default both)")
     p.add_argument("--out", required=True, metavar="DIR", help="the comparison folder (runs/, results.json, report)")
+    p.add_argument("--baseline", metavar="LABEL", default=None,
+                   help="the entry every other is compared with, paired by seed (default: the first entry)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(fn=cmd_compare)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_int, check_memory
+from smoe.init import ParamGenerators, global_rng
 
 EXPERT_KINDS = ("swiglu", "gelu", "relu")
 BACKENDS = ("auto", "grouped", "loop")
@@ -158,13 +159,15 @@ class Experts(nn.Module):
         self.b_out = nn.Parameter(torch.empty(num_experts, d_model)) if bias else None
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Each expert initialised like nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-        for w, b in ((self.w_in, self.b_in), (self.w_out, self.b_out)):
+    def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
+        """Each expert initialised like nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); parameter `name` drawn from
+        generators(name) (`smoe.init`; default: the global generator)."""
+        for w_name, b_name in (("w_in", "b_in"), ("w_out", "b_out")):
+            w, b = getattr(self, w_name), getattr(self, b_name)
             bound = 1 / math.sqrt(w.shape[1])
-            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(w, -bound, bound, generator=generators(w_name))
             if b is not None:
-                nn.init.uniform_(b, -bound, bound)
+                nn.init.uniform_(b, -bound, bound, generator=generators(b_name))
 
     def extra_repr(self) -> str:
         return (f"num_experts={self.num_experts}, d_model={self.d_model}, hidden={self.hidden}, kind={self.kind}, "

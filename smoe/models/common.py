@@ -125,8 +125,9 @@ def aux_losses(moe: list[MoEOutput]) -> dict[str, Tensor]:
     return total
 
 
-def init_embedding(embedding: nn.Embedding | nn.Parameter, std: float = 0.02) -> None:
-    """GPT-2 style N(0, std) initialisation of token / position embeddings."""
+def init_embedding(embedding: nn.Embedding | nn.Parameter, std: float = 0.02,
+                   generator: torch.Generator | None = None) -> None:
+    """GPT-2 style N(0, std) initialisation of token / position embeddings (generator None: the global one)."""
     weight = embedding.weight if isinstance(embedding, nn.Embedding) else embedding
     with torch.no_grad():
-        nn.init.normal_(weight, mean=0.0, std=std)
+        nn.init.normal_(weight, mean=0.0, std=std, generator=generator)

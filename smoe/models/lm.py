@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from smoe._validate import check_int
 from smoe.blocks import run_blocks
+from smoe.init import ParamGenerators, global_rng
 from smoe.layer import MoE
 from smoe.models.common import ModelOutput, StackConfig, build_blocks, init_embedding
 from smoe.routing import available_routers, router_options
@@ -66,8 +67,12 @@ class LM(nn.Module):
                 self.head.weight = self.tok_emb.weight
         else:
             self.head = nn.Linear(config.d_model, config.num_classes)
-        init_embedding(self.tok_emb)
-        init_embedding(self.pos_emb)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
+        """N(0, 0.02) token and position embeddings (GPT-2; the tied head shares the token embedding); `smoe.init`."""
+        init_embedding(self.tok_emb, generator=generators("tok_emb.weight"))
+        init_embedding(self.pos_emb, generator=generators("pos_emb.weight"))
 
     def moe_layers(self) -> list[MoE]:
         """The MoE modules, in the order of `ModelOutput.moe`."""

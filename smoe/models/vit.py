@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_int
 from smoe.blocks import run_blocks
+from smoe.init import ParamGenerators, global_rng
 from smoe.layer import MoE
 from smoe.models.common import ModelOutput, StackConfig, build_blocks, init_embedding
 
@@ -54,7 +55,12 @@ class ViT(nn.Module):
         self.blocks = build_blocks(config, causal=False)
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.num_classes)
-        init_embedding(self.pos_emb)
+        self.reset_parameters()
+
+    def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
+        """[CLS] at zero, N(0, 0.02) positions (`smoe.init`)."""
+        nn.init.zeros_(self.cls)
+        init_embedding(self.pos_emb, generator=generators("pos_emb"))
 
     def moe_layers(self) -> list[MoE]:
         """The MoE modules, in the order of `ModelOutput.moe`."""

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float
+from smoe.init import ParamGenerators, global_rng
 from smoe.routing.base import RoutingContext, router_dtype
 from smoe.routing.graph import GraphOfTokensRouter, GraphOptions
 from smoe.routing.registry import register_router
@@ -48,6 +49,12 @@ class SimilarityRouter(GraphOfTokensRouter):
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
         self.sim_proj = nn.Linear(d_model, d_model, bias=False) if self.similarity == "bilinear" else None
+        SimilarityRouter.reset_parameters(self)
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
+        """The bilinear similarity starts at the identity (`smoe.init`), after the top-k router's rule."""
+        super().reset_parameters(generators)
         if self.sim_proj is not None:
             nn.init.eye_(self.sim_proj.weight)
 

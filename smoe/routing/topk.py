@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float, check_int
+from smoe.init import ParamGenerators, global_rng
 from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, auto_normalize, gate_logits, sample_noise
 from smoe.routing.bias_balancing import BiasBalancing
 from smoe.routing.losses import load_balance_loss, z_loss
@@ -127,9 +128,14 @@ class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
         if self.eval_k is not None:
             check_int("eval_k", self.eval_k, high=num_experts)
         self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if self.noise == "learned" else None
+        self.init_bias_balancing(self.bias_rate)
+        TopKRouter.reset_parameters(self)  # this class's rule: a subclass's own parameters do not exist yet
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
+        """The learned noise gate starts at zero (`smoe.init`; the gate is nn.Linear's)."""
         if self.noise_gate is not None:
             nn.init.zeros_(self.noise_gate.weight)
-        self.init_bias_balancing(self.bias_rate)
 
     def noisy_logits(self, x: Tensor, logits: Tensor, ctx: RoutingContext) -> Tensor:
         """logits + noise during training (the clean logits in eval or with noise='none')."""

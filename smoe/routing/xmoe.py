@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe._validate import check_bool, check_choice, check_float, check_int
+from smoe.init import ParamGenerators, global_rng
 from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits, router_dtype
 from smoe.routing.losses import load_balance_loss
 from smoe.routing.registry import register_router
@@ -97,7 +98,6 @@ class XMoERouter(Router):
         self.check_k_fits()
         self.proj = nn.Linear(d_model, self.dim, bias=False)
         self.expert_emb = nn.Parameter(torch.empty(num_experts, self.dim))
-        nn.init.orthogonal_(self.expert_emb, gain=self.init_gain)
         temperature = self.options.temperature
         if temperature is None:
             self.temperature = None
@@ -106,6 +106,13 @@ class XMoERouter(Router):
         else:
             del self.temperature
             self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
+        """Expert embeddings orthogonal with gain init_gain, rescaled to expert_norm (`smoe.init`; the projection is
+        nn.Linear's, the temperature its constant)."""
+        nn.init.orthogonal_(self.expert_emb, gain=self.init_gain, generator=generators("expert_emb"))
         self.rescale_expert_embeddings()
 
     @torch.no_grad()

@@ -1,6 +1,7 @@
 """`smoe compare`: entries (a router with options and config overrides) x seeds on one task, each trained through
 the Trainer into DIR/runs/<label>-s<seed>/, evaluated clean and corrupted (`workbench.evaluate`), analysed
-(`workbench.analysis`), gathered into DIR/results.json (schema v1, `workbench.results`) and rendered as
+(`workbench.analysis`), gathered into DIR/results.json (schema v2, `workbench.results`, with the paired statistics
+against the baseline entry of `workbench.verdicts`) and rendered as
 DIR/report.md and DIR/report.html (`smoe.workbench.report.write_report`).
 
 Entry syntax (entries are comma-separated):  [LABEL=]NAME[:OPTION=VALUE...][+KEY=VALUE...]
@@ -46,6 +47,7 @@ from smoe.workbench.run_folder import DamagedFileError, hold_folder, read_json, 
 from smoe.workbench.runner import load_run, train_run
 from smoe.workbench.tasks import get_task
 from smoe.workbench.trainer import TrainConfig, config_differences
+from smoe.workbench.verdicts import with_statistics
 
 LABEL = re.compile(r"[A-Za-z0-9_.-]+")
 TIMING_FILE = "timing.json"
@@ -116,7 +118,8 @@ def parse_entries(text: str) -> list[Entry]:
 @dataclass
 class CompareConfig:
     """A comparison. corruptions: None = the task's default sweep (`smoe.workbench.evaluate.default_sweep`), [] = none;
-    capacities: test-time capacity ratios to evaluate (with BPR on and off for routers that have it)."""
+    capacities: test-time capacity ratios to evaluate (with BPR on and off for routers that have it); baseline: the
+    label every other entry is compared with (`workbench.verdicts`; None: the first entry)."""
 
     task: str
     entries: list[Entry]
@@ -129,6 +132,7 @@ class CompareConfig:
     corruptions: list[str] | None = None
     capacities: list[float] = field(default_factory=list)
     bpr: str = "both"
+    baseline: str | None = None
 
     def __post_init__(self):
         get_task(self.task)
@@ -138,6 +142,11 @@ class CompareConfig:
         check_choice("bpr", self.bpr, ("both", "on", "off"))
         if not self.entries:
             raise ValueError("entries must hold at least one Entry")
+        labels = [entry.label for entry in self.entries]
+        if self.baseline is None:
+            self.baseline = labels[0]
+        elif self.baseline not in labels:
+            raise ValueError(f"baseline must be the label of an entry ({', '.join(labels)}); got {self.baseline!r}")
 
     def schedule_overrides(self) -> list[str]:
         """--steps N as overrides: the preset's schedule compressed to N steps (module docstring)."""
@@ -238,14 +247,16 @@ def evaluate_one(config: CompareConfig, run, run_dir: Path) -> None:
     step = trained_step(run_dir)
     analysis, evaluation = read_json(run_dir / ANALYSIS_FILE), read_json(run_dir / eval_file(None))
     needs_analysis = run.data.probe_tokens > 0 and (analysis or {}).get("step") != step
-    needs_eval = evaluation is None or evaluation.get("step") != step or evaluation.get("request") != request
+    needs_eval = (evaluation is None or evaluation.get("step") != step or evaluation.get("request") != request
+                  or "clean_bootstrap" not in evaluation)  # written before the bootstrap existed
     if not (needs_analysis or needs_eval):
         return
     run, setup, step = load_run(run_dir, config.device)
     if needs_analysis:
         analyze(setup.model, setup.probe, run_dir, step, {"task": run.task, "router": run.router})
     if needs_eval:
-        result = evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better, **request)
+        result = evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better,
+                                scores=setup.scores, **request)
         atomic_write(run_dir / eval_file(None),
                      json.dumps({"step": step, "request": request, **result}, indent=1).encode())
 
@@ -255,7 +266,7 @@ def evaluate_one(config: CompareConfig, run, run_dir: Path) -> None:
 
 def collect_run(entry: Entry, seed: int, run_dir: Path, out: Path, metric_key: str, status: str,
                 error: str | None) -> dict:
-    """The run's record in results.json (schema v1), from the files in its folder; a damaged file makes it a
+    """The run's record in results.json (schema v2), from the files in its folder; a damaged file makes it a
     failed run (the error names the file and line)."""
     record: dict = {"router": entry.router, "label": entry.label, "seed": seed, "options": entry.describe(),
                     "run_dir": str(run_dir.relative_to(out)), "status": status, "error": error}
@@ -296,6 +307,8 @@ def _add_run_files(record: dict, run_dir: Path, metric_key: str) -> dict:
         record["robustness"] = [{k: e[k] for k in ("corruption", "level", "severity", "metric")}
                                 for e in evaluation["robustness"]]
         record["final"]["eval_time_s"] = evaluation["eval_time_s"]
+        if evaluation.get("clean_bootstrap"):
+            record["eval_sd"] = evaluation["clean_bootstrap"]["sd"]
     return record
 
 
@@ -315,7 +328,9 @@ def write_results(config: CompareConfig, records: list[dict], command: str) -> P
     results = {"schema": SCHEMA_VERSION, "task": config.task, "preset": config.preset, "command": command,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "metric": {"name": task.metric_key, "higher_is_better": task.higher_is_better},
-               "machine": machine(config.device), "runs": records}
+               "machine": machine(config.device), "runs": records,
+               "entries": [entry.label for entry in config.entries]}
+    results = with_statistics(results, config.baseline)
     path = Path(config.out) / RESULTS_FILE
     atomic_write(path, json.dumps(results, indent=1).encode())  # NaN / inf stay numbers, as the schema allows
     return path

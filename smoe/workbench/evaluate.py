@@ -3,8 +3,12 @@
 
 Writes RUN_DIR/eval.json (RUN_DIR/eval-k<K>.json with --eval-k K):
   {"split", "metric": {"name", "higher_is_better"}, "eval_k", "clean": {metrics}, "eval_time_s",
+   "clean_bootstrap": {"sd", "samples", "resamples"} or null,   # evaluation noise of the clean metric
    "robustness": [{"corruption", "level", "severity", "metric", "metrics": {...}}],     # level 0 = clean
    "capacity": [{"capacity", "bpr": bool, "metric", "dropped_fraction"}]}
+
+clean_bootstrap: the sd of the clean metric over resamples (with replacement) of the split's samples (test windows,
+images), from the task's per-sample scores (`TaskSetup.scores`): the evaluation noise of this one number.
 
 Corruptions are `smoe.data.corrupt`'s "NAME:LEVEL" with a fixed seed, so every router and seed sees the same
 corrupted inputs. A capacity sweep entry is also listed in "robustness" as corruption "capacity-bpr" or
@@ -34,6 +38,7 @@ from smoe.workbench.runner import load_run
 from smoe.workbench.tasks import get_task
 
 CORRUPTION_SEED = 0
+BOOTSTRAP_RESAMPLES = 1000
 BPR_CHOICES = ("both", "on", "off")
 
 
@@ -99,8 +104,9 @@ class _DropCounter:
 @torch.no_grad()
 def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better: bool, split: str = "test",
                    corruptions: Sequence[str] = (), capacities: Sequence[float] = (), bpr: str = "both",
-                   eval_k: int | None = None) -> dict:
-    """The eval.json content (module docstring) for `model` and the task's `evaluate` function."""
+                   eval_k: int | None = None, scores=None) -> dict:
+    """The eval.json content (module docstring) for `model` and the task's `evaluate` and `scores` functions
+    (`TaskSetup`; scores None: no clean_bootstrap)."""
     check_choice("bpr", bpr, BPR_CHOICES)
     specs = [parse_corruption(spec) for spec in corruptions]  # fail on a bad spec before evaluating anything
     device = next(model.parameters()).device
@@ -113,6 +119,11 @@ def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better
         started = time.perf_counter()
         clean = evaluate(model, split, generator())
         elapsed = time.perf_counter() - started
+        bootstrap = None
+        if scores is not None:
+            samples = scores(model, split, generator())
+            bootstrap = {"sd": samples.bootstrap_sd(BOOTSTRAP_RESAMPLES), "samples": int(samples.totals.size),
+                         "resamples": BOOTSTRAP_RESAMPLES}
         robustness = []
         by_name: dict[str, list[tuple[int, str]]] = {}
         for (c, level), spec in zip(specs, corruptions):
@@ -143,7 +154,8 @@ def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better
                 robustness.append({"corruption": name, "level": level, "severity": c, "metric": metrics[metric_key],
                                    "metrics": metrics})
     return {"split": split, "metric": {"name": metric_key, "higher_is_better": higher_is_better}, "eval_k": eval_k,
-            "clean": clean, "eval_time_s": elapsed, "robustness": robustness, "capacity": capacity}
+            "clean": clean, "eval_time_s": elapsed, "clean_bootstrap": bootstrap, "robustness": robustness,
+            "capacity": capacity}
 
 
 def _has_bpr(model: nn.Module) -> bool:
@@ -170,7 +182,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, **options) -> d
         if options.get("corruptions") is None:
             options["corruptions"] = default_sweep(task.corruptions)
         result = {"step": step, **evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better,
-                                                 **options)}
+                                                 scores=setup.scores, **options)}
         atomic_write(Path(run_dir, eval_file(options.get("eval_k"))), json.dumps(result, indent=1).encode())
     return result
 
@@ -180,7 +192,9 @@ def format_eval(result: dict) -> str:
     name = result["metric"]["name"]
     rows = [[e["corruption"], str(e["level"]), f"{e['severity']:g}", f"{e['metric']:.4g}"]
             for e in result["robustness"]]
+    bootstrap = result.get("clean_bootstrap")
     head = f"{result['split']} {name}: clean {result['clean'][name]:.4g}" + (
+        f" (bootstrap sd {bootstrap['sd']:.2g} over {bootstrap['samples']} samples)" if bootstrap else "") + (
         f" (eval_k={result['eval_k']})" if result["eval_k"] is not None else "")
     if not rows:
         return head

@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smoe.workbench import plots
+from smoe.workbench.columns import (
+    LATE_ROUTING,
+    ROUTING_SCALARS,
+    RUN_COUNTERS,
+    column_title,
+    run_values,
+    strongest_levels,
+)
 from smoe.workbench.document import Block, Bullets, Code, Heading, Image, Table, Text, render_html, render_markdown
 from smoe.workbench.results import (
     get,
@@ -25,95 +33,13 @@ from smoe.workbench.results import (
     load_results,
     metric_spec,
     number,
-    numbers,
     records,
     run_label,
 )
+from smoe.workbench.verdict_report import verdict_blocks
+from smoe.workbench.verdicts import beats_every_other, with_statistics
 
-# routing.layers[*] scalars, averaged over layers -> column title
-ROUTING_SCALARS = {
-    "load_cv": "load CV", "max_over_mean": "max/mean load", "entropy": "entropy", "margin": "margin",
-    "active_experts": "active experts", "dropped_fraction": "dropped", "effective_rank_input": "eff. rank input",
-    "effective_rank_router": "eff. rank router",
-}
-TITLES = {
-    "final.valid_loss": "valid loss", "final.valid_metric": "valid metric",
-    "final.experts_per_token": "experts per token", "final.eval_time_s": "eval time (s)", "steps": "steps",
-    "train_time_s": "train time (s)", "tokens_per_s": "tokens/s",
-    **{f"routing.{key}": title for key, title in ROUTING_SCALARS.items()},
-    "fluctuation.top1": "fluct. top-1 (last)", "fluctuation.topk_set": "fluct. top-k set (last)",
-    "coactivation.nmi": "co-activation NMI", "sensitivity": "top-expert sensitivity",
-}
-RUN_COUNTERS = ("steps", "train_time_s", "tokens_per_s")
-LATE_ROUTING = ("fluctuation.top1", "fluctuation.topk_set", "coactivation.nmi", "sensitivity")
 MISSING, NOT_FINITE = "missing", "n/a"
-
-# ---------------------------------------------------------------- per run
-
-
-def _mean_of(items: Sequence, value: Callable[[object], float | None]) -> float | None:
-    """Mean of value(item) over the items where it is a number (NaN/inf propagate); None when there are none."""
-    found = [v for v in map(value, items) if v is not None]
-    return sum(found) / len(found) if found else None
-
-
-def _sensitivity(entry: Mapping) -> float | None:
-    clean, dropped = number(entry.get("clean")), number(entry.get("dropped"))
-    return None if clean is None or dropped is None else dropped - clean
-
-
-def _last_fluctuation(run: Mapping) -> Mapping | None:
-    """The fluctuation record with the largest step (the last one listed when steps are missing or tie)."""
-    entries = records(run, "routing", "fluctuation")
-
-    def step(ie: tuple[int, Mapping]) -> tuple[float, int]:
-        s = number(ie[1].get("step"))
-        return (s if s is not None and math.isfinite(s) else -math.inf, ie[0])
-
-    return max(enumerate(entries), key=step)[1] if entries else None
-
-
-def strongest_levels(runs: Sequence[Mapping]) -> dict[str, float]:
-    """corruption -> the highest level any of the runs evaluated."""
-    levels: dict[str, float] = {}
-    for run in runs:
-        for entry in records(run, "robustness"):
-            name, level = entry.get("corruption"), number(entry.get("level"))
-            if isinstance(name, str) and level is not None and math.isfinite(level):
-                levels[name] = max(level, levels.get(name, -math.inf))
-    return levels
-
-
-def run_values(run: Mapping, strongest: Mapping[str, float]) -> dict[str, float]:
-    """Column key -> the run's value, for every quantity it recorded; routing scalars are means over layers.
-
-    Keys: "final.<key>" (each key of `final`), "robust.<corruption>@<level>" (metric at the strongest level),
-    "routing.<scalar>", "routing.nmi.<label name>", "fluctuation.top1|topk_set" (last record), "coactivation.nmi"
-    (mean over layer pairs), "sensitivity" (dropped - clean metric, mean over layers), and RUN_COUNTERS.
-    """
-    values: dict[str, float | None] = {}
-    final = get(run, "final")
-    for key, value in (final.items() if isinstance(final, Mapping) else ()):
-        values[f"final.{key}"] = number(value)
-    for name, level in strongest.items():
-        values[f"robust.{name}@{level:g}"] = next(
-            (number(e.get("metric")) for e in records(run, "robustness")
-             if e.get("corruption") == name and number(e.get("level")) == level), None)
-    for key in RUN_COUNTERS:
-        values[key] = number(run.get(key))
-    layers = records(run, "routing", "layers")
-    for key in ROUTING_SCALARS:
-        values[f"routing.{key}"] = _mean_of(layers, lambda layer, key=key: number(layer.get(key)))
-    nmi = [d for layer in layers if isinstance(d := layer.get("specialization_nmi"), Mapping)]
-    for name in dict.fromkeys(name for d in nmi for name in d):
-        values[f"routing.nmi.{name}"] = _mean_of(nmi, lambda d, name=name: number(d.get(name)))
-    last = _last_fluctuation(run)
-    for key in ("top1", "topk_set"):
-        values[f"fluctuation.{key}"] = _mean_of(numbers(get(last, key)) or [], lambda v: v)
-    values["coactivation.nmi"] = _mean_of(records(run, "routing", "coactivation"), lambda c: number(c.get("nmi")))
-    values["sensitivity"] = _mean_of(records(run, "routing", "sensitivity"), _sensitivity)
-    return {key: value for key, value in values.items() if value is not None}
-
 
 # ---------------------------------------------------------------- per router
 
@@ -153,8 +79,8 @@ class RouterRow:
 def summarize(results: str | os.PathLike | Mapping) -> list[RouterRow]:
     """Rows per router label over its finished runs, best first by the headline metric's direction.
 
-    Rows without a finite mean metric come last; with no direction given, rows are in label order and none is
-    marked best. Rows tied with the best mean are all marked best.
+    Rows without a finite mean metric come last; with no direction given, rows are in label order. The first row
+    is marked best only when its metric is resolved better than every other's (`verdicts.beats_every_other`).
     """
     results = load_results(results)
     _, higher_is_better = metric_spec(results)
@@ -176,8 +102,7 @@ def summarize(results: str | os.PathLike | Mapping) -> list[RouterRow]:
 
     rows.sort(key=rank)
     if rows and rank(rows[0])[0] == 0:
-        for row in rows:
-            row.best = rank(row)[:2] == rank(rows[0])[:2]
+        rows[0].best = beats_every_other(results, rows[0].label)
     return rows
 
 
@@ -209,17 +134,6 @@ def format_stat(stat: Stat | None, seeds: int) -> str:
 def _format_value(value: object) -> str:
     x = number(value)
     return MISSING if x is None else format_number(x)
-
-
-def column_title(key: str, metric_name: str, higher_is_better: bool | None) -> str:
-    if key == "final.metric":
-        return metric_name + {True: " (higher is better)", False: " (lower is better)", None: ""}[higher_is_better]
-    if key.startswith("robust."):
-        name, level = key[len("robust."):].rsplit("@", 1)
-        return f"{metric_name} @ {name} L{level}"
-    if key.startswith("routing.nmi."):
-        return f"NMI {key[len('routing.nmi.'):]}"
-    return TITLES.get(key, key.removeprefix("final."))
 
 
 def table_columns(rows: Sequence[RouterRow]) -> tuple[list[str], list[str]]:
@@ -293,7 +207,8 @@ def _tables(results: Mapping, rows: Sequence[RouterRow]) -> list[Block]:
     task_keys, routing_keys = table_columns(rows)
     legend = ("Mean ± std over each router's finished seeds (sample std, ddof 1); one seed shows its value with "
               "(n=1); (n=m) marks a quantity only m of the router's seeds recorded. missing: not recorded; n/a: "
-              "not a finite number (never averaged away). Rows are sorted best first.")
+              "not a finite number (never averaged away). Rows are sorted by mean, best first; (best) marks a "
+              "router only when its metric is resolved better than every other's (paired over seeds, Holm).")
     robust = [k for k in task_keys if k.startswith("robust.")]
     if robust:
         legend += f" Corruption columns: the metric at the strongest level evaluated ({_severities(results, robust)})."
@@ -410,21 +325,24 @@ class ReportFiles:
     plots: list[Path]
 
 
-def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLike | None = None) -> ReportFiles:
+def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLike | None = None,
+                 baseline: str | None = None) -> ReportFiles:
     """Write out_dir/report.md, out_dir/report.html and out_dir/plots/*.png from a comparison's results.
 
     results: a results dict, a results.json path or the directory holding it; out_dir defaults to that
-    directory (required for a dict).
+    directory (required for a dict). The report opens with the verdicts against `baseline` (default: the recorded
+    one, else the first entry), recomputed from the runs.
     """
     if out_dir is None:
         if not isinstance(results, (str, os.PathLike)):
             raise ValueError("out_dir is required when results is a dict, not a path")
         out_dir = Path(results) if Path(results).is_dir() else Path(results).parent
-    results = load_results(results)
+    results = with_statistics(results, baseline)
     out = Path(out_dir)
     rows = summarize(results)
-    blocks = [*_header(results, rows), *_tables(results, rows), *_runs_table(results), *_missing(results),
-              *_plots(results, rows, out)]
+    title, *header = _header(results, rows)
+    blocks = [title, *verdict_blocks(results, out), *header, *_tables(results, rows), *_runs_table(results),
+              *_missing(results), *_plots(results, rows, out)]
     files = ReportFiles(out / "report.md", out / "report.html",
                         [out / b.path for b in blocks if isinstance(b, Image)])
     files.markdown.write_text(render_markdown(blocks), encoding="utf-8")

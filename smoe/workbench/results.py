@@ -1,9 +1,9 @@
 """The `results.json` of a comparison (`smoe compare`): schema, loading, and field access that tolerates gaps.
 
-Schema version 1 (every field of a run may be missing: a router without aux loss, a task without labels, a
+Schema version 2 (every field of a run may be missing: a router without aux loss, a task without labels, a
 failed run; readers show what is there and say what is missing):
 
-    {"schema": 1, "task": str, "preset": str, "command": str, "created": str (ISO 8601),
+    {"schema": 2, "task": str, "preset": str, "command": str, "created": str (ISO 8601),
      "metric": {"name": str, "higher_is_better": bool},            # the task's headline metric
      "machine": {"cpu": str, "threads": int, "torch": str, "device": str},
      "runs": [{
@@ -20,11 +20,20 @@ failed run; readers show what is there and say what is missing):
           "coactivation": [{"layers": [l, l + 1], "nmi": float, "matrix": [[E floats], ...]}],
           "sensitivity": [{"layer": int, "clean": float, "dropped": float}]},   # task metric, top expert removed
         "robustness": [{"corruption": str, "level": int, "severity": float, "metric": float}],
-        "latent": {"points": [[x, y], ...], "expert": [int, ...], "label": [int, ...]}}]}   # optional (VAE)
+        "eval_sd": float,                     # bootstrap sd of final.metric over the run's test samples
+        "latent": {"points": [[x, y], ...], "expert": [int, ...], "label": [int, ...]}}],   # optional (VAE)
+     # paired statistics against the baseline (`smoe.workbench.verdicts`), new in version 2:
+     "entries": [label, ...],                 # the comparison's entries, in order
+     "baseline": label,                       # what every other entry is compared with (default: the first)
+     "comparisons": {column key: {label: {"n", "differences", "mean", "sd", "ci_low", "ci_high", "p_value", "test",
+                     "p_t", "p_sign_flip", "p_adjusted", "verdict", "mdd", "seeds_needed", "seeds", "direction",
+                     "baseline"}}},           # every entry but the baseline; keys: `smoe.workbench.columns`
+     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation"}}   # of the headline metric
 
 `label` tells apart runs of one router with different options; runs are grouped by label (router name when
 there is no label). Only runs with status "done" (or no status) enter tables and plots. NaN and infinities
-may appear (a diverged run); they are kept as floats so that readers can show them as "n/a".
+may appear (a diverged run); they are kept as floats so that readers can show them as "n/a". Version 1 files (no
+entries, baseline, comparisons, noise, eval_sd) still load; `verdicts.with_statistics` computes what they lack.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 RESULTS_FILE = "results.json"
 NOT_FINISHED = ("failed", "skipped")
 
@@ -58,8 +68,8 @@ def load_results(source: str | os.PathLike | Mapping) -> dict:
         raise ValueError(f"results must be a path to {RESULTS_FILE} or a dict, got {type(source).__name__}")
     if not isinstance(results, Mapping):
         raise ValueError(f"results must hold a JSON object, got {type(results).__name__}")
-    if results.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"results['schema'] must be {SCHEMA_VERSION}, got {results.get('schema')!r}")
+    if results.get("schema") not in READABLE_SCHEMAS:
+        raise ValueError(f"results['schema'] must be one of {READABLE_SCHEMAS}, got {results.get('schema')!r}")
     runs = results.get("runs")
     if not isinstance(runs, list) or not all(isinstance(run, Mapping) for run in runs):
         raise ValueError("results['runs'] must be a list of run objects")
@@ -115,6 +125,14 @@ def group_runs(results: Mapping) -> dict[str, list[Mapping]]:
     for run in results["runs"]:
         groups.setdefault(run_label(run), []).append(run)
     return groups
+
+
+def entry_labels(results: Mapping) -> list[str]:
+    """The comparison's entries in order: results["entries"] (version 2) followed by any other label of a run, else
+    the labels of the runs in order of first appearance (version 1)."""
+    listed = results.get("entries")
+    listed = [x for x in listed if isinstance(x, str)] if isinstance(listed, list) else []
+    return list(dict.fromkeys([*listed, *(run_label(run) for run in results["runs"])]))
 
 
 def metric_spec(results: Mapping) -> tuple[str, bool | None]:

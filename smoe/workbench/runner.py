@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from smoe.collectives import collective
+from smoe.init import init_keyed
 from smoe.workbench.checkpoint import checkpoint_path, load_checkpoint, load_module_tensors, reading_state
 from smoe.workbench.data_parallel import ParallelConfig, prepare_model, process_group, run_world_size
 from smoe.workbench.probe import TRACE_FILE, RoutingTrace
@@ -43,11 +44,20 @@ def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progres
             return _train(run, out_dir, resume, progress, hooks, parallel, device)
 
 
+def task_setup(run: RunConfig) -> TaskSetup:
+    """The task's set-up of `run`, its model initialised paired: every parameter drawn from a generator keyed by
+    (the run's seed, the parameter's name) (`smoe.init.init_keyed`), so the entries of a comparison start from the
+    same values of every parameter they share, whatever parameters their routers add."""
+    torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
+    setup = get_task(run.task).setup(run)
+    init_keyed(setup.model, derived_seed(run.seed, _INIT_STREAM))
+    return setup
+
+
 def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, hooks: list[Hook] | None,
            parallel: ParallelConfig | None = None, device: str | None = None) -> TrainResult:
-    torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
     if parallel is None:
-        setup = get_task(run.task).setup(run)
+        setup = task_setup(run)
         run_config = run.to_dict(setup.model_config)
     else:
         world_size = dist.get_world_size()
@@ -78,8 +88,7 @@ def load_run(run_dir: str | Path, device: str | None = None,
     if device is not None:
         check_device(device)
         run.device = device
-    torch.manual_seed(derived_seed(run.seed, _INIT_STREAM))
-    setup = get_task(run.task).setup(run)
+    setup = task_setup(run)
     tensors, state = load_checkpoint(run_dir / "checkpoints", step)
     with reading_state(checkpoint_path(run_dir / "checkpoints", state["step"])):
         load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
@@ -95,7 +104,7 @@ def _setup_rank_zero_first(run: RunConfig):
 
     if dist.get_rank() != 0:
         barrier()
-    setup = get_task(run.task).setup(run)
+    setup = task_setup(run)
     if dist.get_rank() == 0:
         barrier()
     return setup

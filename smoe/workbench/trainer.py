@@ -12,11 +12,12 @@ gives each rank its share of every batch, synchronises the gradients, clips with
 layers the group's routing counts, averages the logged values, shards the checkpoints and agrees on when
 to stop; rank 0 alone writes the run folder's files. One process uses `SingleProcess`, which does none of that.
 
-Randomness: the caller seeds the global generator before building the model (init); dropout draws from the
-global generator; data order and model noise (router noise, VAE sampling) come from two generators seeded from
-`seed` (with data_parallel, rank r > 0 reseeds the global generator and its noise from (seed, r) after the model
-is built). All three states are in the checkpoint, so `steps=2n` straight and `steps=n` then `steps=2n` resumed
-give bit-identical parameters on CPU (the batch sampler must keep no state besides its generator, as the
+Randomness: the caller initialises the model (`workbench.runner.task_setup`: keyed by seed and parameter name);
+dropout draws from the global generator, which the Trainer seeds from `seed` (so dropout does not depend on how
+many draws the model's construction took); data order and model noise (router noise, VAE sampling) come from two
+generators seeded from `seed` (with data_parallel, rank r > 0 seeds its dropout and noise from (seed, r)). All
+three states are in the checkpoint, so `steps=2n` straight and `steps=n` then `steps=2n` resumed give
+bit-identical parameters on CPU (the batch sampler must keep no state besides its generator, as the
 samplers of `smoe.data.batches` do).
 """
 
@@ -182,10 +183,11 @@ class Trainer:
         self.optimizer = self._build_optimizer()
         self.parallel = DataParallel(self.model, self.optimizer) if data_parallel else SingleProcess()
         self.data_rng = torch.Generator().manual_seed(derived_seed(seed, _DATA_STREAM))  # the same on every rank
-        noise_seed = derived_seed(seed, _NOISE_STREAM)
+        noise_seed, dropout_seed = derived_seed(seed, _NOISE_STREAM), derived_seed(seed, _DROPOUT_STREAM)
         if self.parallel.rank:  # the shares of a batch get their own router noise and dropout (rank 0: one process's)
             noise_seed = derived_seed(noise_seed, self.parallel.rank)
-            torch.manual_seed(derived_seed(derived_seed(seed, _DROPOUT_STREAM), self.parallel.rank))
+            dropout_seed = derived_seed(dropout_seed, self.parallel.rank)
+        torch.manual_seed(dropout_seed)  # not where the model's construction left it: the same for every router
         self.noise = torch.Generator(self.device).manual_seed(noise_seed)
         self.step = 0
         self._stop_signal: int | None = None

@@ -10,7 +10,7 @@ from smoe.cli import main
 from smoe.workbench.report import Stat, format_number, format_stat, summarize, write_report
 from smoe.workbench.results import load_results
 
-PLOTS = {"curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent"}
+PLOTS = {"curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent", "forest"}
 
 
 def layer(i, load_cv, nmi):
@@ -145,17 +145,29 @@ def test_summary_skips_failed_runs_and_counts_what_each_seed_recorded():
 def test_best_router_first_for_both_directions(higher_is_better, order):
     rows = summarize(make_results(higher_is_better))
     assert [row.label for row in rows] == order
-    assert [row.best for row in rows] == [True, False, False, False]
+    # xmoe - topk = -10, -8 over 2 seeds (t-test p = 0.07), ssr and sinkhorn have 1 seed: nothing is resolved
+    assert not any(row.best for row in rows)
 
 
-def test_no_direction_marks_no_best_and_ties_are_all_best():
+def test_best_is_marked_only_when_resolved_against_every_other_router():
+    runs = [make_run(label, seed, metric, 4.0) for label, metrics in
+            (("topk", (120.0, 124.0, 118.0)), ("xmoe", (110.0, 115.0, 109.0)), ("ssr", (130.0, 131.0, 126.0)))
+            for seed, metric in enumerate(metrics)]
+    results = {**make_results(), "runs": runs}
+    # topk - xmoe = 10, 9, 9 and ssr - xmoe = 20, 16, 17: both resolved worse (Holm over the two) -> xmoe (best)
+    assert [(r.label, r.best) for r in summarize(results)] == [("xmoe", True), ("topk", False), ("ssr", False)]
+    runs[5]["final"]["metric"] = 128.0  # xmoe - topk = -10, -9, +10: not resolved -> no mark
+    assert not any(r.best for r in summarize(results))
+
+
+def test_no_direction_or_a_tie_marks_no_best():
     results = make_results()
     del results["metric"]["higher_is_better"]
     rows = summarize(results)
     assert [row.label for row in rows] == ["sinkhorn", "ssr", "topk", "xmoe"] and not any(r.best for r in rows)
     results = make_results()
     results["runs"][5]["final"]["metric"] = 113.0  # ssr ties xmoe's mean
-    assert [(r.label, r.best) for r in summarize(results)][:3] == [("ssr", True), ("xmoe", True), ("topk", False)]
+    assert [(r.label, r.best) for r in summarize(results)][:3] == [("ssr", False), ("xmoe", False), ("topk", False)]
 
 
 def test_non_finite_values_are_not_averaged_and_sort_last():
@@ -208,8 +220,8 @@ def test_html_is_self_contained_and_embeds_every_plot(report):
 def test_tables_have_every_router_with_mean_std_and_best_first(report):
     _, _, md, html = report
     rows = table(md, "ppl")
-    assert [r[0] for r in rows] == ["xmoe (best)", "topk", "ssr", "sinkhorn"]
-    assert "| **xmoe (best)** |" in md and '<tr class="best"><td>xmoe (best)</td>' in html
+    assert [r[0] for r in rows] == ["xmoe", "topk", "ssr", "sinkhorn"]  # by mean; no difference is resolved
+    assert "(best) |" not in md and '<tr class="best"><td>xmoe' not in html
     # router | seeds | ppl | valid loss | test_metric | ppl @ substitute L2 | steps | train time | tokens/s
     assert row_of(rows, "topk")[1:6] == ["2", "122 ± 2.828", "4.850 ± 0.0707", "127 ± 2.828", "155 ± 7.071"]
     assert row_of(rows, "xmoe")[1:6] == ["2 of 3", "113 ± 4.243", "4.650 ± 0.0707", "118 ± 4.243", "140 (n=1)"]
@@ -221,7 +233,7 @@ def test_tables_have_every_router_with_mean_std_and_best_first(report):
 def test_routing_table_reports_missing_routing_data(report):
     _, _, md, _ = report
     rows = table(md, "load CV")
-    assert [r[0] for r in rows] == ["xmoe (best)", "topk", "ssr", "sinkhorn"]
+    assert [r[0] for r in rows] == ["xmoe", "topk", "ssr", "sinkhorn"]
     assert row_of(rows, "topk")[2] == "0.3500 ± 0.0707"
     assert row_of(rows, "xmoe")[2] == "0.3000 (n=1)"  # one of its two finished seeds has routing data
     assert set(row_of(rows, "sinkhorn")[2:]) == {"missing"}
@@ -251,7 +263,7 @@ def test_non_finite_numbers_are_shown_as_na(tmp_path):
     assert row_of(table(md, "ppl"), "topk")[2] == "n/a (1 of 2 not finite)"
     assert row_of(table(md, "load CV"), "ssr")[2] == "n/a (1 of 1 not finite)"
     assert "| topk | 1 | done | 300 | n/a |" in md
-    assert table(md, "ppl")[0][0] == "xmoe (best)"
+    assert table(md, "ppl")[0][0] == "xmoe"
 
 
 def test_rerender_removes_stale_plots_and_empty_results_render(tmp_path):
@@ -268,8 +280,8 @@ def test_rerender_removes_stale_plots_and_empty_results_render(tmp_path):
 
 
 def test_bad_input_raises_value_error_naming_the_argument(tmp_path):
-    with pytest.raises(ValueError, match=r"results\['schema'\] must be 1"):
-        load_results({**make_results(), "schema": 2})
+    with pytest.raises(ValueError, match=r"results\['schema'\] must be one of \(1, 2\), got 3"):
+        load_results({**make_results(), "schema": 3})
     with pytest.raises(ValueError, match=r"results\['runs'\] must be a list"):
         load_results({"schema": 1, "runs": [1, 2]})
     with pytest.raises(ValueError, match="results must be a path"):
@@ -325,7 +337,7 @@ def test_compact_tables_for_docs(tmp_path, capsys):
     md = columns_table(results, ["final.metric", "routing.load_cv"])
     assert md.splitlines()[0] == "| router | seeds | ppl (lower is better) | load CV |"
     # xmoe: finished seeds with metrics 110 and 116 -> 113 ± 4.243; load CV of its one seed with routing: 0.3
-    assert "| **xmoe (best)** | **2 of 3** | **113 ± 4.243** | **0.3000 (n=1)** |" in md
+    assert "| xmoe | 2 of 3 | 113 ± 4.243 | 0.3000 (n=1) |" in md
     assert "| sinkhorn | 1 | 140 (n=1) | missing |" in md
     with pytest.raises(ValueError, match=r"unknown: \['nope'\]; available: final\.metric"):
         columns_table(results, ["nope"])

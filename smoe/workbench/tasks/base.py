@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -12,7 +14,28 @@ from torch import Tensor, nn
 from smoe.data.batches import tensor_batches
 from smoe.registry import Registry
 from smoe.workbench.probe import Probe, probe_batches, spread
+from smoe.workbench.stats import bootstrap_sd
 from smoe.workbench.trainer import StepOutput
+
+
+@dataclass(frozen=True)
+class SampleScores:
+    """A split's headline metric from per-sample parts: metric = link(sum(totals) / sum(counts)), link = exp when
+    `exp` (perplexity from summed cross-entropy), else the identity. totals, counts: (m,) float64 arrays."""
+
+    totals: np.ndarray
+    counts: np.ndarray
+    exp: bool = False
+
+    def metric(self, pick: np.ndarray | None = None) -> float:
+        """The metric over all samples, or over the samples `pick` (m',) indexes (with repeats)."""
+        totals, counts = (self.totals, self.counts) if pick is None else (self.totals[pick], self.counts[pick])
+        mean = float(totals.sum()) / max(float(counts.sum()), 1e-300)
+        return math.exp(mean) if self.exp else mean
+
+    def bootstrap_sd(self, n_boot: int = 1000, seed: int = 0) -> float:
+        """Evaluation noise: the sd of the metric over n_boot resamples of the samples (`stats.bootstrap_sd`)."""
+        return bootstrap_sd(np.arange(self.totals.size), lambda i: self.metric(i.astype(np.int64)), n_boot, seed)
 
 
 @dataclass
@@ -22,6 +45,8 @@ class TaskSetup:
     evaluate(model, split, generator, corruption=None, seed=0): the task metrics on a split; corruption "NAME:LEVEL"
     (`smoe.data.corrupt`) corrupts the split's inputs first, with a generator seeded by `seed`.
     probe: the fixed held-out set of the routing analytics (`workbench.probe`), None when data.probe_tokens is 0.
+    scores(model, split, generator): the clean headline metric of the split as per-sample parts (`SampleScores`,
+    for a bootstrap of its evaluation noise); None when the task has none.
     """
 
     model: nn.Module
@@ -30,6 +55,7 @@ class TaskSetup:
     loss: Callable[[nn.Module, object, int, torch.Generator], StepOutput]
     evaluate: Callable[..., dict[str, float]]
     probe: Probe | None = None
+    scores: Callable[[nn.Module, str, torch.Generator], SampleScores] | None = None
 
 
 @dataclass
@@ -103,18 +129,27 @@ def classify_step(logits_of: Callable, inputs: tuple, labels: Tensor, model, ste
 
 
 @torch.no_grad()
-def classify_metrics(logits_of: Callable, model: nn.Module, inputs: tuple, labels: Tensor, batch_size: int,
-                     generator: torch.Generator) -> dict[str, float]:
-    """{"loss", "accuracy"} of a classifier over inputs (tensors with n rows) and labels (n,)."""
+def classify_samples(logits_of: Callable, model: nn.Module, inputs: tuple, labels: Tensor, batch_size: int,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Per sample (n,) on the CPU: the cross-entropy (float64) and whether the classifier was right (bool)."""
     device = model_device(model)
-    loss, correct = 0.0, 0
+    losses, correct = [], []
     for chunk in tensor_batches(*inputs, labels, batch_size=batch_size, shuffle=False):
         *xs, y = (t.to(device) for t in chunk)
         logits = logits_of(model, *xs, generator=generator).logits.float()
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(-1) == y).sum())
+        losses.append(F.cross_entropy(logits, y, reduction="none").double().cpu())
+        correct.append((logits.argmax(-1) == y).cpu())
+    if not losses:  # an empty split
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(losses), torch.cat(correct)
+
+
+def classify_metrics(logits_of: Callable, model: nn.Module, inputs: tuple, labels: Tensor, batch_size: int,
+                     generator: torch.Generator) -> dict[str, float]:
+    """{"loss", "accuracy"} of a classifier over inputs (tensors with n rows) and labels (n,)."""
+    loss, correct = classify_samples(logits_of, model, inputs, labels, batch_size, generator)
     n = max(labels.shape[0], 1)
-    return {"loss": loss / n, "accuracy": correct / n}
+    return {"loss": float(loss.sum()) / n, "accuracy": int(correct.sum()) / n}
 
 
 def classify_eval(logits_of: Callable, splits: dict, batch_size: int, corrupt_inputs: Callable) -> Callable:
@@ -131,6 +166,17 @@ def classify_eval(logits_of: Callable, splits: dict, batch_size: int, corrupt_in
         return classify_metrics(logits_of, model, tuple(inputs), labels, batch_size, generator)
 
     return evaluate
+
+
+def classify_scores(logits_of: Callable, splits: dict, batch_size: int) -> Callable:
+    """scores(model, split, generator) -> SampleScores of the accuracy (each sample: right 1 or wrong 0)."""
+
+    def scores(model: nn.Module, split: str, generator: torch.Generator) -> SampleScores:
+        *inputs, labels = splits[split]
+        _, correct = classify_samples(logits_of, model, tuple(inputs), labels, batch_size, generator)
+        return SampleScores(correct.double().numpy(), np.ones(correct.numel()))
+
+    return scores
 
 
 def classifier_probe(logits_of: Callable, valid: tuple, tokens_per_sample: int, probe_tokens: int,

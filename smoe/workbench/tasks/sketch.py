@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,7 +16,7 @@ from smoe.data.corrupt import corrupt
 from smoe.data.sketch import generate_sketches, load_quickdraw
 from smoe.models import SMoEVAE, VAEConfig
 from smoe.workbench.probe import Probe, probe_batches, spread
-from smoe.workbench.tasks.base import Task, TaskSetup, model_device, register_task
+from smoe.workbench.tasks.base import SampleScores, Task, TaskSetup, model_device, register_task
 from smoe.workbench.trainer import StepOutput
 
 
@@ -74,15 +75,15 @@ def build_sketch_vae(run, raw: dict) -> TaskSetup:
         return StepOutput(loss=sum(terms.values()), moe=out.moe, metrics=metrics, count=x.shape[0])
 
     @torch.no_grad()
-    def reconstruction(model: nn.Module, x_in: Tensor, x_target: Tensor, generator) -> tuple[float, Tensor]:
-        """(summed SSE of the reconstructions of x_in against x_target, (E,) images per expert)."""
-        device, sse = model_device(model), 0.0
+    def reconstruction(model: nn.Module, x_in: Tensor, x_target: Tensor, generator) -> tuple[Tensor, Tensor]:
+        """(SSE of each reconstruction of x_in against x_target (n,) float64, (E,) images per expert)."""
+        device, sse = model_device(model), [torch.zeros(0, dtype=torch.float64)]
         counts = torch.zeros(config.num_experts, dtype=torch.long)
         for x, target in tensor_batches(x_in, x_target, batch_size=data.eval_batch_size, shuffle=False):
             out = model(x.to(device), generator=generator)
-            sse += float(F.mse_loss(out.recon, target.to(device), reduction="sum"))
+            sse.append(F.mse_loss(out.recon, target.to(device), reduction="none").flatten(1).double().sum(1).cpu())
             counts += out.moe[0].stats.counts.cpu()
-        return sse, counts
+        return torch.cat(sse), counts
 
     def evaluate(model: nn.Module, split: str, generator: torch.Generator, corruption: str | None = None,
                  seed: int = 0) -> dict[str, float]:
@@ -92,8 +93,12 @@ def build_sketch_vae(run, raw: dict) -> TaskSetup:
         sse, counts = reconstruction(model, x_in, x_all, generator)
         n = max(x_all.shape[0], 1)
         baseline = float(F.mse_loss(mean_image.expand_as(x_all), x_all, reduction="sum")) / n
-        return {"sse_per_image": sse / n, "mean_image_sse": baseline,
+        return {"sse_per_image": float(sse.sum()) / n, "mean_image_sse": baseline,
                 "active_experts": int((counts >= data.active_threshold).sum())}
+
+    def scores(model: nn.Module, split: str, generator: torch.Generator) -> SampleScores:
+        sse, _ = reconstruction(model, splits[split][0], splits[split][0], generator)
+        return SampleScores(sse.numpy(), np.ones(sse.numel()))
 
     probe = None
     if data.probe_tokens:
@@ -104,11 +109,11 @@ def build_sketch_vae(run, raw: dict) -> TaskSetup:
         if bool((styles[pick] >= 0).all()):  # generated sketches know their hidden style
             labels["style"] = styles[pick]
         probe = Probe(inputs=probe_batches(x_probe, batch_size=data.eval_batch_size), labels=labels,
-                      metric=lambda model, generator: reconstruction(model, x_probe, x_probe, generator)[0]
-                      / x_probe.shape[0],
+                      metric=lambda model, generator: float(reconstruction(model, x_probe, x_probe, generator)[0]
+                                                            .mean()),
                       latent=lambda model, generator: model.encoder(x_probe.to(model_device(model)))[0])
 
-    return TaskSetup(model, config, train_batches, loss, evaluate, probe)
+    return TaskSetup(model, config, train_batches, loss, evaluate, probe, scores)
 
 
 _VAE_TRAIN = {"batch_size": 128, "lr": 1e-3, "warmup_steps": 0, "min_lr_ratio": 1.0, "weight_decay": 0.0,

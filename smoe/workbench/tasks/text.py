@@ -18,10 +18,12 @@ from smoe.data.text import TextCorpus, classification_tensors, get_tokenizer, lm
 from smoe.models import LM, LMConfig
 from smoe.workbench.probe import Probe, probe_batches, spread
 from smoe.workbench.tasks.base import (
+    SampleScores,
     Task,
     TaskSetup,
     classifier_probe,
     classify_eval,
+    classify_scores,
     classify_step,
     model_device,
     register_task,
@@ -88,18 +90,26 @@ def eval_windows(stream: Tensor, seq_len: int, max_tokens: int) -> Tensor:
 
 
 @torch.no_grad()
-def next_token_loss(model: nn.Module, windows: Tensor, batch_size: int, generator: torch.Generator,
-                    scored: Tensor | None = None) -> float:
-    """Mean next-token cross-entropy over windows: (n, T + 1), on the targets where scored: (n, T) is True."""
-    device, total, count = model_device(model), 0.0, 0
+def window_losses(model: nn.Module, windows: Tensor, batch_size: int, generator: torch.Generator,
+                  scored: Tensor | None = None) -> SampleScores:
+    """Per window of windows: (n, T + 1), on the CPU: the summed next-token cross-entropy of the targets where
+    scored: (n, T) is True, and their number; their exp(sum / count) is the perplexity."""
+    device, totals, counts = model_device(model), [], []
     scored = torch.ones_like(windows[:, 1:], dtype=torch.bool) if scored is None else scored
     for w, keep in tensor_batches(windows, scored, batch_size=batch_size, shuffle=False):
         w, keep = w.to(device), keep.to(device)
         logits = model(w[:, :-1], generator=generator).logits.float()
-        ce = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="none")
-        total += float(ce[keep.flatten()].sum())
-        count += int(keep.sum())
-    return total / max(count, 1)
+        ce = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="none").view_as(keep)
+        totals.append(torch.where(keep, ce.double(), 0.0).sum(1).cpu())  # an unscored inf never leaks in
+        counts.append(keep.sum(1).double().cpu())
+    return SampleScores(torch.cat(totals).numpy(), torch.cat(counts).numpy(), exp=True)
+
+
+def next_token_loss(model: nn.Module, windows: Tensor, batch_size: int, generator: torch.Generator,
+                    scored: Tensor | None = None) -> float:
+    """Mean next-token cross-entropy over windows: (n, T + 1), on the targets where scored: (n, T) is True."""
+    losses = window_losses(model, windows, batch_size, generator, scored)
+    return float(losses.totals.sum()) / max(float(losses.counts.sum()), 1.0)
 
 
 def build_language_model(run, corpus: TextCorpus) -> TaskSetup:
@@ -142,7 +152,10 @@ def build_language_model(run, corpus: TextCorpus) -> TaskSetup:
         ce = next_token_loss(model, w, data.eval_batch_size, generator, scored)
         return {"loss": ce, "perplexity": math.exp(ce), "unigram_perplexity": unigram[split]}
 
-    return TaskSetup(model, config, train_batches, loss, evaluate, probe)
+    def scores(model: nn.Module, split: str, generator: torch.Generator) -> SampleScores:
+        return window_losses(model, windows[split], data.eval_batch_size, generator)
+
+    return TaskSetup(model, config, train_batches, loss, evaluate, probe, scores)
 
 
 # ---------------------------------------------------------------- topic classification (cls-bbc)
@@ -173,7 +186,8 @@ def build_topic_classifier(run, corpus: TextCorpus) -> TaskSetup:
     evaluate = classify_eval(logits_of, splits, data.eval_batch_size, corrupt_inputs)
     return TaskSetup(model, config, train_batches, loss, evaluate,
                      classifier_probe(logits_of, splits["valid"], data.seq_len, data.probe_tokens,
-                                       data.eval_batch_size, "topic"))
+                                       data.eval_batch_size, "topic"),
+                     classify_scores(logits_of, splits, data.eval_batch_size))
 
 
 _LM_TINY = {

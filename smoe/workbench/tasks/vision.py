@@ -13,7 +13,15 @@ from smoe.data.batches import tensor_batches
 from smoe.data.corrupt import corrupt_signals
 from smoe.data.vision import load_digits, load_mnist1d, patchify
 from smoe.models import ViT, ViTConfig
-from smoe.workbench.tasks.base import Task, TaskSetup, classifier_probe, classify_eval, classify_step, register_task
+from smoe.workbench.tasks.base import (
+    Task,
+    TaskSetup,
+    classifier_probe,
+    classify_eval,
+    classify_scores,
+    classify_step,
+    register_task,
+)
 from smoe.workbench.trainer import StepOutput
 
 
@@ -68,7 +76,8 @@ def build_patch_classifier(run, raw: dict) -> TaskSetup:
     evaluate = classify_eval(logits_of, splits, data.eval_batch_size, corrupt_inputs)
     return TaskSetup(model, config, train_batches, loss, evaluate,
                      classifier_probe(logits_of, splits["valid"], num_patches + 1, data.probe_tokens,
-                                       data.eval_batch_size, "digit"))
+                                       data.eval_batch_size, "digit"),
+                     classify_scores(logits_of, splits, data.eval_batch_size))
 
 
 _VIT_TINY = {
