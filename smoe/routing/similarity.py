@@ -49,12 +49,11 @@ class SimilarityRouter(GraphOfTokensRouter):
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
         self.sim_proj = nn.Linear(d_model, d_model, bias=False) if self.similarity == "bilinear" else None
-        SimilarityRouter.reset_parameters(self)
+        self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
-        """The bilinear similarity starts at the identity (`smoe.init`), after the top-k router's rule."""
-        super().reset_parameters(generators)
+        """The bilinear similarity starts at the identity (`smoe.init`; the gate is nn.Linear's)."""
         if self.sim_proj is not None:
             nn.init.eye_(self.sim_proj.weight)
 

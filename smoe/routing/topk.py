@@ -129,7 +129,7 @@ class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
             check_int("eval_k", self.eval_k, high=num_experts)
         self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if self.noise == "learned" else None
         self.init_bias_balancing(self.bias_rate)
-        TopKRouter.reset_parameters(self)  # this class's rule: a subclass's own parameters do not exist yet
+        self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
