@@ -24,7 +24,7 @@ def vit(router, **options):
 
 
 def params(model):
-    return dict(model.named_parameters())
+    return {name: p.detach() for name, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("build", [lm, vit])
