@@ -1,39 +1,57 @@
 """Dispatcher: a `Routing` becomes contiguous per-expert groups of rows, and expert outputs are combined back.
 
-Legend: N tokens, E experts, A routed pairs, A' kept pairs (A' <= A after capacity), d model width.
-Sort-based (MegaBlocks / ScatterMoE style): no Python loop over tokens, no dense (N, E, C) one-hot tensor.
+Legend: N tokens, E experts, S candidate pairs of the Routing (`Routing.pairs`), A of them kept by the router,
+A' <= A kept after capacity, d model width.
+Sort-based (MegaBlocks / ScatterMoE style): no Python loop over tokens, no dense (N, E, C) one-hot tensor, and
+every shape follows from S alone: no host read, no op whose output size depends on the data, so a plan is
+made without waiting for the device and compiles with torch.compile(fullgraph=True).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from smoe._validate import check_choice, check_float, check_int
-from smoe.routing.base import Routing
+from smoe.routing.base import Pairs, Routing, count, integral
 
 
 @dataclass
 class DispatchPlan:
-    """Where every kept pair goes.
+    """Where every kept pair goes, as R = S rows: the A' kept pairs first, grouped by expert (experts in
+    order), then R - A' padding rows (not-kept or dropped candidates) that the dispatch zeroes.
 
-    token: (A',) long -- source token of each grouped row; rows are grouped by expert, experts in order.
-    weight: (A',) -- combine weight of each grouped row.
-    pair: (A',) long -- index of the row's pair in the Routing.
-    counts: (E,) long -- kept rows per expert (group sizes).
-    routed: (E,) long -- pairs per expert before capacity.
-    capacity: per-expert capacity C, or None (dropless); with routing groups, the largest group's C.
+    row_token: (R,) long -- source token of each row; row_weight: (R,) -- its combine weight;
+    row_pair: (R,) long -- index of its candidate in `Routing.pairs`;
+    valid: (R,) bool or None -- rows that hold a kept pair (None: all of them, no padding);
+    counts: (E,) long -- kept rows per expert (group sizes); routed: (E,) long -- pairs per expert before capacity;
+    capacity: per-expert capacity C, or None (dropless); with routing groups, the largest group's C. An int
+    when it follows from the shapes, else (a mask, candidates not kept, routing groups) a 0-dim long tensor.
+    token, weight, pair: (A',) the kept rows only (with padding, reading them is a host sync on a GPU).
     """
 
-    token: Tensor
-    weight: Tensor
-    pair: Tensor
+    row_token: Tensor
+    row_weight: Tensor
+    row_pair: Tensor
     counts: Tensor
     routed: Tensor
-    capacity: int | None
+    capacity: int | Tensor | None
+    valid: Tensor | None = None
+
+    token = property(lambda self: self._kept(self.row_token), doc="(A',) long: source token of each kept row.")
+    weight = property(lambda self: self._kept(self.row_weight), doc="(A',): combine weight of each kept row.")
+    pair = property(lambda self: self._kept(self.row_pair), doc="(A',) long: candidate index of each kept row.")
+
+    def _kept(self, rows: Tensor) -> Tensor:
+        return rows if self.valid is None else rows[self.valid]
+
+    def kept(self) -> DispatchPlan:
+        """The same plan without padding rows (R = A'; a host sync on a GPU when there is padding)."""
+        if self.valid is None:
+            return self
+        return replace(self, row_token=self.token, row_weight=self.weight, row_pair=self.pair, valid=None)
 
     @property
     def dropped_fraction(self) -> Tensor:
@@ -63,54 +81,87 @@ class Dispatcher:
         self.capacity_rounding = capacity_rounding
         self.capacity_multiple = capacity_multiple
 
-    def capacity(self, num_pairs: int) -> int | None:
-        """Per-expert capacity for A routed pairs (None when dropless)."""
+    def capacity(self, num_pairs: int | Tensor) -> int | Tensor | None:
+        """Per-expert capacity for A routed pairs (None when dropless); a long tensor for a long tensor A."""
         if self.capacity_factor is None:
             return None
-        raw = self.capacity_factor * num_pairs / self.num_experts
-        c = math.ceil(raw) if self.capacity_rounding == "ceil" else round(raw)
-        return self.capacity_multiple * math.ceil(c / self.capacity_multiple)
+        pairs = num_pairs.double() if isinstance(num_pairs, Tensor) else num_pairs
+        c = integral(self.capacity_factor * pairs / self.num_experts, self.capacity_rounding)
+        m = self.capacity_multiple
+        return m * ((c + m - 1) // m)
 
     def plan(self, routing: Routing) -> DispatchPlan:
-        """Sort the pairs of `routing` by expert (stable) and drop those beyond capacity."""
+        """Sort the kept pairs of `routing` by expert (stable) and drop those beyond capacity; fixed shapes."""
         e = self.num_experts
         if routing.num_experts != e:
             raise ValueError(f"routing has {routing.num_experts} experts, the dispatcher {e}")
-        expert, group = routing.expert, routing.group
-        routed = torch.bincount(expert, minlength=e)
+        pairs = routing.pairs
+        routed = count(pairs.expert, e, pairs.keep)
         if self.capacity_factor is None:
-            order = torch.argsort(expert, stable=True)
-            counts, capacity = routed, None
-        else:
-            num_groups = int(group.max()) + 1 if group is not None and group.numel() else 1
-            pairs = [expert.numel()] if group is None else torch.bincount(group, minlength=num_groups).tolist()
-            capacities = [self.capacity(a) for a in pairs]
-            bucket = expert if group is None else expert * num_groups + group  # (expert, group), expert-major
-            order = self._priority_order(routing)
-            order = order[torch.argsort(bucket[order], stable=True)]
-            sizes = torch.bincount(bucket, minlength=e * num_groups)
-            start = torch.cumsum(sizes, 0) - sizes
-            slot = torch.arange(order.numel(), device=order.device) - start[bucket[order]]
-            limit = capacities[0] if group is None else torch.tensor(capacities, device=order.device)[group[order]]
-            order = order[slot < limit]
-            counts, capacity = torch.bincount(expert[order], minlength=e), max(capacities)
-        return DispatchPlan(token=routing.token[order], weight=routing.weight[order], pair=order, counts=counts,
-                            routed=routed, capacity=capacity)
+            key = pairs.expert if pairs.keep is None else pairs.expert.masked_fill(~pairs.keep, e)
+            order = torch.argsort(key, stable=True)  # not-kept candidates last
+            valid = None if pairs.keep is None else pairs.keep[order]
+            return self._rows(pairs, order, valid, counts=routed, routed=routed, capacity=None)
+        order, kept, capacity = self._capacity_order(pairs)
+        counts = count(pairs.expert[order], e, kept)
+        last = torch.argsort(~kept, stable=True)  # dropped rows last, each part still grouped by expert
+        return self._rows(pairs, order[last], kept[last], counts=counts, routed=routed, capacity=capacity)
+
+    def _capacity_order(self, pairs: Pairs) -> tuple[Tensor, Tensor, int | Tensor]:
+        """(S,) candidates in (expert, group, priority) order, which of them survive capacity, and C.
+
+        A candidate's slot is its rank within its (expert, group) bucket; it survives when slot < C of its group.
+        Candidates not kept form a bucket of their own after every expert's, so they take no slot.
+        """
+        s = pairs.token.numel()
+        group = None if pairs.group is None else self._group_ids(pairs.group)
+        if group is None:
+            num_pairs = s if pairs.keep is None else pairs.keep.sum()
+            limit = capacity = self.capacity(num_pairs)
+            bucket = pairs.expert
+        else:  # group ids in [0, S): each (expert, group) bucket is expert * S + group
+            per_group = self.capacity(count(group, s, pairs.keep))  # (S,) C of each group id
+            limit, capacity = per_group[group], per_group.max() if s else 0
+            bucket = pairs.expert * s + group
+        if pairs.keep is not None:
+            bucket = bucket.masked_fill(~pairs.keep, self.num_experts * s)
+        order = self._priority_order(pairs)
+        order = order[torch.argsort(bucket[order], stable=True)]
+        sorted_bucket = bucket[order]
+        slot = torch.arange(s, device=order.device) - torch.searchsorted(sorted_bucket, sorted_bucket)
+        kept = slot < (limit if group is None else limit[order])
+        return order, kept if pairs.keep is None else kept & pairs.keep[order], capacity
 
     @staticmethod
-    def _priority_order(routing: Routing) -> Tensor:
-        if routing.priority is None:
-            return torch.arange(routing.num_pairs, device=routing.expert.device)
-        return torch.argsort(routing.priority, descending=True, stable=True)
+    def _group_ids(group: Tensor) -> Tensor:
+        """(S,) group ids in [0, S): each group's first position in sorted order (any ids -> a fixed range)."""
+        sorted_group, order = torch.sort(group, stable=True)
+        return torch.empty_like(group).scatter_(0, order, torch.searchsorted(sorted_group, sorted_group))
+
+    @staticmethod
+    def _priority_order(pairs: Pairs) -> Tensor:
+        if pairs.priority is None:
+            return torch.arange(pairs.token.numel(), device=pairs.expert.device)
+        return torch.argsort(pairs.priority, descending=True, stable=True)
+
+    @staticmethod
+    def _rows(pairs: Pairs, order: Tensor, valid: Tensor | None, **plan) -> DispatchPlan:
+        return DispatchPlan(row_token=pairs.token[order], row_weight=pairs.weight[order], row_pair=order, valid=valid,
+                            **plan)
 
     @staticmethod
     def dispatch(x: Tensor, plan: DispatchPlan) -> Tensor:
-        """x: (N, d) -> (A', d) rows grouped by expert."""
-        return x.index_select(0, plan.token)
+        """x: (N, d) -> (R, d) rows grouped by expert, padding rows zero."""
+        rows = x.index_select(0, plan.row_token)
+        return rows if plan.valid is None else rows.where(plan.valid[:, None], 0)
 
     @staticmethod
     def combine(rows: Tensor, plan: DispatchPlan, num_tokens: int) -> Tensor:
-        """rows: (A', d) expert outputs -> (N, d) = sum over each token's pairs of weight * row."""
-        weighted = rows * plan.weight.to(rows.dtype).unsqueeze(1)
+        """rows: (R, d) expert outputs -> (N, d) = sum over each token's kept rows of weight * row.
+
+        Padding rows are zeroed first (whatever the experts left there, gradients included)."""
+        if plan.valid is not None:
+            rows = rows.where(plan.valid[:, None], 0)
+        weighted = rows * plan.row_weight.to(rows.dtype).unsqueeze(1)
         out = rows.new_zeros(num_tokens, rows.shape[1])
-        return out.index_add_(0, plan.token, weighted)
+        return out.index_add_(0, plan.row_token, weighted)

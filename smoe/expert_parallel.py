@@ -181,8 +181,9 @@ class ExpertParallelMoE(MoE):
         return torch.cat([p[:n] for p, n in zip(parts, sizes)]), sum(sizes[: self.rank])
 
     def expert_outputs(self, flat: Tensor, plan: DispatchPlan) -> Tensor:
-        """(A', d): this rank's grouped rows, sent to the ranks owning their experts, run there and sent back."""
-        rows = self.dispatcher.dispatch(flat, plan)  # (A', d) grouped by expert, hence by owning rank
+        """(R, d): this rank's grouped rows, sent to the ranks owning their experts, run there and sent back; the
+        padding rows past the kept ones stay here (zeros)."""
+        rows = self.dispatcher.dispatch(flat, plan)  # (R, d) grouped by expert, hence by owning rank
         if torch.is_grad_enabled() and not rows.requires_grad:
             rows = rows.detach().requires_grad_()  # every rank then records, and later runs, the backward exchange
         world_size, local = self.world_size, self.experts.num_experts
@@ -192,11 +193,13 @@ class ExpertParallelMoE(MoE):
         received_counts = received_counts.view(world_size, local)
         send = plan.counts.view(world_size, local).sum(1).tolist()
         recv = received_counts.sum(1).tolist()
-        received = _ExchangeRows.apply(rows, send, recv, self.group)  # (R, d) by source rank, then expert
+        received = _ExchangeRows.apply(rows[: sum(send)], send, recv, self.group)  # by source rank, then expert
         order = rows_by_local_expert(received_counts)
         out = self.experts(received.index_select(0, order), received_counts.sum(0))
         out = torch.empty_like(out).index_copy(0, order, out)  # back to (source rank, expert) order
-        return _ExchangeRows.apply(out, recv, send, self.group)
+        out = _ExchangeRows.apply(out, recv, send, self.group)
+        padding = rows.shape[0] - out.shape[0]
+        return torch.cat([out, out.new_zeros(padding, out.shape[1])]) if padding else out
 
     @torch.no_grad()
     def after_step(self, stats: list[MoEStats] | None = None) -> None:

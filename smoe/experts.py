@@ -1,6 +1,7 @@
 """Experts: all E expert MLPs stacked in a few parameters, run over rows grouped by expert.
 
-Legend: E experts, A rows (grouped by expert, `counts[e]` rows for expert e), d model width, h hidden width.
+Legend: E experts, A rows (grouped by expert, `counts[e]` rows for expert e, then padding rows past counts.sum()
+whose outputs are left unspecified: the dispatcher zeroes them), d model width, h hidden width.
 Weights: w_in (E, d, h) -- (E, d, 2h) for SwiGLU, gate and up fused -- and w_out (E, h, d).
 
 Two backends compute the same function:
@@ -11,10 +12,14 @@ Two backends compute the same function:
   the weight gradients are complete whatever the routing did.
 "auto" takes "loop" on CPU in float32 (measured faster there, docs/benchmarks.md) and "grouped" wherever
 grouped_mm supports the dtype, device and shapes; "loop" otherwise (e.g. float64).
+"grouped" never waits for the device and compiles with torch.compile(fullgraph=True) (in torch 2.13 the
+fake-tensor rule of grouped_mm on CPU takes bfloat16 only); "loop" reads the E group sizes on the host once
+per call, and torch.compile runs it eagerly (a graph break).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -46,6 +51,12 @@ class _ContiguousGrad(torch.autograd.Function):
 
 def _grouped_mm(x: Tensor, w: Tensor, offsets: Tensor) -> Tensor:
     return _ContiguousGrad.apply(F.grouped_mm(x, w, offs=offsets))
+
+
+@functools.cache
+def _grouped_mm_device(device: torch.device) -> bool:
+    """Whether grouped_mm runs on this CUDA device (compute capability 8.0 or newer); asked once per device."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def activate(kind: str, pre: Tensor) -> Tensor:
@@ -112,6 +123,12 @@ class _ExpertLoop(torch.autograd.Function):
                 torch.sum(grad_pre, 0, out=grad_b_in[e])
         grad_b_out = torch.stack([grad_y[lo:hi].sum(0) for lo, hi in ctx.bounds]) if ctx.has_bias[1] else None
         return grad_x, grad_w_in, grad_w_out, grad_b_in, grad_b_out, None, None
+
+
+@torch.compiler.disable  # a Python loop over the host-side group sizes: run eagerly, not traced per size
+def _loop(x: Tensor, counts: Tensor, w_in: Tensor, w_out: Tensor, b_in: Tensor | None, b_out: Tensor | None,
+          kind: str) -> Tensor:
+    return _ExpertLoop.apply(x, w_in, w_out, b_in, b_out, counts.tolist(), kind)
 
 
 def _linear(a: Tensor, w: Tensor, b: Tensor | None, out: Tensor | None = None) -> Tensor:
@@ -191,13 +208,14 @@ class Experts(nn.Module):
         weight_dtype = self.w_in.dtype if weight_dtype is None else weight_dtype
         if not hasattr(F, "grouped_mm") or x.dtype not in _GROUPED_DTYPES or weight_dtype != x.dtype:
             return False
-        if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
+        if x.device.type == "cuda" and not _grouped_mm_device(x.device):
             return False
         align = 16 // x.element_size()
         return all(n % align == 0 for n in (self.d_model, self.hidden, self.w_in.shape[2]))
 
     def forward(self, x: Tensor, counts: Tensor) -> Tensor:
-        """x: (A, d) rows grouped by expert, counts: (E,) rows per expert -> (A, d).
+        """x: (A, d) rows grouped by expert, counts: (E,) rows per expert -> (A, d) (rows past counts.sum():
+        unspecified).
 
         Under torch.autocast on x's device, rows and weights are cast to the autocast dtype (as nn.Linear's are)
         and the experts run in it with autocast off (the loop writes into tensors of that dtype).
@@ -214,18 +232,18 @@ class Experts(nn.Module):
              b_out: Tensor | None) -> Tensor:
         backend = self.resolve_backend(x, w_in.dtype)
         if backend == "loop":
-            return _ExpertLoop.apply(x, w_in, w_out, b_in, b_out, counts.tolist(), self.kind)
+            return _loop(x, counts, w_in, w_out, b_in, b_out, self.kind)
         if not self.grouped_supported(x, w_in.dtype):
             raise ValueError(f"backend='grouped' needs float32/bfloat16/float16 weights and inputs of one dtype "
                              f"with widths aligned to 16 bytes; got x {x.dtype}, w_in {w_in.dtype}")
         offsets = torch.cumsum(counts, 0).to(torch.int32)
         h = _grouped_mm(x, w_in, offsets)
-        if b_in is not None:
-            h = h + b_in.repeat_interleave(counts, dim=0, output_size=x.shape[0])
+        if b_in is not None:  # (b_out too) each row's expert; padding rows get the last one
+            expert = torch.searchsorted(offsets, torch.arange(x.shape[0], device=x.device, dtype=torch.int32),
+                                        right=True).clamp_max(self.num_experts - 1)
+            h = h + b_in[expert]
         y = _grouped_mm(self.activation(h), w_out, offsets)
-        if b_out is not None:
-            y = y + b_out.repeat_interleave(counts, dim=0, output_size=x.shape[0])
-        return y
+        return y if b_out is None else y + b_out[expert]
 
     def dense_forward(self, x: Tensor, expert: int) -> Tensor:
         """Expert `expert` applied to every row of x: (M, d) -> (M, d) (a reference for tests and analyses)."""

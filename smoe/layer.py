@@ -35,7 +35,7 @@ class MoEConfig:
     expert: str = "swiglu"
     bias: bool = False
     backend: str = "auto"
-    check_finite: bool = True
+    check_finite: bool = False
     num_shared_experts: int = 0
     shared_gate: bool = False
     router_options: dict = field(default_factory=dict)
@@ -68,13 +68,14 @@ class MoEStats:
     """Routing statistics of one call (tensors, no host sync).
 
     counts: (E,) kept pairs per expert; routed: (E,) pairs per expert before capacity;
-    dropped_fraction: 0-dim fraction of pairs dropped by capacity; capacity: C or None (dropless).
+    dropped_fraction: 0-dim fraction of pairs dropped by capacity; capacity: C or None (dropless), an int or,
+    when it depends on the data (a mask, routing groups), a 0-dim long tensor (`DispatchPlan.capacity`).
     """
 
     counts: Tensor
     routed: Tensor
     dropped_fraction: Tensor
-    capacity: int | None
+    capacity: int | Tensor | None
 
     @property
     def load(self) -> Tensor:
@@ -145,6 +146,9 @@ class MoE(nn.Module):
     num_shared_experts: always-active experts whose output is added to every real token's routed output
     (DeepSeekMoE / DeepSeek-V3), run as one expert of hidden num_shared_experts * hidden (the same function);
     shared_gate: scale that output by sigmoid(x w), w: (d,) (Qwen2-MoE's shared-expert gate).
+    check_finite: raise a ValueError on NaN/Inf input. Off by default: the check reads the input on the host
+    (a sync on a GPU, a graph break under torch.compile); the forward pass otherwise never waits for the device
+    with the grouped backend.
     """
 
     def __init__(
@@ -161,7 +165,7 @@ class MoE(nn.Module):
         backend: str = "auto",
         capacity_rounding: str = "ceil",
         capacity_multiple: int = 1,
-        check_finite: bool = True,
+        check_finite: bool = False,
         num_shared_experts: int = 0,
         shared_gate: bool = False,
         **router_options,
@@ -257,7 +261,7 @@ class MoE(nn.Module):
 
     def shared_output(self, flat: Tensor, mask: Tensor | None) -> Tensor:
         """flat: (N, d) -> (N, d) output of the shared experts (gated when shared_gate), 0 on masked tokens."""
-        out = self.shared(flat, torch.tensor([flat.shape[0]], device=flat.device))
+        out = self.shared(flat, torch.full((1,), flat.shape[0], device=flat.device))
         if self.shared_gate is not None:
             out = torch.sigmoid(self.shared_gate(flat)) * out
         return out if mask is None else out.masked_fill(~mask[:, None], 0.0)
@@ -277,10 +281,10 @@ class MoE(nn.Module):
         if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
             raise ValueError(f"x has dtype {x.dtype} and the layer's weights {weight_dtype}: cast one to the other "
                              f"(x.to({weight_dtype}) or layer.to({x.dtype})), or run under torch.autocast")
-        # one cheap reduction; the exact check only when the sum is not finite (NaN/Inf, or an overflow)
+        # opt in (a host read); one cheap reduction, the exact check only when the sum is not finite
         if self.config.check_finite and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError("x contains NaN or Inf; the MoE layer refuses non-finite input "
-                             "(pass check_finite=False to skip this check)")
+                             "(check_finite=True; pass check_finite=False to skip this check)")
         return lead
 
     @torch.no_grad()

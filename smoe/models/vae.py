@@ -149,7 +149,7 @@ class DecoderMoE(nn.Module):
                                                                generator=generator))
         if self.routing_transform is not None:
             routing = self.routing_transform(routing)
-        plan = self.dispatcher.plan(routing)
+        plan = self.dispatcher.plan(routing).kept()  # the decoders run on the kept rows
         if dense:
             probs = routing.probs.to(z.dtype)
             y = sum(probs[:, e, None, None, None] * dec(z) for e, dec in enumerate(self.decoders))
@@ -160,7 +160,7 @@ class DecoderMoE(nn.Module):
             else:
                 total = plan.weight.new_zeros(z.shape[0]).index_add(0, plan.token, plan.weight)
                 weight = plan.weight / total[plan.token].clamp_min(torch.finfo(total.dtype).tiny)
-            flat = self.dispatcher.combine(rows.flatten(1), replace(plan, weight=weight), z.shape[0])
+            flat = self.dispatcher.combine(rows.flatten(1), replace(plan, row_weight=weight), z.shape[0])
             y = flat.view(z.shape[0], 1, *rows.shape[-2:])
         return MoEOutput(y=y, aux_loss=aux_total(routing.aux, z.device), routing=routing,
                          stats=MoEStats.from_plan(plan))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -57,7 +57,32 @@ class RoutingContext:
         return b, t
 
 
+PAIR_FIELDS = ("token", "expert", "weight", "priority", "group")
+
+
 @dataclass
+class Pairs:
+    """Candidate (token, expert) pairs in a shape that follows from the input's shape alone.
+
+    token, expert: (S,) long; weight: (S,) float; priority: (S,) float or None; group: (S,) long or None (see
+    `Routing`); keep: (S,) bool or None -- which candidates are pairs (None: all of them). A candidate that is
+    not kept (a masked token's, one beyond a budget or a capacity, a dropped second choice) is never dispatched.
+    """
+
+    token: Tensor
+    expert: Tensor
+    weight: Tensor
+    priority: Tensor | None = None
+    group: Tensor | None = None
+    keep: Tensor | None = None
+
+    def kept(self, name: str) -> Tensor | None:
+        """The field `name` at the kept candidates only: (A,). With `keep` set its size depends on the data (a host
+        sync on a GPU), so the hot path (dispatcher, losses) reads the (S,) fields and `keep` instead."""
+        value = getattr(self, name)
+        return value if value is None or self.keep is None else value[self.keep]
+
+
 class Routing:
     """The kept (token, expert) pairs of one routing call and what the router scored them with.
 
@@ -70,18 +95,27 @@ class Routing:
     mask: (N,) bool or None -- which tokens are real (copied from the context).
     group: (A,) long or None -- routing group of each pair; under capacity every (group, expert) gets its own
         capacity, computed from the group's pairs (V-MoE routes groups of images independently). None: one pool.
+    keep: (A,) bool or None -- when given, token ... group are S candidates and only those where keep is True
+        are pairs (A = keep.sum()).
+
+    Routers build the pairs in fixed shapes (`pairs`: S candidates and `keep`, e.g. S = N k for token choice, a
+    masked token's k candidates not kept), so a forward pass has no op whose output size depends on the data.
+    The attributes token, expert, weight, priority and group hold the A kept pairs only (reading them with a
+    `keep` is such an op; the dispatcher and the losses read `pairs`).
     """
 
-    token: Tensor
-    expert: Tensor
-    weight: Tensor
-    probs: Tensor
-    num_experts: int
-    aux: dict[str, Tensor] = field(default_factory=dict)
-    priority: Tensor | None = None
-    logits: Tensor | None = None
-    mask: Tensor | None = None
-    group: Tensor | None = None
+    def __init__(self, token: Tensor, expert: Tensor, weight: Tensor, probs: Tensor, num_experts: int,
+                 aux: dict[str, Tensor] | None = None, priority: Tensor | None = None, logits: Tensor | None = None,
+                 mask: Tensor | None = None, group: Tensor | None = None, keep: Tensor | None = None):
+        self.pairs = Pairs(token, expert, weight, priority, group, keep)
+        self.probs, self.num_experts, self.logits, self.mask = probs, num_experts, logits, mask
+        self.aux = {} if aux is None else aux
+
+    token = property(lambda self: self.pairs.kept("token"), doc="(A,) long: the token of each kept pair.")
+    expert = property(lambda self: self.pairs.kept("expert"), doc="(A,) long: the expert of each kept pair.")
+    weight = property(lambda self: self.pairs.kept("weight"), doc="(A,): the combine weight of each kept pair.")
+    priority = property(lambda self: self.pairs.kept("priority"), doc="(A,) or None: capacity priorities.")
+    group = property(lambda self: self.pairs.kept("group"), doc="(A,) long or None: routing groups.")
 
     @property
     def num_tokens(self) -> int:
@@ -89,24 +123,33 @@ class Routing:
 
     @property
     def num_pairs(self) -> int:
-        return self.token.numel()
+        """A (a host read when the pairs have a `keep`)."""
+        keep = self.pairs.keep
+        return self.pairs.token.numel() if keep is None else int(keep.sum())
 
     def replace(self, **changes) -> Routing:
-        return replace(self, **changes)
+        """A copy with some fields changed (keep included). Changing a per-pair field (token ... group) gives (A,)
+        pairs, so the copy is built from the kept pairs; otherwise it shares these candidates."""
+        pairs = ({n: getattr(self, n) for n in PAIR_FIELDS} if changes.keys() & set(PAIR_FIELDS)
+                 else vars(self.pairs))
+        shared = {"probs": self.probs, "num_experts": self.num_experts, "aux": self.aux, "logits": self.logits,
+                  "mask": self.mask}
+        return Routing(**{**shared, **pairs, **changes})
 
     def select(self, keep: Tensor) -> Routing:
-        """The same routing with only the pairs where keep: (A,) bool is True."""
-        per_pair = ("token", "expert", "weight", "priority", "group")
-        return self.replace(**{n: None if getattr(self, n) is None else getattr(self, n)[keep] for n in per_pair})
+        """The same routing with only the pairs where keep: (S,) bool, over `pairs`, is True (fixed shapes)."""
+        return self.replace(keep=keep if self.pairs.keep is None else self.pairs.keep & keep)
 
     def dense_weights(self) -> Tensor:
         """(N, E) weight matrix with zeros where no pair exists (for tests and small analyses)."""
-        out = self.weight.new_zeros(self.num_tokens, self.num_experts)
-        return out.index_put((self.token, self.expert), self.weight, accumulate=True)
+        p = self.pairs
+        weight = p.weight if p.keep is None else p.weight.where(p.keep, 0)
+        out = p.weight.new_zeros(self.num_tokens, self.num_experts)
+        return out.index_put((p.token, p.expert), weight, accumulate=True)
 
     def experts_per_token(self) -> Tensor:
         """(N,) long: how many experts each token got (0..E)."""
-        return torch.bincount(self.token, minlength=self.num_tokens)
+        return count(self.pairs.token, self.num_tokens, self.pairs.keep)
 
     @classmethod
     def from_token_choice(
@@ -120,24 +163,20 @@ class Routing:
         choice_priority: bool = True,
         priority: Tensor | None = None,
     ) -> Routing:
-        """Flatten per-token choices index, weight: (N, k) into token-major pairs, dropping masked tokens.
+        """Flatten per-token choices index, weight: (N, k) into token-major pairs; masked tokens' are not kept.
 
         With choice_priority, all first choices outrank all second choices under capacity (GShard, V-MoE);
         within a rank, earlier tokens win. priority: (N, k), when given, is the pairs' priority instead.
         """
         n, k = index.shape
-        token = torch.arange(n, device=index.device).repeat_interleave(k)
-        expert, w = index.reshape(-1), weight.reshape(-1)
+        token = torch.arange(n, device=index.device).unsqueeze(1).expand(n, k).reshape(-1)
         if priority is None and choice_priority and k > 1:
             priority = -torch.arange(k, device=index.device, dtype=probs.dtype).expand(n, k)
-        priority = None if priority is None else priority.reshape(-1)
-        if ctx.mask is not None:
-            keep = ctx.mask.repeat_interleave(k)
-            token, expert, w = token[keep], expert[keep], w[keep]
-            priority = None if priority is None else priority[keep]
+        keep = None if ctx.mask is None else ctx.mask.unsqueeze(1).expand(n, k).reshape(-1)
         return cls(
-            token=token, expert=expert, weight=w, probs=probs, num_experts=probs.shape[1],
-            aux=aux or {}, priority=priority, logits=logits, mask=ctx.mask,
+            token=token, expert=index.reshape(-1), weight=weight.reshape(-1), probs=probs,
+            num_experts=probs.shape[1], aux=aux, priority=None if priority is None else priority.reshape(-1),
+            logits=logits, mask=ctx.mask, keep=keep,
         )
 
 
@@ -212,6 +251,24 @@ class Router(nn.Module):
         return True
 
 
+class StaticFloat:
+    """A float attribute that sizes tensors (a capacity or budget factor), kept a constant under torch.compile.
+
+    With dynamic=True, torch.compile makes float attributes symbolic, and a size computed from a symbolic float
+    cannot be traced into an autograd.Function; a float read from a tuple stays a constant (guarded: changing it
+    recompiles). Reads and writes look like a plain float attribute.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: object, owner: type | None = None) -> float:
+        return self if obj is None else getattr(obj, self.slot)[0]
+
+    def __set__(self, obj: object, value: float) -> None:
+        object.__setattr__(obj, self.slot, (value,))
+
+
 def router_dtype(x: Tensor) -> torch.dtype:
     """Routers compute in float32, or float64 when the input is float64 (reference tests)."""
     return torch.promote_types(x.dtype, torch.float32)
@@ -235,6 +292,23 @@ def masked_mean(values: Tensor, mask: Tensor | None, dim: int = 0) -> Tensor:
     return (values * m.view(shape)).sum(dim) / m.sum().clamp_min(1)
 
 
-def sample_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like `like`, drawn from the context's generator when given."""
-    return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
+def sample_noise(like: Tensor, generator: torch.Generator | None, uniform: bool = False) -> Tensor:
+    """Standard normal (uniform [0, 1) with uniform=True) noise shaped like `like`, drawn from the context's
+    generator when given (a generator=None argument would make torch.compile specialise on the shape)."""
+    draw = torch.rand if uniform else torch.randn
+    return draw(like.shape, dtype=like.dtype, device=like.device, **({} if generator is None else
+                                                                       {"generator": generator}))
+
+
+def count(index: Tensor, size: int, keep: Tensor | None = None) -> Tensor:
+    """(size,) long: how many entries of index: (A,) hold each value 0..size-1, counting only where keep: (A,)
+    bool is True. `bincount` with a fixed output size (bincount's size is the data's maximum + 1)."""
+    ones = torch.ones_like(index) if keep is None else keep.long()
+    return index.new_zeros(size).scatter_add_(0, index, ones)
+
+
+def integral(value: float | Tensor, rounding: str = "ceil") -> int | Tensor:
+    """value rounded up ("ceil") or half to even ("round"): an int, or a long tensor for a tensor (no host read)."""
+    if isinstance(value, Tensor):
+        return (torch.ceil(value) if rounding == "ceil" else torch.round(value)).long()
+    return math.ceil(value) if rounding == "ceil" else round(value)

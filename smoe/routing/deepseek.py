@@ -109,6 +109,7 @@ class DeepSeekRouter(BiasBalancing, Router):
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         if self.seq_aux_coef > 0:
             seq_len = ctx.batch_shape[-1] if ctx.batch_shape is not None and len(ctx.batch_shape) > 1 else x.shape[0]
+            pairs = routing.pairs
             routing.aux["seq_balance"] = self.seq_aux_coef * sequence_balance_loss(
-                probs, routing.token, routing.expert, seq_len, self.k, ctx.mask)
+                probs, pairs.token, pairs.expert, seq_len, self.k, ctx.mask, pairs.keep)
         return routing

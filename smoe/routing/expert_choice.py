@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from smoe._validate import check_float
-from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, StaticFloat, gate_logits, integral
 from smoe.routing.losses import z_loss
 from smoe.routing.registry import register_router
 
@@ -41,6 +40,7 @@ class ExpertChoiceRouter(Router):
     """
 
     supports_global_view = True
+    capacity_factor = StaticFloat()
 
     Options = ExpertChoiceOptions
 
@@ -48,21 +48,33 @@ class ExpertChoiceRouter(Router):
         super().__init__(d_model, num_experts, **options)
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
-    def capacity(self, num_tokens: int) -> int:
-        """Tokens per expert: ceil(capacity_factor * N * k / E), at most N."""
-        return min(num_tokens, math.ceil(self.capacity_factor * num_tokens * self.k / self.num_experts))
+    def capacity(self, num_tokens: int | Tensor) -> int | Tensor:
+        """Tokens per expert: ceil(capacity_factor * N * k / E), at most N (an int, or a 0-dim long tensor for a
+        0-dim long tensor N)."""
+        real = num_tokens.double() if isinstance(num_tokens, Tensor) else num_tokens
+        c = integral(self.capacity_factor * real * self.k / self.num_experts)
+        return torch.minimum(c, num_tokens) if isinstance(c, Tensor) else min(num_tokens, c)
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
-        """x: (N, d) -> Routing with C pairs per expert (expert-major; with ctx.gather, this call's share of them)."""
+        """x: (N, d) -> Routing with C pairs per expert (expert-major; with ctx.gather, this call's share of them).
+
+        Candidates: the top C_max = capacity(pool rows) of every expert, of which the first capacity(real rows)
+        are kept (all of them without padding); with ctx.gather, those of this call's rows are selected.
+        """
         logits = gate_logits(x, self.gate.weight)
         probs = torch.softmax(logits, dim=-1)
         scores = probs if ctx.mask is None else probs.masked_fill(~ctx.mask[:, None], -1.0)
         pool, offset = (scores, 0) if ctx.gather is None else ctx.gather(scores.detach())
-        c = self.capacity(int((pool[:, 0] >= 0).sum()))  # real rows hold probabilities >= 0, masked ones -1
-        token = pool.t().topk(c, dim=1).indices.reshape(-1) - offset  # (E * C,) pool rows -> this call's rows
-        expert = torch.arange(self.num_experts, device=x.device).repeat_interleave(c)
-        mine = (token >= 0) & (token < x.shape[0])  # all of them unless the pool spans several ranks
-        token, expert = token[mine], expert[mine]
+        e, c_max = self.num_experts, self.capacity(pool.shape[0])
+        token = pool.t().topk(c_max, dim=1).indices.reshape(-1) - offset  # (E * C,) pool rows -> this call's rows
+        expert = torch.arange(e, device=x.device).unsqueeze(1).expand(e, c_max).reshape(-1)
+        keep = None
+        if ctx.mask is not None or ctx.gather is not None:
+            c = self.capacity((pool[:, 0] >= 0).sum())  # real rows hold probabilities >= 0, masked ones -1
+            keep = (torch.arange(c_max, device=x.device) < c).repeat(e)
+        if ctx.gather is not None:  # the pool spans several ranks (sizes already on the host): this call's rows
+            keep &= (token >= 0) & (token < x.shape[0])
+            token, expert, keep = token[keep], expert[keep], None
         aux = {"z_loss": self.z_loss_coef * z_loss(logits, ctx.mask)} if self.z_loss_coef > 0 else {}
-        return Routing(token=token, expert=expert, weight=probs[token, expert], probs=probs,
-                       num_experts=self.num_experts, aux=aux, logits=logits, mask=ctx.mask)
+        return Routing(token=token, expert=expert, weight=probs[token, expert], probs=probs, num_experts=e, aux=aux,
+                       logits=logits, mask=ctx.mask, keep=keep)

@@ -59,9 +59,10 @@ class HashRouter(Router):
     expert owns floor(V/E) or ceil(V/E) ids. `balance_by_frequency(counts)` rebuilds it with the paper's
     "Balanced assignment" (most frequent ids first, each to the emptiest expert by token count). The table is
     a buffer, so it is saved with the model. Token ids come from `RoutingContext.token_ids`
-    (`MoE(x, token_ids=...)`); a call without them is an error. The chosen expert's output is used as is
-    (weight 1), as in the paper. k > 1 (not in the paper, whose MultiHash splits each expert instead): each id
-    takes k distinct least-loaded experts, each weighted 1/k. No aux loss.
+    (`MoE(x, token_ids=...)`); a call without them is an error, and so is an id outside [0, vocab_size) (on a
+    GPU: a device-side assert, since checking the range there would make the host wait for the device). The
+    chosen expert's output is used as is (weight 1), as in the paper. k > 1 (not in the paper, whose MultiHash
+    splits each expert instead): each id takes k distinct least-loaded experts, each weighted 1/k. No aux loss.
     """
 
     Options = HashOptions
@@ -91,10 +92,11 @@ class HashRouter(Router):
                              f"{ids.dtype} {tuple(ids.shape)}")
         if ctx.mask is not None:
             ids = ids.masked_fill(~ctx.mask, 0)  # padding ids may be anything; padding is never routed
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+        try:  # index_select (unlike indexing) refuses negative ids too; the range is read only on failure
+            index = self.table.index_select(0, ids.long())  # (N, k)
+        except (IndexError, RuntimeError) as e:
             raise ValueError(f"token_ids must lie in [0, vocab_size={self.vocab_size}), got "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
-        index = self.table[ids]  # (N, k)
+                             f"[{int(ids.min())}, {int(ids.max())}]") from e
         dtype = router_dtype(x)
         weight = torch.full(index.shape, 1.0 / self.k, dtype=dtype, device=x.device)
         probs = torch.zeros(x.shape[0], self.num_experts, dtype=dtype, device=x.device).scatter_(1, index, weight)

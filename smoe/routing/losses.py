@@ -1,6 +1,8 @@
 """Auxiliary routing losses shared by every router: one function each, unweighted, masked tokens excluded.
 
-probs: (N, E) router distribution; logits: (N, E); expert: (A,) chosen expert of each kept pair; mask: (N,) bool.
+probs: (N, E) router distribution; logits: (N, E); expert: (A,) chosen expert of each pair; mask: (N,) bool;
+keep: (A,) bool or None -- which of the A entries are pairs (the candidates of `Routing.pairs`; None: all).
+Fixed shapes throughout: no host read, no output whose size depends on the data.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from smoe.routing.base import masked_mean
+from smoe.routing.base import count, masked_mean
 
 
-def load_balance_loss(probs: Tensor, expert: Tensor, mask: Tensor | None = None) -> Tensor:
+def load_balance_loss(probs: Tensor, expert: Tensor, mask: Tensor | None = None, keep: Tensor | None = None
+                      ) -> Tensor:
     """Switch Transformer load balancing: E * sum_e f_e * P_e.
 
     f_e is the fraction of the A (token, expert) pairs sent to expert e (counted before capacity drops) and
@@ -20,7 +23,7 @@ def load_balance_loss(probs: Tensor, expert: Tensor, mask: Tensor | None = None)
     (HF transformers' Mixtral loss is k times this).
     """
     num_experts = probs.shape[1]
-    counts = torch.bincount(expert, minlength=num_experts).to(probs.dtype)
+    counts = count(expert, num_experts, keep).to(probs.dtype)
     f = counts / counts.sum().clamp_min(1)
     return num_experts * (f * masked_mean(probs, mask)).sum()
 
@@ -38,16 +41,15 @@ def cv_squared(values: Tensor, dim: int = -1) -> Tensor:
 def grouped_cv_squared(values: Tensor, mask: Tensor | None = None, group: Tensor | None = None) -> Tensor:
     """Mean over routing groups of CV^2 over experts of sum_t values[t, e] (real tokens only).
 
-    values: (N, E); group: (N,) long group id of each token (None: one group). Groups without a real token are
-    left out of the mean; 0 when there is none.
+    values: (N, E); group: (N,) long group id of each token, in 0..N-1 (None: one group). Groups without a real
+    token are left out of the mean; 0 when there is none.
     """
     real = values.new_ones(values.shape[0]) if mask is None else mask.to(values.dtype)
     if group is None:
         return cv_squared((values * real[:, None]).sum(0)) if values.shape[0] else values.new_zeros(())
-    num_groups = int(group.max()) + 1 if group.numel() else 0
-    sums = values.new_zeros(num_groups, values.shape[1]).index_add(0, group, values * real[:, None])
-    present = values.new_zeros(num_groups).index_add(0, group, real) > 0
-    return cv_squared(sums[present], dim=1).sum() / present.sum().clamp_min(1)
+    sums = values.new_zeros(values.shape).index_add(0, group, values * real[:, None])  # (N possible groups, E)
+    present = values.new_zeros(values.shape[0]).index_add(0, group, real) > 0
+    return cv_squared(sums, dim=1).where(present, 0).sum() / present.sum().clamp_min(1)
 
 
 def importance_loss(probs: Tensor, mask: Tensor | None = None, group: Tensor | None = None) -> Tensor:
@@ -73,12 +75,12 @@ def entropy(probs: Tensor, dim: int = -1) -> Tensor:
 
 
 def sequence_balance_loss(probs: Tensor, token: Tensor, expert: Tensor, seq_len: int, k: int,
-                          mask: Tensor | None = None) -> Tensor:
+                          mask: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
     """DeepSeek-V3 complementary sequence-wise balance loss, averaged over sequences: mean_b sum_e f_be P_be.
 
     Tokens form consecutive sequences of seq_len (N = B * seq_len). For sequence b with T_b real tokens:
     f_be = E / (k T_b) * (pairs of b's tokens sent to e), P_be = mean over b's real tokens of probs[t, e].
-    probs: (N, E) normalised affinities; token, expert: (A,) the kept pairs. Equals 1 under perfect balance;
+    probs: (N, E) normalised affinities; token, expert: (A,) the pairs. Equals 1 under perfect balance;
     sequences without a real token are skipped. With one sequence it equals `load_balance_loss`.
     """
     n, num_experts = probs.shape
@@ -89,8 +91,8 @@ def sequence_balance_loss(probs: Tensor, token: Tensor, expert: Tensor, seq_len:
     num_seqs = n // seq_len
     real = torch.ones(n, dtype=probs.dtype, device=probs.device) if mask is None else mask.to(probs.dtype)
     t_b = real.view(num_seqs, seq_len).sum(1)  # (B,)
-    counts = torch.bincount(torch.div(token, seq_len, rounding_mode="floor") * num_experts + expert,
-                            minlength=num_seqs * num_experts).view(num_seqs, num_experts).to(probs.dtype)
+    counts = count(torch.div(token, seq_len, rounding_mode="floor") * num_experts + expert,
+                   num_seqs * num_experts, keep).view(num_seqs, num_experts).to(probs.dtype)
     f = counts * num_experts / (k * t_b.clamp_min(1))[:, None]
     p = (probs * real[:, None]).view(num_seqs, seq_len, num_experts).sum(1) / t_b.clamp_min(1)[:, None]
     has_tokens = (t_b > 0).to(probs.dtype)

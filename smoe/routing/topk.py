@@ -91,10 +91,10 @@ class SoftmaxTopKRouter(Router):
         aux = {}
         if self.load_balance_coef > 0:
             if self.load_balance_counts == "pairs":
-                counted = routing.expert
+                counted, keep = routing.pairs.expert, routing.pairs.keep
             else:
-                counted = index[:, 0] if ctx.mask is None else index[ctx.mask, 0]
-            aux["load_balance"] = self.load_balance_coef * load_balance_loss(routing.probs, counted, ctx.mask)
+                counted, keep = index[:, 0], ctx.mask
+            aux["load_balance"] = self.load_balance_coef * load_balance_loss(routing.probs, counted, ctx.mask, keep)
         if self.z_loss_coef > 0:
             aux["z_loss"] = self.z_loss_coef * z_loss(logits, ctx.mask)
         return aux

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float
-from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, StaticFloat, gate_logits, integral
 from smoe.routing.registry import register_router
 
 POOLS = ("auto", "sequence", "batch_position", "batch")
@@ -52,6 +52,7 @@ class USMoERouter(Router):
     """
 
     Options = USMoEOptions
+    budget_factor = StaticFloat()
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
@@ -74,22 +75,33 @@ class USMoERouter(Router):
             return ids
         return ids.t() if pool == "batch_position" else ids.reshape(1, -1)
 
+    def budget(self, real_tokens: int | Tensor) -> int | Tensor:
+        """Pairs a pool of that many real tokens keeps: min(round(budget_factor * k * L), L * E), half to even; an
+        int, or a long tensor for a long tensor of counts."""
+        real = real_tokens.double() if isinstance(real_tokens, Tensor) else real_tokens
+        kept = integral(self.budget_factor * self.k * real, "round")
+        cap = real_tokens * self.num_experts
+        return torch.minimum(kept, cap) if isinstance(kept, Tensor) else min(kept, cap)
+
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
-        """x: (N, d) -> Routing with a budget of pairs per pool."""
+        """x: (N, d) -> Routing with a budget of pairs per pool.
+
+        Candidates: the budget(L) best entries of every pool, of which the first budget(real tokens) are kept (all
+        of them without padding).
+        """
         e = self.num_experts
         logits = gate_logits(x, self.gate.weight)
         score = self.unified_score(logits)
-        pools = self.pools(ctx, x.shape[0], x.device)
+        pools = self.pools(ctx, x.shape[0], x.device)  # (P, L)
+        size = self.budget(pools.shape[1])
         real = torch.ones_like(pools, dtype=torch.bool) if ctx.mask is None else ctx.mask[pools]
         pooled = score[pools].masked_fill(~real[..., None], float("-inf")).flatten(1)  # (P, L * E)
-        budget = torch.round(self.budget_factor * self.k * real.sum(1).to(score.dtype)).long()
-        budget = torch.minimum(budget, real.sum(1) * e)
-        order = torch.sort(pooled, dim=1, descending=True, stable=True).indices
-        keep = torch.arange(order.shape[1], device=x.device) < budget[:, None]
-        pool_row = torch.arange(pools.shape[0], device=x.device)[:, None].expand_as(order)[keep]
-        position = order[keep]
-        token, expert = pools[pool_row, position // e], position % e
+        position = torch.sort(pooled, dim=1, descending=True, stable=True).indices[:, :size]  # (P, size)
+        keep = None
+        if ctx.mask is not None:
+            keep = torch.arange(size, device=x.device) < self.budget(real.sum(1))[:, None]
+        token, expert = pools.gather(1, position // e).reshape(-1), (position % e).reshape(-1)
         pair_order = torch.argsort(token * e + expert)
         token, expert = token[pair_order], expert[pair_order]
         return Routing(token=token, expert=expert, weight=score[token, expert], probs=score, num_experts=e,
-                       logits=logits, mask=ctx.mask)
+                       logits=logits, mask=ctx.mask, keep=None if keep is None else keep.reshape(-1)[pair_order])

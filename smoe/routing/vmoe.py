@@ -90,7 +90,7 @@ class VMoERouter(Router):
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits, priority=priority)
         token_group = self.token_groups(x.shape[0], x.device)
         if token_group is not None:
-            routing.group = token_group[routing.token]
+            routing.pairs.group = token_group[routing.pairs.token]
         clean = torch.softmax(logits, dim=-1) if noisy else probs
         if self.importance_coef > 0:
             routing.aux["importance"] = self.importance_coef * importance_loss(clean, ctx.mask, token_group)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from smoe._validate import check_bool, check_choice, check_float, check_int
 from smoe.init import ParamGenerators, global_rng
-from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits, router_dtype
+from smoe.routing.base import Router, RouterOptions, Routing, RoutingContext, gate_logits, router_dtype, sample_noise
 from smoe.routing.losses import load_balance_loss
 from smoe.routing.registry import register_router
 
@@ -145,16 +145,14 @@ class XMoERouter(Router):
         weight = top / top.sum(-1, keepdim=True) if self.k > 1 else top
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         if self.load_balance_coef > 0:
-            first = index[:, 0] if ctx.mask is None else index[ctx.mask, 0]
-            routing.aux["load_balance"] = self.load_balance_coef * load_balance_loss(probs, first, ctx.mask)
+            routing.aux["load_balance"] = self.load_balance_coef * load_balance_loss(probs, index[:, 0], ctx.mask,
+                                                                                     ctx.mask)
         policy = self.second_expert if self.training else self.eval_second_expert
         if self.k == 2 and policy != "all":
-            keep = torch.ones(routing.num_pairs, dtype=torch.bool, device=x.device)
-            g2 = routing.weight[1::2].detach()  # pairs are token-major, two per real token
-            threshold = 0.5 if policy == "threshold" else torch.rand(g2.shape, generator=ctx.generator,
-                                                                     device=g2.device, dtype=g2.dtype)
-            keep[1::2] = 2 * g2 > threshold
-            routing = routing.select(keep)
+            g2 = weight[:, 1].detach()
+            threshold = 0.5 if policy == "threshold" else sample_noise(g2, ctx.generator, uniform=True)
+            keep = torch.stack([torch.ones_like(g2, dtype=torch.bool), 2 * g2 > threshold], 1)  # (N, 2), token-major
+            routing = routing.select(keep.reshape(-1))
         if self.capacity == "release":
             routing = routing.select(self.within_release_capacity(routing, x.shape[0]))
         return routing
@@ -166,12 +164,15 @@ class XMoERouter(Router):
         return self.k * math.ceil(num_tokens / self.num_experts)
 
     def within_release_capacity(self, routing: Routing, num_tokens: int) -> Tensor:
-        """(A,) bool: the pairs the release keeps, filling each expert's `release_capacity` slots with first
-        choices in token order, then second choices."""
-        order = (torch.arange(routing.num_pairs, device=routing.expert.device) if routing.priority is None
-                 else torch.argsort(routing.priority, descending=True, stable=True))
-        expert = routing.expert[order]
-        slot = (F.one_hot(expert, self.num_experts).cumsum(0) - 1).gather(1, expert[:, None]).squeeze(1)
+        """(S,) bool over `routing.pairs`: the pairs the release keeps, filling each expert's `release_capacity`
+        slots with first choices in token order, then second choices (candidates not kept take no slot)."""
+        pairs = routing.pairs
+        order = (torch.arange(pairs.expert.numel(), device=pairs.expert.device) if pairs.priority is None
+                 else torch.argsort(pairs.priority, descending=True, stable=True))
+        expert = pairs.expert[order]
+        taken = torch.ones_like(expert) if pairs.keep is None else pairs.keep[order].long()
+        one_hot = expert.new_zeros(expert.numel(), self.num_experts).scatter_(1, expert[:, None], taken[:, None])
+        slot = (one_hot.cumsum(0) - 1).gather(1, expert[:, None]).squeeze(1)
         keep = torch.empty_like(expert, dtype=torch.bool)
         keep[order] = slot < self.release_capacity(num_tokens)
         return keep

@@ -38,7 +38,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from smoe._validate import check_float, check_int
+from smoe._validate import check_bool, check_float, check_int
 from smoe.data.batches import map_tensors
 from smoe.layer import MoEOutput, moe_layers
 from smoe.models.common import aux_losses
@@ -70,7 +70,9 @@ def derived_seed(seed: int, stream: int) -> int:
 class TrainConfig:
     """Optimisation and bookkeeping. `steps` is where training stops; the learning-rate schedule runs over
     `schedule_steps` (warm-up, cosine to min_lr_ratio * lr, then flat) whatever `steps` is, so that a run can be
-    extended exactly with resume. 0 for eval_every / checkpoint_every: only at the end; grad_clip 0: off."""
+    extended exactly with resume. 0 for eval_every / checkpoint_every: only at the end; grad_clip 0: off.
+    compile: run the model's forward under torch.compile (`nn.Module.compile`, in place: parameter names, the
+    state dict and checkpoints are the uncompiled module's)."""
 
     steps: int = 1000
     schedule_steps: int = 1000
@@ -87,6 +89,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    compile: bool = False
 
     def __post_init__(self):
         for name in ("steps", "schedule_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -99,6 +102,7 @@ class TrainConfig:
         check_float("beta1", self.beta1, low=0.0, high=1.0)
         check_float("beta2", self.beta2, low=0.0, high=1.0)
         check_float("grad_clip", self.grad_clip, low=0.0)
+        check_bool("compile", self.compile)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): linear warm-up, cosine decay, then min."""
@@ -175,6 +179,8 @@ class Trainer:
                  out_dir: str | Path, run_config: dict | None = None, seed: int = 0, device: str = "cpu",
                  hooks: list[Hook] | None = None, progress: bool = True, data_parallel: bool = False):
         self.model, self.config = model.to(device), config
+        if config.compile:
+            self.model.compile()
         self.loss_fn, self.train_batches, self.evaluate = loss_fn, train_batches, evaluate
         self.out_dir, self.seed, self.device = Path(out_dir), seed, torch.device(device)
         # JSON round trip: the config is compared with the one read back from a checkpoint
