@@ -3,6 +3,7 @@ killed mid-run is run again from its checkpoint (or fails, and a re-run finishes
 counted twice; Ctrl-C stops the workers and a re-run resumes; `--cluster` without Dask says what to install; the
 choice of executor (`--jobs auto`) and its arguments."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -11,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from smoe.cli import main
 from smoe.workbench.compare import CompareConfig, grid_runs, parse_entries, run_compare, run_one
 from smoe.workbench.executors import CLUSTER_EXTRA, GridProgress, LocalProcesses, Outcome, Serial
-from smoe.workbench.grid import GridConfig, auto_jobs, make_executor, parse_jobs
+from smoe.workbench.grid import GridConfig, auto_jobs, make_executor, parse_jobs, step_flops
 from smoe.workbench.results import load_results
 
 TINY = ["model.d_model=16", "model.num_layers=2", "model.moe_every=1", "model.num_heads=2", "model.ffn_hidden=16",
@@ -179,6 +181,15 @@ def test_auto_jobs_from_the_cores_and_the_size_of_a_step():
     assert auto_jobs(cores=64, runs=8, flops=lambda: 1.6e11) == 4  # 16 threads a run
     assert auto_jobs(cores=1, runs=8, flops=lambda: pytest.fail("no choice to make")) == 1
     assert auto_jobs(cores=8, runs=1, flops=lambda: pytest.fail("no choice to make")) == 1
+
+
+def test_step_flops_counts_one_training_step_and_leaves_the_random_state():
+    run = config("x").run_config(parse_entries("topk")[0], seed=0)
+    state = torch.get_rng_state()
+    flops = step_flops(run)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert 4e6 < flops < 2e7  # ~ 6 x 5k active parameters x 16 images of 17 tokens
+    assert step_flops(dataclasses.replace(run, train=dataclasses.replace(run.train, grad_accum=2))) == 2 * flops
 
 
 def test_make_executor(monkeypatch):
