@@ -97,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{mean[0] / mean[i]:.2f}x | {max_relative_difference(metrics[0], metrics[i]):.1e} |")
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"grid": grid, "executors": executors, "seconds": seconds,
-                                               "load_average": load, "cpu": cpu()}, indent=1))
+        rows = [{"executor": " ".join(e), "seconds": seconds[i], "mean_s": mean[i], "speedup": mean[0] / mean[i],
+                 "metric_max_rel_diff": max_relative_difference(metrics[0], metrics[i])}
+                for i, e in enumerate(executors)]
+        Path(args.json).write_text(json.dumps({"grid": grid, "cpu": cpu(), "cores": os.cpu_count(),
+                                               "load_average": load, "rows": rows}, indent=1))
     if args.out is None:
         shutil.rmtree(root)
     return 0

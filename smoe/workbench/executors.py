@@ -85,8 +85,11 @@ class GridProgress:
         self.running: set[int] = set()
         self.finished = 0
         self.bar = tqdm(total=sum(steps), initial=sum(done), unit="step", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True, smoothing=0)
-        self._refresh()
+                        dynamic_ncols=True, smoothing=0, desc=self._describe())
+
+    def _describe(self) -> str:
+        left = len(self.steps) - self.finished - len(self.running)
+        return f"runs {self.finished} done, {len(self.running)} running, {left} left"
 
     def start(self, i: int) -> None:
         self.running.add(i)
@@ -120,10 +123,8 @@ class GridProgress:
             self.at[i] = step
 
     def _refresh(self) -> None:
-        left = len(self.steps) - self.finished - len(self.running)
-        running = ", ".join(self.names[i] for i in sorted(self.running)[:3])
-        self.bar.set_description(f"runs {self.finished} done, {len(self.running)} running, {left} left", False)
-        self.bar.set_postfix_str(running)
+        self.bar.set_description(self._describe(), False)
+        self.bar.set_postfix_str(", ".join(self.names[i] for i in sorted(self.running)[:3]))
 
 
 class StopSignals:
@@ -316,6 +317,7 @@ def _work(conn, fn: Callable, threads: int, parent: int) -> None:
     """A worker process: run the tasks the parent sends until it sends None (or dies)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C: the parent decides and sends SIGTERM
     torch.set_num_threads(threads)
+    tqdm.set_lock(threading.RLock())  # not a semaphore, which os._exit below would leave to the resource tracker
 
     def report(i: int, step: int) -> None:
         if os.getppid() != parent:  # orphaned: checkpoint and stop (the Trainer handles SIGTERM)
