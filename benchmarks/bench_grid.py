@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from smoe.bench import write_json
+
 DEMO = ["--task", "lm-bbc", "--routers", "topk,xmoe,ssr,deepseek", "--seeds", "2", "--preset", "tiny",
         "--corrupt", "substitute:2,substitute:4,insert:2,insert:4"]
 
@@ -92,16 +94,12 @@ def main(argv: list[str] | None = None) -> int:
              f"{datetime.now(timezone.utc):%Y-%m-%d}; {args.rounds} rounds", "",
              f"| executor | wall time per round (s) | mean (s) | speed-up vs `{reference}` | final metric: max rel. "
              "diff. |", "|---|---|---|---|---|"]
-    for i, e in enumerate(executors):
-        lines.append(f"| `{' '.join(e)}` | {', '.join(f'{s:.1f}' for s in seconds[i])} | {mean[i]:.1f} | "
-                     f"{mean[0] / mean[i]:.2f}x | {max_relative_difference(metrics[0], metrics[i]):.1e} |")
+    rows = [{"executor": " ".join(e), "seconds": seconds[i], "mean_s": mean[i], "speedup": mean[0] / mean[i],
+             "metric_max_rel_diff": max_relative_difference(metrics[0], metrics[i])} for i, e in enumerate(executors)]
+    lines += [f"| `{r['executor']}` | {', '.join(f'{s:.1f}' for s in r['seconds'])} | {r['mean_s']:.1f} | "
+              f"{r['speedup']:.2f}x | {r['metric_max_rel_diff']:.1e} |" for r in rows]
     print("\n".join(lines))
-    if args.json:
-        rows = [{"executor": " ".join(e), "seconds": seconds[i], "mean_s": mean[i], "speedup": mean[0] / mean[i],
-                 "metric_max_rel_diff": max_relative_difference(metrics[0], metrics[i])}
-                for i, e in enumerate(executors)]
-        Path(args.json).write_text(json.dumps({"grid": grid, "cpu": cpu(), "cores": os.cpu_count(),
-                                               "load_average": load, "rows": rows}, indent=1))
+    write_json(args.json, {"grid": grid, "cpu": cpu(), "cores": os.cpu_count(), "load_average": load, "rows": rows})
     if args.out is None:
         shutil.rmtree(root)
     return 0
