@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet -e ".[dev,bench,cluster]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,11 +23,13 @@ test: setup lint
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# the main job: 4 routers x 2 seeds on lm-bbc (tiny), trained, evaluated, analysed; prints where the report is
+# the main job: 4 routers x 2 seeds on lm-bbc (tiny), trained, evaluated, analysed, in parallel worker processes
+# (--jobs auto: one per core for runs this small); prints where the report is
 DEMO_ROUTERS ?= topk,xmoe,ssr,deepseek
+DEMO_JOBS ?= auto
 demo: setup
 	$(VENV)/bin/smoe compare --task lm-bbc --routers $(DEMO_ROUTERS) --seeds 2 --preset tiny \
-		--corrupt substitute:2,substitute:4,insert:2,insert:4 --out runs/demo
+		--corrupt substitute:2,substitute:4,insert:2,insert:4 --jobs $(DEMO_JOBS) --out runs/demo
 
 bench: setup
 	$(VENV)/bin/smoe bench layer --json docs/bench_layer_cpu.json

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import platform
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,9 +39,11 @@ from smoe.routing.registry import parse_router_spec
 from smoe.workbench.analysis import ANALYSIS_FILE, analyze
 from smoe.workbench.checkpoint import atomic_write, checkpoint_steps
 from smoe.workbench.evaluate import default_sweep, eval_file, evaluate_model
+from smoe.workbench.executors import GridProgress, Outcome, Report
+from smoe.workbench.grid import GridConfig, describe, make_executor, step_flops
 from smoe.workbench.report import write_report
 from smoe.workbench.results import RESULTS_FILE, SCHEMA_VERSION
-from smoe.workbench.run_config import resolve_config, run_config_from_dict
+from smoe.workbench.run_config import RunConfig, resolve_config, run_config_from_dict
 from smoe.workbench.run_folder import DamagedFileError, hold_folder, read_json, read_jsonl, read_yaml
 from smoe.workbench.runner import load_run, train_run
 from smoe.workbench.tasks import get_task
@@ -202,28 +203,10 @@ def trained_step(run_dir: Path) -> int | None:
     return None if final is None else final.get("step")
 
 
-class GridProgress:
-    """One tqdm line over the training steps of the whole grid: which run is going, and the time left."""
-    def __init__(self, total_steps: int, done_steps: int, enabled: bool):
-        from tqdm import tqdm
-
-        # smoothing=0: the rate averaged since the start, so the time left includes evaluation and analysis
-        self.bar = tqdm(total=total_steps, initial=done_steps, unit="step", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True, smoothing=0)
-
-    def start(self, name: str) -> None:
-        self.bar.set_description(name)
-
-    def hook(self, step: int, outputs) -> None:
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def train_one(run, run_dir: Path, progress: GridProgress) -> int | None:
-    """Train (or resume, or skip) one run; returns the signal that interrupted it, else None. A run folder of
-    another configuration must have been refused before (`check_same_config`)."""
+def train_one(run, run_dir: Path, report: Report) -> int | None:
+    """Train (or resume, or skip) one run, calling report(step) after every step; returns the signal that
+    interrupted it, else None. A run folder of another configuration must have been refused before
+    (`check_same_config`)."""
 
     step = trained_step(run_dir)
     if step is not None and step >= run.train.steps:
@@ -231,7 +214,7 @@ def train_one(run, run_dir: Path, progress: GridProgress) -> int | None:
     resume = bool(checkpoint_steps(run_dir / "checkpoints"))  # without one the Trainer starts the folder over
     timing = read_json(run_dir / TIMING_FILE) or {"train_time_s": 0.0}
     started = time.perf_counter()
-    result = train_run(run, run_dir, resume=resume, progress=False, hooks=[progress.hook])
+    result = train_run(run, run_dir, resume=resume, progress=False, hooks=[lambda step, outputs: report(step)])
     timing["train_time_s"] += time.perf_counter() - started
     atomic_write(run_dir / TIMING_FILE, json.dumps(timing).encode())
     return result.signal if result.status == "interrupted" else None
@@ -339,6 +322,52 @@ def write_results(config: CompareConfig, records: list[dict], command: str) -> P
 # ---------------------------------------------------------------- the grid
 
 
+@dataclass(frozen=True)
+class GridRun:
+    """One run of a comparison: what a worker needs to train, evaluate and collect it (picklable)."""
+
+    config: CompareConfig
+    entry: Entry
+    seed: int
+    run: RunConfig
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.entry.label} s{self.seed}"
+
+
+def grid_runs(config: CompareConfig) -> list[GridRun]:
+    """Every (entry, seed) of `config` in seed-major order (an interrupted grid still has every entry of the first
+    seeds); every configuration is resolved, and every existing run folder checked against it, before anything
+    is trained or written."""
+    out = Path(config.out)
+    grid = [GridRun(config, entry, seed, config.run_config(entry, seed), out / "runs" / f"{entry.folder}-s{seed}")
+            for seed in range(config.seeds) for entry in config.entries]
+    for task in grid:
+        if (task.run_dir / "config.yaml").exists():
+            check_same_config(task.run, task.run_dir)
+    return grid
+
+
+def run_one(task: GridRun, report: Report) -> Outcome:
+    """Train, evaluate and analyse one run, holding its folder (`report(step)` after every training step); its
+    record in results.json. A run that raises is "failed" with its error; an interrupted training (checkpoint
+    written) is "skipped"."""
+    interrupted = None
+    try:
+        with hold_folder(task.run_dir):
+            interrupted = train_one(task.run, task.run_dir, report)
+            if interrupted is None:
+                evaluate_one(task.config, task.run, task.run_dir)
+        status, error = ("skipped", "interrupted") if interrupted is not None else ("done", None)
+    except Exception as e:  # one failed run must not stop the grid
+        status, error = "failed", f"{type(e).__name__}: {e}"
+    record = collect_run(task.entry, task.seed, task.run_dir, Path(task.config.out),
+                         get_task(task.config.task).metric_key, status, error)
+    return Outcome(record, interrupted=interrupted)
+
+
 @dataclass
 class CompareResult:
     results: Path
@@ -347,56 +376,51 @@ class CompareResult:
     interrupted: int | None  # the signal that stopped the grid
 
 
-def run_compare(config: CompareConfig, command: str = "", progress: bool = True) -> CompareResult:
-    """Train, evaluate and analyse every (entry, seed) of `config` (seed-major order), then write results.json
-    and the report. A run that raises is recorded as failed and the grid goes on; an interrupted training
-    (SIGINT/SIGTERM, checkpoint written) stops the grid, and the runs not done are recorded as skipped. The
-    comparison folder is held (one writer) throughout."""
+def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
+                grid: GridConfig | None = None) -> CompareResult:
+    """Train, evaluate and analyse every (entry, seed) of `config` on the executor `grid` says (default: one run
+    after another in this process; `smoe.workbench.grid`), then write results.json and the report. results.json is
+    rewritten as runs end. A run that raises is recorded as failed and the grid goes on; an interrupted grid
+    (SIGINT/SIGTERM: running trainings checkpoint and stop) records the runs not done as skipped. The comparison
+    folder is held (one writer) throughout, each run folder by the process that runs it."""
 
+    tasks = grid_runs(config)
+    done = [min(_steps_done(t.run_dir), t.run.train.steps) for t in tasks]
+    left = [t for t, d in zip(tasks, done) if d < t.run.train.steps]
+    executor = make_executor(grid or GridConfig(), len(left), lambda: step_flops(left[0].run))
     with hold_folder(config.out):
-        return _run_grid(config, command, progress)
+        return _run_grid(config, command, progress, tasks, done, executor)
 
 
-def _run_grid(config: CompareConfig, command: str, progress: bool) -> CompareResult:
+def _run_grid(config: CompareConfig, command: str, progress: bool, tasks: list[GridRun], done: list[int],
+              executor) -> CompareResult:
     out = Path(config.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    grid = [(entry, seed) for seed in range(config.seeds) for entry in config.entries]
-    runs = {(entry.label, seed): config.run_config(entry, seed) for entry, seed in grid}  # fail early on bad keys
-    folder = {(e.label, s): out / "runs" / f"{e.folder}-s{s}" for e, s in grid}
-    for key, run_dir in folder.items():  # before anything is trained or written
-        if (run_dir / "config.yaml").exists():
-            check_same_config(runs[key], run_dir)
-    done = sum(min(_steps_done(folder[e.label, s]), runs[e.label, s].train.steps) for e, s in grid)
-    bar = GridProgress(sum(r.train.steps for r in runs.values()), done, progress)
     metric_key = get_task(config.task).metric_key
-    records, failed, interrupted = [], [], None
+    bar = GridProgress([t.name for t in tasks], [t.run.train.steps for t in tasks], done, progress)
+    if progress:
+        bar.write(f"smoe compare: {len(tasks)} runs, {sum(d < t.run.train.steps for t, d in zip(tasks, done))} to "
+                  f"train; {describe(executor)}")
+    records: dict[int, dict] = {}
+    failed = []
     try:
-        for entry, seed in grid:
-            run_dir = folder[entry.label, seed]
-            if interrupted is not None:
-                records.append(collect_run(entry, seed, run_dir, out, metric_key, "skipped",
-                                           "not run: the comparison was interrupted"))
-                continue
-            bar.start(f"{entry.label} s{seed}")
-            try:
-                with hold_folder(run_dir):
-                    interrupted = train_one(runs[entry.label, seed], run_dir, bar)
-                    if interrupted is None:
-                        evaluate_one(config, runs[entry.label, seed], run_dir)
-                status, error = ("skipped", "interrupted") if interrupted is not None else ("done", None)
-            except Exception as e:  # one failed run must not stop the grid
-                status, error = "failed", f"{type(e).__name__}: {e}"
-            record = collect_run(entry, seed, run_dir, out, metric_key, status, error)
+        for i, outcome in executor.run(run_one, tasks, bar):
+            task = tasks[i]
+            record = outcome.value or collect_run(task.entry, task.seed, task.run_dir, out, metric_key, "failed",
+                                                  outcome.error)
             if record["status"] == "failed":
-                failed.append(f"{entry.label} s{seed}: {record['error']}")
-                print(f"smoe compare: {entry.label} seed {seed} failed: {record['error']}", file=sys.stderr)
-            records.append(record)
-            write_results(config, records, command)
+                failed.append(f"{task.name}: {record['error']}")
+                bar.write(f"smoe compare: {task.entry.label} seed {task.seed} failed: {record['error']}")
+            records[i] = record
+            write_results(config, [records[j] for j in sorted(records)], command)
     finally:
         bar.close()
-    path = write_results(config, records, command)
-    report = None if interrupted is not None else write_report(out).html
-    return CompareResult(results=path, report=report, failed=failed, interrupted=interrupted)
+    for i, task in enumerate(tasks):  # what the executor did not finish: the grid was interrupted
+        records.setdefault(i, collect_run(task.entry, task.seed, task.run_dir, out, metric_key, "skipped",
+                                          "not finished: the comparison was interrupted"))
+    path = write_results(config, [records[i] for i in sorted(records)], command)
+    report = None if executor.interrupted is not None else write_report(out).html
+    return CompareResult(results=path, report=report, failed=failed, interrupted=executor.interrupted)
 
 
 def _steps_done(run_dir: Path) -> int:

@@ -105,7 +105,7 @@ def test_pipeline_on_a_tiny_grid_skip_and_resume(tmp_path, monkeypatch):
 
     # a re-run skips every finished run: nothing is trained or evaluated again
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.json")}
-    monkeypatch.setattr(GridProgress, "hook", lambda *a: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(GridProgress, "step", lambda *a: pytest.fail("a finished run was trained again"))
     assert run_compare(tiny_config(out), progress=False).failed == []
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*.json")} == stamps
     # other corruptions: every run is evaluated again, nothing is trained or analysed again
@@ -128,12 +128,12 @@ def test_an_interrupted_grid_resumes_exactly(tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
     calls = []
 
-    def interrupt(self, step, outputs):  # SIGINT after step 3: the Trainer checkpoints and stops
+    def interrupt(self, i, step):  # SIGINT after step 3: the Trainer checkpoints and stops
         calls.append(step)
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(GridProgress, "hook", interrupt)
+    monkeypatch.setattr(GridProgress, "step", interrupt)
     config = tiny_config(out, entries="topk,expert_choice", seeds=1, corruptions=[])
     result = run_compare(config, progress=False)
     assert result.interrupted == signal.SIGINT and result.report is None
