@@ -18,11 +18,13 @@ from smoe.s2moe import S2MoE  # registers the layer-level method "s2moe"
 
 __version__ = "0.1.0"
 
-_WORKBENCH = {"TrainConfig": "smoe.workbench.trainer", "Trainer": "smoe.workbench.trainer"}
+_WORKBENCH = {"TrainConfig": "smoe.workbench.trainer", "Trainer": "smoe.workbench.trainer",
+              "load_model": "smoe.workbench.runner"}
 
 
 def __getattr__(name: str):
-    """The workbench's public names (`smoe.Trainer`), imported on first use: the library never imports it."""
+    """The workbench's public names (`smoe.Trainer`, `smoe.load_model`), imported on first use: the library never
+    imports it."""
     if name in _WORKBENCH:
         import importlib
 
@@ -56,6 +58,7 @@ __all__ = [
     "available_routers",
     "build_moe",
     "build_router",
+    "load_model",
     "moe_layers",
     "register_router",
     "router_options",

@@ -9,28 +9,39 @@ from smoe.bench.layer import main as bench_layer
 from smoe.bench.parallel import main as bench_parallel
 from smoe.bench.train import main as bench_train
 from smoe.data.corrupt import available_corruptions
-from smoe.layer import available_layers, layer_summary
-from smoe.routing import available_routers, router_summary
+from smoe.layer import available_layers, layer_options, layer_summary
+from smoe.routing import available_routers, router_options, router_summary
 from smoe.workbench.analysis import ANALYSIS_FILE, analyze_run, format_analysis
 from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
 from smoe.workbench.compare import __doc__ as compare_doc
 from smoe.workbench.data_parallel import ParallelConfig
 from smoe.workbench.embed_suite import main as eval_embed
 from smoe.workbench.evaluate import eval_file, evaluate_run, format_eval
+from smoe.workbench.export import columns_table, robustness_table, write_tables
 from smoe.workbench.grid import GridConfig, parse_jobs
-from smoe.workbench.report import columns_table, robustness_table, write_report
-from smoe.workbench.run_config import resolve_config
+from smoe.workbench.hints import thread_hint
+from smoe.workbench.report import write_report
+from smoe.workbench.run_config import resolve_config, resolve_config_file
 from smoe.workbench.runner import train_run
+from smoe.workbench.show import show_run
 from smoe.workbench.tasks import available_tasks, get_task
 
 
 def cmd_routers(args: argparse.Namespace) -> int:
-    """Print every registered router, and every layer-level method (`build_moe`), with the paper it follows."""
-    rows = [(n, router_summary(n)) for n in available_routers()]
-    rows += [(n, layer_summary(n) + "  [layer-level: smoe.build_moe]") for n in available_layers()]
-    width = max(len(n) for n, _ in rows)
-    for name, summary in sorted(rows):
+    """Print every registered router and layer-level method (`build_moe`) with the paper it follows; with NAME or
+    --options, also each router's options and their defaults."""
+    names = sorted(available_routers() + available_layers())
+    if args.name is not None and args.name not in names:
+        print(f"smoe routers: unknown router {args.name!r}; available: {', '.join(names)}", file=sys.stderr)
+        return 2
+    width = max(map(len, names))
+    for name in [args.name] if args.name else names:
+        layer = name in available_layers()
+        summary = layer_summary(name) + "  [layer-level: smoe.build_moe]" if layer else router_summary(name)
         print(f"{name:<{width}}  {summary}")
+        if args.options or args.name:
+            for option, default in (layer_options(name) if layer else router_options(name)).items():
+                print(f"{'':<{width}}    {option} = {default!r}")
     return 0
 
 
@@ -51,10 +62,24 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
             return 0
         files = write_report(args.dir, args.out, baseline=args.baseline)
+        tables = write_tables(args.dir, files.html.parent, latex=args.latex, csv_file=args.csv)
     except ValueError as err:
         print(f"smoe report: {err}", file=sys.stderr)
         return 2
     print(f"wrote {files.markdown} and {files.html} ({len(files.plots)} plots)")
+    for path in tables:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Routing pictures of one trained run (and of --text) as PNG files and an HTML page."""
+    try:
+        files = show_run(args.run_dir, text=args.text, out=args.out, device=args.device)
+    except ValueError as e:
+        print(f"smoe show: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(files.pictures)} pictures and {files.html}")
     return 0
 
 
@@ -64,9 +89,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     import os
 
 
+    if (args.task is None) == (args.config is None) or (args.config and args.preset):
+        print("smoe train: error: give --task (and --preset) or --config FILE.yaml (e.g. a run's config.yaml, which "
+              "names its task and preset)", file=sys.stderr)
+        return 2
+    if hint := thread_hint():
+        print(hint, file=sys.stderr)
     try:
-        run = resolve_config(args.task, preset=args.preset, router=args.router, seed=args.seed, device=args.device,
-                             steps=args.steps, overrides=args.set or [])
+        if args.config is not None:
+            run = resolve_config_file(args.config, router=args.router, seed=args.seed, device=args.device,
+                                      steps=args.steps, overrides=args.set or [])
+        else:
+            run = resolve_config(args.task, preset=args.preset or "tiny", router=args.router or "topk",
+                                 seed=args.seed or 0, device=args.device or "cpu", steps=args.steps,
+                                 overrides=args.set or [])
         parallel = ParallelConfig(expert_parallel=args.expert_parallel, global_view=args.global_view,
                                   timeout_s=args.dist_timeout)
         result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress, parallel=parallel)
@@ -125,6 +161,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
                                baseline=args.baseline)
         command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
+        if hint := thread_hint():
+            print(hint, file=sys.stderr)
         result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
     except (ValueError, ImportError) as e:  # ImportError: --cluster without smoe[cluster]
         print(f"smoe compare: error: {e}", file=sys.stderr)
@@ -171,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(sorted(available_routers() + available_layers())),
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("routers", help="list the routers and their papers")
+    p = sub.add_parser("routers", help="list the routers and their papers (with NAME or --options: their options)")
+    p.add_argument("name", nargs="?", metavar="NAME", help="show this router's options and their defaults")
+    p.add_argument("--options", action="store_true", help="list every router's options and their defaults")
     p.set_defaults(fn=cmd_routers)
     p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`, `smoe bench parallel --help`, "
                                      "`smoe bench train --help`", add_help=False)
@@ -188,7 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only the metric at every corruption (and capacity) level instead of the report")
     p.add_argument("--baseline", metavar="LABEL", default=None,
                    help="the entry the verdicts compare every other with (default: the one results.json records)")
+    p.add_argument("--latex", action="store_true", help="also write the tables as OUT/tables.tex (booktabs)")
+    p.add_argument("--csv", action="store_true",
+                   help="also write the tables as OUT/tables.csv (table, router, quantity, mean, std, n)")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("show", help="routing pictures of a trained run (and of your own text) as PNG + HTML")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of smoe train or smoe compare")
+    p.add_argument("--text", metavar="TEXT", help="text tasks: route this text and draw it by expert")
+    p.add_argument("--out", metavar="DIR", help="where the pictures and index.html go (default RUN_DIR/show)")
+    p.add_argument("--device", default=None, help="where to load the model (default: the run's device)")
+    p.set_defaults(fn=cmd_show)
     p = sub.add_parser("eval-embed", help="MoEE embeddings of an MoE LM on an offline MTEB-style mini suite, "
                                           "with routers swapped in without training (`smoe eval-embed --help`)",
                        add_help=False)
@@ -275,16 +324,20 @@ def add_analysis_parsers(sub) -> None:
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a router on a task", epilog=train_help(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=available_tasks(), metavar="TASK",
-                   help="one of: " + ", ".join(available_tasks()))
-    p.add_argument("--router", default="topk", metavar="NAME", help="a registered router (default topk)")
-    p.add_argument("--preset", default="tiny", metavar="PRESET", help="tiny (CPU, minutes) or small (default tiny)")
+    p.add_argument("--task", choices=available_tasks(), metavar="TASK",
+                   help="one of: " + ", ".join(available_tasks()) + " (or --config)")
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="start from this configuration instead of --task/--preset (a run folder's config.yaml is "
+                        "one); --router, --seed, --device, --steps and --set apply on top")
+    p.add_argument("--router", default=None, metavar="NAME", help="a registered router (default topk)")
+    p.add_argument("--preset", default=None, metavar="PRESET", help="tiny (CPU, minutes) or small (default tiny)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, data order, dropout and router noise")
+    p.add_argument("--seed", type=int, default=None, help="seed of init, data order, dropout and router noise "
+                                                          "(default 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--out", required=True, metavar="DIR", help="the run folder")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--expert-parallel", choices=["auto", "on", "off"], default="auto",
                    help="under torchrun: shard the experts over the ranks (auto: when num_experts is divisible by the "

@@ -5,6 +5,7 @@ Legend: N tokens after flattening the leading dims, E experts, d model width.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
@@ -310,6 +311,12 @@ def available_layers() -> list[str]:
 def layer_summary(name: str) -> str:
     """First line of a layer-level method's docstring (its paper), for `smoe routers`."""
     return LAYERS.summary(name)
+
+
+def layer_options(name: str) -> dict[str, object]:
+    """A layer-level method's own options (its keyword-only arguments) with their defaults, for `smoe routers`."""
+    params = inspect.signature(LAYERS.get(name).__init__).parameters.values()  # an unknown name: a clear error
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
 
 
 def build_moe(d_model: int, num_experts: int, hidden: int, router: str = "topk", **kwargs) -> nn.Module:

@@ -12,7 +12,7 @@ Text (ids: (B, T) integer, mask: (B, T) bool of real tokens; padding is never to
 Each returns `TokenCorruption(ids, corrupted)`. Counts are exact per sequence: round(rate * real tokens).
 
 Images ((n, C, H, W) floating point in [0, 1]; the result stays in [0, 1]):
-- `gaussian_noise` (std), `gaussian_blur` (sigma, in pixels), `occlude` (a square patch covering a fraction of
+- `gaussian_noise` (std), `gaussian_blur` (sigma, in pixels), `occlude` (a rectangle covering a fraction of
   the area, filled with a constant).
 
 Severity 0 of every registered corruption is the identity; levels 1-5 are in `CORRUPTIONS[name].levels`.
@@ -292,15 +292,19 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
 
 @register_corruption("occlude", "image", "fraction", (0.05, 0.1, 0.2, 0.3, 0.4))
 def occlude(images: Tensor, fraction: float, generator: torch.Generator | None = None, fill: float = 0.5) -> Tensor:
-    """Occlusion: a patch of round(sqrt(fraction) H) x round(sqrt(fraction) W) pixels at a random place, set to fill.
+    """Occlusion: a rectangle of about `fraction` of the image's pixels at a random place, set to fill.
 
-    One patch per image, the same in every channel; its area is `fraction` of the image up to rounding.
+    One patch per image, the same in every channel: a = round(fraction H W) pixels wanted, round(sqrt(a H / W))
+    rows (at least 1 when a > 0) and round(a / rows) columns, so the area follows `fraction` even on small images
+    (on 8x8 digits the five levels cover 4, 6, 12, 20 and 25 pixels).
     """
     _check_images(images)
     check_float("fraction", fraction, low=0.0, high=1.0)
     check_float("fill", fill, low=0.0, high=1.0)
     n, _, h, w = images.shape
-    ph, pw = round(math.sqrt(fraction) * h), round(math.sqrt(fraction) * w)
+    area = round(fraction * h * w)
+    ph = min(max(round(math.sqrt(area * h / w)), 1), h) if area else 0
+    pw = min(round(area / ph), w) if area else 0
     u = _uniform((2, n), generator, images.device)
     top, left = (u[0] * (h - ph + 1)).long(), (u[1] * (w - pw + 1)).long()
     rows = torch.arange(h, device=images.device)

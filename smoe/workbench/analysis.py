@@ -9,7 +9,8 @@ analysis.json: {"step", "task", "router", "probe": {"tokens": M, "labels": [name
       specialization NMI per label, experts per token (kept pairs / M); fluctuation between consecutive traced
       evals; cross-layer co-activation; top-expert sensitivity per layer,
   "over_training": [{"step", "load_cv": [L], "entropy": [L], "margin": [L]}] from the trace,
-  "latent": {"points", "expert", "label"} (t-SNE of the VAE latent coloured by top-1 expert; VAE only)}
+  "latent": {"points", "expert", "label"} (t-SNE of the VAE latent coloured by top-1 expert; VAE only),
+  "view": whether RUN_DIR/routing_view.json (the routing pictures' data, `workbench.routing_view`) was written}
 
 Metric definitions: docs/metrics.md (`workbench.metrics`). All on the model in eval mode.
 """
@@ -39,6 +40,7 @@ from smoe.workbench.metrics import (
     top1_expert,
 )
 from smoe.workbench.probe import Probe, ProbeRouting, probe_generator, read_trace, route_probe
+from smoe.workbench.routing_view import routing_view, write_view
 from smoe.workbench.run_folder import hold_folder
 from smoe.workbench.runner import load_run
 
@@ -110,11 +112,13 @@ def trace_summaries(trace: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def analyze(model: nn.Module, probe: Probe, run_dir: str | Path, step: int, head: dict | None = None) -> dict:
     """Every metric of the module docstring for a trained `model` (eval mode) and its probe set; writes
-    RUN_DIR/analysis.json and returns it. head: extra top-level fields (task, router)."""
+    RUN_DIR/analysis.json (and RUN_DIR/routing_view.json, the routing pictures' data, `workbench.routing_view`,
+    when the probe has display data) and returns the analysis. head: extra top-level fields (task, router)."""
     probed = route_probe(model, probe)
     layers = [layer_metrics(i, r, s, x, probe.labels)
               for i, (r, s, x) in enumerate(zip(probed.routings, probed.stats, probed.inputs))]
-    fluctuation, over = trace_summaries(read_trace(run_dir))
+    trace = read_trace(run_dir)
+    fluctuation, over = trace_summaries(trace)
     analysis = {
         "step": step, **(head or {}),
         "probe": {"tokens": int(real_tokens(probed.routings[0]).sum()), "labels": list(probe.labels)},
@@ -125,7 +129,10 @@ def analyze(model: nn.Module, probe: Probe, run_dir: str | Path, step: int, head
     latent = latent_map(model, probe, probed)
     if latent is not None:
         analysis["latent"] = latent
+    analysis["view"] = probe.display is not None
     atomic_write(Path(run_dir, ANALYSIS_FILE), json.dumps(analysis, indent=1).encode())
+    if analysis["view"]:
+        write_view(run_dir, routing_view(probe, probed, trace, {"step": step, **(head or {})}))
     return analysis
 
 

@@ -15,8 +15,9 @@ Resumable: a run with final.json (and its analysis and evaluation) is skipped, a
 resumed, a run folder without one starts over; a run folder written with another configuration is an error.
 The comparison folder and each run folder have one writer (`smoe.workbench.run_folder.hold_folder`); a run whose
 files are damaged is recorded as failed and the grid goes on.
-`--steps N` compresses the preset's schedule to N steps (train.steps = schedule_steps = N; warm-up, eval and
-checkpoint intervals scaled by N / the preset's steps); --set and entry overrides still win.
+`--steps N` compresses the preset's schedule to N steps (train.steps = schedule_steps = N; warm-up and checkpoint
+intervals scaled by N / the preset's steps; as many evaluations as the preset has, evenly spaced, with no short
+last interval: `even_interval`); --set and entry overrides still win.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import dataclasses
 import json
 import platform
 import re
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +46,7 @@ from smoe.workbench.executors import GridProgress, Outcome, Report
 from smoe.workbench.grid import GridConfig, describe, make_executor, step_flops
 from smoe.workbench.report import write_report
 from smoe.workbench.results import RESULTS_FILE, SCHEMA_VERSION
+from smoe.workbench.routing_view import read_view
 from smoe.workbench.run_config import RunConfig, resolve_config, run_config_from_dict
 from smoe.workbench.run_folder import DamagedFileError, hold_folder, read_json, read_jsonl, read_yaml
 from smoe.workbench.runner import load_run, train_run
@@ -159,8 +163,9 @@ class CompareConfig:
         def scaled(value: int, low: int) -> int:
             return max(round(value * factor), low) if value else 0
 
+        evals = even_interval(self.steps, base.steps / base.eval_every) if base.eval_every else 0
         return [f"train.steps={self.steps}", f"train.schedule_steps={self.steps}",
-                f"train.warmup_steps={scaled(base.warmup_steps, 0)}", f"train.eval_every={scaled(base.eval_every, 1)}",
+                f"train.warmup_steps={scaled(base.warmup_steps, 0)}", f"train.eval_every={evals}",
                 f"train.checkpoint_every={scaled(base.checkpoint_every, 1)}"]
 
     def run_config(self, entry: Entry, seed: int):
@@ -170,6 +175,15 @@ class CompareConfig:
                                   overrides=overrides)
         except ValueError as e:
             raise ValueError(f"entry {entry.label!r}: {e}") from e
+
+
+def even_interval(steps: int, count: float) -> int:
+    """The interval nearest steps / count (the smaller on ties) after whose last multiple at least half an interval
+    remains before `steps`, so evaluations are evenly spaced and the final one (at `steps`) never follows a periodic
+    one by a step or two."""
+    target = steps / max(count, 1.0)
+    fits = [e for e in range(1, steps + 1) if steps % e == 0 or steps % e >= e / 2]
+    return min(fits, key=lambda e: (abs(e - target), e))
 
 
 # ---------------------------------------------------------------- one run
@@ -203,6 +217,12 @@ def trained_step(run_dir: Path) -> int | None:
     return None if final is None else final.get("step")
 
 
+def tb_folder(run_dir: Path) -> Path:
+    """A compared run's TensorBoard folder: DIR/tb/<label>-s<seed>, so that `tensorboard --logdir DIR/tb` names
+    every run by its label and seed."""
+    return run_dir.parent.parent / "tb" / run_dir.name
+
+
 def train_one(run, run_dir: Path, report: Report) -> int | None:
     """Train (or resume, or skip) one run, calling report(step) after every step; returns the signal that
     interrupted it, else None. A run folder of another configuration must have been refused before
@@ -212,32 +232,40 @@ def train_one(run, run_dir: Path, report: Report) -> int | None:
     if step is not None and step >= run.train.steps:
         return None
     resume = bool(checkpoint_steps(run_dir / "checkpoints"))  # without one the Trainer starts the folder over
+    if not resume:  # and its TensorBoard folder starts over too
+        shutil.rmtree(tb_folder(run_dir), ignore_errors=True)
     timing = read_json(run_dir / TIMING_FILE) or {"train_time_s": 0.0}
     started = time.perf_counter()
-    result = train_run(run, run_dir, resume=resume, progress=False, hooks=[lambda step, outputs: report(step)])
+    result = train_run(run, run_dir, resume=resume, progress=False, hooks=[lambda step, outputs: report(step)],
+                       tb_dir=tb_folder(run_dir))
     timing["train_time_s"] += time.perf_counter() - started
     atomic_write(run_dir / TIMING_FILE, json.dumps(timing).encode())
     return result.signal if result.status == "interrupted" else None
 
 
-def evaluate_one(config: CompareConfig, run, run_dir: Path) -> None:
-    """Write analysis.json (when the task has a probe set) and eval.json of a trained run, unless they are there
-    for its final step (and, for eval.json, for the same corruptions and capacities)."""
+def evaluate_one(config: CompareConfig, run, run_dir: Path, say: Callable[[str], None] = lambda what: None) -> None:
+    """Write analysis.json and routing_view.json (when the task has a probe set) and eval.json of a trained run,
+    unless they are there for its final step (and, for eval.json, for the same corruptions and capacities);
+    say(what) is told each phase (the progress line)."""
 
     task = get_task(run.task)
     request = {"corruptions": default_sweep(task.corruptions) if config.corruptions is None else config.corruptions,
                "capacities": config.capacities, "bpr": config.bpr}
     step = trained_step(run_dir)
     analysis, evaluation = read_json(run_dir / ANALYSIS_FILE), read_json(run_dir / eval_file(None))
-    needs_analysis = run.data.probe_tokens > 0 and (analysis or {}).get("step") != step
+    view = (analysis or {}).get("view", True) and (read_view(run_dir) or {}).get("step") != step  # pictures' data
+    needs_analysis = run.data.probe_tokens > 0 and ((analysis or {}).get("step") != step or view)
     needs_eval = (evaluation is None or evaluation.get("step") != step or evaluation.get("request") != request
                   or "clean_bootstrap" not in evaluation)  # written before the bootstrap existed
     if not (needs_analysis or needs_eval):
         return
+    say("loading the trained model")
     run, setup, step = load_run(run_dir, config.device)
     if needs_analysis:
+        say("analysing routing")
         analyze(setup.model, setup.probe, run_dir, step, {"task": run.task, "router": run.router})
     if needs_eval:
+        say(f"evaluating clean and {len(request['corruptions'])} corruptions")
         result = evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better,
                                 scores=setup.scores, **request)
         atomic_write(run_dir / eval_file(None),
@@ -359,7 +387,7 @@ def run_one(task: GridRun, report: Report) -> Outcome:
         with hold_folder(task.run_dir):
             interrupted = train_one(task.run, task.run_dir, report)
             if interrupted is None:
-                evaluate_one(task.config, task.run, task.run_dir)
+                evaluate_one(task.config, task.run, task.run_dir, report)
         status, error = ("skipped", "interrupted") if interrupted is not None else ("done", None)
     except Exception as e:  # one failed run must not stop the grid
         status, error = "failed", f"{type(e).__name__}: {e}"

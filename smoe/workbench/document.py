@@ -80,8 +80,12 @@ CSS = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-widt
 color:#222;line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}th{background:#f3f3f3}
 th:first-child,td:first-child{text-align:left}tr.best{background:#e6f4ea;font-weight:bold}
+td.long{white-space:normal;text-align:left;min-width:16em}
 figure{margin:1.5em 0}img{max-width:100%}figcaption{font-style:italic;color:#555}
 .wide{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}"""
+
+
+LONG = 40  # characters: a longer table cell (an error message) wraps instead of widening the table
 
 
 def render_html(blocks: Sequence[Block], title: str, base: Path) -> str:
@@ -100,7 +104,8 @@ def render_html(blocks: Sequence[Block], title: str, base: Path) -> str:
         elif isinstance(block, Table):
             head = "".join(f"<th>{esc(c)}</th>" for c in block.header)
             body = "".join(("<tr class=\"best\">" if i in block.marked else "<tr>")
-                           + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for i, row in enumerate(block.rows))
+                           + "".join(f"<td class=\"long\">{esc(c)}</td>" if len(c) > LONG else f"<td>{esc(c)}</td>"
+                                     for c in row) + "</tr>" for i, row in enumerate(block.rows))
             out.append(f"<div class=\"wide\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
         elif isinstance(block, Image):
             data = base64.b64encode((base / block.path).read_bytes()).decode("ascii")

@@ -48,7 +48,7 @@ from smoe._validate import check_int
 RETRIES = 2  # times a task whose local worker died is run again
 CLUSTER_EXTRA = "pip install 'smoe[cluster]'"
 
-Report = Callable[[int], None]
+Report = Callable[[int | str], None]  # a training step, or the phase a run is in
 
 
 @dataclass
@@ -83,6 +83,7 @@ class GridProgress:
     def __init__(self, names: Sequence[str], steps: Sequence[int], done: Sequence[int], enabled: bool):
         self.names, self.steps, self.at = list(names), list(steps), list(done)
         self.running: set[int] = set()
+        self.phase: dict[int, str] = {}
         self.finished = 0
         self.bar = tqdm(total=sum(steps), initial=sum(done), unit="step", disable=not enabled, file=sys.stderr,
                         dynamic_ncols=True, smoothing=0, desc=self._describe())
@@ -95,19 +96,25 @@ class GridProgress:
         self.running.add(i)
         self._refresh()
 
-    def step(self, i: int, step: int) -> None:
-        """Task i's training reached `step` (its report)."""
-        self._advance(i, step)
+    def step(self, i: int, step: int | str) -> None:
+        """Task i's report: its training reached `step`, or (a str) the phase it is in now (evaluating, ...)."""
+        if isinstance(step, str):
+            self.phase[i] = step
+            self._refresh()
+        else:
+            self._advance(i, step)
 
     def finish(self, i: int) -> None:
         self._advance(i, self.steps[i])
         self.running.discard(i)
+        self.phase.pop(i, None)
         self.finished += 1
         self._refresh()
 
     def stop(self, i: int) -> None:
         """Task i stopped without finishing (it will run again, or the grid was interrupted)."""
         self.running.discard(i)
+        self.phase.pop(i, None)
         self._refresh()
 
     def write(self, text: str) -> None:
@@ -124,7 +131,8 @@ class GridProgress:
 
     def _refresh(self) -> None:
         self.bar.set_description(self._describe(), False)
-        self.bar.set_postfix_str(", ".join(self.names[i] for i in sorted(self.running)[:3]))
+        self.bar.set_postfix_str(", ".join(f"{self.names[i]}: {self.phase[i]}" if i in self.phase else self.names[i]
+                                           for i in sorted(self.running)[:3]))
 
 
 class StopSignals:

@@ -22,9 +22,15 @@ Groups = Mapping[str, Sequence[Mapping]]
 Series = dict[float, float]
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Write fig as a PNG (Agg), without a software stamp so that the same results give the same bytes."""
+def save_figure(fig: Figure, path: Path, vector: bool = False) -> list[Path]:
+    """Write fig as a PNG (Agg, for the screen) and, with vector, as a PDF beside it (vector art, images at 300 dpi,
+    for print), without software or date stamps so that the same results give the same bytes; returns the paths."""
     fig.savefig(path, dpi=100, metadata={"Software": None})
+    if not vector:
+        return [path]
+    pdf = path.with_suffix(".pdf")
+    fig.savefig(pdf, dpi=300, metadata={"Creator": None, "Producer": None, "CreationDate": None})
+    return [path, pdf]
 
 
 def _color(index: int) -> str:

@@ -52,12 +52,21 @@ class Probe:
     routed token of all calls in order (masked tokens included, they are ignored through the routing mask);
     metric(model, generator): the task's headline metric on this set (for top-expert sensitivity);
     latent(model, generator): (n, z) latent code of each sample (the VAE), or None.
+
+    What the routing pictures (`workbench.routing_view`) show: display, the n samples as a reader sees them (token
+    ids (n, T), images (n, C, H, W) or signals (n, C, L) in their raw value range); prefix_tokens, routed tokens of
+    a sample before its own (the ViT's [CLS]); tokenizer, the `tokenizers.Tokenizer` of text ids; label_names,
+    {label: name of each value} where the values have names (BBC topics, sketch classes).
     """
 
     inputs: list[tuple[Tensor, ...]]
     labels: dict[str, Tensor] = field(default_factory=dict)
     metric: Callable[[nn.Module, torch.Generator], float] | None = None
     latent: Callable[[nn.Module, torch.Generator], Tensor] | None = None
+    display: Tensor | None = None
+    prefix_tokens: int = 0
+    tokenizer: object | None = None
+    label_names: dict[str, list[str]] = field(default_factory=dict)
 
 
 def spread(total: int, count: int) -> Tensor:

@@ -1,5 +1,7 @@
 """Comparison report: `summarize` a results.json per router label (mean +- std over seeds) and `write_report`
-a report.md (tables, PNGs in plots/) and a self-contained report.html (the same content, PNGs inlined).
+a report.md (tables, figures in plots/ as PNG and PDF, the routing pictures of `workbench.routing_plots`) and a
+self-contained report.html (the same content, PNGs inlined). Every table fits a 1400-pixel page: a headline table,
+then tables by topic (`TOPICS`) of at most MAX_COLUMNS value columns; numbers in one format (`workbench.numbers`).
 
 Numbers are never invented: a quantity no run of a router recorded is "missing", a NaN or infinite one is "n/a"
 (with how many seeds were not finite), and std is the sample std (ddof 1), absent for one seed ("n=1").
@@ -17,15 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smoe.workbench import plots
-from smoe.workbench.columns import (
-    LATE_ROUTING,
-    ROUTING_SCALARS,
-    RUN_COUNTERS,
-    column_title,
-    run_values,
-    strongest_levels,
-)
+from smoe.workbench.columns import column_title, run_values, strongest_levels
 from smoe.workbench.document import Block, Bullets, Code, Heading, Image, Table, Text, render_html, render_markdown
+from smoe.workbench.numbers import NOT_FINITE, format_number, format_spread
 from smoe.workbench.results import (
     get,
     group_runs,
@@ -36,10 +32,27 @@ from smoe.workbench.results import (
     records,
     run_label,
 )
+from smoe.workbench.routing_plots import report_pictures
+from smoe.workbench.tasks import available_tasks, get_task
 from smoe.workbench.verdict_report import verdict_blocks
 from smoe.workbench.verdicts import beats_every_other, with_statistics
 
-MISSING, NOT_FINITE = "missing", "n/a"
+MISSING = "missing"
+HEADLINE = "final.metric"
+# the tables below the headline one: title -> column keys in order (a key ending in "." takes every key with that
+# prefix that no other table names); each table is cut into parts of at most MAX_COLUMNS columns to fit the page
+TOPICS = {
+    "Task metrics": ("final.valid_metric", "final.valid_loss", "final."),
+    "Robustness": ("robust.",),
+    "Cost": ("steps", "train_time_s", "tokens_per_s", "final.eval_time_s"),
+    "Routing: balance": ("routing.load_cv", "routing.max_over_mean", "routing.dropped_fraction",
+                         "routing.active_experts", "final.experts_per_token"),
+    "Routing: confidence and representation": ("routing.entropy", "routing.margin", "routing.effective_rank_input",
+                                               "routing.effective_rank_router"),
+    "Routing: specialization and stability": ("routing.nmi.", "fluctuation.top1", "fluctuation.topk_set",
+                                              "coactivation.nmi", "sensitivity"),
+}
+MAX_COLUMNS = 6
 
 # ---------------------------------------------------------------- per router
 
@@ -109,25 +122,14 @@ def summarize(results: str | os.PathLike | Mapping) -> list[RouterRow]:
 # ---------------------------------------------------------------- formatting
 
 
-def format_number(x: float) -> str:
-    """Short fixed text for a number; "n/a" for NaN and infinities."""
-    if not math.isfinite(x):
-        return NOT_FINITE
-    size = abs(x)
-    if x.is_integer() and size < 1e5:
-        return str(int(x))
-    if size >= 1e5 or size < 1e-3:
-        return f"{x:.3e}"
-    return f"{x:.1f}" if size >= 100 else f"{x:.3f}" if size >= 1 else f"{x:.4f}"
-
-
 def format_stat(stat: Stat | None, seeds: int) -> str:
-    """ "mean ± std", "value (n=1)", "n/a (k of n not finite)" or "missing"; "(n=m)" when m < seeds recorded it."""
+    """ "mean ± std" (`numbers.format_spread`: the std to two significant figures, the mean to the same place),
+    "value (n=1)", "n/a (k of n not finite)" or "missing"; "(n=m)" when only m < seeds recorded it."""
     if stat is None:
         return MISSING
     if stat.nonfinite:
         return f"{NOT_FINITE} ({stat.nonfinite} of {stat.n} not finite)"
-    text = format_number(stat.mean) if stat.std is None else f"{format_number(stat.mean)} ± {format_number(stat.std)}"
+    text = format_spread(stat.mean, stat.std)
     return f"{text} (n={stat.n})" if stat.n == 1 or stat.n != seeds else text
 
 
@@ -136,20 +138,29 @@ def _format_value(value: object) -> str:
     return MISSING if x is None else format_number(x)
 
 
-def table_columns(rows: Sequence[RouterRow]) -> tuple[list[str], list[str]]:
-    """Column keys of the task table and of the routing table, in display order; only those with data
-    (the headline metric always)."""
-    keys = list(dict.fromkeys(key for row in rows for key in row.cells))
+def throughput_unit(results: Mapping) -> str:
+    """What a run's throughput (results.json `tokens_per_s`) counts: the task's unit, "samples" when unknown."""
+    task = results.get("task")
+    return get_task(task).throughput_unit if isinstance(task, str) and task in available_tasks() else "samples"
 
-    def having(test: Callable[[str], bool]) -> list[str]:
-        return [key for key in keys if test(key)]
 
-    task = ["final.metric", *having(lambda k: k == "final.valid_loss"),
-            *having(lambda k: k.startswith("final.") and k not in ("final.metric", "final.valid_loss")),
-            *sorted(having(lambda k: k.startswith("robust."))), *[k for k in RUN_COUNTERS if k in keys]]
-    routing = [*[k for k in (f"routing.{s}" for s in ROUTING_SCALARS) if k in keys],
-               *having(lambda k: k.startswith("routing.nmi.")), *[k for k in LATE_ROUTING if k in keys]]
-    return task, routing
+def table_columns(rows: Sequence[RouterRow]) -> list[tuple[str, list[str]]]:
+    """(title, column keys) of every table below the headline one that has data, in TOPICS order, each cut into
+    parts of at most MAX_COLUMNS columns."""
+    keys = [key for key in dict.fromkeys(key for row in rows for key in row.cells) if key != HEADLINE]
+    named = {pattern for patterns in TOPICS.values() for pattern in patterns if not pattern.endswith(".")}
+    tables = []
+    for title, patterns in TOPICS.items():
+        chosen = []
+        for pattern in patterns:
+            if pattern.endswith("."):
+                chosen += sorted(k for k in keys if k.startswith(pattern) and k not in named and k not in chosen)
+            elif pattern in keys:
+                chosen.append(pattern)
+        parts = [chosen[i:i + MAX_COLUMNS] for i in range(0, len(chosen), MAX_COLUMNS)]
+        tables += [(title + (f" ({i + 1} of {len(parts)})" if len(parts) > 1 else ""), part)
+                   for i, part in enumerate(parts)]
+    return tables
 
 
 # ---------------------------------------------------------------- the document
@@ -181,13 +192,17 @@ def _header(results: Mapping, rows: Sequence[RouterRow]) -> list[Block]:
     return blocks
 
 
-def _stat_table(rows: Sequence[RouterRow], keys: Sequence[str], results: Mapping) -> Table:
+def stat_table(rows: Sequence[RouterRow], keys: Sequence[str], results: Mapping, mark: bool = True) -> Table:
+    """The table of `keys` per router; mark: emphasise the best row (the headline table does, topic tables keep
+    only the "(best)" in its name, so that a cost or routing column is not read as best)."""
     name, higher_is_better = metric_spec(results)
-    header = ["router", "seeds", *(column_title(k, name, higher_is_better) for k in keys)]
+    unit = throughput_unit(results)
+    header = ["router", "seeds", *(f"{unit}/s" if k == "tokens_per_s" else column_title(k, name, higher_is_better)
+                                   for k in keys)]
     body = [[row.label + (" (best)" if row.best else ""),
              str(row.finished) if row.finished == row.runs else f"{row.finished} of {row.runs}",
              *(format_stat(row.cells.get(k), row.finished) for k in keys)] for row in rows]
-    return Table(header, body, marked={i for i, row in enumerate(rows) if row.best})
+    return Table(header, body, marked={i for i, row in enumerate(rows) if row.best and mark})
 
 
 def _severities(results: Mapping, keys: Sequence[str]) -> str:
@@ -201,26 +216,41 @@ def _severities(results: Mapping, keys: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+NOTES = {
+    "Routing: balance": "Per-layer quantities are means over MoE layers.",
+    "Routing: specialization and stability": "NMI: specialization of the top-1 expert to each label (mean over "
+    "layers); fluctuation: the last recorded checkpoint (fraction of held-out tokens whose routing changed); "
+    "co-activation NMI: mean over consecutive layer pairs; top-expert sensitivity: metric with each token's top "
+    "expert removed minus the clean metric, mean over layers.",
+}
+
+
+def report_tables(results: Mapping, rows: Sequence[RouterRow]) -> list[tuple[str, str, list[str]]]:
+    """(title, note, column keys) of every table: the headline one ("Results"), then `table_columns`."""
+    tables = [("Results", "Mean ± std over each router's finished seeds (sample std, ddof 1; the std to two "
+                          "significant figures, the mean to the same place); one seed shows its value with (n=1); "
+                          "(n=m) marks a quantity only m of the router's seeds recorded. missing: not recorded; "
+                          "n/a: not a finite number (never averaged away). Rows are sorted by mean, best first; "
+                          "(best) marks a router only when its metric is resolved better than every other's "
+                          "(paired over seeds, Holm).", [HEADLINE])]
+    for title, keys in table_columns(rows):
+        robust = [k for k in keys if k.startswith("robust.")]
+        note = (f"The metric at the strongest level evaluated ({_severities(results, robust)})." if robust
+                else NOTES.get(title.split(" (")[0], ""))
+        tables.append((title, note, keys))
+    return tables
+
+
 def _tables(results: Mapping, rows: Sequence[RouterRow]) -> list[Block]:
     if not rows:
         return [Heading("Results"), Text("The results hold no runs.")]
-    task_keys, routing_keys = table_columns(rows)
-    legend = ("Mean ± std over each router's finished seeds (sample std, ddof 1); one seed shows its value with "
-              "(n=1); (n=m) marks a quantity only m of the router's seeds recorded. missing: not recorded; n/a: "
-              "not a finite number (never averaged away). Rows are sorted by mean, best first; (best) marks a "
-              "router only when its metric is resolved better than every other's (paired over seeds, Holm).")
-    robust = [k for k in task_keys if k.startswith("robust.")]
-    if robust:
-        legend += f" Corruption columns: the metric at the strongest level evaluated ({_severities(results, robust)})."
-    blocks: list[Block] = [Heading("Results"), Text(legend), _stat_table(rows, task_keys, results),
-                           Heading("Routing")]
-    if not routing_keys:
-        return [*blocks, Text("No run recorded routing statistics.")]
-    return [*blocks, Text("Per-layer scalars are means over MoE layers; fluctuation: the last recorded checkpoint "
-                          "(fraction of held-out tokens whose routing changed); co-activation NMI: mean over "
-                          "consecutive layer pairs; top-expert sensitivity: metric with each token's top expert "
-                          "removed minus the clean metric, mean over layers."),
-            _stat_table(rows, routing_keys, results)]
+    blocks: list[Block] = []
+    for i, (title, note, keys) in enumerate(report_tables(results, rows)):
+        blocks += [Heading(title, 2 if i == 0 else 3), *([Text(note)] if note else []),
+                   stat_table(rows, keys, results, mark=i == 0)]
+    if not any(title.startswith("Routing") for title, _ in table_columns(rows)):
+        blocks.append(Text("No run recorded routing statistics."))
+    return blocks
 
 
 def _run_name(run: Mapping) -> str:
@@ -256,7 +286,7 @@ EXPECTED: dict[str, Callable[[Mapping], bool]] = {
     "top-expert sensitivity": lambda run: bool(records(run, "routing", "sensitivity")),
     "robustness": lambda run: bool(records(run, "robustness")),
     "train time": lambda run: number(run.get("train_time_s")) is not None,
-    "tokens/s": lambda run: number(run.get("tokens_per_s")) is not None,
+    "throughput": lambda run: number(run.get("tokens_per_s")) is not None,
 }
 OPTIONAL = {"latent map": lambda run: isinstance(run.get("latent"), Mapping)}  # expected once any run has it
 
@@ -279,7 +309,7 @@ def _missing(results: Mapping) -> list[Block]:
 PLOT_STEMS = ("curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent")
 
 
-def _plots(results: Mapping, rows: Sequence[RouterRow], out: Path) -> list[Block]:
+def _plots(results: Mapping, rows: Sequence[RouterRow], out: Path, vector: bool) -> list[Block]:
     """Draw and save every plot under out/plots; an Image block for each, a sentence where data is missing."""
     name, _ = metric_spec(results)
     by_label = group_runs(results)
@@ -304,16 +334,18 @@ def _plots(results: Mapping, rows: Sequence[RouterRow], out: Path) -> list[Block
         "latent": ("Latent map", plots.latent_map(groups), "2-D map (t-SNE) of the VAE latent, coloured by the "
                    "top-1 expert.", None),
     }
-    blocks: list[Block] = [Heading("Plots")]
+    blocks: list[Block] = [Heading("Plots"), *([Text("Every figure is also in plots/ as a PDF (vector, for print).")]
+                                               if vector else [])]
     (out / "plots").mkdir(parents=True, exist_ok=True)
     for stem in PLOT_STEMS:
         title, fig, caption, absent = figures[stem]
         path = out / "plots" / f"{stem}.png"
         if fig is None:
-            path.unlink(missing_ok=True)  # a stale plot of an earlier rendering must not survive
+            for stale in (path, path.with_suffix(".pdf")):  # a plot of an earlier rendering must not survive
+                stale.unlink(missing_ok=True)
             blocks += [Heading(title, 3), Text(absent)] if absent else []
             continue
-        plots.save_figure(fig, path)
+        plots.save_figure(fig, path, vector=vector)
         blocks += [Heading(title, 3), Image(path.relative_to(out), caption)]
     return blocks
 
@@ -326,67 +358,31 @@ class ReportFiles:
 
 
 def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLike | None = None,
-                 baseline: str | None = None) -> ReportFiles:
-    """Write out_dir/report.md, out_dir/report.html and out_dir/plots/*.png from a comparison's results.
+                 baseline: str | None = None, vector: bool = True) -> ReportFiles:
+    """Write out_dir/report.md, out_dir/report.html and out_dir/plots/ (PNG, and PDF unless vector=False) from a
+    comparison's results, with the routing pictures of each router's first seed (read from its run folder,
+    `routing_view.json`).
 
     results: a results dict, a results.json path or the directory holding it; out_dir defaults to that
-    directory (required for a dict). The report opens with the verdicts against `baseline` (default: the recorded
-    one, else the first entry), recomputed from the runs.
+    directory (required for a dict, whose run folders are then read relative to out_dir). The report opens with
+    the verdicts against `baseline` (default: the recorded one, else the first entry), recomputed from the runs.
     """
-    if out_dir is None:
-        if not isinstance(results, (str, os.PathLike)):
-            raise ValueError("out_dir is required when results is a dict, not a path")
-        out_dir = Path(results) if Path(results).is_dir() else Path(results).parent
+    if isinstance(results, (str, os.PathLike)):
+        base = Path(results) if Path(results).is_dir() else Path(results).parent
+    elif out_dir is None:
+        raise ValueError("out_dir is required when results is a dict, not a path")
+    else:
+        base = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else base
     results = with_statistics(results, baseline)
-    out = Path(out_dir)
     rows = summarize(results)
+    by_label = group_runs(results)
+    finished = {row.label: [run for run in by_label[row.label] if is_finished(run)] for row in rows}
     title, *header = _header(results, rows)
     blocks = [title, *verdict_blocks(results, out), *header, *_tables(results, rows), *_runs_table(results),
-              *_missing(results), *_plots(results, rows, out)]
+              *_missing(results), *_plots(results, rows, out, vector), *report_pictures(finished, base, out, vector)]
     files = ReportFiles(out / "report.md", out / "report.html",
                         [out / b.path for b in blocks if isinstance(b, Image)])
     files.markdown.write_text(render_markdown(blocks), encoding="utf-8")
     files.html.write_text(render_html(blocks, blocks[0].text, out), encoding="utf-8")
     return files
-
-
-# ---------------------------------------------------------------- compact tables (smoe report --columns / --robustness)
-
-
-def columns_table(results: str | os.PathLike | Mapping, keys: Sequence[str]) -> str:
-    """A Markdown table of chosen columns per router (mean ± std over seeds, as in the report): keys as in
-    `run_values` ("final.metric", "routing.load_cv", "fluctuation.top1", "robust.noise@5", ...)."""
-    results = load_results(results)
-    rows = summarize(results)
-    available = list(dict.fromkeys(key for row in rows for key in row.cells))
-    unknown = [key for key in keys if key not in available]
-    if unknown or not keys:
-        raise ValueError(f"columns must name recorded quantities; unknown: {unknown}; available: "
-                         f"{', '.join(available)}")
-    return render_markdown([_stat_table(rows, keys, results)])
-
-
-def robustness_table(results: str | os.PathLike | Mapping) -> str:
-    """A Markdown table of the metric at every level of every corruption (and capacity sweep), per router: one
-    row per (router, corruption), one column per level, mean ± std over the finished seeds."""
-    results = load_results(results)
-    name, _ = metric_spec(results)
-    by_level: dict[tuple[str, str], dict[float, list[float]]] = {}
-    severity: dict[tuple[str, float], float] = {}
-    for label, runs in group_runs(results).items():
-        for run in (r for r in runs if is_finished(r)):
-            for e in records(run, "robustness"):
-                level, metric = number(e.get("level")), number(e.get("metric"))
-                if isinstance(e.get("corruption"), str) and level is not None and metric is not None:
-                    by_level.setdefault((label, e["corruption"]), {}).setdefault(level, []).append(metric)
-                    if number(e.get("severity")) is not None:
-                        severity[e["corruption"], level] = number(e["severity"])
-    if not by_level:
-        raise ValueError("no run recorded robustness")
-    levels = sorted({level for values in by_level.values() for level in values})
-    body = [[label, corruption, *(format_stat(Stat.of(v[level]), len(v[level])) if level in v else MISSING
-                                  for level in levels)]
-            for (label, corruption), v in by_level.items()]
-    header = ["router", "corruption", *(f"L{level:g}" for level in levels)]
-    legend = ", ".join(f"{c} L{level:g} = {format_number(sev)}" for (c, level), sev in severity.items() if level)
-    return f"{name} by corruption level ({legend})\n\n" + render_markdown([Table(header, body)])

@@ -4,6 +4,7 @@ Sections: `data` (the task's data config), `model` (the task's model config, les
 data) and `train` (`TrainConfig`). Override keys are `section.field` (`model.num_experts=16`, `train.lr=3e-4`),
 a bare `field` when exactly one section has it, or `section.field.key` inside a dict field
 (`model.router_options.noise=learned`). Values are parsed as YAML (`1e-3`, `true`, `[16, 32, 64]`, `null`).
+`resolve_config_file` starts from a YAML file instead of a preset (a run folder's config.yaml is one).
 """
 
 from __future__ import annotations
@@ -125,15 +126,53 @@ def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: 
     pairs) and `steps` applied."""
     t = get_task(task)
     check_choice("preset", preset, tuple(t.presets))
+    p = t.presets[preset]
+    sections = {"data": dict(p.get("data", {})), "model": dict(p.get("model", {})), "train": dict(p.get("train", {}))}
+    return _resolve(t, preset, router, seed, device, steps, overrides, sections)
+
+
+def resolve_config_file(path: str | Path, router: str | None = None, seed: int | None = None,
+                        device: str | None = None, steps: int | None = None,
+                        overrides: Sequence[str | tuple[str, object]] = ()) -> RunConfig:
+    """The RunConfig a YAML file describes (a run folder's config.yaml, or a file with its keys: task, preset,
+    router, seed, device and the data / model / train sections), with router, seed, device (when given), steps and
+    overrides applied as in `resolve_config`. Sections and fields the file leaves out come from its preset; a
+    router other than the file's starts from the task's options for that router."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"config must be a readable YAML file, got {str(path)!r}: {e}") from e
+    if not isinstance(config, dict) or not isinstance(config.get("task"), str):
+        raise ValueError(f"config {str(path)!r} must be a YAML mapping with a task (e.g. a run folder's config.yaml)")
+    t = get_task(config["task"])
+    preset = config.get("preset", "tiny")
+    check_choice("preset", preset, tuple(t.presets))
+    sections = {}
+    for name in SECTIONS:
+        given = config.get(name) or {}
+        if not isinstance(given, dict):
+            raise ValueError(f"config {str(path)!r}: section {name!r} must be a mapping, got {given!r}")
+        sections[name] = {**t.presets[preset].get(name, {}), **given}
+    model = sections["model"]
+    for key in [*t.derived, "router"]:
+        model.pop(key, None)
+    saved_router = config.get("router", "topk")
+    if router is not None and router != saved_router:
+        model.pop("router_options", None)
+    return _resolve(t, preset, router or saved_router, config.get("seed", 0) if seed is None else seed,
+                    config.get("device", "cpu") if device is None else device, steps, overrides, sections)
+
+
+def _resolve(t: Task, preset: str, router: str, seed: int, device: str, steps: int | None,
+             overrides: Sequence[str | tuple[str, object]], sections: dict[str, dict]) -> RunConfig:
+    """The RunConfig of task t from its sections (the preset's or a file's), with router, overrides and steps."""
     check_choice("router", router, tuple(available_routers() + available_layers()))
     check_int("seed", seed, low=0)
     check_device(device)
-    p = t.presets[preset]
-    sections = {
-        "data": dict(p.get("data", {})),
-        "model": {**p.get("model", {}), "router": router, "router_options": dict(t.router_options.get(router, {}))},
-        "train": dict(p.get("train", {})),
-    }
+    sections["model"] = {**sections["model"], "router": router,
+                         "router_options": dict(sections["model"].get("router_options")
+                                                or t.router_options.get(router, {}))}
     for item in overrides:
         apply_override(sections, t, *(item if isinstance(item, tuple) else parse_override(item)))
     if steps is not None:
@@ -143,7 +182,7 @@ def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: 
     data = _build(t.data_config, sections["data"], "data")
     train = _build(TrainConfig, sections["train"], "train")
     _build(t.model_config, {**sections["model"], **t.derived}, "model")  # validate before loading any data
-    return RunConfig(task=task, preset=preset, router=router, seed=seed, device=device, data=data,
+    return RunConfig(task=t.name, preset=preset, router=router, seed=seed, device=device, data=data,
                      model=sections["model"], train=train)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
 
 from smoe.collectives import collective
 from smoe.init import init_keyed
@@ -16,32 +17,35 @@ from smoe.workbench.probe import TRACE_FILE, RoutingTrace
 from smoe.workbench.run_config import RunConfig, check_device, run_config_from_dict
 from smoe.workbench.run_folder import hold_folder, read_yaml
 from smoe.workbench.tasks import TaskSetup, get_task
-from smoe.workbench.trainer import Hook, Trainer, TrainResult, derived_seed
+from smoe.workbench.trainer import Hook, StepOutput, Trainer, TrainResult, derived_seed
 
 _INIT_STREAM = 0
 
 
 def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-              hooks: list[Hook] | None = None, parallel: ParallelConfig | None = None) -> TrainResult:
+              hooks: list[Hook] | None = None, parallel: ParallelConfig | None = None,
+              tb_dir: str | Path | None = None) -> TrainResult:
     """Build the task's model and data from `run` and train it in `out_dir` (continuing it with resume).
 
     On several processes (torchrun, or an initialised process group of size > 1) every rank calls this: the
     model is built with the same seed everywhere and prepared as `parallel` says (default ParallelConfig()),
     the global batch `train.batch_size` is split over the ranks, and the run config records the `parallel`
     section (see `smoe.workbench.data_parallel`). The task's probe set is routed at every eval and at the end
-    (`smoe.workbench.probe.RoutingTrace`, written to out_dir/routing_trace.jsonl, rank 0) before the other hooks run.
-    The run folder is held (one writer, `smoe.workbench.run_folder`) from before the data is loaded.
+    (`smoe.workbench.probe.RoutingTrace`, written to out_dir/routing_trace.jsonl, rank 0) before the other hooks run;
+    every layer's per-expert load on the training batches is logged (`expert_load_log`). tb_dir: TensorBoard's
+    folder (default out_dir/tb). The run folder is held (one writer, `smoe.workbench.run_folder`) from before the
+    data is loaded.
     """
     if run_world_size() == 1:
         with hold_folder(out_dir):  # a second writer fails before the data is loaded
-            return _train(run, out_dir, resume, progress, hooks)
+            return _train(run, out_dir, resume, progress, hooks, tb_dir=tb_dir)
     parallel = parallel or ParallelConfig()
     with process_group(run.device, parallel.timeout_s) as device:
         if run.train.batch_size % dist.get_world_size():
             raise ValueError(f"train.batch_size={run.train.batch_size} (the global batch) must be divisible by the "
                              f"world size {dist.get_world_size()}")
         with hold_folder(out_dir) if dist.get_rank() == 0 else contextlib.nullcontext():
-            return _train(run, out_dir, resume, progress, hooks, parallel, device)
+            return _train(run, out_dir, resume, progress, hooks, parallel, device, tb_dir)
 
 
 def task_setup(run: RunConfig) -> TaskSetup:
@@ -54,8 +58,20 @@ def task_setup(run: RunConfig) -> TaskSetup:
     return setup
 
 
+def expert_load_log(step: int, outputs: list[StepOutput]) -> dict[str, Tensor]:
+    """Trainer hook: each MoE layer's load on the step's batches (fraction of its kept pairs per expert), as
+    `load/layer<i>/expert<e>` (metrics.jsonl and TensorBoard scalars at every logged step; tensors, no host sync)."""
+    out = {}
+    for i in range(len(outputs[0].moe) if outputs else 0):
+        counts = sum(o.moe[i].stats.counts for o in outputs).float()
+        load = counts / counts.sum().clamp_min(1)
+        out.update({f"load/layer{i}/expert{e}": load[e] for e in range(load.shape[0])})
+    return out
+
+
 def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, hooks: list[Hook] | None,
-           parallel: ParallelConfig | None = None, device: str | None = None) -> TrainResult:
+           parallel: ParallelConfig | None = None, device: str | None = None,
+           tb_dir: str | Path | None = None) -> TrainResult:
     if parallel is None:
         setup = task_setup(run)
         run_config = run.to_dict(setup.model_config)
@@ -67,8 +83,8 @@ def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, ho
         RoutingTrace(setup.model, setup.probe, Path(out_dir) / TRACE_FILE, run.train.eval_every, run.train.steps)]
     trainer = Trainer(setup.model, run.train, loss_fn=setup.loss, train_batches=setup.train_batches,
                       evaluate=setup.evaluate, out_dir=out_dir, run_config=run_config, seed=run.seed,
-                      device=device or run.device, hooks=[*trace, *(hooks or [])], progress=progress,
-                      data_parallel=parallel is not None)
+                      device=device or run.device, hooks=[*trace, expert_load_log, *(hooks or [])],
+                      progress=progress, data_parallel=parallel is not None, tb_dir=tb_dir)
     return trainer.fit(resume=resume)
 
 
@@ -95,6 +111,12 @@ def load_run(run_dir: str | Path, device: str | None = None,
                             state["aliases"])
     setup.model.to(run.device).eval()
     return run, setup, state["step"]
+
+
+def load_model(run_dir: str | Path, device: str | None = None, step: int | None = None) -> nn.Module:
+    """The trained model of a run folder (`smoe train` or `smoe compare`), ready to use: the weights of checkpoint
+    `step` (default: the latest), in eval mode, on `device` (default: the run's). `smoe.load_model` is this."""
+    return load_run(run_dir, device, step)[1].model
 
 
 def _setup_rank_zero_first(run: RunConfig):

@@ -142,16 +142,16 @@ class TrainResult:
 
 
 class RunLog:
-    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb/`)."""
+    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb_dir`, default `folder/tb`)."""
 
-    def __init__(self, folder: Path, start_step: int):
+    def __init__(self, folder: Path, start_step: int, tb_dir: Path | None = None):
         self.path = folder / "metrics.jsonl"
         if self.path.exists():  # drop records past the step we start from (a torn last line with a warning)
             kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step]
             atomic_write(self.path, jsonl_bytes(kept))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(folder / "tb"), purge_step=start_step + 1)
+        self.tb = SummaryWriter(str(tb_dir or folder / "tb"), purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         with open(self.path, "a") as f:
@@ -172,12 +172,14 @@ class Trainer:
     out_dir: the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/, final.json); run_config: the whole
     run's configuration (saved as YAML, compared on resume except train.steps). data_parallel: train on every
     rank of the initialised default process group (see `workbench.data_parallel`); model already prepared for it.
+    tb_dir: where the TensorBoard events go instead of out_dir/tb (TensorBoard names a run by its folder).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, loss_fn: LossFn,
                  train_batches: Callable[[torch.Generator], Iterator], evaluate: EvalFn | None = None,
                  out_dir: str | Path, run_config: dict | None = None, seed: int = 0, device: str = "cpu",
-                 hooks: list[Hook] | None = None, progress: bool = True, data_parallel: bool = False):
+                 hooks: list[Hook] | None = None, progress: bool = True, data_parallel: bool = False,
+                 tb_dir: str | Path | None = None):
         self.model, self.config = model.to(device), config
         if config.compile:
             self.model.compile()
@@ -186,6 +188,7 @@ class Trainer:
         # JSON round trip: the config is compared with the one read back from a checkpoint
         self.run_config = json.loads(json.dumps(run_config if run_config is not None else {"train": asdict(config)}))
         self.hooks, self.progress = list(hooks or []), progress
+        self.tb_dir = None if tb_dir is None else Path(tb_dir)
         self.optimizer = self._build_optimizer()
         self.parallel = DataParallel(self.model, self.optimizer) if data_parallel else SingleProcess()
         self.data_rng = torch.Generator().manual_seed(derived_seed(seed, _DATA_STREAM))  # the same on every rank
@@ -303,7 +306,7 @@ class Trainer:
 
     def _train(self) -> TrainResult:
         batches = iter(self.train_batches(self.data_rng))
-        log = RunLog(self.out_dir, self.step) if self.parallel.is_main else _NoLog()
+        log = RunLog(self.out_dir, self.step, self.tb_dir) if self.parallel.is_main else _NoLog()
         in_main = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         from tqdm import tqdm
@@ -326,11 +329,14 @@ class Trainer:
                     bar.set_postfix(loss=f"{values['loss']:.4g}")
                 bar.update(1)
                 if self._due(self.config.eval_every) and self.step < self.config.steps:
+                    bar.set_description("evaluating")
                     log.write(self.step, "valid", self._evaluate("valid"))
+                    bar.set_description("")
                 if self._due(self.config.checkpoint_every) or stop is not None:
                     self.save()
             if self.step < self.config.steps:
                 return TrainResult("interrupted", self.step, signal=stop)
+            bar.set_description("final evaluation")
             final = {split: self._evaluate(split) for split in ("valid", "test")} if self.evaluate else {}
             for split, values in final.items():
                 log.write(self.step, split, values)

@@ -1,3 +1,4 @@
+import itertools
 
 import pytest
 import torch
@@ -209,18 +210,39 @@ def test_gaussian_blur_keeps_constants_and_mass():
     assert float(gaussian_blur(x, 1.0).sum()) == pytest.approx(1.0)  # interior point: nothing leaves the image
 
 
-@pytest.mark.parametrize("fraction, side", [(0.25, 14), (0.1, 9), (0.4, 18)])  # round(sqrt(f) * 28)
-def test_occlusion_covers_the_requested_area(fraction, side):
+# a = round(f * 784) pixels: rows = round(sqrt(a)), columns = round(a / rows)
+@pytest.mark.parametrize("fraction, height, width", [(0.25, 14, 14), (0.1, 9, 9), (0.4, 18, 17)])
+def test_occlusion_covers_the_requested_area(fraction, height, width):
     x = torch.zeros(16, 2, 28, 28)
     out = occlude(x, fraction, gen(), fill=0.5)
     covered = out == 0.5
     assert torch.equal(covered[:, 0], covered[:, 1])  # the same patch in every channel
     per_image = covered[:, 0].flatten(1).sum(1)
-    assert per_image.tolist() == [side * side] * 16
-    assert abs(side * side / 784 - fraction) < 0.02
-    for img in covered[:, 0]:  # one square patch
+    assert per_image.tolist() == [height * width] * 16
+    assert abs(height * width / 784 - fraction) < 0.02
+    for img in covered[:, 0]:  # one rectangle
         rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
-        assert len(rows) == side and len(cols) == side and int(rows[-1] - rows[0]) == side - 1
+        assert len(rows) == height and len(cols) == width and int(rows[-1] - rows[0]) == height - 1
+
+
+# what each task corrupts: LM windows (lm-bbc tiny: 64 + 1 tokens), documents (cls-bbc: 128), 8x8 digits,
+# 28x28 sketches, MNIST-1D signals (1 x 40)
+@pytest.mark.parametrize("name, shape", [
+    *((n, (4, t)) for n in ("substitute", "insert") for t in (65, 128)),
+    *((n, (4, 1, side, side)) for n in ("noise", "blur", "occlude") for side in (8, 28)),
+    *((n, (4, 1, 40)) for n in ("noise", "blur"))])
+def test_every_level_differs_on_every_task(name, shape):
+    """Level L + 1 corrupts more than level L on the inputs of every task (no two levels are the same input)."""
+    def change(level: int) -> float:  # corrupted tokens, occluded pixels, or the total change of the values
+        if len(shape) == 2:
+            return int(corrupt_tokens(torch.randint(0, V, shape, generator=gen()), f"{name}:{level}", seed=3,
+                                      vocab_size=V).corrupted.sum())
+        x = torch.rand(shape, generator=gen())
+        out = corrupt_signals(x, f"{name}:{level}", seed=3)
+        return int((out != x).sum()) if name == "occlude" else float((out - x).abs().sum())
+
+    changes = [change(level) for level in range(6)]
+    assert changes[0] == 0 and all(a < b for a, b in itertools.pairwise(changes)), changes
 
 
 def test_corrupt_tokens_says_which_positions_changed():

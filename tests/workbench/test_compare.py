@@ -9,7 +9,15 @@ import signal
 import pytest
 
 from smoe.cli import main
-from smoe.workbench.compare import CompareConfig, Entry, GridProgress, parse_entries, parse_entry, run_compare
+from smoe.workbench.compare import (
+    CompareConfig,
+    Entry,
+    GridProgress,
+    even_interval,
+    parse_entries,
+    parse_entry,
+    run_compare,
+)
 from smoe.workbench.report import summarize
 from smoe.workbench.results import load_results
 
@@ -55,14 +63,22 @@ def test_bad_entries_are_value_errors(text, match):
 
 def test_steps_compress_the_preset_schedule():
     config = CompareConfig(task="lm-bbc", entries=[parse_entry("topk")], out="x", steps=30)
-    # tiny: 300 steps, warm-up 30, eval every 100, checkpoint every 150 -> x 30 / 300 = 0.1
+    # tiny: 300 steps, warm-up 30, checkpoint every 150 -> x 30 / 300 = 0.1; its 6 evaluations (every 50) kept
     assert config.schedule_overrides() == ["train.steps=30", "train.schedule_steps=30", "train.warmup_steps=3",
-                                           "train.eval_every=10", "train.checkpoint_every=15"]
+                                           "train.eval_every=5", "train.checkpoint_every=15"]
     run = config.run_config(parse_entry("xmoe+rule=adam"), seed=2)
-    assert (run.train.steps, run.train.schedule_steps, run.train.eval_every) == (30, 30, 10)
+    assert (run.train.steps, run.train.schedule_steps, run.train.eval_every) == (30, 30, 5)
     assert run.model["rule"] == "adam" and run.router == "xmoe" and run.seed == 2
     with pytest.raises(ValueError, match="entry 'topk\\+nope=1': --set nope"):
         config.run_config(parse_entry("topk+nope=1"), seed=0)
+
+
+@pytest.mark.parametrize("steps, count, every", [(100, 6, 17), (100, 3, 34), (300, 6, 50), (4, 10, 1), (7, 2, 4)])
+def test_evaluations_are_evenly_spaced_without_a_short_last_interval(steps, count, every):
+    assert even_interval(steps, count) == every
+    evals = [*range(every, steps, every), steps]  # the periodic ones, then the final one
+    gaps = [b - a for a, b in zip([0, *evals], evals)]
+    assert set(gaps[:-1]) == {every} and gaps[-1] >= every / 2  # was 33, 66, 99 and 100 for --steps 100
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -74,18 +90,28 @@ def finite(x):
 
 def test_pipeline_on_a_tiny_grid_skip_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "cmp"
+    phases = []
+    monkeypatch.setattr(GridProgress, "start", lambda self, name: phases.append(name))
     result = run_compare(tiny_config(out), command="smoe compare (test)", progress=False)
+    monkeypatch.undo()
     assert result.failed == [] and result.interrupted is None
-    for name in ("results.json", "report.md", "report.html", "plots/curves.png", "plots/load.png"):
+    assert phases[:4] == ["topk s0", "topk s0: loading the trained model", "topk s0: analysing routing",
+                          "topk s0: evaluating clean and 2 corruptions"]  # the progress line names each phase
+    for name in ("results.json", "report.md", "report.html", "plots/curves.png", "plots/load.png",
+                 "plots/curves.pdf", "plots/routing_patches.png", "plots/routing_digit.pdf"):
         assert (out / name).is_file(), name
+    assert "## Routing pictures" in (out / "report.md").read_text()
     results = load_results(out)
     assert [(r["label"], r["seed"], r["status"]) for r in results["runs"]] == [
         ("topk", 0, "done"), ("expert_choice", 0, "done"), ("topk", 1, "done"), ("expert_choice", 1, "done")]
     assert results["metric"] == {"name": "accuracy", "higher_is_better": True}
     for run in results["runs"]:
         run_dir = out / run["run_dir"]
-        for name in ("config.yaml", "final.json", "routing_trace.jsonl", "analysis.json", "eval.json"):
+        for name in ("config.yaml", "final.json", "routing_trace.jsonl", "analysis.json", "eval.json",
+                     "routing_view.json"):
             assert (run_dir / name).is_file(), name
+        # TensorBoard: one folder for the grid, each run named by its label and seed
+        assert any((out / "tb" / run_dir.name).glob("events.out.tfevents.*")) and not (run_dir / "tb").exists()
         assert run["steps"] == 4 and finite(run["train_time_s"]) and finite(run["tokens_per_s"])
         assert all(finite(v) for v in run["final"].values())
         assert [c["step"] for c in run["curve"]] == [1, 2, 3, 4]  # eval every round(100 * 4 / 300) = 1 step

@@ -1,5 +1,6 @@
 import base64
 import copy
+import csv
 import json
 import math
 import re
@@ -184,10 +185,10 @@ def test_non_finite_values_are_not_averaged_and_sort_last():
 
 def test_format_stat_cases():
     assert format_stat(None, 2) == "missing"
-    assert format_stat(Stat(122.0, math.sqrt(8), 2), 2) == "122 ± 2.828"
+    assert format_stat(Stat(122.0, math.sqrt(8), 2), 2) == "122.0 ± 2.8"  # std to 2 figures, the mean to its place
     assert format_stat(Stat(130.0, None, 1), 1) == "130 (n=1)"
     assert format_stat(Stat(0.3, None, 1), 2) == "0.3000 (n=1)"
-    assert format_stat(Stat(0.35, 0.05, 2), 3) == "0.3500 ± 0.0500 (n=2)"  # only 2 of 3 seeds recorded it
+    assert format_stat(Stat(0.35, 0.05, 2), 3) == "0.350 ± 0.050 (n=2)"  # only 2 of 3 seeds recorded it
     assert format_stat(Stat(math.nan, math.nan, 2, 1), 2) == "n/a (1 of 2 not finite)"
     assert format_number(math.inf) == format_number(-math.inf) == format_number(math.nan) == "n/a"
     assert format_number(123456.0) == "1.235e+05" and format_number(4.85) == "4.850"
@@ -203,7 +204,9 @@ def test_files_exist_and_every_plot_is_drawn(report):
     assert {p.stem for p in (out / "plots").glob("*.png")} == PLOTS
     for path in files.plots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+        assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"  # for print
         assert f"(plots/{path.name})" in md
+    assert "No run has routing pictures" in md  # the results name no run folder with routing_view.json
 
 
 def test_html_is_self_contained_and_embeds_every_plot(report):
@@ -219,22 +222,27 @@ def test_html_is_self_contained_and_embeds_every_plot(report):
 
 def test_tables_have_every_router_with_mean_std_and_best_first(report):
     _, _, md, html = report
-    rows = table(md, "ppl")
+    rows = table(md, "ppl (lower is better) |")  # the headline table: router, seeds, metric
     assert [r[0] for r in rows] == ["xmoe", "topk", "ssr", "sinkhorn"]  # by mean; no difference is resolved
     assert "(best) |" not in md and '<tr class="best"><td>xmoe' not in html
-    # router | seeds | ppl | valid loss | test_metric | ppl @ substitute L2 | steps | train time | tokens/s
-    assert row_of(rows, "topk")[1:6] == ["2", "122 ± 2.828", "4.850 ± 0.0707", "127 ± 2.828", "155 ± 7.071"]
-    assert row_of(rows, "xmoe")[1:6] == ["2 of 3", "113 ± 4.243", "4.650 ± 0.0707", "118 ± 4.243", "140 (n=1)"]
-    assert row_of(rows, "ssr")[1:3] == ["1", "130 (n=1)"]
-    assert row_of(rows, "sinkhorn")[5] == "missing"  # never evaluated under corruption
-    assert "ppl @ substitute L2" in md and "substitute L2 = severity 0.0500" in md
+    assert [row_of(rows, label)[1:] for label in ("topk", "xmoe", "ssr")] == [
+        ["2", "122.0 ± 2.8"], ["2 of 3", "113.0 ± 4.2"], ["1", "130 (n=1)"]]
+    task = table(md, "valid loss | test_metric |")
+    assert row_of(task, "topk")[2:] == ["4.850 ± 0.071", "127.0 ± 2.8"]
+    assert row_of(task, "xmoe")[2:] == ["4.650 ± 0.071", "118.0 ± 4.2"]
+    robust = table(md, "ppl @ substitute L2 |")
+    assert row_of(robust, "topk")[2] == "155.0 ± 7.1" and row_of(robust, "xmoe")[2] == "140 (n=1)"
+    assert row_of(robust, "sinkhorn")[2] == "missing"  # never evaluated under corruption
+    assert "substitute L2 = severity 0.05000" in md
+    cost = table(md, "steps | train time (s) | tokens/s |")  # lm-bbc counts tokens
+    assert row_of(cost, "topk")[2:] == ["300 ± 0", "61.0 ± 1.4", "1000 ± 0"]
 
 
 def test_routing_table_reports_missing_routing_data(report):
     _, _, md, _ = report
     rows = table(md, "load CV")
     assert [r[0] for r in rows] == ["xmoe", "topk", "ssr", "sinkhorn"]
-    assert row_of(rows, "topk")[2] == "0.3500 ± 0.0707"
+    assert row_of(rows, "topk")[2] == "0.350 ± 0.071"
     assert row_of(rows, "xmoe")[2] == "0.3000 (n=1)"  # one of its two finished seeds has routing data
     assert set(row_of(rows, "sinkhorn")[2:]) == {"missing"}
 
@@ -256,7 +264,7 @@ def test_non_finite_numbers_are_shown_as_na(tmp_path):
     results["runs"][5]["routing"]["layers"][0]["load_cv"] = math.inf
     results["runs"][0]["curve"][1]["metric"] = math.nan
     (tmp_path / "results.json").write_text(json.dumps(results))  # NaN / Infinity literals, as json writes them
-    files = write_report(tmp_path)
+    files = write_report(tmp_path, vector=False)
     md, html = files.markdown.read_text(), without_images(files.html.read_text())
     for text in (md, html):
         assert not re.search(r"\b(nan|inf|infinity)\b", text, re.IGNORECASE)
@@ -267,14 +275,14 @@ def test_non_finite_numbers_are_shown_as_na(tmp_path):
 
 
 def test_rerender_removes_stale_plots_and_empty_results_render(tmp_path):
-    write_report(make_results(), tmp_path)
+    write_report(make_results(), tmp_path, vector=False)
     assert (tmp_path / "plots" / "latent.png").exists()
     results = make_results()
     del results["runs"][5]["latent"]
-    files = write_report(results, tmp_path)
+    files = write_report(results, tmp_path, vector=False)
     assert not (tmp_path / "plots" / "latent.png").exists() and "latent" not in {p.stem for p in files.plots}
     empty = {**make_results(), "runs": []}
-    files = write_report(empty, tmp_path / "empty")
+    files = write_report(empty, tmp_path / "empty", vector=False)
     md = files.markdown.read_text()
     assert files.plots == [] and "The results hold no runs." in md and "No run recorded a validation curve." in md
 
@@ -292,7 +300,7 @@ def test_bad_input_raises_value_error_naming_the_argument(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         load_results(tmp_path)
     with pytest.raises(ValueError, match="out_dir is required"):
-        write_report(make_results())
+        write_report(make_results(), vector=False)
 
 
 def test_malformed_fields_count_as_missing_not_crash(tmp_path):
@@ -301,10 +309,11 @@ def test_malformed_fields_count_as_missing_not_crash(tmp_path):
     broken.update(seed=9, curve="oops", routing={"layers": [{"load": "x", "load_cv": "high"}], "fluctuation": 3},
                   robustness=[{"corruption": "substitute", "level": "max"}], final={"metric": None}, latent=[1])
     results["runs"] = [broken]
-    files = write_report(results, tmp_path)
+    files = write_report(results, tmp_path, vector=False)
     md = files.markdown.read_text()
     # only the headline metric column is kept without data; one seed shows (n=1)
-    assert table(md, "ppl") == [["topk", "1", "missing", "300 (n=1)", "60 (n=1)", "1000 (n=1)"]]
+    assert table(md, "ppl") == [["topk", "1", "missing"]]
+    assert table(md, "steps") == [["topk", "1", "300 (n=1)", "60 (n=1)", "1000 (n=1)"]]
     assert "No run recorded routing statistics." in md
     assert {p.stem for p in files.plots} == set()
 
@@ -324,29 +333,48 @@ def test_runs_are_grouped_by_label_not_router(tmp_path):
     rows = {row.label: row for row in summarize(results)}
     assert rows["topk"].cells["final.metric"].mean == 122.0 and rows["topk-k1"].cells["final.metric"].n == 1
     assert summarize(results)[0].label == "topk-k1"
-    md = write_report(results, tmp_path).markdown.read_text()
+    md = write_report(results, tmp_path, vector=False).markdown.read_text()
     assert "| topk-k1 (topk) | 0 | done |" in md
     # the runs table's metric column is titled by the metric, not by the last run's label
     assert "| router | seed | status | steps | ppl | train time (s) |" in md
 
 
 def test_compact_tables_for_docs(tmp_path, capsys):
-    from smoe.workbench.report import columns_table, robustness_table
+    from smoe.workbench.export import columns_table, robustness_table
 
     results = make_results()
     md = columns_table(results, ["final.metric", "routing.load_cv"])
     assert md.splitlines()[0] == "| router | seeds | ppl (lower is better) | load CV |"
     # xmoe: finished seeds with metrics 110 and 116 -> 113 ± 4.243; load CV of its one seed with routing: 0.3
-    assert "| xmoe | 2 of 3 | 113 ± 4.243 | 0.3000 (n=1) |" in md
+    assert "| xmoe | 2 of 3 | 113.0 ± 4.2 | 0.3000 (n=1) |" in md
     assert "| sinkhorn | 1 | 140 (n=1) | missing |" in md
     with pytest.raises(ValueError, match=r"unknown: \['nope'\]; available: final\.metric"):
         columns_table(results, ["nope"])
     table = robustness_table(results)
-    assert table.startswith("ppl by corruption level (substitute L1 = 0.0250, substitute L2 = 0.0500)")
+    assert table.startswith("ppl by corruption level (substitute L1 = 0.02500, substitute L2 = 0.05000)")
     # topk: levels 0, 1, 2 = (120, 124), (130, 135), (150, 160)
-    assert "| topk | substitute | 122 ± 2.828 | 132.5 ± 3.536 | 155 ± 7.071 |" in table
+    assert "| topk | substitute | 122.0 ± 2.8 | 132.5 ± 3.5 | 155.0 ± 7.1 |" in table
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert main(["report", str(tmp_path), "--columns", "final.metric"]) == 0
     assert "| router | seeds | ppl (lower is better) |" in capsys.readouterr().out
     assert not (tmp_path / "report.md").exists()  # a table only, no report written
     assert main(["report", str(tmp_path), "--columns", "nope"]) == 2
+
+
+def test_latex_and_csv_tables(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps(make_results()))
+    assert main(["report", str(tmp_path), "--latex", "--csv"]) == 0
+    assert "tables.tex" in capsys.readouterr().out
+    tex = (tmp_path / "tables.tex").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert tex.count(r"\begin{tabular}") == md.count("| router | seeds |") and tex.count(r"\bottomrule") >= 5
+    assert r"xmoe & 2 of 3 & 113.0 $\pm$ 4.2 \\" in tex
+    assert r"router & seeds & valid loss & test\_metric \\" in tex  # escaped like every cell
+    with open(tmp_path / "tables.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    topk = {r["key"]: r for r in rows if r["router"] == "topk"}
+    assert (topk["final.metric"]["table"], topk["final.metric"]["quantity"]) == ("Results", "ppl (lower is better)")
+    assert float(topk["final.metric"]["mean"]) == 122.0 and float(topk["final.metric"]["std"]) == math.sqrt(8)
+    assert topk["final.metric"]["n"] == "2"  # raw numbers, not the rounded text
+    sinkhorn = next(r for r in rows if r["router"] == "sinkhorn" and r["key"] == "robust.substitute@2")
+    assert (sinkhorn["mean"], sinkhorn["n"]) == ("", "0")  # never evaluated under corruption

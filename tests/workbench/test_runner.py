@@ -1,8 +1,13 @@
+import json
+
 import pytest
 import yaml
 
 from smoe.cli import main
-from smoe.workbench.run_config import parse_value, resolve_config
+from smoe.workbench.compare import comparable
+from smoe.workbench.hints import thread_hint
+from smoe.workbench.run_config import parse_value, resolve_config, resolve_config_file
+from smoe.workbench.runner import train_run
 from smoe.workbench.trainer import TrainConfig
 
 
@@ -75,3 +80,70 @@ def test_cli_train_reports_bad_input(capsys, tmp_path):
         main(["train", "--task", "nope", "--out", str(tmp_path)])
     assert "invalid choice" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_saved_config_is_a_valid_config_file(tmp_path):
+    run = resolve_config("sketch-vae", seed=3, overrides=["model.num_experts=3", "train.lr=2e-3"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(run.to_dict(run.model_config(image_size=28))))  # as a run folder holds it
+    again = resolve_config_file(saved)
+    assert comparable(again) == comparable(run) and again.seed == 3
+    tweaked = resolve_config_file(saved, seed=5, steps=9, overrides=["train.lr=1e-3"])
+    assert (tweaked.seed, tweaked.train.steps, tweaked.train.lr, tweaked.model["num_experts"]) == (5, 9, 1e-3, 3)
+    other = resolve_config_file(saved, router="expert_choice")  # the file's topk options do not follow
+    assert other.router == "expert_choice" and other.model["router_options"] == {}
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("task: digits\nmodel: {num_experts: 8}\n")  # what the file leaves out comes from its preset
+    run = resolve_config_file(partial)
+    assert run.model["num_experts"] == 8 and run.train == resolve_config("digits").train
+    for text, match in [("[1, 2]", "YAML mapping with a task"), ("task: digits\ntrain: 3", "'train' must be a map"),
+                        ("task: digits\nmodel: {bogus: 1}", "model: .*bogus")]:
+        partial.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            resolve_config_file(partial)
+    with pytest.raises(ValueError, match="readable YAML file"):
+        resolve_config_file(tmp_path / "nowhere.yaml")
+
+
+def test_cli_train_from_a_config_file(tmp_path, capsys):
+    source = tmp_path / "a"
+    tiny = ["--set", "model.d_model=16", "--set", "model.num_heads=2", "--set", "model.ffn_hidden=16",
+            "--set", "train.batch_size=8", "--set", "data.probe_tokens=34"]
+    assert main(["train", "--task", "digits", "--steps", "2", "--out", str(source), "--no-progress", *tiny]) == 0
+    capsys.readouterr()
+    out = tmp_path / "b"
+    assert main(["train", "--config", str(source / "config.yaml"), "--seed", "1", "--steps", "2", "--set",
+                 "train.lr=1e-3", "--out", str(out), "--no-progress"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["seed"] == 1 and saved["train"]["lr"] == 1e-3 and saved["model"]["d_model"] == 16
+    for args in (["--task", "digits", "--config", "x.yaml"], ["--config", "x.yaml", "--preset", "small"], []):
+        assert main(["train", *args, "--out", str(tmp_path / "c")]) == 2
+        assert "give --task (and --preset) or --config" in capsys.readouterr().err
+
+
+def test_training_logs_the_load_of_every_expert(tmp_path):
+    run = resolve_config("digits", steps=2, overrides=["model.d_model=16", "model.num_heads=2", "model.ffn_hidden=16",
+                                                       "train.batch_size=8", "train.log_every=1", "data.probe_tokens=0",
+                                                       "model.num_layers=2", "model.moe_every=1"])
+    train_run(run, tmp_path, progress=False, tb_dir=tmp_path / "named")
+    record = next(json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines())
+    loads = {k: v for k, v in record.items() if k.startswith("load/")}
+    assert sorted(loads) == [f"load/layer{i}/expert{e}" for i in range(2) for e in range(4)]
+    assert sum(loads[f"load/layer0/expert{e}"] for e in range(4)) == pytest.approx(1.0)
+    assert any((tmp_path / "named").glob("events.out.tfevents.*")) and not (tmp_path / "tb").exists()
+
+
+def test_thread_hint_only_on_a_loaded_machine():
+    assert thread_hint(load=0.5, cores=2, threads=2) is None
+    assert thread_hint(load=6.0, cores=2, threads=1) is None  # one thread already
+    assert "OMP_NUM_THREADS=1" in thread_hint(load=6.0, cores=2, threads=2)
+
+
+def test_cli_routers_lists_options_with_defaults(capsys):
+    assert main(["routers", "topk"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("topk") and "load_balance_coef = 0.01" in out and "xmoe" not in out
+    assert main(["routers", "--options"]) == 0
+    out = capsys.readouterr().out
+    assert "noise = 'none'" in out and "infonce_coef = 0.1" in out  # a router's and a layer-level method's
+    assert main(["routers", "nope"]) == 2 and "unknown router 'nope'" in capsys.readouterr().err

@@ -67,7 +67,8 @@ class Task:
     derived: model fields filled from the data (not settable), with placeholder values used to validate the model
     section before the data is loaded; load_data(data config) -> the task's raw data (a corpus, image splits);
     build(run, raw data) -> TaskSetup. metric_key: the headline metric among the keys
-    `evaluate` returns, and its direction; corruptions: the default robustness sweep (`smoe eval`).
+    `evaluate` returns, and its direction; corruptions: the default robustness sweep (`smoe eval`);
+    throughput_unit: what `StepOutput.count` counts (the unit of the logged throughput: tokens, images, ...).
     """
 
     name: str
@@ -83,6 +84,7 @@ class Task:
     metric_key: str = "loss"
     higher_is_better: bool = False
     corruptions: tuple[str, ...] = ()
+    throughput_unit: str = "tokens"
 
     def setup(self, run) -> TaskSetup:
         """The model, batches, loss and evaluation of `run` (a RunConfig of this task)."""
@@ -180,8 +182,11 @@ def classify_scores(logits_of: Callable, splits: dict, batch_size: int) -> Calla
 
 
 def classifier_probe(logits_of: Callable, valid: tuple, tokens_per_sample: int, probe_tokens: int,
-                      batch_size: int, label_name: str) -> Probe | None:
-    """The probe of a classifier: valid samples spread over the split, each sample's label on all its tokens."""
+                      batch_size: int, label_name: str, display: Tensor, **shown) -> Probe | None:
+    """The probe of a classifier: valid samples spread over the split, each sample's label on all its tokens.
+
+    display: (n, ...) the valid samples as pictures show them (`Probe.display`); shown: the other picture fields
+    of `Probe` (prefix_tokens, tokenizer, label_names)."""
     if not probe_tokens:
         return None
     *inputs, labels = valid
@@ -190,6 +195,7 @@ def classifier_probe(logits_of: Callable, valid: tuple, tokens_per_sample: int, 
     return Probe(inputs=probe_batches(*inputs, batch_size=batch_size),
                  labels={label_name: labels.repeat_interleave(tokens_per_sample)},
                  metric=lambda model, generator: classify_metrics(logits_of, model, tuple(inputs), labels,
-                                                                  batch_size, generator)["accuracy"])
+                                                                  batch_size, generator)["accuracy"],
+                 display=display[pick], **shown)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from smoe._validate import check_int
 from smoe.data.batches import tensor_batches
 from smoe.data.corrupt import corrupt
-from smoe.data.sketch import generate_sketches, load_quickdraw
+from smoe.data.sketch import SKETCH_CLASSES, generate_sketches, load_quickdraw
 from smoe.models import SMoEVAE, VAEConfig
 from smoe.workbench.probe import Probe, probe_batches, spread
 from smoe.workbench.tasks.base import SampleScores, Task, TaskSetup, model_device, register_task
@@ -111,7 +112,9 @@ def build_sketch_vae(run, raw: dict) -> TaskSetup:
         probe = Probe(inputs=probe_batches(x_probe, batch_size=data.eval_batch_size), labels=labels,
                       metric=lambda model, generator: float(reconstruction(model, x_probe, x_probe, generator)[0]
                                                             .mean()),
-                      latent=lambda model, generator: model.encoder(x_probe.to(model_device(model)))[0])
+                      latent=lambda model, generator: model.encoder(x_probe.to(model_device(model)))[0],
+                      display=x_probe, label_names={"class": [Path(p).stem for p in data.quickdraw] if data.quickdraw
+                                                         else list(SKETCH_CLASSES)})
 
     return TaskSetup(model, config, train_batches, loss, evaluate, probe, scores)
 
@@ -129,7 +132,7 @@ def sketch_vae() -> Task:
         presets={
             "tiny": {"data": {"num_per_class": 500},
                      "model": {"encoder_channels": [16, 32, 64], "num_experts": 5},
-                     "train": {**_VAE_TRAIN, "steps": 300, "schedule_steps": 300, "eval_every": 100,
+                     "train": {**_VAE_TRAIN, "steps": 300, "schedule_steps": 300, "eval_every": 30,
                                "checkpoint_every": 150}},
             "small": {"data": {"num_per_class": 4000},
                       "model": {"num_experts": 7},
@@ -139,4 +142,5 @@ def sketch_vae() -> Task:
         router_options={"topk": {"load_balance_coef": 0.0}},
         build=build_sketch_vae, derived={"image_size": 28},
         metric_key="sse_per_image", higher_is_better=False, corruptions=("noise", "blur", "occlude"),
+        throughput_unit="images",
     )

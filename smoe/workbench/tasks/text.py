@@ -130,7 +130,8 @@ def build_language_model(run, corpus: TextCorpus) -> TaskSetup:
         probe = Probe(inputs=probe_batches(probe_windows[:, :-1], batch_size=data.eval_batch_size),
                       labels={} if topics is None else {"topic": topics[starts[:, None] + torch.arange(t)].flatten()},
                       metric=lambda model, generator: math.exp(
-                          next_token_loss(model, probe_windows, data.eval_batch_size, generator)))
+                          next_token_loss(model, probe_windows, data.eval_batch_size, generator)),
+                      display=probe_windows[:, :-1], tokenizer=tokenizer, label_names=_topic_names(corpus))
 
     def train_batches(generator: torch.Generator) -> Iterator:
         return lm_batches(streams["train"], run.train.batch_size, data.seq_len, generator)
@@ -186,15 +187,20 @@ def build_topic_classifier(run, corpus: TextCorpus) -> TaskSetup:
     evaluate = classify_eval(logits_of, splits, data.eval_batch_size, corrupt_inputs)
     return TaskSetup(model, config, train_batches, loss, evaluate,
                      classifier_probe(logits_of, splits["valid"], data.seq_len, data.probe_tokens,
-                                       data.eval_batch_size, "topic"),
+                                       data.eval_batch_size, "topic", display=splits["valid"][0],
+                                       tokenizer=tokenizer, label_names=_topic_names(corpus)),
                      classify_scores(logits_of, splits, data.eval_batch_size))
+
+
+def _topic_names(corpus: TextCorpus) -> dict[str, list[str]]:
+    return {} if corpus.label_names is None else {"topic": list(corpus.label_names)}
 
 
 _LM_TINY = {
     "data": {"vocab_size": 2048, "seq_len": 64},
     "model": {"d_model": 64, "num_layers": 2, "num_heads": 4, "ffn_hidden": 128, "num_experts": 4, "k": 2},
     "train": {"steps": 300, "schedule_steps": 300, "batch_size": 32, "lr": 3e-3, "warmup_steps": 30,
-              "eval_every": 100, "checkpoint_every": 150},
+              "eval_every": 50, "checkpoint_every": 150},
 }
 _LM_SMALL = {
     "data": {"vocab_size": 4096, "seq_len": 256},
@@ -232,7 +238,7 @@ def cls_bbc() -> Task:
                      "model": {"d_model": 64, "num_layers": 2, "num_heads": 4, "ffn_hidden": 128, "num_experts": 4,
                                "k": 2, "causal": False},
                      "train": {"steps": 200, "schedule_steps": 200, "batch_size": 32, "lr": 2e-3,
-                               "warmup_steps": 20, "eval_every": 100, "checkpoint_every": 100}},
+                               "warmup_steps": 20, "eval_every": 20, "checkpoint_every": 100}},
             "small": {"data": {"vocab_size": 4096, "seq_len": 256},
                       "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8,
                                 "k": 2, "causal": False, "dropout": 0.1},
@@ -241,4 +247,5 @@ def cls_bbc() -> Task:
         },
         build=build_topic_classifier, derived={"vocab_size": 2, "max_len": 2, "num_classes": 2},
         metric_key="accuracy", higher_is_better=True, corruptions=("substitute", "insert"),
+        throughput_unit="documents",
     )

@@ -76,14 +76,15 @@ def build_patch_classifier(run, raw: dict) -> TaskSetup:
     evaluate = classify_eval(logits_of, splits, data.eval_batch_size, corrupt_inputs)
     return TaskSetup(model, config, train_batches, loss, evaluate,
                      classifier_probe(logits_of, splits["valid"], num_patches + 1, data.probe_tokens,
-                                       data.eval_batch_size, "digit"),
+                                       data.eval_batch_size, "digit", display=raw["valid"][0], prefix_tokens=1,
+                                       label_names={"digit": [str(c) for c in range(num_classes)]}),
                      classify_scores(logits_of, splits, data.eval_batch_size))
 
 
 _VIT_TINY = {
     "model": {"d_model": 64, "num_layers": 4, "num_heads": 4, "ffn_hidden": 128, "num_experts": 4, "k": 2},
     "train": {"steps": 300, "schedule_steps": 300, "batch_size": 64, "lr": 3e-3, "warmup_steps": 30,
-              "weight_decay": 0.05, "eval_every": 100, "checkpoint_every": 150},
+              "weight_decay": 0.05, "eval_every": 30, "checkpoint_every": 150},
 }
 _VIT_SMALL = {
     "model": {"d_model": 128, "num_layers": 6, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8, "k": 2,
@@ -103,7 +104,7 @@ def digits() -> Task:
                 load_data=lambda data: load_digits(seed=data.split_seed),
                 presets={"tiny": {**_VIT_TINY, "data": {"patch_size": 2}},
                          "small": {**_VIT_SMALL, "data": {"patch_size": 2}}},
-                corruptions=("noise", "blur", "occlude"), **_VIT_TASK)
+                corruptions=("noise", "blur", "occlude"), throughput_unit="images", **_VIT_TASK)
 
 
 @register_task("mnist1d")
@@ -112,4 +113,4 @@ def mnist1d() -> Task:
                 load_data=lambda data: load_mnist1d(num_samples=data.num_samples, seed=data.split_seed),
                 presets={"tiny": {**_VIT_TINY, "data": {"patch_size": 4, "num_samples": 4000}},
                          "small": {**_VIT_SMALL, "data": {"patch_size": 4, "num_samples": 10000}}},
-                corruptions=("noise", "blur"), **_VIT_TASK)
+                corruptions=("noise", "blur"), throughput_unit="signals", **_VIT_TASK)
