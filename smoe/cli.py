@@ -12,6 +12,7 @@ from smoe.data.corrupt import available_corruptions
 from smoe.layer import available_layers, layer_options, layer_summary
 from smoe.routing import available_routers, router_options, router_summary
 from smoe.workbench.analysis import ANALYSIS_FILE, analyze_run, format_analysis
+from smoe.workbench.claims import CLAIMS, COMPARISONS, DEFAULT_OUT, judge_folder, run_claims, write_summary
 from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
 from smoe.workbench.compare import __doc__ as compare_doc
 from smoe.workbench.data_parallel import ParallelConfig
@@ -177,6 +178,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    """`smoe claims`: list the paper claims; `smoe claims run NAME... | --all`: run their comparisons and judge."""
+    if args.what is None:
+        print(f"{len(CLAIMS.names())} paper claims in {len(COMPARISONS.names())} comparisons; `smoe claims run NAME` "
+              f"runs one (its comparison into {DEFAULT_OUT}/<comparison>/), `--all` every one:")
+        for comparison in COMPARISONS.names():
+            print(f"\n{comparison}: {COMPARISONS.get(comparison).command(f'{DEFAULT_OUT}/{comparison}')}")
+            for claim in (CLAIMS.get(n) for n in CLAIMS.names()):
+                if claim.comparison == comparison:
+                    print(f"  {claim.name}  [{claim.paper}]\n    {claim.statement}\n    judged: {claim.describe()}")
+        return 0
+    if bool(args.names) == args.all:
+        print("smoe claims run: error: name claims (see `smoe claims`) or give --all, not both", file=sys.stderr)
+        return 2
+    try:
+        run = run_claims(args.names, args.out, seeds=args.seeds, steps=args.steps, preset=args.preset,
+                         progress=not args.no_progress, device=args.device)
+    except ValueError as e:
+        print(f"smoe claims run: error: {e}", file=sys.stderr)
+        return 2
+    for note in run.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for judgment in run.judgments:
+        print(judgment.line())
+    markdown, _ = write_summary(args.out, judge_folder(args.out), "smoe claims " + " ".join(args.argv))
+    print(f"summary of every claim with results in {args.out}: {markdown} (and claims.json beside it)")
+    for line in run.failed:
+        print(f"failed: {line}", file=sys.stderr)
+    if run.interrupted is not None:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 128 + run.interrupted
+    return 1 if run.failed else 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Routing analytics of a trained run on its probe set; prints tables and writes RUN_DIR/analysis.json."""
     try:
@@ -245,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_eval_embed)
     add_train_parser(sub)
     add_compare_parser(sub)
+    add_claims_parser(sub)
     add_analysis_parsers(sub)
     return parser
 
@@ -297,6 +333,24 @@ def add_grid_arguments(p: argparse.ArgumentParser) -> None:
 
 def grid_config(args: argparse.Namespace) -> GridConfig:
     return GridConfig(jobs=args.jobs, threads=args.threads, cluster=args.cluster)
+
+
+def add_claims_parser(sub) -> None:
+    p = sub.add_parser("claims", help="paper claims as data: list them; `smoe claims run` tests them")
+    p.set_defaults(fn=cmd_claims, what=None)
+    r = p.add_subparsers(dest="what").add_parser(
+        "run", help="run the claims' comparisons (resumable) and print supported / contradicted / not resolved")
+    r.add_argument("names", nargs="*", metavar="NAME", help="claims to run (see `smoe claims`)")
+    r.add_argument("--all", action="store_true", help="every claim")
+    r.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: each comparison's, 3)")
+    r.add_argument("--steps", type=int, default=None, help="every preset's schedule compressed to N steps")
+    r.add_argument("--preset", default=None,
+                   help="run at this preset where the task has it (default: each comparison's, tiny)")
+    r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"comparisons go to DIR/<comparison>/; DIR/claims.md and claims.json summarise every claim "
+                        f"with results there (default {DEFAULT_OUT})")
+    r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    r.add_argument("--no-progress", action="store_true", help="no progress line")
 
 
 def add_analysis_parsers(sub) -> None:

@@ -202,6 +202,12 @@ _LM_TINY = {
     "train": {"steps": 300, "schedule_steps": 300, "batch_size": 32, "lr": 3e-3, "warmup_steps": 30,
               "eval_every": 50, "checkpoint_every": 150},
 }
+_LM_MEDIUM = {  # the scale study's (benchmarks/resolve_scale.py): about 5x tiny's compute per token, 3.3x its steps
+    "data": {"vocab_size": 2048, "seq_len": 128},
+    "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8, "k": 2},
+    "train": {"steps": 1000, "schedule_steps": 1000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100,
+              "eval_every": 250, "checkpoint_every": 250},
+}
 _LM_SMALL = {
     "data": {"vocab_size": 4096, "seq_len": 256},
     "model": {"d_model": 256, "num_layers": 6, "num_heads": 8, "ffn_hidden": 512, "num_experts": 8, "k": 2,
@@ -211,7 +217,7 @@ _LM_SMALL = {
 }
 _LM_TASK = {"data_config": TextDataConfig, "model_config": LMConfig,
             "metric": "perplexity (valid/test) against the unigram perplexity",
-            "presets": {"tiny": _LM_TINY, "small": _LM_SMALL}, "build": build_language_model,
+            "presets": {"tiny": _LM_TINY, "medium": _LM_MEDIUM, "small": _LM_SMALL}, "build": build_language_model,
             "derived": {"vocab_size": 2, "max_len": 2, "num_classes": None},
             "metric_key": "perplexity", "higher_is_better": False, "corruptions": ("substitute", "insert")}
 

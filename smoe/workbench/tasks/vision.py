@@ -86,6 +86,11 @@ _VIT_TINY = {
     "train": {"steps": 300, "schedule_steps": 300, "batch_size": 64, "lr": 3e-3, "warmup_steps": 30,
               "weight_decay": 0.05, "eval_every": 30, "checkpoint_every": 150},
 }
+_VIT_MEDIUM = {  # the scale study's (benchmarks/resolve_scale.py)
+    "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8, "k": 2},
+    "train": {"steps": 1000, "schedule_steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100,
+              "weight_decay": 0.05, "eval_every": 250, "checkpoint_every": 250},
+}
 _VIT_SMALL = {
     "model": {"d_model": 128, "num_layers": 6, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8, "k": 2,
               "dropout": 0.1},
@@ -103,6 +108,7 @@ def digits() -> Task:
     return Task(name="digits", summary="scikit-learn 8x8 digits, 2x2 patches, V-MoE",
                 load_data=lambda data: load_digits(seed=data.split_seed),
                 presets={"tiny": {**_VIT_TINY, "data": {"patch_size": 2}},
+                         "medium": {**_VIT_MEDIUM, "data": {"patch_size": 2}},
                          "small": {**_VIT_SMALL, "data": {"patch_size": 2}}},
                 corruptions=("noise", "blur", "occlude"), throughput_unit="images", **_VIT_TASK)
 

@@ -1,0 +1,109 @@
+"""Scale that resolves: at which preset does a 3-seed router comparison detect a 2 % difference?
+
+For each task and preset, one paired `smoe compare` of `topk` against `xmoe` and against `topk` without the
+load-balancing loss (no corruption sweep; the headline metric only), into OUT/<task>-<preset>/ (resumable). From its
+results, per pair: the seed sd of the baseline's metric (what an unpaired comparison fights), the sd over seeds of
+the paired difference, the minimum detectable difference at 3 seeds (80 % power, paired t-test) in % of the
+baseline's metric, the seeds that would detect a 2 % difference, and the minutes of training per run on this
+machine (the runs' recorded train time: measure on a quiet machine).
+
+    python benchmarks/resolve_scale.py --tasks lm-bbc,digits --presets tiny,medium --seeds 4 --out runs/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
+from smoe.workbench.document import Table, render_markdown
+from smoe.workbench.results import get, group_runs, is_finished, load_results, number
+from smoe.workbench.stats import mdd, seeds_needed
+from smoe.workbench.verdicts import paired_comparisons
+
+ENTRIES = "topk,xmoe,topk-noaux=topk:load_balance_coef=0.0"
+BASELINE = "topk"
+TARGET = 0.02  # the difference to resolve, as a fraction of the baseline's metric
+SEEDS_AT = 3  # the seeds a claim runs with
+
+
+def _metrics(runs: Sequence[Mapping]) -> list[float]:
+    return [m for run in runs if is_finished(run) and (m := number(get(run, "final", "metric"))) is not None]
+
+
+def scale_rows(results: str | Path | Mapping, target: float = TARGET) -> list[dict]:
+    """One row per entry against the baseline: the noise figures of the module docstring (None where undefined)."""
+    results = load_results(results)
+    groups = group_runs(results)
+    base = _metrics(groups[BASELINE])
+    level = statistics.fmean(base)
+    times = [t for run in results["runs"] if is_finished(run) and (t := number(run.get("train_time_s"))) is not None]
+    steps = sorted({run["steps"] for run in results["runs"] if is_finished(run) and "steps" in run})
+    rows = []
+    for label, r in paired_comparisons(results, baseline=BASELINE)["final.metric"].items():
+        sd = math.nan if r["sd"] is None else r["sd"]
+        rows.append({
+            "task": results["task"], "preset": results["preset"], "steps": steps, "pair": f"{label} - {BASELINE}",
+            "seeds": r["n"], "metric": level, "seed_sd": statistics.stdev(base) if len(base) > 1 else None,
+            "difference": r["mean"], "paired_sd": r["sd"],
+            "mdd3_percent": 100 * mdd(SEEDS_AT, sd) / abs(level) if math.isfinite(sd) else None,
+            "seeds_for_target": seeds_needed(target * abs(level), sd),
+            "train_minutes": statistics.fmean(times) / 60 if times else None,
+        })
+    return rows
+
+
+def _seeds(row: Mapping) -> str:
+    if row["seeds_for_target"] is not None:
+        return str(row["seeds_for_target"])
+    return "n/a" if row["paired_sd"] is None else "> 1000"
+
+
+def table(rows: Sequence[Mapping], target: float = TARGET) -> str:
+    def num(x, fmt=".3g"):
+        return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+    header = ["task", "preset (steps)", "pair", "seeds", "metric (baseline)", "seed sd (baseline)", "difference",
+              "paired sd", f"MDD at {SEEDS_AT} seeds (% of metric)", f"seeds for {100 * target:g} %",
+              "train min / run"]
+    body = [[r["task"], f"{r['preset']} ({'/'.join(map(str, r['steps']))})", r["pair"], str(r["seeds"]),
+             num(r["metric"], ".4g"), num(r["seed_sd"]), num(r["difference"]), num(r["paired_sd"]),
+             num(r["mdd3_percent"], ".2f"), _seeds(r),
+             num(r["train_minutes"], ".1f")] for r in rows]
+    return render_markdown([Table(header, body)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="resolve_scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", default="lm-bbc,digits", help="comma-separated tasks (default lm-bbc,digits)")
+    p.add_argument("--presets", default="tiny,medium", help="comma-separated presets (default tiny,medium)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per entry (default 4; the sd needs more than 3)")
+    p.add_argument("--steps", type=int, default=None, help="every preset compressed to N steps (a quick check)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run's config")
+    p.add_argument("--out", default="runs/scale", help="comparisons go to OUT/<task>-<preset>/ (default runs/scale)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    rows = []
+    for task in args.tasks.split(","):
+        for preset in args.presets.split(","):
+            out = Path(args.out) / f"{task}-{preset}"
+            config = CompareConfig(task=task, entries=parse_entries(ENTRIES), out=str(out), seeds=args.seeds,
+                                   preset=preset, steps=args.steps, overrides=args.set, corruptions=[],
+                                   baseline=BASELINE)
+            print(f"== {task} {preset} -> {out}", file=sys.stderr)
+            result = run_compare(config, command="benchmarks/resolve_scale.py " + " ".join(argv or sys.argv[1:]),
+                                 progress=not args.no_progress)
+            if result.interrupted is not None:
+                return 128 + result.interrupted
+            rows += scale_rows(result.results)
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0

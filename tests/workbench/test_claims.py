@@ -1,0 +1,214 @@
+"""smoe claims: every registered claim names a runnable comparison (entries parse, task, preset, labels and column
+exist), the verdict mapping, claims judged on hand-made results, the summary files, the listing, the CLI's errors,
+and one claim run end to end on a tiny setting."""
+
+import json
+
+import pytest
+
+from smoe.cli import main
+from smoe.workbench.claims import (
+    CLAIMS,
+    COMPARISONS,
+    Claim,
+    Comparison,
+    claim_verdict,
+    judge,
+    plan,
+    select,
+    write_summary,
+)
+from smoe.workbench.compare import parse_entries
+from smoe.workbench.tasks import get_task
+
+# ---------------------------------------------------------------- the registry
+
+
+@pytest.mark.parametrize("name", CLAIMS.names())
+def test_every_claim_names_a_runnable_comparison(name):
+    claim = CLAIMS.get(name)
+    comparison = COMPARISONS.get(claim.comparison)
+    assert comparison.preset in get_task(comparison.task).presets
+    labels = [e.label for e in parse_entries(comparison.entries)]
+    assert {claim.entry, claim.reference, comparison.baseline} <= set(labels)
+    assert comparison.has_column(claim.column) and (claim.against is None or comparison.has_column(claim.against))
+    config = comparison.config("unused")
+    for entry in config.entries:  # every entry's run configuration resolves (no data is loaded)
+        config.run_config(entry, seed=0)
+
+
+def test_every_comparison_is_read_by_a_claim():
+    assert {CLAIMS.get(n).comparison for n in CLAIMS.names()} == set(COMPARISONS.names())
+
+
+def test_a_comparison_knows_its_corruption_columns():
+    assert COMPARISONS.get("xmoe").robust_columns() == ["robust.substitute@5", "robust.insert@5"]
+    assert COMPARISONS.get("vmoe-bpr").robust_columns() == ["robust.capacity-bpr@5", "robust.capacity-vanilla@5"]
+    assert COMPARISONS.get("xmoe").has_column("routing.nmi.topic")
+    assert not COMPARISONS.get("xmoe").has_column("load_cv")  # routing scalars carry their prefix
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"column": "robust.noise@5"}, "column 'robust.noise@5' is not recorded by comparison 'xmoe'"),
+    ({"entry": "ssr"}, r"entry must be one of \['topk', 'xmoe'\], got 'ssr'"),
+    ({"baseline": "nope"}, "baseline must be one of"),
+    ({"direction": "up"}, "direction must be one of"),
+    ({"entry": "topk"}, "entry and baseline are both 'topk'"),
+    ({"comparison": "nope"}, "unknown comparison 'nope'"),
+])
+def test_a_bad_claim_is_a_value_error(kwargs, match):
+    fields = {"name": "c", "paper": "p", "statement": "s", "comparison": "xmoe", "column": "final.metric",
+              "entry": "xmoe", "direction": "better", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        Claim(**fields)
+
+
+def test_a_bad_comparison_is_a_value_error():
+    with pytest.raises(ValueError, match=r"baseline must be one of its entries \['topk', 'xmoe'\], got 'ssr'"):
+        Comparison("c", "lm-bbc", "topk,xmoe", "ssr")
+    with pytest.raises(ValueError, match="preset must be one of"):
+        Comparison("c", "lm-bbc", "topk,xmoe", "topk", preset="huge")
+    with pytest.raises(ValueError, match="unknown router 'nope'"):
+        Comparison("c", "lm-bbc", "topk,nope", "topk")
+
+
+def test_a_preset_applies_where_the_task_has_it():
+    configs, notes = plan(select(["vmoe-bpr", "vae-unsupervised"]), "out", preset="medium")
+    assert {name: c.preset for name, c in configs.items()} == {"vmoe-bpr": "medium", "vae": "tiny"}
+    assert notes == ["task sketch-vae has no preset 'medium'; comparison vae runs at its own (tiny)"]
+    assert str(configs["vae"].out) == "out/vae" and configs["vmoe-bpr"].capacities == [0.1, 0.25, 0.5, 0.75, 1.0]
+    with pytest.raises(ValueError, match="preset 'mediun' is not a preset of any task of these claims"):
+        plan(select(["vae-unsupervised"]), "out", preset="mediun")
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+@pytest.mark.parametrize("claimed, verdict, higher_is_better, expected", [
+    ("better", "better", False, "supported"),
+    ("better", "worse", False, "contradicted"),
+    ("worse", "worse", True, "supported"),
+    ("better", "not resolved", False, "not resolved"),
+    ("lower", "lower", None, "supported"),
+    ("lower", "higher", None, "contradicted"),
+    ("higher", "not resolved", None, "not resolved"),
+    ("lower", "better", False, "supported"),  # a lower-is-better column resolved "better" went lower
+    ("higher", "better", False, "contradicted"),
+    ("better", "higher", True, "supported"),
+    ("better", "lower", True, "contradicted"),
+])
+def test_claim_verdict(claimed, verdict, higher_is_better, expected):
+    assert claim_verdict(claimed, verdict, higher_is_better) == expected
+
+
+def test_claim_verdict_needs_a_direction_to_translate():
+    with pytest.raises(ValueError, match="needs a column with a good direction"):
+        claim_verdict("better", "higher", None)
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        claim_verdict("better", "maybe", False)
+
+
+def lm_run(label, seed, perplexity, rank, fluct):
+    return {"router": label, "label": label, "seed": seed, "status": "done", "steps": 300,
+            "final": {"metric": perplexity},
+            "routing": {"layers": [{"layer": 0, "effective_rank_input": rank}],
+                        "fluctuation": [{"step": 300, "top1": [fluct], "topk_set": [fluct]}]}}
+
+
+def lm_results():
+    """topk and xmoe over 3 seeds: xmoe's perplexity about 10 lower in every seed (resolved: better), its effective
+    rank about 2 lower in every seed (resolved: lower), its fluctuation up in one seed and down in two (noise)."""
+    runs = []
+    for seed, (ppl, rank, fluct) in enumerate([(280.0, 20.0, 0.10), (292.0, 18.0, 0.12), (301.0, 21.0, 0.11)]):
+        runs.append(lm_run("topk", seed, ppl, rank, fluct))
+        xmoe_fluct = fluct + (0.03, -0.02, -0.02)[seed]
+        runs.append(lm_run("xmoe", seed, ppl - 10 + 0.2 * seed, rank - 2 - 0.1 * seed, xmoe_fluct))
+    runs.append({"router": "xmoe", "label": "xmoe", "seed": 3, "status": "failed", "error": "boom"})
+    return {"schema": 1, "task": "lm-bbc", "preset": "tiny", "runs": runs,
+            "metric": {"name": "perplexity", "higher_is_better": False}}
+
+
+def test_claims_judged_on_hand_made_results():
+    results = lm_results()
+    quality = judge(Claim("q", "p", "s", "xmoe", "final.metric", "xmoe", "better"), results)
+    assert quality.verdict == "supported" and quality.result["n"] == 3  # the failed run is not counted
+    assert quality.result["mean"] == pytest.approx(-9.8) and quality.result["ci_high"] < 0
+    assert quality.reference_mean == pytest.approx(291.0) and quality.setting == "tiny, 300 steps"
+    assert "xmoe - topk on final.metric, claimed better; -9.8 (-3.4 %), 95 % CI [" in quality.line()
+    assert judge(CLAIMS.get("xmoe-collapse"), results).verdict == "contradicted"
+    assert judge(CLAIMS.get("xmoe-consistency"), results).verdict == "not resolved"
+    missing = judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "lower"), results)
+    assert missing.verdict == "missing" and missing.result is None and "routing.load_cv" in missing.note
+
+
+def capacity_run(seed, bpr, vanilla):
+    levels = [(m, level) for level, m in enumerate((0.93, 0.92), start=4)]
+    return {"router": "vmoe", "label": "vmoe", "seed": seed, "status": "done", "steps": 300,
+            "final": {"metric": 0.93},
+            "robustness": [{"corruption": name, "level": level, "severity": 0.1, "metric": m}
+                           for name, last in (("capacity-bpr", bpr), ("capacity-vanilla", vanilla))
+                           for m, level in [*levels[:1], (last, 5)]]}
+
+
+def capacity_results(pairs):
+    runs = [capacity_run(seed, bpr, vanilla) for seed, (bpr, vanilla) in enumerate(pairs)]
+    return {"schema": 1, "task": "digits", "preset": "tiny", "runs": runs,
+            "metric": {"name": "accuracy", "higher_is_better": True}}
+
+
+def test_a_claim_against_another_column_of_the_same_runs():
+    judgment = judge(CLAIMS.get("vmoe-bpr"), capacity_results([(0.91, 0.89), (0.92, 0.895), (0.90, 0.88)]))
+    assert judgment.verdict == "supported"
+    assert judgment.result["differences"] == pytest.approx([0.02, 0.025, 0.02])
+    assert judgment.reference_mean == pytest.approx(0.8883333)
+    flipped = capacity_results([(0.89, 0.91), (0.895, 0.92), (0.88, 0.90)])  # positional dropping keeps more
+    assert judge(CLAIMS.get("vmoe-bpr"), flipped).verdict == "contradicted"
+
+
+def test_the_summary_files(tmp_path):
+    results = lm_results()
+    judgments = [judge(CLAIMS.get(n), results) for n in ("xmoe-collapse", "xmoe-consistency")]
+    judgments.append(judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "lower"), results))
+    md, js = write_summary(tmp_path, judgments, "smoe claims run --all")
+    text = md.read_text()
+    assert "Written by `smoe claims run --all`" in text
+    assert "3 claim(s), 1 contradicted, 1 not resolved, 1 missing" in text
+    assert "| xmoe-collapse | Chi et al. 2022 (X-MoE) | xmoe - topk on routing.effective_rank_input" in text
+    assert "**contradicted**" in text
+    data = json.loads(js.read_text())
+    assert [c["name"] for c in data["claims"]] == ["xmoe-collapse", "xmoe-consistency", "m"]
+    assert data["claims"][0]["comparison_result"]["n"] == 3 and data["claims"][2]["comparison_result"] is None
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_smoe_claims_lists_every_claim(capsys):
+    assert main(["claims"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"\n  {name}  [" in out for name in CLAIMS.names())
+    assert "smoe compare --task digits --routers vmoe --baseline vmoe --seeds 3 --set model.capacity_factor=1.05 " \
+           "--corrupt '' --capacity 0.1,0.25,0.5,0.75,1 --out runs/claims/vmoe-bpr" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["claims", "run"], "name claims (see `smoe claims`) or give --all"),
+    (["claims", "run", "xmoe-collapse", "--all"], "name claims (see `smoe claims`) or give --all"),
+    (["claims", "run", "nope"], "unknown claim 'nope'; available claims: adam-clean"),
+    (["claims", "run", "xmoe-collapse", "--seeds", "0"], "seeds must be >= 1, got 0"),
+])
+def test_claims_run_rejects_bad_requests_before_training(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_claims_run_end_to_end(tmp_path, capsys):
+    argv = ["claims", "run", "vmoe-bpr", "--seeds", "2", "--steps", "2", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("vmoe-bpr: ") and "claimed better;" in out and "2 seeds" in out
+    assert (tmp_path / "vmoe-bpr" / "results.json").is_file() and (tmp_path / "vmoe-bpr" / "report.md").is_file()
+    summary = json.loads((tmp_path / "claims.json").read_text())
+    assert [c["name"] for c in summary["claims"]] == ["vmoe-bpr"]
+    assert summary["claims"][0]["setting"] == "tiny, 2 steps" and summary["claims"][0]["comparison_result"]["n"] == 2
