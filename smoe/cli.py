@@ -295,7 +295,7 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--routers", required=True, metavar="ENTRIES",
                    help="comma-separated entries, e.g. topk,xmoe,ssr:p=0.1,topk+rule=momentum (syntax below)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every entry (default 3)")
-    p.add_argument("--preset", default="tiny", help="tiny (default) or small")
+    p.add_argument("--preset", default="tiny", help="tiny (default); each task's presets are listed below")
     p.add_argument("--steps", type=int, default=None, help="the preset's schedule compressed to N steps")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")
     p.add_argument("--corrupt", type=_specs, default=None, metavar="NAME:LEVEL[,...]",
@@ -384,7 +384,7 @@ def add_train_parser(sub) -> None:
                    help="start from this configuration instead of --task/--preset (a run folder's config.yaml is "
                         "one); --router, --seed, --device, --steps and --set apply on top")
     p.add_argument("--router", default=None, metavar="NAME", help="a registered router (default topk)")
-    p.add_argument("--preset", default=None, metavar="PRESET", help="tiny (CPU, minutes) or small (default tiny)")
+    p.add_argument("--preset", default=None, metavar="PRESET", help="tiny (default; CPU, minutes), medium or small")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=None, help="seed of init, data order, dropout and router noise "
                                                           "(default 0)")

@@ -35,7 +35,7 @@ from smoe._validate import check_choice, check_int
 from smoe.registry import Registry
 from smoe.workbench.checkpoint import atomic_write
 from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
-from smoe.workbench.document import Heading, Table, Text, render_markdown
+from smoe.workbench.document import Table, Text, render_markdown
 from smoe.workbench.evaluate import default_sweep
 from smoe.workbench.report import (
     LATE_ROUTING,
@@ -389,8 +389,7 @@ def write_summary(out: str | os.PathLike, judgments: Sequence[Judgment], command
               "seeds detect with 80 % power. supported / contradicted: a resolved difference (p < 0.05) in / against "
               "the claimed direction; not resolved: no evidence either way at these seeds.")
     md, js = out / SUMMARY_MD, out / SUMMARY_JSON
-    atomic_write(md, render_markdown([Heading("Paper claims", 1), Text(legend), Table(*summary_table(judgments))])
-                 .encode())
+    atomic_write(md, render_markdown([Text(legend), Table(*summary_table(judgments))]).encode())
     atomic_write(js, json.dumps({"command": command, "claims": [j.to_dict() for j in judgments]}, indent=1).encode())
     return md, js
 
