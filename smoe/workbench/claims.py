@@ -216,7 +216,7 @@ class Judgment:
     note: str = ""
 
     def line(self) -> str:
-        """'xmoe-collapse: supported (xmoe - topk on ...: +2.64, 95 % CI [0.12, 5.16], p = 0.031, 3 seeds)'."""
+        """'xmoe-collapse: supported (xmoe - topk on ..., claimed higher; +2.64 (+14 %), 95 % CI [...], ...)'."""
         head = f"{self.claim.name}: {self.verdict}"
         if self.result is None:
             return f"{head} ({self.note})"
@@ -234,10 +234,14 @@ def difference_text(result: Mapping, reference_mean: float | None) -> str:
     def num(x: float | None, sign: str = "") -> str:
         return "n/a" if x is None or not math.isfinite(x) else f"{x:{sign}.4g}"
 
-    relative = f" ({100 * mean / reference_mean:+.1f} %)" if mean is not None and reference_mean else ""
     p = result.get("p_adjusted", result.get("p_value"))
-    return (f"{num(mean, '+')}{relative}, 95 % CI [{num(low)}, {num(high)}], p = {num(p)}, "
+    return (f"{num(mean, '+')}{_relative(mean, reference_mean)}, 95 % CI [{num(low)}, {num(high)}], p = {num(p)}, "
             f"MDD {num(result.get('mdd'))}, {result.get('n', 0)} seeds")
+
+
+def _relative(mean: float | None, reference: float | None) -> str:
+    """' (+1.4 %)': mean in % of the reference; '' when either is missing or the reference is 0."""
+    return f" ({100 * mean / reference:+.1f} %)" if mean is not None and reference else ""
 
 
 def _per_seed(results: Mapping, label: str, columns: Sequence[str]) -> dict[str, list[float | None]]:
@@ -264,8 +268,8 @@ def judge(claim: Claim, results: str | os.PathLike | Mapping, alpha: float = 0.0
         values = _per_seed(results, claim.entry, (claim.column, claim.against))
         metric_like = all(c == "final.metric" or c.startswith("robust.") for c in (claim.column, claim.against))
         direction = higher_is_better if metric_like else None
-        # with no good direction, "better" reads as "higher" and is renamed so
-        paired_result = paired(values[claim.column], values[claim.against], direction is not False, alpha)
+        # without a good direction the test reads "higher" as "better"; the verdict is renamed below
+        paired_result = paired(values[claim.column], values[claim.against], direction in (True, None), alpha)
         verdict = paired_result.verdict
         if direction is None and verdict != "not resolved":
             verdict = "higher" if paired_result.mean > 0 else "lower"
@@ -361,10 +365,9 @@ def summary_table(judgments: Sequence[Judgment]) -> tuple[list[str], list[list[s
     for j in judgments:
         r = j.result or {}
         mean, low, high = r.get("mean"), r.get("ci_low"), r.get("ci_high")
-        relative = f" ({100 * mean / j.reference_mean:+.1f} %)" if mean is not None and j.reference_mean else ""
         body.append([
             j.claim.name, j.claim.paper, j.claim.describe(), j.setting,
-            "" if mean is None else f"{format_number(mean)}{relative}",
+            "" if mean is None else f"{format_number(mean)}{_relative(mean, j.reference_mean)}",
             "" if low is None or high is None else f"[{format_number(low)}, {format_number(high)}]",
             "" if r.get("p_adjusted") is None else format_number(r["p_adjusted"]),
             "" if r.get("mdd") is None else format_number(r["mdd"]), str(r.get("n", "")),
