@@ -194,7 +194,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
         return 2
     try:
         run = run_claims(args.names, args.out, seeds=args.seeds, steps=args.steps, preset=args.preset,
-                         progress=not args.no_progress, device=args.device)
+                         overrides=args.set or [], progress=not args.no_progress, device=args.device)
     except ValueError as e:
         print(f"smoe claims run: error: {e}", file=sys.stderr)
         return 2
@@ -346,6 +346,8 @@ def add_claims_parser(sub) -> None:
     r.add_argument("--steps", type=int, default=None, help="every preset's schedule compressed to N steps")
     r.add_argument("--preset", default=None,
                    help="run at this preset where the task has it (default: each comparison's, tiny)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value of every run, after the comparison's own (repeatable)")
     r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"comparisons go to DIR/<comparison>/; DIR/claims.md and claims.json summarise every claim "
                         f"with results there (default {DEFAULT_OUT})")

@@ -88,12 +88,14 @@ class Comparison:
             check_int("steps", self.steps, low=1)
 
     def config(self, out: str | os.PathLike, seeds: int | None = None, steps: int | None = None,
-               preset: str | None = None, **compare) -> CompareConfig:
-        """The CompareConfig into `out`; seeds, steps and preset replace the comparison's own when given, and
-        `compare` passes further CompareConfig fields (device, and the executor options) through."""
+               preset: str | None = None, overrides: Sequence[str] = (), **compare) -> CompareConfig:
+        """The CompareConfig into `out`; seeds, steps and preset replace the comparison's own when given,
+        overrides (--set) follow its own, and `compare` passes further CompareConfig fields (device, and the
+        executor options) through."""
         return CompareConfig(task=self.task, entries=parse_entries(self.entries), out=str(out),
                              seeds=self.seeds if seeds is None else seeds, preset=preset or self.preset,
-                             steps=self.steps if steps is None else steps, overrides=list(self.overrides),
+                             steps=self.steps if steps is None else steps,
+                             overrides=[*self.overrides, *overrides],
                              corruptions=None if self.corruptions is None else list(self.corruptions),
                              capacities=list(self.capacities), baseline=self.baseline, **compare)
 
@@ -116,13 +118,13 @@ class Comparison:
                 or (column.startswith("routing.") and column[len("routing."):] in ROUTING_SCALARS))
 
     def command(self, out: str | os.PathLike, seeds: int | None = None, steps: int | None = None,
-                preset: str | None = None) -> str:
+                preset: str | None = None, overrides: Sequence[str] = ()) -> str:
         """The equivalent `smoe compare` command line."""
         preset, seeds, steps = preset or self.preset, self.seeds if seeds is None else seeds, steps or self.steps
         words = ["smoe", "compare", "--task", self.task, "--routers", self.entries, "--baseline", self.baseline]
         words += (["--preset", preset] if preset != "tiny" else []) + ["--seeds", str(seeds)]
         words += ["--steps", str(steps)] if steps else []
-        words += [w for item in self.overrides for w in ("--set", item)]
+        words += [w for item in (*self.overrides, *overrides) for w in ("--set", item)]
         if self.corruptions is not None:
             words += ["--corrupt", ",".join(self.corruptions)]
         if self.capacities:
@@ -305,7 +307,8 @@ def select(names: Sequence[str]) -> list[Claim]:
 
 
 def plan(claims: Sequence[Claim], out: str | os.PathLike, seeds: int | None = None, steps: int | None = None,
-         preset: str | None = None, **compare) -> tuple[dict[str, CompareConfig], list[str]]:
+         preset: str | None = None, overrides: Sequence[str] = (),
+         **compare) -> tuple[dict[str, CompareConfig], list[str]]:
     """The CompareConfig of every comparison the claims read (into out/<comparison>/), each entry's run
     configuration checked, and notes on comparisons that keep their own preset (their task lacks `preset`)."""
     comparisons = [COMPARISONS.get(name) for name in dict.fromkeys(c.comparison for c in claims)]
@@ -319,7 +322,7 @@ def plan(claims: Sequence[Claim], out: str | os.PathLike, seeds: int | None = No
             notes.append(f"task {comparison.task} has no preset {preset!r}; comparison {comparison.name} runs at its "
                          f"own ({comparison.preset})")
             chosen = None
-        config = comparison.config(Path(out) / comparison.name, seeds, steps, chosen, **compare)
+        config = comparison.config(Path(out) / comparison.name, seeds, steps, chosen, overrides, **compare)
         for entry in config.entries:
             config.run_config(entry, 0)
         configs[comparison.name] = config
@@ -327,19 +330,19 @@ def plan(claims: Sequence[Claim], out: str | os.PathLike, seeds: int | None = No
 
 
 def run_claims(names: Sequence[str], out: str | os.PathLike = DEFAULT_OUT, seeds: int | None = None,
-               steps: int | None = None, preset: str | None = None, progress: bool = True,
-               **compare) -> ClaimsRun:
+               steps: int | None = None, preset: str | None = None, overrides: Sequence[str] = (),
+               progress: bool = True, **compare) -> ClaimsRun:
     """Run the comparisons of the named claims (all when empty) into out/<comparison>/ and judge the claims.
 
     seeds / steps replace every comparison's own; preset applies to the comparisons whose task has it (`plan`);
-    `compare`: further CompareConfig fields (device, executor options). Every comparison's configuration is
-    checked before anything is trained.
+    overrides (--set) apply to every run; `compare`: further CompareConfig fields (device, executor options).
+    Every comparison's configuration is checked before anything is trained.
     """
     claims = select(names)
-    configs, notes = plan(claims, out, seeds, steps, preset, **compare)
+    configs, notes = plan(claims, out, seeds, steps, preset, overrides, **compare)
     failed: list[str] = []
     for name, config in configs.items():
-        command = COMPARISONS.get(name).command(config.out, config.seeds, config.steps, config.preset)
+        command = COMPARISONS.get(name).command(config.out, config.seeds, config.steps, config.preset, overrides)
         print(f"== {name}: {command}", file=sys.stderr)
         result = run_compare(config, command=command, progress=progress)
         failed += [f"{name}: {line}" for line in result.failed]

@@ -81,6 +81,16 @@ def test_a_preset_applies_where_the_task_has_it():
         plan(select(["vae-unsupervised"]), "out", preset="mediun")
 
 
+def test_overrides_follow_the_comparisons_own():
+    configs, _ = plan(select(["vmoe-bpr"]), "out", seeds=1, steps=20, overrides=["train.lr=1e-3"])
+    config = configs["vmoe-bpr"]
+    assert (config.seeds, config.steps, config.overrides) == (1, 20, ["model.capacity_factor=1.05", "train.lr=1e-3"])
+    assert "--seeds 1 --steps 20 --set model.capacity_factor=1.05 --set train.lr=1e-3 " in COMPARISONS.get(
+        "vmoe-bpr").command("out", 1, 20, overrides=["train.lr=1e-3"])
+    with pytest.raises(ValueError, match="entry 'vmoe'"):  # a key the task lacks fails before anything runs
+        plan(select(["vmoe-bpr"]), "out", overrides=["data.eval_tokens=64"])
+
+
 # ---------------------------------------------------------------- verdicts
 
 
