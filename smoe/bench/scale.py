@@ -13,13 +13,13 @@ machine (the runs' recorded train time: measure on a quiet machine).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from smoe.bench import write_json
 from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.results import get, group_runs, is_finished, load_results, number
@@ -104,6 +104,5 @@ def main(argv: list[str] | None = None) -> int:
                 return 128 + result.interrupted
             rows += scale_rows(result.results)
     print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    write_json(args.json, rows)
     return 0
