@@ -1,10 +1,11 @@
 """Paper claims as data, and their verdicts.
 
 A `Comparison` is one `smoe compare` grid (task, entries, baseline, preset, seeds, evaluation options); a `Claim`
-names its paper, the comparison that tests it, the column it reads (a key of `smoe.workbench.report.run_values`:
-"final.metric", "robust.substitute@5", "routing.load_cv", "fluctuation.top1", ...), the entry whose paired difference
-against the baseline is judged, and the direction the paper predicts: "better" / "worse" for the columns with a good
-direction (the headline metric and its corrupted versions), "higher" / "lower" for the others. Claims that read the
+names its paper, the comparison that tests it, the column it reads (a compared key of
+`smoe.workbench.columns.run_values`: "final.metric", "robust.substitute@5", "routing.load_cv", "fluctuation.top1",
+...), the entry whose paired difference against the baseline is judged, and the direction the paper predicts: "better"
+/ "worse" for the columns with a good direction (`columns.column_direction`: the headline metric, its corrupted
+versions, load balance, fluctuation), "higher" / "lower" for the others. Claims that read the
 same comparison share its run folder, so nothing is trained twice.
 
 Verdict: the comparison's paired verdict for that column and entry (`smoe.workbench.verdicts`: Student t over seeds,
@@ -27,28 +28,21 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from smoe._validate import check_choice, check_int
 from smoe.registry import Registry
 from smoe.workbench.checkpoint import atomic_write
+from smoe.workbench.columns import LATE_ROUTING, ROUTING_SCALARS, column_direction, is_compared
 from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
 from smoe.workbench.document import Table, Text, render_markdown
 from smoe.workbench.evaluate import default_sweep
-from smoe.workbench.report import (
-    LATE_ROUTING,
-    ROUTING_SCALARS,
-    RUN_COUNTERS,
-    format_number,
-    run_values,
-    strongest_levels,
-)
-from smoe.workbench.results import RESULTS_FILE, group_runs, is_finished, load_results, metric_spec
-from smoe.workbench.stats import paired
+from smoe.workbench.report import format_number
+from smoe.workbench.results import RESULTS_FILE, is_finished, load_results, metric_spec
 from smoe.workbench.tasks import get_task
-from smoe.workbench.verdicts import paired_comparisons
+from smoe.workbench.verdicts import compare_column, paired_comparisons, seed_values
 
 DIRECTIONS = ("better", "worse", "higher", "lower")
 OPPOSITE = {"better": "worse", "worse": "better", "higher": "lower", "lower": "higher"}
@@ -111,11 +105,11 @@ class Comparison:
         return [f"robust.{name}@{level}" for name, level in strongest.items()]
 
     def has_column(self, column: str) -> bool:
-        """Whether `column` is a key of `run_values` that this comparison's runs can record."""
+        """Whether `column` is a compared column (`columns.is_compared`) that this comparison's runs record."""
         if column.startswith("robust."):
             return column in self.robust_columns()
-        return (column.startswith(("final.", "routing.nmi.")) or column in RUN_COUNTERS or column in LATE_ROUTING
-                or (column.startswith("routing.") and column[len("routing."):] in ROUTING_SCALARS))
+        return is_compared(column) and (column in ("final.metric", *LATE_ROUTING) or column.startswith("routing.nmi.")
+                                        or column.removeprefix("routing.") in ROUTING_SCALARS)
 
     def command(self, out: str | os.PathLike, seeds: int | None = None, steps: int | None = None,
                 preset: str | None = None, overrides: Sequence[str] = ()) -> str:
@@ -151,12 +145,13 @@ class Claim:
     against: str | None = None
 
     def __post_init__(self):
-        check_choice("direction", self.direction, DIRECTIONS)
         comparison = COMPARISONS.get(self.comparison)
         for column in (self.column, self.against):
             if column is not None and not comparison.has_column(column):
-                raise ValueError(f"claim {self.name!r}: column {column!r} is not recorded by comparison "
+                raise ValueError(f"claim {self.name!r}: column {column!r} is not a compared column of comparison "
                                  f"{self.comparison!r} (its corruption columns: {comparison.robust_columns()})")
+        good = column_direction(self.column, get_task(comparison.task).higher_is_better)
+        check_choice("direction", self.direction, ("higher", "lower") if good is None else ("better", "worse"))
         labels = [e.label for e in parse_entries(comparison.entries)]
         for role, label in (("entry", self.entry), ("baseline", self.baseline)):
             if label is not None and label not in labels:
@@ -182,24 +177,13 @@ COMPARISONS: Registry[Comparison] = Registry("comparison")
 CLAIMS: Registry[Claim] = Registry("claim")
 
 
-def claim_verdict(direction: str, verdict: str, higher_is_better: bool | None) -> str:
-    """The claim's verdict from the comparison's: "supported", "contradicted" or "not resolved".
-
-    verdict: "better" / "worse" / "higher" / "lower" / "not resolved"; higher_is_better: the column's good
-    direction (None: it has none), which translates between the two vocabularies.
-    """
+def claim_verdict(direction: str, verdict: str) -> str:
+    """The claim's verdict from the comparison's (same vocabulary: better / worse, or higher / lower for a column
+    without a good direction): the claimed direction -> "supported", the opposite -> "contradicted", "not resolved"
+    -> "not resolved"."""
     check_choice("direction", direction, DIRECTIONS)
-    check_choice("verdict", verdict, (*DIRECTIONS, "not resolved"))
-    if verdict == "not resolved":
-        return "not resolved"
-    if (direction in ("better", "worse")) != (verdict in ("better", "worse")):
-        if higher_is_better is None:
-            raise ValueError(f"direction {direction!r} needs a column with a good direction; this column has none, "
-                             f"so claim 'higher' or 'lower'")
-        good = "higher" if higher_is_better else "lower"
-        as_change = {"better": good, "worse": OPPOSITE[good], "higher": "higher", "lower": "lower"}
-        direction, verdict = as_change[direction], as_change[verdict]
-    return "supported" if verdict == direction else "contradicted"
+    check_choice("verdict", verdict, (direction, OPPOSITE[direction], "not resolved"))
+    return {direction: "supported", OPPOSITE[direction]: "contradicted"}.get(verdict, "not resolved")
 
 
 # ---------------------------------------------------------------- judging
@@ -246,16 +230,7 @@ def _relative(mean: float | None, reference: float | None) -> str:
     return f" ({100 * mean / reference:+.1f} %)" if mean is not None and reference else ""
 
 
-def _per_seed(results: Mapping, label: str, columns: Sequence[str]) -> dict[str, list[float | None]]:
-    """column -> the finished runs' values of `label`, in seed order."""
-    strongest = strongest_levels([run for run in results["runs"] if is_finished(run)])
-    runs = sorted((run for run in group_runs(results).get(label, []) if is_finished(run)),
-                  key=lambda run: run.get("seed", 0))
-    values = [run_values(run, strongest) for run in runs]
-    return {column: [v.get(column) for v in values] for column in columns}
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
+def _mean(values: Iterable[float | None]) -> float | None:
     found = [v for v in values if v is not None and math.isfinite(v)]
     return sum(found) / len(found) if found else None
 
@@ -265,29 +240,23 @@ def judge(claim: Claim, results: str | os.PathLike | Mapping, alpha: float = 0.0
     results = load_results(results)
     steps = {run.get("steps") for run in results["runs"] if is_finished(run)} - {None}
     setting = f"{results.get('preset', '?')}, {'/'.join(map(str, sorted(steps))) or '?'} steps"
-    _, higher_is_better = metric_spec(results)
-    if claim.against is not None:
-        values = _per_seed(results, claim.entry, (claim.column, claim.against))
-        metric_like = all(c == "final.metric" or c.startswith("robust.") for c in (claim.column, claim.against))
-        direction = higher_is_better if metric_like else None
-        # without a good direction the test reads "higher" as "better"; the verdict is renamed below
-        paired_result = paired(values[claim.column], values[claim.against], direction in (True, None), alpha)
-        verdict = paired_result.verdict
-        if direction is None and verdict != "not resolved":
-            verdict = "higher" if paired_result.mean > 0 else "lower"
-        result = {**paired_result.to_dict(), "verdict": verdict, "direction": direction,
-                  "baseline": f"{claim.entry} {claim.against}"}
-        reference = _mean(values[claim.against])
-    else:
-        result = paired_comparisons(results, baseline=claim.reference, alpha=alpha).get(claim.column, {}).get(
-            claim.entry)
-        direction = None if result is None else result.get("direction")
-        reference = _mean(_per_seed(results, claim.reference, (claim.column,))[claim.column])
+    values = seed_values(results)
+    if claim.against is None:
+        result = paired_comparisons(results, claim.reference, alpha).get(claim.column, {}).get(claim.entry)
+        reference = _mean(v.get(claim.column) for v in values.get(claim.reference, {}).values())
+    else:  # the two columns of the entry's runs as two entries, paired by seed
+        runs = values.get(claim.entry, {})
+        pair = {role: {seed: {claim.column: v[key]} for seed, v in runs.items() if key in v}
+                for role, key in (("column", claim.column), ("against", claim.against))}
+        direction = column_direction(claim.column, metric_spec(results)[1])
+        result = compare_column(pair, claim.column, "against", direction, alpha).get("column")
+        result = None if result is None else {**result, "baseline": f"{claim.entry} {claim.against}"}
+        reference = _mean(v.get(claim.against) for v in runs.values())
     if result is None or not result.get("n"):
         return Judgment(claim, "missing", None, reference, setting,
                         f"no finished runs of {claim.entry} recorded {claim.column}"
                         + (f" and {claim.against}" if claim.against else f" together with {claim.reference}"))
-    return Judgment(claim, claim_verdict(claim.direction, result["verdict"], direction), result, reference, setting)
+    return Judgment(claim, claim_verdict(claim.direction, result["verdict"]), result, reference, setting)
 
 
 # ---------------------------------------------------------------- running
@@ -435,13 +404,13 @@ CONTAMINATED = "robust.substitute@5"  # 40 % of the tokens substituted: stands i
 
 for _claim in (
     Claim("deepseek-balance", DEEPSEEK, "the aux-loss-free expert bias balances the experts better than the "
-          "load-balancing loss", "deepseek", "routing.load_cv", "deepseek", "lower"),
+          "load-balancing loss", "deepseek", "routing.load_cv", "deepseek", "better"),
     Claim("deepseek-quality", DEEPSEEK, "balancing by the expert bias instead of an aux loss gives a better model",
           "deepseek", "final.metric", "deepseek", "better"),
     Claim("xmoe-collapse", XMOE, "hypersphere routing avoids representation collapse: the router's inputs keep a "
           "higher effective rank", "xmoe", "routing.effective_rank_input", "xmoe", "higher"),
     Claim("xmoe-consistency", XMOE, "X-MoE routes more consistently: fewer tokens change their top-1 expert between "
-          "checkpoints", "xmoe", "fluctuation.top1", "xmoe", "lower"),
+          "checkpoints", "xmoe", "fluctuation.top1", "xmoe", "better"),
     *(Claim(f"{rule}-{kind}", MOMENTUM, f"{text} lowers the {kind} perplexity{form}", "momentum",
             "final.metric" if kind == "clean" else CONTAMINATED, rule, "better")
       for rule, text, form, kinds in (
@@ -451,12 +420,13 @@ for _claim in (
           ("adam-official", "AdamSMoE", " (the official form, with LayerNorms)", ("contaminated",)))
       for kind in kinds),
     *(Claim(f"{router}-{short}", GRAPH, f"{router}-aware routing lowers the {what} of top-k routing", "graph",
-            column, router, "lower")
+            column, router, direction)
       for router in ("similarity", "attention")
-      for short, column, what in (("fluctuation", "fluctuation.top1", "routing fluctuation"),
-                                  ("entropy", "routing.entropy", "entropy of expert selection"))),
+      for short, column, what, direction in (
+          ("fluctuation", "fluctuation.top1", "routing fluctuation", "better"),  # lower is better
+          ("entropy", "routing.entropy", "entropy of expert selection", "lower"))),
     Claim("ssr-balance", SSR, "selective Sinkhorn balances the experts without an aux loss (against top-k without "
-          "one)", "ssr", "routing.load_cv", "ssr", "lower", baseline="topk-noaux"),
+          "one)", "ssr", "routing.load_cv", "ssr", "better", baseline="topk-noaux"),
     Claim("ssr-quality", SSR, "SSR beats softmax top-k with the load-balancing loss", "ssr", "final.metric", "ssr",
           "better"),
     Claim("s2moe-top1", "Do, Le, Tran 2025 (S2MoE)", "S2MoE's training lets a model run one expert per token better "

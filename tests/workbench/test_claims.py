@@ -49,10 +49,14 @@ def test_a_comparison_knows_its_corruption_columns():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"column": "robust.noise@5"}, "column 'robust.noise@5' is not recorded by comparison 'xmoe'"),
+    ({"column": "robust.noise@5"}, "column 'robust.noise@5' is not a compared column of comparison 'xmoe'"),
     ({"entry": "ssr"}, r"entry must be one of \['topk', 'xmoe'\], got 'ssr'"),
     ({"baseline": "nope"}, "baseline must be one of"),
     ({"direction": "up"}, "direction must be one of"),
+    ({"direction": "lower"}, r"direction must be one of \['better', 'worse'\], got 'lower'"),  # perplexity
+    ({"column": "routing.entropy"}, r"direction must be one of \['higher', 'lower'\], got 'better'"),
+    ({"column": "routing.nope"}, "column 'routing.nope' is not a compared column"),
+    ({"column": "final.experts_per_token"}, "is not a compared column"),
     ({"entry": "topk"}, "entry and baseline are both 'topk'"),
     ({"comparison": "nope"}, "unknown comparison 'nope'"),
 ])
@@ -94,28 +98,22 @@ def test_overrides_follow_the_comparisons_own():
 # ---------------------------------------------------------------- verdicts
 
 
-@pytest.mark.parametrize("claimed, verdict, higher_is_better, expected", [
-    ("better", "better", False, "supported"),
-    ("better", "worse", False, "contradicted"),
-    ("worse", "worse", True, "supported"),
-    ("better", "not resolved", False, "not resolved"),
-    ("lower", "lower", None, "supported"),
-    ("lower", "higher", None, "contradicted"),
-    ("higher", "not resolved", None, "not resolved"),
-    ("lower", "better", False, "supported"),  # a lower-is-better column resolved "better" went lower
-    ("higher", "better", False, "contradicted"),
-    ("better", "higher", True, "supported"),
-    ("better", "lower", True, "contradicted"),
+@pytest.mark.parametrize("claimed, verdict, expected", [
+    ("better", "better", "supported"),
+    ("better", "worse", "contradicted"),
+    ("worse", "worse", "supported"),
+    ("better", "not resolved", "not resolved"),
+    ("lower", "lower", "supported"),
+    ("lower", "higher", "contradicted"),
+    ("higher", "not resolved", "not resolved"),
 ])
-def test_claim_verdict(claimed, verdict, higher_is_better, expected):
-    assert claim_verdict(claimed, verdict, higher_is_better) == expected
+def test_claim_verdict(claimed, verdict, expected):
+    assert claim_verdict(claimed, verdict) == expected
 
 
-def test_claim_verdict_needs_a_direction_to_translate():
-    with pytest.raises(ValueError, match="needs a column with a good direction"):
-        claim_verdict("better", "higher", None)
-    with pytest.raises(ValueError, match="verdict must be one of"):
-        claim_verdict("better", "maybe", False)
+def test_claim_verdict_needs_the_columns_vocabulary():
+    with pytest.raises(ValueError, match=r"verdict must be one of \['better', 'worse', 'not resolved'\]"):
+        claim_verdict("better", "higher")
 
 
 def lm_run(label, seed, perplexity, rank, fluct):
@@ -147,7 +145,7 @@ def test_claims_judged_on_hand_made_results():
     assert "xmoe - topk on final.metric, claimed better; -9.8 (-3.4 %), 95 % CI [" in quality.line()
     assert judge(CLAIMS.get("xmoe-collapse"), results).verdict == "contradicted"
     assert judge(CLAIMS.get("xmoe-consistency"), results).verdict == "not resolved"
-    missing = judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "lower"), results)
+    missing = judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "better"), results)
     assert missing.verdict == "missing" and missing.result is None and "routing.load_cv" in missing.note
 
 
@@ -178,7 +176,7 @@ def test_a_claim_against_another_column_of_the_same_runs():
 def test_the_summary_files(tmp_path):
     results = lm_results()
     judgments = [judge(CLAIMS.get(n), results) for n in ("xmoe-collapse", "xmoe-consistency")]
-    judgments.append(judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "lower"), results))
+    judgments.append(judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "better"), results))
     md, js = write_summary(tmp_path, judgments, "smoe claims run --all")
     text = md.read_text()
     assert "Written by `smoe claims run --all`" in text
