@@ -192,10 +192,13 @@ def cmd_claims(args: argparse.Namespace) -> int:
     if bool(args.names) == args.all:
         print("smoe claims run: error: name claims (see `smoe claims`) or give --all, not both", file=sys.stderr)
         return 2
+    if hint := thread_hint():
+        print(hint, file=sys.stderr)
     try:
         run = run_claims(args.names, args.out, seeds=args.seeds, steps=args.steps, preset=args.preset,
-                         overrides=args.set or [], progress=not args.no_progress, device=args.device)
-    except ValueError as e:
+                         overrides=args.set or [], progress=not args.no_progress, grid=grid_config(args),
+                         device=args.device)
+    except (ValueError, ImportError) as e:  # ImportError: --cluster without smoe[cluster]
         print(f"smoe claims run: error: {e}", file=sys.stderr)
         return 2
     for note in run.notes:
@@ -352,6 +355,7 @@ def add_claims_parser(sub) -> None:
                    help=f"comparisons go to DIR/<comparison>/; DIR/claims.md and claims.json summarise every claim "
                         f"with results there (default {DEFAULT_OUT})")
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    add_grid_arguments(r)
     r.add_argument("--no-progress", action="store_true", help="no progress line")
 
 

@@ -39,6 +39,7 @@ from smoe.workbench.columns import LATE_ROUTING, ROUTING_SCALARS, column_directi
 from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
 from smoe.workbench.document import Table, Text, render_markdown
 from smoe.workbench.evaluate import default_sweep
+from smoe.workbench.grid import GridConfig
 from smoe.workbench.report import format_number
 from smoe.workbench.results import RESULTS_FILE, is_finished, load_results, metric_spec
 from smoe.workbench.tasks import get_task
@@ -84,8 +85,7 @@ class Comparison:
     def config(self, out: str | os.PathLike, seeds: int | None = None, steps: int | None = None,
                preset: str | None = None, overrides: Sequence[str] = (), **compare) -> CompareConfig:
         """The CompareConfig into `out`; seeds, steps and preset replace the comparison's own when given,
-        overrides (--set) follow its own, and `compare` passes further CompareConfig fields (device, and the
-        executor options) through."""
+        overrides (--set) follow its own, and `compare` passes further CompareConfig fields (device) through."""
         return CompareConfig(task=self.task, entries=parse_entries(self.entries), out=str(out),
                              seeds=self.seeds if seeds is None else seeds, preset=preset or self.preset,
                              steps=self.steps if steps is None else steps,
@@ -300,12 +300,13 @@ def plan(claims: Sequence[Claim], out: str | os.PathLike, seeds: int | None = No
 
 def run_claims(names: Sequence[str], out: str | os.PathLike = DEFAULT_OUT, seeds: int | None = None,
                steps: int | None = None, preset: str | None = None, overrides: Sequence[str] = (),
-               progress: bool = True, **compare) -> ClaimsRun:
+               progress: bool = True, grid: GridConfig | None = None, **compare) -> ClaimsRun:
     """Run the comparisons of the named claims (all when empty) into out/<comparison>/ and judge the claims.
 
     seeds / steps replace every comparison's own; preset applies to the comparisons whose task has it (`plan`);
-    overrides (--set) apply to every run; `compare`: further CompareConfig fields (device, executor options).
-    Every comparison's configuration is checked before anything is trained.
+    overrides (--set) apply to every run; grid: the executor of each comparison's runs (`run_compare`);
+    `compare`: further CompareConfig fields (device). Every comparison's configuration is checked before anything
+    is trained.
     """
     claims = select(names)
     configs, notes = plan(claims, out, seeds, steps, preset, overrides, **compare)
@@ -313,7 +314,7 @@ def run_claims(names: Sequence[str], out: str | os.PathLike = DEFAULT_OUT, seeds
     for name, config in configs.items():
         command = COMPARISONS.get(name).command(config.out, config.seeds, config.steps, config.preset, overrides)
         print(f"== {name}: {command}", file=sys.stderr)
-        result = run_compare(config, command=command, progress=progress)
+        result = run_compare(config, command=command, progress=progress, grid=grid)
         failed += [f"{name}: {line}" for line in result.failed]
         if result.interrupted is not None:
             done = [c for c in claims if (Path(out) / c.comparison / RESULTS_FILE).exists()]

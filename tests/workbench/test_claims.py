@@ -3,10 +3,13 @@ exist), the verdict mapping, claims judged on hand-made results, the summary fil
 and one claim run end to end on a tiny setting."""
 
 import json
+import signal
+from pathlib import Path
 
 import pytest
 
 from smoe.cli import main
+from smoe.workbench import claims as claims_module
 from smoe.workbench.claims import (
     CLAIMS,
     COMPARISONS,
@@ -18,7 +21,7 @@ from smoe.workbench.claims import (
     select,
     write_summary,
 )
-from smoe.workbench.compare import parse_entries
+from smoe.workbench.compare import CompareResult, parse_entries
 from smoe.workbench.tasks import get_task
 
 # ---------------------------------------------------------------- the registry
@@ -211,6 +214,47 @@ def test_claims_run_rejects_bad_requests_before_training(argv, message, tmp_path
     assert not any(tmp_path.iterdir())
 
 
+def fake_compare(outcomes):
+    """A `run_compare` that writes hand-made capacity results instead of training; outcomes: per call, the
+    (bpr, vanilla) accuracy pairs and the interrupting signal (None)."""
+    calls = []
+
+    def run_compare(config, command, progress, grid):
+        pairs, interrupted = outcomes[len(calls)]
+        calls.append((config.task, config.seeds, command))
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(capacity_results(pairs)))
+        return CompareResult(out / "results.json", None, [], interrupted)
+
+    return run_compare, calls
+
+
+def test_claims_run_prints_verdicts_and_writes_the_summary(tmp_path, capsys, monkeypatch):
+    run_compare, calls = fake_compare([([(0.91, 0.89), (0.92, 0.895), (0.90, 0.88)], None)])
+    monkeypatch.setattr(claims_module, "run_compare", run_compare)
+    assert main(["claims", "run", "vmoe-bpr", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert calls == [("digits", 3, f"{COMPARISONS.get('vmoe-bpr').command(tmp_path / 'vmoe-bpr')}")]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("vmoe-bpr: supported (vmoe: robust.capacity-bpr@5 - robust.capacity-vanilla@5, "
+                             "claimed better; +0.02167 (+2.4 %), 95 % CI [")
+    assert out[0].endswith(", 3 seeds)") and out[1].startswith(f"summary of every claim with results in {tmp_path}")
+    assert "| vmoe-bpr |" in (tmp_path / "claims.md").read_text()
+    assert json.loads((tmp_path / "claims.json").read_text())["claims"][0]["verdict"] == "supported"
+
+
+def test_an_interrupted_claims_run_stops_and_says_so(tmp_path, capsys, monkeypatch):
+    run_compare, calls = fake_compare([([(0.91, 0.89)], signal.SIGINT)])
+    monkeypatch.setattr(claims_module, "run_compare", run_compare)
+    argv = ["claims", "run", "vmoe-bpr", "xmoe-collapse", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 128 + signal.SIGINT
+    assert len(calls) == 1 and not (tmp_path / "xmoe").exists()  # vmoe-bpr was interrupted: xmoe never ran
+    captured = capsys.readouterr()
+    assert captured.out.startswith("vmoe-bpr: not resolved (") and "xmoe-collapse" not in captured.out
+    assert "interrupted; run the same command again to resume" in captured.err
+
+
+@pytest.mark.slow
 def test_claims_run_end_to_end(tmp_path, capsys):
     argv = ["claims", "run", "vmoe-bpr", "--seeds", "2", "--steps", "2", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
