@@ -379,7 +379,7 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     by_label = group_runs(results)
     finished = {row.label: [run for run in by_label[row.label] if is_finished(run)] for row in rows}
     title, *header = _header(results, rows)
-    blocks = [title, *verdict_blocks(results, out), *header, *_tables(results, rows), *_runs_table(results),
+    blocks = [title, *verdict_blocks(results, out, vector), *header, *_tables(results, rows), *_runs_table(results),
               *_missing(results), *_plots(results, rows, out, vector), *report_pictures(finished, base, out, vector)]
     files = ReportFiles(out / "report.md", out / "report.html",
                         [out / b.path for b in blocks if isinstance(b, Image)])

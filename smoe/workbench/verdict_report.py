@@ -91,13 +91,19 @@ def _noise_text(results: Mapping) -> str:
     return text
 
 
-def verdict_blocks(results: Mapping, out: Path) -> list[Block]:
-    """The section, from results with statistics (`verdicts.with_statistics`); draws out/plots/forest.png (removed
-    when there is nothing to draw)."""
+def _remove(path: Path) -> None:
+    """A forest plot of an earlier rendering must not survive: the PNG and its PDF."""
+    for stale in (path, path.with_suffix(".pdf")):
+        stale.unlink(missing_ok=True)
+
+
+def verdict_blocks(results: Mapping, out: Path, vector: bool = True) -> list[Block]:
+    """The section, from results with statistics (`verdicts.with_statistics`); draws out/plots/forest.png (and
+    forest.pdf with vector; both removed when there is nothing to draw)."""
     name, higher_is_better = metric_spec(results)
     baseline, path = results["baseline"], out / FOREST_FILE
     if len(results["entries"]) < 2:
-        path.unlink(missing_ok=True)
+        _remove(path)
         return [Heading("Verdicts"), Text("Fewer than two entries: nothing to compare.")]
     method = (f"Each entry minus {baseline}, paired by seed (same batches, evaluation samples and initial values of "
               "the shared parameters); mean over the seeds both finished, 95 % Student-t interval, p of the exact "
@@ -122,9 +128,9 @@ def verdict_blocks(results: Mapping, out: Path) -> list[Block]:
                         "side (higher / lower)."), routing]
     fig = forest(panels, baseline)
     if fig is None:
-        path.unlink(missing_ok=True)
+        _remove(path)
         return blocks
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path)
+    save_figure(fig, path, vector=vector)
     return [*blocks, Image(Path(FOREST_FILE), f"Difference vs {baseline} with its 95 % interval, one row per entry; "
                                              "green better, red worse, grey not resolved.")]
