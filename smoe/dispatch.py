@@ -116,12 +116,11 @@ class Dispatcher:
         s = pairs.token.numel()
         group = None if pairs.group is None else self._group_ids(pairs.group)
         if group is None:
-            num_pairs = s if pairs.keep is None else pairs.keep.sum()
-            limit = capacity = self.capacity(num_pairs)
+            capacity = self.capacity(s if pairs.keep is None else pairs.keep.sum())
             bucket = pairs.expert
         else:  # group ids in [0, S): each (expert, group) bucket is expert * S + group
             per_group = self.capacity(count(group, s, pairs.keep))  # (S,) C of each group id
-            limit, capacity = per_group[group], per_group.max() if s else 0
+            capacity = per_group.max() if s else 0
             bucket = pairs.expert * s + group
         if pairs.keep is not None:
             bucket = bucket.masked_fill(~pairs.keep, self.num_experts * s)
@@ -129,7 +128,7 @@ class Dispatcher:
         order = order[torch.argsort(bucket[order], stable=True)]
         sorted_bucket = bucket[order]
         slot = torch.arange(s, device=order.device) - torch.searchsorted(sorted_bucket, sorted_bucket)
-        kept = slot < (limit if group is None else limit[order])
+        kept = slot < (capacity if group is None else per_group[group[order]])
         return order, kept if pairs.keep is None else kept & pairs.keep[order], capacity
 
     @staticmethod

@@ -284,8 +284,7 @@ class MoE(nn.Module):
                              f"(x.to({weight_dtype}) or layer.to({x.dtype})), or run under torch.autocast")
         # opt in (a host read); one cheap reduction, the exact check only when the sum is not finite
         if self.config.check_finite and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
-            raise ValueError("x contains NaN or Inf; the MoE layer refuses non-finite input "
-                             "(check_finite=True; pass check_finite=False to skip this check)")
+            raise ValueError("x contains NaN or Inf; the MoE layer refuses non-finite input (check_finite=True)")
         return lead
 
     @torch.no_grad()

@@ -95,7 +95,7 @@ class Routing:
     mask: (N,) bool or None -- which tokens are real (copied from the context).
     group: (A,) long or None -- routing group of each pair; under capacity every (group, expert) gets its own
         capacity, computed from the group's pairs (V-MoE routes groups of images independently). None: one pool.
-    keep: (A,) bool or None -- when given, token ... group are S candidates and only those where keep is True
+    keep: (S,) bool or None -- when given, token ... group are S candidates and only those where keep is True
         are pairs (A = keep.sum()).
 
     Routers build the pairs in fixed shapes (`pairs`: S candidates and `keep`, e.g. S = N k for token choice, a
