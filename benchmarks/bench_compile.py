@@ -6,7 +6,7 @@ The `smoe bench train` MoE model (the lm-bbc tiny LM on uniform random token ids
 optimizer step, eager and with `train.compile=true` (torch.compile's default backend, inductor), in alternating
 rounds after warm-up steps; the compiled model's warm-up compiles it, and its time is reported. On a CPU in
 float32 the experts take the loop backend, which runs eagerly between compiled graphs (grouped_mm's fake-tensor
-rule on CPU takes bfloat16 only in torch 2.13). Prints a Markdown table (tokens/s: median over rounds).
+rule takes bfloat16 only in torch 2.13). Prints a Markdown table (tokens/s: median over rounds).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class Dispatcher:
             return self._rows(pairs, order, valid, counts=routed, routed=routed, capacity=None)
         order, kept, capacity = self._capacity_order(pairs)
         counts = count(pairs.expert[order], e, kept)
-        last = torch.argsort(~kept, stable=True)  # dropped rows last, each part still grouped by expert
+        last = torch.argsort((~kept).to(torch.uint8), stable=True)  # dropped rows last, each part in expert order
         return self._rows(pairs, order[last], kept[last], counts=counts, routed=routed, capacity=capacity)
 
     def _capacity_order(self, pairs: Pairs) -> tuple[Tensor, Tensor, int | Tensor]:

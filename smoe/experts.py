@@ -12,9 +12,9 @@ Two backends compute the same function:
   the weight gradients are complete whatever the routing did.
 "auto" takes "loop" on CPU in float32 (measured faster there, docs/benchmarks.md) and "grouped" wherever
 grouped_mm supports the dtype, device and shapes; "loop" otherwise (e.g. float64).
-"grouped" never waits for the device and compiles with torch.compile(fullgraph=True) (in torch 2.13 the
-fake-tensor rule of grouped_mm on CPU takes bfloat16 only); "loop" reads the E group sizes on the host once
-per call, and torch.compile runs it eagerly (a graph break).
+"grouped" never waits for the device and compiles with torch.compile(fullgraph=True) (in bfloat16: torch 2.13's
+fake-tensor rule of grouped_mm accepts no other dtype); "loop" reads the E group sizes on the host once per
+call, and torch.compile runs it eagerly (a graph break).
 """
 
 from __future__ import annotations

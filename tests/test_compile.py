@@ -1,9 +1,10 @@
 """torch.compile(MoE, fullgraph=True, dynamic=True) on a CPU (issue 17): one graph for forward and backward, no
 recompilation for another token count, and the eager layer's numbers.
 
-bfloat16, because in torch 2.13 the fake-tensor rule of grouped_mm on CPU accepts bfloat16 only (float32 traces
-on a GPU). The fast tests use the "aot_eager" backend, which traces exactly like inductor (Dynamo, fake tensors,
-AOTAutograd) but runs the traced ATen graph instead of generating kernels; the slow test uses inductor.
+bfloat16, because in torch 2.13 the fake-tensor rule of grouped_mm accepts bfloat16 only (on any device; the CPU
+kernel takes float32 too). The fast tests use the "aot_eager" backend, which traces exactly like inductor
+(Dynamo, fake tensors, AOTAutograd) but runs the traced ATen graph instead of generating kernels; the slow test
+uses inductor.
 """
 
 import pytest

@@ -109,3 +109,31 @@ def expert_parallel_on_nccl() -> float:
 
 def test_expert_parallel_layer_over_nccl():
     assert run_local(expert_parallel_on_nccl, 1, backend="nccl", timeout_s=60.0, deadline_s=300.0)[0] < 1e-5
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 1.25])
+@pytest.mark.parametrize("router", ["topk", "deepseek", "expert_choice", "xmoe", "vmoe", "usmoe", "hash", "sinkhorn",
+                                    "ssr"])
+def test_forward_and_backward_never_synchronise(router, capacity_factor):
+    """Issue 17 on the device itself: CUDA's sync debug mode turns any host synchronisation into an error."""
+    torch.manual_seed(0)
+    options = {"vocab_size": 50} if router == "hash" else {}
+    layer = build_moe(D, E, H, router=router, k=2, capacity_factor=capacity_factor, backend="grouped", **options)
+    layer = layer.to("cuda", torch.bfloat16).train(router not in ("sinkhorn", "ssr"))  # Sinkhorn iterates in training
+    x = torch.randn(B, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    mask = torch.ones(B, T, dtype=torch.bool, device="cuda")
+    mask[0, -4:] = False
+    generator, context = torch.Generator("cuda").manual_seed(1), _context(router, "cuda")
+
+    def step(m):
+        out = layer(x, m, generator=generator, **context)
+        (out.y.float().square().mean() + out.aux_loss).backward()
+
+    for m in (None, mask):
+        step(m)  # warm-up: lazy CUDA initialisation may synchronise
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step(m)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
