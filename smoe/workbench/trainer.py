@@ -71,8 +71,8 @@ class TrainConfig:
     """Optimisation and bookkeeping. `steps` is where training stops; the learning-rate schedule runs over
     `schedule_steps` (warm-up, cosine to min_lr_ratio * lr, then flat) whatever `steps` is, so that a run can be
     extended exactly with resume. 0 for eval_every / checkpoint_every: only at the end; grad_clip 0: off.
-    compile: run the model's forward under torch.compile (`nn.Module.compile`, in place: parameter names, the
-    state dict and checkpoints are the uncompiled module's)."""
+    compile: run the training steps' forward under torch.compile (evaluation, hooks and checkpoints use the
+    uncompiled module: the same parameters, the same state dict keys)."""
 
     steps: int = 1000
     schedule_steps: int = 1000
@@ -181,8 +181,9 @@ class Trainer:
                  hooks: list[Hook] | None = None, progress: bool = True, data_parallel: bool = False,
                  tb_dir: str | Path | None = None):
         self.model, self.config = model.to(device), config
-        if config.compile:
-            self.model.compile()
+        # the training forward; evaluation, hooks (forward hooks added later would not be seen by a compiled
+        # model) and checkpoints use the module itself
+        self.step_model = torch.compile(self.model) if config.compile else self.model
         self.loss_fn, self.train_batches, self.evaluate = loss_fn, train_batches, evaluate
         self.out_dir, self.seed, self.device = Path(out_dir), seed, torch.device(device)
         # JSON round trip: the config is compared with the one read back from a checkpoint
@@ -370,7 +371,7 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         for _ in range(cfg.grad_accum):
             batch = _to_device(self.parallel.share(next(batches)), self.device)
-            out = self.loss_fn(model, batch, self.step, self.noise)
+            out = self.loss_fn(self.step_model, batch, self.step, self.noise)
             aux = aux_losses(out.moe)
             total = out.loss + sum(aux.values(), torch.zeros((), device=self.device))
             (total / cfg.grad_accum).backward()

@@ -1,5 +1,6 @@
-"""The Trainer with `train.compile=true` (issue 17): the model's forward runs under torch.compile, training gives
-the eager numbers, and checkpoints hold the uncompiled module's state dict (they load into either)."""
+"""The Trainer with `train.compile=true` (issue 17): the training steps' forward runs under torch.compile, training
+gives the eager numbers, and checkpoints hold the uncompiled module's state dict; evaluation and the routing trace
+(forward hooks) run the module itself, also on resume."""
 
 import functools
 
@@ -45,7 +46,7 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_keys(tmp_path, mo
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     eager = make_trainer(tmp_path / "eager", steps=4)
     compiled = make_trainer(tmp_path / "compiled", steps=4, compile=True)
-    assert compiled.model._compiled_call_impl is not None and eager.model._compiled_call_impl is None
+    assert compiled.step_model is not compiled.model and eager.step_model is eager.model
     eager.fit()
     compiled.fit()
     for a, b in zip(records(tmp_path / "eager"), records(tmp_path / "compiled"), strict=True):
