@@ -94,8 +94,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("smoe train: error: give --task (and --preset) or --config FILE.yaml (e.g. a run's config.yaml, which "
               "names its task and preset)", file=sys.stderr)
         return 2
-    if hint := thread_hint():
-        print(hint, file=sys.stderr)
     try:
         if args.config is not None:
             run = resolve_config_file(args.config, router=args.router, seed=args.seed, device=args.device,
@@ -106,6 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  overrides=args.set or [])
         parallel = ParallelConfig(expert_parallel=args.expert_parallel, global_view=args.global_view,
                                   timeout_s=args.dist_timeout)
+        if hint := thread_hint():  # once the configuration is valid: an error stays one line
+            print(hint, file=sys.stderr)
         result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress, parallel=parallel)
     except ValueError as e:  # bad configuration or data, unusable checkpoint (CheckpointError)
         print(f"smoe train: error: {e}", file=sys.stderr)
