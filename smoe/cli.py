@@ -19,7 +19,7 @@ from smoe.workbench.data_parallel import ParallelConfig
 from smoe.workbench.embed_suite import main as eval_embed
 from smoe.workbench.evaluate import eval_file, evaluate_run, format_eval
 from smoe.workbench.export import columns_table, robustness_table, write_tables
-from smoe.workbench.grid import GridConfig, parse_jobs
+from smoe.workbench.grid import add_grid_arguments, grid_config
 from smoe.workbench.hints import thread_hint
 from smoe.workbench.report import write_report
 from smoe.workbench.run_config import resolve_config, resolve_config_file
@@ -313,29 +313,6 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     add_grid_arguments(p)
     p.set_defaults(fn=cmd_compare)
-
-
-def add_grid_arguments(p: argparse.ArgumentParser) -> None:
-    """--jobs, --threads, --cluster: how a grid of runs is executed (`smoe.workbench.grid`)."""
-    def jobs(text: str) -> int | str:
-        try:
-            return parse_jobs(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    p.add_argument("--jobs", type=jobs, default=1, metavar="N|auto",
-                   help="N worker processes on this machine (default 1: one run after another in this process); "
-                        "auto: from the cores and the size of a run")
-    p.add_argument("--threads", type=int, default=None, metavar="T",
-                   help="torch threads per run (default: the cores / --jobs; with --cluster, the worker's own)")
-    p.add_argument("--cluster", default=None, metavar="ADDRESS|local:N",
-                   help="run the grid on a Dask cluster: a scheduler address (tcp://host:8786; the run folders must "
-                        "be on a file system every worker sees) or local:N (a local cluster of N workers); needs "
-                        "pip install 'smoe[cluster]'")
-
-
-def grid_config(args: argparse.Namespace) -> GridConfig:
-    return GridConfig(jobs=args.jobs, threads=args.threads, cluster=args.cluster)
 
 
 def add_claims_parser(sub) -> None:

@@ -7,7 +7,7 @@ the paired difference, the minimum detectable difference at 3 seeds (80 % power,
 baseline's metric, the seeds that would detect a 2 % difference, and the minutes of training per run on this
 machine (the runs' recorded train time: measure on a quiet machine).
 
-    python benchmarks/resolve_scale.py --tasks lm-bbc,digits --presets tiny,medium --seeds 4 --out runs/scale
+    python benchmarks/resolve_scale.py --tasks lm-bbc,digits --presets tiny,medium --seeds 4 --out runs/scale --jobs 2
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from smoe.bench import write_json
 from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
 from smoe.workbench.document import Table, render_markdown
+from smoe.workbench.grid import add_grid_arguments, grid_config
 from smoe.workbench.results import get, group_runs, is_finished, load_results, number
 from smoe.workbench.stats import mdd, seeds_needed
 from smoe.workbench.verdicts import paired_comparisons
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/scale", help="comparisons go to OUT/<task>-<preset>/ (default runs/scale)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     p.add_argument("--no-progress", action="store_true")
+    add_grid_arguments(p)
     args = p.parse_args(argv)
     rows = []
     for task in args.tasks.split(","):
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                    baseline=BASELINE)
             print(f"== {task} {preset} -> {out}", file=sys.stderr)
             result = run_compare(config, command="benchmarks/resolve_scale.py " + " ".join(argv or sys.argv[1:]),
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, grid=grid_config(args))
             if result.interrupted is not None:
                 return 128 + result.interrupted
             rows += scale_rows(result.results)

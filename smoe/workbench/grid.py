@@ -9,6 +9,7 @@ keeps every core busy gets the machine to itself. The executors are in `smoe.wor
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,30 @@ def parse_jobs(text: str) -> int | str:
     if jobs < 1:
         raise ValueError(f"jobs must be a positive int or 'auto', got {text!r}")
     return jobs
+
+
+def add_grid_arguments(p: argparse.ArgumentParser) -> None:
+    """--jobs, --threads, --cluster: how a grid of runs is executed (`smoe.workbench.grid`)."""
+    def jobs(text: str) -> int | str:
+        try:
+            return parse_jobs(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    p.add_argument("--jobs", type=jobs, default=1, metavar="N|auto",
+                   help="N worker processes on this machine (default 1: one run after another in this process); "
+                        "auto: from the cores and the size of a run")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch threads per run (default: the cores / --jobs; with --cluster, the worker's own)")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS|local:N",
+                   help="run the grid on a Dask cluster: a scheduler address (tcp://host:8786; the run folders must "
+                        "be on a file system every worker sees) or local:N (a local cluster of N workers); needs "
+                        "pip install 'smoe[cluster]'")
+
+
+def grid_config(args: argparse.Namespace) -> GridConfig:
+    """The `GridConfig` of arguments added by `add_grid_arguments`."""
+    return GridConfig(jobs=args.jobs, threads=args.threads, cluster=args.cluster)
 
 
 def available_cores() -> int:

@@ -261,7 +261,8 @@ def load_over_training(views: Views) -> Figure | None:
         fractions = np.array(view["load"][layer]["fractions"], dtype=float).T  # (E, steps)
         colors = [expert_color(e) for e in range(fractions.shape[0])]
         if len(steps) == 1:
-            ax.bar(steps, fractions[:, :1], bottom=np.cumsum(fractions[:, :1], 0) - fractions[:, :1], color=colors)
+            share = fractions[:, 0]  # one traced eval: one stacked bar
+            ax.bar(steps * len(share), share, bottom=np.cumsum(share) - share, color=colors)
         else:
             ax.stackplot(steps, fractions, colors=colors, linewidth=0)
         ax.set(ylim=(0, 1), xlim=(min(steps), max(steps)) if len(steps) > 1 else None, xlabel="step",

@@ -15,6 +15,7 @@ from smoe.workbench.report import write_report
 from smoe.workbench.routing_plots import (
     decoder_groups,
     expert_color,
+    load_over_training,
     patch_pictures,
     picture_set,
     token_text,
@@ -88,6 +89,18 @@ def test_text_view_and_pictures(trained):
     text = token_text(views, 1)
     drawn = [t.get_text() for t in text.axes[0].texts]
     assert all(token in drawn for token in view["samples"][1]["tokens"]) and "a \u00b7 layer 0" in drawn
+
+
+def test_load_over_training_with_one_traced_eval(trained):
+    """A run traced once (e.g. `--steps 1`) gets one stacked bar, one segment per expert, summing to its load."""
+    view = read_view(trained("text"))
+    load = view["load"][0]
+    once = {**view, "load": [{**load, "steps": load["steps"][-1:], "fractions": load["fractions"][-1:]}]}
+    fig = load_over_training({"a": once})
+    bars = fig.axes[0].patches
+    assert len(bars) == view["num_experts"] and {b.get_x() + b.get_width() / 2 for b in bars} == {4}
+    assert np.allclose([b.get_height() for b in bars], load["fractions"][-1])
+    assert bars[-1].get_y() + bars[-1].get_height() == pytest.approx(sum(load["fractions"][-1]))
 
 
 def test_image_view_and_pictures(trained):
