@@ -18,10 +18,16 @@ does not yield was not finished (the grid was interrupted: `executor.interrupted
   shared file system) and have smoe installed. A worker that dies is replaced by its nanny and Dask runs its task
   again (up to the scheduler's `distributed.scheduler.allowed-failures`, default 3), resuming from the checkpoint.
   Ctrl-C cancels the tasks not started; with `local:N` the workers are stopped (their runs lose the steps since
-  their last checkpoint), on a remote cluster running tasks finish on their own.
+  their last checkpoint), on a remote cluster running tasks finish on their own. A Dask nanny starts its worker
+  with `MALLOC_TRIM_THRESHOLD_=65536` (to give memory back to the system), which makes glibc return and re-fault
+  every large tensor's pages: the tiny LM trained 1.6x slower for it. `local:N` clusters start their workers
+  without it; on a remote cluster whose workers have it, the grid says so once.
 
-Results do not depend on the executor at the same number of threads per run; the number of threads changes the
-order of floating-point sums (differences around 1e-7 relative). `smoe.workbench.grid` chooses the executor.
+Results do not depend on the executor at the same number of threads per run. The number of threads changes the
+order of floating-point sums (around 1e-7 relative in one step), and training amplifies that: the demo grid's
+final perplexities differ by up to 2 % between 2-thread and 1-thread runs. A comparison's entries always run
+with the same threads, so its paired differences are unaffected; compare runs across comparisons at equal
+threads. `smoe.workbench.grid` chooses the executor.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from smoe._validate import check_int
 
 RETRIES = 2  # times a task whose local worker died is run again
 CLUSTER_EXTRA = "pip install 'smoe[cluster]'"
+TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"  # what a Dask nanny sets for its worker (65536; module docstring)
+TRIM_KEY = f"distributed.nanny.pre-spawn-environ.{TRIM_ENV}"
 
 Report = Callable[[int | str], None]  # a training step, or the phase a run is in
 
@@ -368,8 +376,11 @@ class DaskCluster:
             with self.distributed.Client(self.address) as client:
                 yield client
             return
-        cluster = self.distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                                dashboard_address=None, silence_logs=40)
+        import dask
+
+        with dask.config.set({TRIM_KEY: None}):  # module docstring: malloc trimming slows torch 1.6x
+            cluster = self.distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                                    dashboard_address=None, silence_logs=40)
         try:
             with self.distributed.Client(cluster) as client:
                 yield client
@@ -381,6 +392,10 @@ class DaskCluster:
         events: queue.SimpleQueue = queue.SimpleQueue()
         with self.client() as client, StopSignals() as stop:
             client.subscribe_topic(topic, lambda event: events.put(event[1]))
+            if trimming := trimming_workers(client):
+                progress.write(f"smoe: {len(trimming)} Dask worker(s) run with {TRIM_ENV} set (Dask's default for "
+                               f"workers under a nanny), which makes torch about 1.6x slower; start them with "
+                               f"the config {TRIM_KEY}: null (docs/design.md, 'The comparison grid')")
             futures = {i: client.submit(_dask_task, fn, task, i, self.threads, topic, key=f"{topic}-{i}",
                                         pure=False, priority=len(tasks) - i) for i, task in enumerate(tasks)}
             try:
@@ -399,6 +414,11 @@ class DaskCluster:
                 if futures:
                     client.cancel(list(futures.values()))
                 client.unsubscribe_topic(topic)
+
+
+def trimming_workers(client) -> list[str]:
+    """Addresses of the client's workers whose malloc returns freed memory to the system at 64 KiB (`TRIM_ENV`)."""
+    return sorted(address for address, value in client.run(os.environ.get, TRIM_ENV).items() if value is not None)
 
 
 def _failure(future) -> str:

@@ -17,7 +17,15 @@ import torch
 
 from smoe.cli import main
 from smoe.workbench.compare import CompareConfig, grid_runs, parse_entries, run_compare, run_one
-from smoe.workbench.executors import CLUSTER_EXTRA, GridProgress, LocalProcesses, Outcome, Serial
+from smoe.workbench.executors import (
+    CLUSTER_EXTRA,
+    DaskCluster,
+    GridProgress,
+    LocalProcesses,
+    Outcome,
+    Serial,
+    trimming_workers,
+)
 from smoe.workbench.grid import GridConfig, auto_jobs, make_executor, parse_jobs, step_flops
 from smoe.workbench.results import load_results
 
@@ -106,6 +114,15 @@ def test_a_local_dask_cluster_gives_the_serial_runs_and_reruns_a_killed_worker(t
     assert (tmp_path / "killed").exists()  # the worker died; its nanny started another, Dask ran the task again
     assert result.failed == [] and result.interrupted is None and numbers(out) == serial
     assert logged_steps(out / "runs/topk-s0") == [1, 2, 3, 4, 5, 6]  # resumed at step 3, nothing logged twice
+
+
+def test_a_local_dask_cluster_starts_its_workers_without_malloc_trimming():
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers, which slows torch; `local:N` unsets it."""
+    pytest.importorskip("distributed")
+    executor = DaskCluster("local:1")
+    with executor.client() as client:
+        assert trimming_workers(client) == []
+        assert list(client.run(os.environ.get, "OMP_NUM_THREADS").values()) == ["1"]  # Dask's other settings stay
 
 
 # ---------------------------------------------------------------- a worker that dies, Ctrl-C
