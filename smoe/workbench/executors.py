@@ -395,7 +395,7 @@ class DaskCluster:
             if trimming := trimming_workers(client):
                 progress.write(f"smoe: {len(trimming)} Dask worker(s) run with {TRIM_ENV} set (Dask's default for "
                                f"workers under a nanny), which makes torch about 1.6x slower; start them with "
-                               f"the config {TRIM_KEY}: null (docs/design.md, 'The comparison grid')")
+                               f"{TRIM_KEY} set to null in their Dask config (README, 'Many runs at once')")
             futures = {i: client.submit(_dask_task, fn, task, i, self.threads, topic, key=f"{topic}-{i}",
                                         pure=False, priority=len(tasks) - i) for i, task in enumerate(tasks)}
             try:
