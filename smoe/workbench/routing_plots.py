@@ -263,6 +263,7 @@ def load_over_training(views: Views) -> Figure | None:
         if len(steps) == 1:
             share = fractions[:, 0]  # one traced eval: one stacked bar
             ax.bar(steps * len(share), share, bottom=np.cumsum(share) - share, color=colors)
+            ax.set_xticks(steps)
         else:
             ax.stackplot(steps, fractions, colors=colors, linewidth=0)
         ax.set(ylim=(0, 1), xlim=(min(steps), max(steps)) if len(steps) > 1 else None, xlabel="step",
