@@ -36,15 +36,18 @@ def test_scale_rows_on_hand_made_results():
     assert n["paired_sd"] == 0 and n["mdd3_percent"] == 0 and n["seeds_for_target"] == 2
     text = table(list(rows.values()))
     assert "| lm-bbc | tiny (300) | xmoe - topk | 4 | 295 |" in text and "MDD at 3 seeds (% of metric)" in text
+    assert x["eval_sd"] is None and "| 0.913 | n/a |" in text  # paired sd, then no evaluation noise: no folder
 
 
 @pytest.mark.slow
 def test_the_script_end_to_end(tmp_path, capsys):
     shrink = ["model.d_model=16", "model.num_heads=2", "model.ffn_hidden=16", "data.probe_tokens=340"]
-    argv = ["--tasks", "digits", "--presets", "tiny", "--seeds", "2", "--steps", "2", "--out", str(tmp_path),
+    argv = ["--tasks", "digits", "--presets", "tiny", "--seeds", "2", "--steps", "12", "--out", str(tmp_path),
             "--json", str(tmp_path / "rows.json"), "--no-progress", *(x for o in shrink for x in ("--set", o))]
     assert main(argv) == 0
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [r["pair"] for r in rows] == ["xmoe - topk", "topk-noaux - topk"]
-    assert all(r["seeds"] == 2 and r["steps"] == [2] and r["train_minutes"] > 0 for r in rows)
-    assert "| digits | tiny (2) | xmoe - topk | 2 |" in capsys.readouterr().out
+    assert all(r["seeds"] == 2 and r["steps"] == [12] and r["train_minutes"] > 0 for r in rows)
+    # the evaluation noise of each seed's difference, from the checkpoints scored again: a bootstrap of the test images
+    assert all(r["eval_sd"] > 0 for r in rows)
+    assert "| digits | tiny (12) | xmoe - topk | 2 |" in capsys.readouterr().out

@@ -38,6 +38,21 @@ def test_sample_scores_by_hand():
     assert SampleScores(np.arange(100) % 2.0, np.ones(100)).bootstrap_sd() == pytest.approx(0.05, rel=0.15)
 
 
+def test_paired_bootstrap_sd_of_a_difference():
+    rng = np.random.default_rng(0)
+    a = SampleScores(rng.normal(size=200), np.ones(200))
+    # a constant per-sample shift: the difference is the same on every resample
+    assert a.paired_bootstrap_sd(SampleScores(a.totals + 0.3, a.counts)) == pytest.approx(0.0, abs=1e-12)
+    # independent per-sample differences: the bootstrap sd of a mean difference, about sd(d) / sqrt(m)
+    d = rng.normal(scale=2.0, size=200)
+    b = SampleScores(a.totals - d, a.counts)
+    assert a.paired_bootstrap_sd(b) == pytest.approx(2.0 / math.sqrt(200), rel=0.15)
+    # pairing is what makes it small: scored apart, each metric alone varies with the samples
+    assert a.bootstrap_sd() > 5 * a.paired_bootstrap_sd(SampleScores(a.totals + 0.01 * d, a.counts))
+    with pytest.raises(ValueError, match="other must score the same samples"):
+        a.paired_bootstrap_sd(SampleScores(a.totals[:10], a.counts[:10]))
+
+
 @pytest.mark.parametrize("task", ["digits", "sketch-vae",
                                   pytest.param("lm-bbc", marks=pytest.mark.slow),
                                   pytest.param("cls-bbc", marks=pytest.mark.slow)])

@@ -37,6 +37,14 @@ class SampleScores:
         """Evaluation noise: the sd of the metric over n_boot resamples of the samples (`stats.bootstrap_sd`)."""
         return bootstrap_sd(np.arange(self.totals.size), lambda i: self.metric(i.astype(np.int64)), n_boot, seed)
 
+    def paired_bootstrap_sd(self, other: SampleScores, n_boot: int = 1000, seed: int = 0) -> float:
+        """Evaluation noise of the paired difference metric(self) - metric(other), both scored on the same samples:
+        its sd over n_boot resamples shared by the two (what the samples add to a per-seed paired difference)."""
+        if other.totals.shape != self.totals.shape:
+            raise ValueError(f"other must score the same samples: {other.totals.size} samples, not {self.totals.size}")
+        return bootstrap_sd(np.arange(self.totals.size),
+                            lambda i: self.metric(i.astype(np.int64)) - other.metric(i.astype(np.int64)), n_boot, seed)
+
 
 @dataclass
 class TaskSetup:
