@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoe.workbench.checkpoint import (
+from smoe.workbench.train.checkpoint import (
     CheckpointError,
     atomic_write,
     checkpoint_steps,

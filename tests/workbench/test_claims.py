@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from smoe.cli import main
-from smoe.workbench import claims as claims_module
-from smoe.workbench.claims import (
+from smoe.workbench.claims import claim as claims_module
+from smoe.workbench.claims.claim import (
     CLAIMS,
     COMPARISONS,
     Claim,
@@ -21,7 +21,8 @@ from smoe.workbench.claims import (
     select,
     write_summary,
 )
-from smoe.workbench.compare import CompareResult, parse_entries
+from smoe.workbench.grid.compare import CompareResult
+from smoe.workbench.run.entry import parse_entries
 from smoe.workbench.tasks import get_task
 
 # ---------------------------------------------------------------- the registry

@@ -1,4 +1,4 @@
-"""smoe.workbench.stats: hand-computed intervals, p-values, Holm, verdicts, power and bootstrap noise."""
+"""smoe.workbench.measure.stats: hand-computed intervals, p-values, Holm, verdicts, power and bootstrap noise."""
 
 import itertools
 import json
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 from scipy import stats as st
 
-from smoe.workbench.stats import (
+from smoe.workbench.measure.stats import (
     bootstrap_sd,
     compare_all,
     dominant_noise,

@@ -1,18 +1,19 @@
-"""`smoe analyze RUN_DIR`: every routing metric of a trained run, on its task's probe set (`workbench.probe`), plus the
-routing trace recorded during training; printed as tables and written to RUN_DIR/analysis.json.
+"""`smoe analyze RUN_DIR`: every routing metric of a trained run, on its task's probe set
+(`workbench.measure.probe`), plus the routing trace recorded during training; printed as tables and written to
+RUN_DIR/analysis.json.
 
 Legend: N routed tokens of the probe set, M real ones, E experts, L MoE layers.
 
 analysis.json: {"step", "task", "router", "probe": {"tokens": M, "labels": [names]},
-  "routing": the `routing` object of the results.json schema (`workbench.results`): per-layer load, load CV, max/mean,
-      entropy, margin, active experts, dropped fraction, effective rank of router inputs and router features,
-      specialization NMI per label, experts per token (kept pairs / M); fluctuation between consecutive traced
+  "routing": the `routing` object of the results.json schema (`workbench.results.schema`): per-layer load,
+      load CV, max/mean, entropy, margin, active experts, dropped fraction, effective rank of router inputs and
+      router features, specialization NMI per label, experts per token (kept pairs / M); fluctuation between consecutive traced
       evals; cross-layer co-activation; top-expert sensitivity per layer,
   "over_training": [{"step", "load_cv": [L], "entropy": [L], "margin": [L]}] from the trace,
   "latent": {"points", "expert", "label"} (t-SNE of the VAE latent coloured by top-1 expert; VAE only),
-  "view": whether RUN_DIR/routing_view.json (the routing pictures' data, `workbench.routing_view`) was written}
+  "view": whether RUN_DIR/routing_view.json (the routing pictures' data, `workbench.run.routing_view`) was written}
 
-Metric definitions: docs/metrics.md (`workbench.metrics`). All on the model in eval mode.
+Metric definitions: docs/metrics.md (`workbench.measure.routing_metrics`). All on the model in eval mode.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from torch import nn
 
 from smoe.layer import MoEStats, moe_layers
 from smoe.routing.base import Routing
-from smoe.workbench.checkpoint import atomic_write
 from smoe.workbench.document import Table, render_markdown
-from smoe.workbench.instrumentation import routing_override
-from smoe.workbench.metrics import (
+from smoe.workbench.measure.instrumentation import routing_override
+from smoe.workbench.measure.probe import Probe, ProbeRouting, probe_generator, read_trace, route_probe
+from smoe.workbench.measure.routing_metrics import (
     coactivation,
     coactivation_nmi,
     drop_top_expert,
@@ -39,10 +40,10 @@ from smoe.workbench.metrics import (
     routing_summary,
     top1_expert,
 )
-from smoe.workbench.probe import Probe, ProbeRouting, probe_generator, read_trace, route_probe
-from smoe.workbench.routing_view import routing_view, write_view
-from smoe.workbench.run_folder import hold_folder
-from smoe.workbench.runner import load_run
+from smoe.workbench.run.routing_view import routing_view, write_view
+from smoe.workbench.run.runner import load_run
+from smoe.workbench.train.checkpoint import atomic_write
+from smoe.workbench.train.run_folder import hold_folder
 
 ANALYSIS_FILE = "analysis.json"
 # routing_summary key -> results.json schema key
@@ -73,7 +74,8 @@ def coactivations(routings: list[Routing]) -> list[dict]:
 @torch.no_grad()
 def sensitivities(model: nn.Module, probe: Probe) -> list[dict]:
     """Per layer: the probe metric clean and with every token's top expert removed in that layer only (remaining
-    weights renormalised, `smoe.workbench.metrics.drop_top_expert`), for every layer of `smoe.layer.moe_layers`."""
+    weights renormalised, `workbench.measure.routing_metrics.drop_top_expert`), for every layer of
+    `smoe.layer.moe_layers`."""
     if probe.metric is None:
         return []
     clean = float(probe.metric(model, probe_generator()))
@@ -102,7 +104,7 @@ def latent_map(model: nn.Module, probe: Probe, probed: ProbeRouting, seed: int =
 
 
 def trace_summaries(trace: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(fluctuation records, per-eval summaries) of a routing trace (`smoe.workbench.probe.RoutingTrace`)."""
+    """(fluctuation records, per-eval summaries) of a routing trace (`smoe.workbench.measure.probe.RoutingTrace`)."""
     fluctuation = [{"step": r["step"], **r["fluctuation"]} for r in trace if "fluctuation" in r]
     over = [{"step": r["step"], **{key: [layer[key] for layer in r["layers"]] for key in ("load_cv", "entropy",
                                                                                          "margin")}}
@@ -112,7 +114,7 @@ def trace_summaries(trace: list[dict]) -> tuple[list[dict], list[dict]]:
 
 def analyze(model: nn.Module, probe: Probe, run_dir: str | Path, step: int, head: dict | None = None) -> dict:
     """Every metric of the module docstring for a trained `model` (eval mode) and its probe set; writes
-    RUN_DIR/analysis.json (and RUN_DIR/routing_view.json, the routing pictures' data, `workbench.routing_view`,
+    RUN_DIR/analysis.json (and RUN_DIR/routing_view.json, the routing pictures' data, `workbench.run.routing_view`,
     when the probe has display data) and returns the analysis. head: extra top-level fields (task, router)."""
     probed = route_probe(model, probe)
     layers = [layer_metrics(i, r, s, x, probe.labels)

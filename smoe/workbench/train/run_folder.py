@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 LOCK_FILE = ".smoe.lock"
-TEMP_GLOB = ".*.tmp-*"  # the temporary names of `smoe.workbench.checkpoint.atomic_write`
+TEMP_GLOB = ".*.tmp-*"  # the temporary names of `smoe.workbench.train.checkpoint.atomic_write`
 
 _held: dict[Path, int] = {}  # folders this process holds, with their lock file descriptors
 

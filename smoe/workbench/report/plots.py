@@ -1,8 +1,8 @@
 """Figures of a comparison report, one function per plot (matplotlib Agg figures, no pyplot global state).
 
-Every function takes `groups`: label -> the finished runs of that label (results.json schema, `smoe.workbench.results`),
-in report order, which fixes each label's colour across figures. It returns a Figure, or None when no run
-recorded the data. Non-finite values are left out of the figures (the tables show them as "n/a").
+Every function takes `groups`: label -> the finished runs of that label (results.json schema,
+`workbench.results.schema`), in report order, which fixes each label's colour across figures. It returns a Figure,
+or None when no run recorded the data. Non-finite values are left out of the figures (the tables show them as "n/a").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from smoe.workbench.results import get, number, numbers, records
+from smoe.workbench.results.schema import get, number, numbers, records
 
 Groups = Mapping[str, Sequence[Mapping]]
 Series = dict[float, float]

@@ -23,9 +23,9 @@ from smoe.integrations.embed import KINDS, Embedder, embed_all, hf_embedder, smo
 from smoe.integrations.swap import swap_router
 from smoe.models import LM
 from smoe.routing.registry import parse_router_spec
-from smoe.workbench.checkpoint import atomic_write
-from smoe.workbench.runner import load_run
+from smoe.workbench.run.runner import load_run
 from smoe.workbench.tasks import get_task
+from smoe.workbench.train.checkpoint import atomic_write
 
 TASKS = ("classification", "clustering", "pairs")
 

@@ -26,9 +26,8 @@ from torch import Tensor, nn
 from smoe._validate import check_int
 from smoe.layer import MoEStats
 from smoe.routing.base import Routing
-from smoe.workbench.checkpoint import atomic_write
-from smoe.workbench.instrumentation import record_routing
-from smoe.workbench.metrics import (
+from smoe.workbench.measure.instrumentation import record_routing
+from smoe.workbench.measure.routing_metrics import (
     Fluctuation,
     assignment_fluctuation,
     assignment_matrix,
@@ -38,7 +37,8 @@ from smoe.workbench.metrics import (
     routing_margin,
     top1_expert,
 )
-from smoe.workbench.run_folder import jsonl_bytes, read_jsonl
+from smoe.workbench.train.checkpoint import atomic_write
+from smoe.workbench.train.run_folder import jsonl_bytes, read_jsonl
 
 TRACE_FILE = "routing_trace.jsonl"
 PROBE_SEED = 0
@@ -53,7 +53,7 @@ class Probe:
     metric(model, generator): the task's headline metric on this set (for top-expert sensitivity);
     latent(model, generator): (n, z) latent code of each sample (the VAE), or None.
 
-    What the routing pictures (`workbench.routing_view`) show: display, the n samples as a reader sees them (token
+    What the routing pictures (`workbench.run.routing_view`) show: display, the n samples as a reader sees them (token
     ids (n, T), images (n, C, H, W) or signals (n, C, L) in their raw value range); prefix_tokens, routed tokens of
     a sample before its own (the ViT's [CLS]); tokenizer, the `tokenizers.Tokenizer` of text ids; label_names,
     {label: name of each value} where the values have names (BBC topics, sketch classes).

@@ -1,4 +1,4 @@
-"""Routing pictures: how real inputs are routed, drawn from routing views (`workbench.routing_view`), one
+"""Routing pictures: how real inputs are routed, drawn from routing views (`workbench.run.routing_view`), one
 matplotlib Figure per picture (no pyplot), the same for one run (`smoe show`) and for routers side by side (the
 report).
 
@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from smoe.workbench.document import Block, Heading, Image, Text
-from smoe.workbench.plots import save_figure
-from smoe.workbench.routing_view import VIEW_FILE, read_view
+from smoe.workbench.report.plots import save_figure
+from smoe.workbench.run.routing_view import VIEW_FILE, read_view
 
 Views = Mapping[str, dict]
 

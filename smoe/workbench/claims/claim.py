@@ -2,13 +2,13 @@
 
 A `Comparison` is one `smoe compare` grid (task, entries, baseline, preset, seeds, evaluation options); a `Claim`
 names its paper, the comparison that tests it, the column it reads (a compared key of
-`smoe.workbench.columns.run_values`: "final.metric", "robust.substitute@5", "routing.load_cv", "fluctuation.top1",
+`workbench.results.columns.run_values`: "final.metric", "robust.substitute@5", "routing.load_cv", "fluctuation.top1",
 ...), the entry whose paired difference against the baseline is judged, and the direction the paper predicts: "better"
 / "worse" for the columns with a good direction (`columns.column_direction`: the headline metric, its corrupted
 versions, load balance, fluctuation), "higher" / "lower" for the others. Claims that read the
 same comparison share its run folder, so nothing is trained twice.
 
-Verdict: the comparison's paired verdict for that column and entry (`smoe.workbench.verdicts`: Student t over seeds,
+Verdict: the comparison's paired verdict for that column and entry (`workbench.results.verdicts`: Student t over seeds,
 Holm over the entries compared with one baseline) read against the claim: the claimed direction -> "supported", the
 opposite -> "contradicted", no resolved difference -> "not resolved" (no evidence either way at these seeds: the
 minimum detectable difference says how large a difference could still hide). A claim of "no worse" (the same quality
@@ -34,16 +34,17 @@ from pathlib import Path
 
 from smoe._validate import check_choice, check_int
 from smoe.registry import Registry
-from smoe.workbench.checkpoint import atomic_write
-from smoe.workbench.columns import LATE_ROUTING, ROUTING_SCALARS, column_direction, is_compared
-from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
 from smoe.workbench.document import Table, Text, render_markdown
-from smoe.workbench.evaluate import default_sweep
-from smoe.workbench.grid import GridConfig
-from smoe.workbench.report import format_number
-from smoe.workbench.results import RESULTS_FILE, is_finished, load_results, metric_spec
+from smoe.workbench.grid.compare import CompareConfig, run_compare
+from smoe.workbench.grid.jobs import GridConfig
+from smoe.workbench.report.comparison import format_number
+from smoe.workbench.results.columns import LATE_ROUTING, ROUTING_SCALARS, column_direction, is_compared
+from smoe.workbench.results.schema import RESULTS_FILE, is_finished, load_results, metric_spec
+from smoe.workbench.results.verdicts import compare_column, paired_comparisons, seed_values
+from smoe.workbench.run.entry import parse_entries
+from smoe.workbench.run.evaluate import default_sweep
 from smoe.workbench.tasks import get_task
-from smoe.workbench.verdicts import compare_column, paired_comparisons, seed_values
+from smoe.workbench.train.checkpoint import atomic_write
 
 DIRECTIONS = ("better", "worse", "higher", "lower")
 OPPOSITE = {"better": "worse", "worse": "better", "higher": "lower", "lower": "higher"}
@@ -358,7 +359,7 @@ def write_summary(out: str | os.PathLike, judgments: Sequence[Judgment], command
     out.mkdir(parents=True, exist_ok=True)
     counts = ", ".join(f"{sum(j.verdict == v for j in judgments)} {v}" for v in CLAIM_VERDICTS
                        if any(j.verdict == v for j in judgments))
-    legend = (f"Written by `{command}` (`smoe.workbench.claims`) from every comparison with results in {out}: "
+    legend = (f"Written by `{command}` (`smoe.workbench.claims.claim`) from every comparison with results in {out}: "
               f"{len(judgments)} claim(s), {counts}. difference: mean over seeds of the per-seed paired difference "
               "entry - baseline (in % of the baseline's mean); 95 % CI: Student t over seeds; p: the paired test, "
               "Holm-adjusted over the entries compared with the same baseline; MDD: the smallest |difference| these "

@@ -1,10 +1,10 @@
-"""A comparison's paired statistics against a baseline entry, from its results (`smoe.workbench.results`).
+"""A comparison's paired statistics against a baseline entry, from its results (`smoe.workbench.results.schema`).
 
 For every compared column (`columns.is_compared`: the headline metric, robustness and routing columns) and every
 entry but the baseline: the per-seed differences entry - baseline over the seeds where both runs finished with a
 finite value, their mean, the 95 % Student-t interval, the p-value (exact sign-flip test where the seeds allow it,
 else the paired t-test), Holm over the entries of that column, the verdict, the minimum detectable difference at
-80 % power and the seeds the observed difference would need (`smoe.workbench.stats`). Verdicts read `better` /
+80 % power and the seeds the observed difference would need (`smoe.workbench.measure.stats`). Verdicts read `better` /
 `worse` in the column's good direction (`columns.column_direction`), `higher` / `lower` for a column without one,
 and `not resolved` when the Holm-adjusted p is not below alpha.
 
@@ -18,8 +18,9 @@ import math
 import statistics
 from collections.abc import Mapping
 
-from smoe.workbench.columns import column_direction, is_compared, run_values, strongest_levels
-from smoe.workbench.results import (
+from smoe.workbench.measure.stats import compare_all, dominant_noise
+from smoe.workbench.results.columns import column_direction, is_compared, run_values, strongest_levels
+from smoe.workbench.results.schema import (
     SCHEMA_VERSION,
     entry_labels,
     is_finished,
@@ -28,7 +29,6 @@ from smoe.workbench.results import (
     number,
     run_label,
 )
-from smoe.workbench.stats import compare_all, dominant_noise
 
 UNDIRECTED = {"better": "higher", "worse": "lower", "not resolved": "not resolved"}
 

@@ -12,7 +12,7 @@ gives each rank its share of every batch, synchronises the gradients, clips with
 layers the group's routing counts, averages the logged values, shards the checkpoints and agrees on when
 to stop; rank 0 alone writes the run folder's files. One process uses `SingleProcess`, which does none of that.
 
-Randomness: the caller initialises the model (`workbench.runner.task_setup`: keyed by seed and parameter name);
+Randomness: the caller initialises the model (`workbench.run.runner.task_setup`: keyed by seed and parameter name);
 dropout draws from the global generator, which the Trainer seeds from `seed` (so dropout does not depend on how
 many draws the model's construction took); data order and model noise (router noise, VAE sampling) come from two
 generators seeded from `seed` (with data_parallel, rank r > 0 seeds its dropout and noise from (seed, r)). All
@@ -42,7 +42,7 @@ from smoe._validate import check_bool, check_float, check_int
 from smoe.data.batches import map_tensors
 from smoe.layer import MoEOutput, moe_layers
 from smoe.models.common import aux_losses
-from smoe.workbench.checkpoint import (
+from smoe.workbench.train.checkpoint import (
     CheckpointError,
     atomic_write,
     checkpoint_path,
@@ -55,8 +55,15 @@ from smoe.workbench.checkpoint import (
     optimizer_tensors,
     reading_state,
 )
-from smoe.workbench.data_parallel import DataParallel, SingleProcess
-from smoe.workbench.run_folder import hold_folder, jsonl_bytes, read_json, read_jsonl, read_yaml, remove_temp_files
+from smoe.workbench.train.data_parallel import DataParallel, SingleProcess
+from smoe.workbench.train.run_folder import (
+    hold_folder,
+    jsonl_bytes,
+    read_json,
+    read_jsonl,
+    read_yaml,
+    remove_temp_files,
+)
 
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
 
@@ -171,7 +178,7 @@ class Trainer:
     loss_fn(model, batch, step, generator) -> StepOutput; evaluate(model, split, generator) -> {metric: float}.
     out_dir: the run folder (config.yaml, metrics.jsonl, tb/, checkpoints/, final.json); run_config: the whole
     run's configuration (saved as YAML, compared on resume except train.steps). data_parallel: train on every
-    rank of the initialised default process group (see `workbench.data_parallel`); model already prepared for it.
+    rank of the initialised default process group (see `workbench.train.data_parallel`); model already prepared for it.
     tb_dir: where the TensorBoard events go instead of out_dir/tb (TensorBoard names a run by its folder).
     """
 
@@ -298,7 +305,7 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> TrainResult:
         """Train until `config.steps` (continuing from the latest checkpoint with resume=True), holding the run
-        folder's writer lock throughout (`smoe.workbench.run_folder.hold_folder`; rank 0 under data parallelism)."""
+        folder's writer lock throughout (`workbench.train.run_folder.hold_folder`; rank 0 under data parallelism)."""
         with hold_folder(self.out_dir) if self.parallel.is_main else contextlib.nullcontext():
             done = self._prepare_dir(resume)
             if done is not None:

@@ -22,12 +22,12 @@ failed run; readers show what is there and say what is missing):
         "robustness": [{"corruption": str, "level": int, "severity": float, "metric": float}],
         "eval_sd": float,                     # bootstrap sd of final.metric over the run's test samples
         "latent": {"points": [[x, y], ...], "expert": [int, ...], "label": [int, ...]}}],   # optional (VAE)
-     # paired statistics against the baseline (`smoe.workbench.verdicts`), new in version 2:
+     # paired statistics against the baseline (`smoe.workbench.results.verdicts`), new in version 2:
      "entries": [label, ...],                 # the comparison's entries, in order
      "baseline": label,                       # what every other entry is compared with (default: the first)
      "comparisons": {column key: {label: {"n", "differences", "mean", "sd", "ci_low", "ci_high", "p_value", "test",
                      "p_t", "p_sign_flip", "p_adjusted", "verdict", "mdd", "seeds_needed", "seeds", "direction",
-                     "baseline"}}},           # every entry but the baseline; keys: `smoe.workbench.columns`
+                     "baseline"}}},           # every entry but the baseline; keys: `smoe.workbench.results.columns`
      "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation"}}   # of the headline metric
 
 `label` tells apart runs of one router with different options; runs are grouped by label (router name when

@@ -4,7 +4,7 @@
 `--jobs auto` (`auto_jobs`): each run gets one thread per `FLOPS_PER_THREAD` of work in its training step (counted
 by torch's FlopCounterMode on the first run left, at least one thread), and the cores are shared out among as many
 runs as that leaves room for: the tiny presets (1-3 GFLOP a step) get one process per core, a run whose step
-keeps every core busy gets the machine to itself. The executors are in `smoe.workbench.executors`.
+keeps every core busy gets the machine to itself. The executors are in `smoe.workbench.grid.executors`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from smoe._validate import check_int
 from smoe.models.common import aux_losses
-from smoe.workbench.executors import DaskCluster, LocalProcesses, Serial, local_workers
-from smoe.workbench.run_config import RunConfig
+from smoe.workbench.grid.executors import DaskCluster, LocalProcesses, Serial, local_workers
+from smoe.workbench.run.config import RunConfig
 from smoe.workbench.tasks import get_task
 
 FLOPS_PER_THREAD = 1e10  # training-step FLOPs that keep one more thread of a run busy (auto_jobs)
@@ -62,7 +62,7 @@ def parse_jobs(text: str) -> int | str:
 
 
 def add_grid_arguments(p: argparse.ArgumentParser) -> None:
-    """--jobs, --threads, --cluster: how a grid of runs is executed (`smoe.workbench.grid`)."""
+    """--jobs, --threads, --cluster: how a grid of runs is executed (`smoe.workbench.grid.jobs`)."""
     def jobs(text: str) -> int | str:
         try:
             return parse_jobs(text)

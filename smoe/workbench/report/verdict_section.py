@@ -1,4 +1,4 @@
-"""The opening section of a comparison report: verdicts against the baseline (`workbench.verdicts`).
+"""The opening section of a comparison report: verdicts against the baseline (`workbench.results.verdicts`).
 
 A table for the headline metric (entry, seeds, mean difference with its 95 % interval, Holm-adjusted p and the test,
 verdict, minimum detectable difference, seeds needed), the same for the strongest corruption, a compact table of the
@@ -11,12 +11,12 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from smoe.workbench.columns import column_title
 from smoe.workbench.document import Block, Heading, Image, Table, Text
-from smoe.workbench.forest import forest
-from smoe.workbench.plots import save_figure
-from smoe.workbench.results import metric_spec
-from smoe.workbench.verdicts import strongest_corruption
+from smoe.workbench.report.forest import forest
+from smoe.workbench.report.plots import save_figure
+from smoe.workbench.results.columns import column_title
+from smoe.workbench.results.schema import metric_spec
+from smoe.workbench.results.verdicts import strongest_corruption
 
 FOREST_FILE = "plots/forest.png"
 NOT_PAIRED = "no seed paired with the baseline"

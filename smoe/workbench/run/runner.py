@@ -11,13 +11,13 @@ from torch import Tensor, nn
 
 from smoe.collectives import collective
 from smoe.init import init_keyed
-from smoe.workbench.checkpoint import checkpoint_path, load_checkpoint, load_module_tensors, reading_state
-from smoe.workbench.data_parallel import ParallelConfig, prepare_model, process_group, run_world_size
-from smoe.workbench.probe import TRACE_FILE, RoutingTrace
-from smoe.workbench.run_config import RunConfig, check_device, run_config_from_dict
-from smoe.workbench.run_folder import hold_folder, read_yaml
+from smoe.workbench.measure.probe import TRACE_FILE, RoutingTrace
+from smoe.workbench.run.config import RunConfig, check_device, run_config_from_dict
 from smoe.workbench.tasks import TaskSetup, get_task
-from smoe.workbench.trainer import Hook, StepOutput, Trainer, TrainResult, derived_seed
+from smoe.workbench.train.checkpoint import checkpoint_path, load_checkpoint, load_module_tensors, reading_state
+from smoe.workbench.train.data_parallel import ParallelConfig, prepare_model, process_group, run_world_size
+from smoe.workbench.train.run_folder import hold_folder, read_yaml
+from smoe.workbench.train.trainer import Hook, StepOutput, Trainer, TrainResult, derived_seed
 
 _INIT_STREAM = 0
 
@@ -30,10 +30,10 @@ def train_run(run: RunConfig, out_dir: str | Path, resume: bool = False, progres
     On several processes (torchrun, or an initialised process group of size > 1) every rank calls this: the
     model is built with the same seed everywhere and prepared as `parallel` says (default ParallelConfig()),
     the global batch `train.batch_size` is split over the ranks, and the run config records the `parallel`
-    section (see `smoe.workbench.data_parallel`). The task's probe set is routed at every eval and at the end
-    (`smoe.workbench.probe.RoutingTrace`, written to out_dir/routing_trace.jsonl, rank 0) before the other hooks run;
+    section (see `smoe.workbench.train.data_parallel`). The task's probe set is routed at every eval and at the end
+    (`workbench.measure.probe.RoutingTrace`, written to out_dir/routing_trace.jsonl, rank 0) before the other hooks run;
     every layer's per-expert load on the training batches is logged (`expert_load_log`). tb_dir: TensorBoard's
-    folder (default out_dir/tb). The run folder is held (one writer, `smoe.workbench.run_folder`) from before the
+    folder (default out_dir/tb). The run folder is held (one writer, `smoe.workbench.train.run_folder`) from before the
     data is loaded.
     """
     if run_world_size() == 1:

@@ -1,7 +1,7 @@
 """Instrumentation: hooks that record or override the routing of a model's MoE layers (the analytics' inputs).
 
 `record_routing` records every layer's router inputs and Routing; `routing_override` makes every layer apply a
-transform before dispatch, which `top_expert_sensitivity` uses with `smoe.workbench.metrics.drop_top_expert`.
+transform before dispatch, which `top_expert_sensitivity` uses with `workbench.measure.routing_metrics.drop_top_expert`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from smoe.layer import moe_layers
 from smoe.routing.base import Routing
-from smoe.workbench.metrics import RoutingTransform, concat_routings, drop_top_expert
+from smoe.workbench.measure.routing_metrics import RoutingTransform, concat_routings, drop_top_expert
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """The data of the routing pictures: what a trained model does with a few samples of its probe set (or with a
 user's text), per MoE layer, as JSON-able dicts; `analyze` writes one to RUN_DIR/routing_view.json and
-`workbench.routing_plots` draws it.
+`workbench.report.routing_plots` draws it.
 
 Legend: L MoE layers, E experts, n probe samples, T routed tokens of a sample (patches; 1 for the VAE, whose
 samples are routed whole), C values of a label.
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from smoe.routing.base import Routing
-from smoe.workbench.checkpoint import atomic_write
-from smoe.workbench.metrics import real_tokens, top1_expert
-from smoe.workbench.probe import Probe, ProbeRouting, route_probe, spread
+from smoe.workbench.measure.probe import Probe, ProbeRouting, route_probe, spread
+from smoe.workbench.measure.routing_metrics import real_tokens, top1_expert
+from smoe.workbench.train.checkpoint import atomic_write
 
 VIEW_FILE = "routing_view.json"
 SHOWN = {"text": 3, "image": 8, "signal": 6, "whole": 16}  # samples shown per kind

@@ -27,7 +27,7 @@ Results do not depend on the executor at the same number of threads per run. The
 order of floating-point sums (around 1e-7 relative in one step), and training amplifies that: the demo grid's
 final perplexities differ by up to 2 % between 2-thread and 1-thread runs. A comparison's entries always run
 with the same threads, so its paired differences are unaffected; compare runs across comparisons at equal
-threads. `smoe.workbench.grid` chooses the executor.
+threads. `smoe.workbench.grid.jobs` chooses the executor.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from smoe._validate import check_choice, check_int
 from smoe.layer import available_layers
 from smoe.routing import available_routers
 from smoe.workbench.tasks import Task, get_task
-from smoe.workbench.trainer import TrainConfig
+from smoe.workbench.train.trainer import TrainConfig
 
 SECTIONS = ("data", "model", "train")
 
@@ -129,6 +129,33 @@ def resolve_config(task: str, preset: str = "tiny", router: str = "topk", seed: 
     p = t.presets[preset]
     sections = {"data": dict(p.get("data", {})), "model": dict(p.get("model", {})), "train": dict(p.get("train", {}))}
     return _resolve(t, preset, router, seed, device, steps, overrides, sections)
+
+
+def compressed_schedule(task: str, preset: str, steps: int) -> list[str]:
+    """Overrides that compress `preset`'s schedule to `steps` optimizer steps: train.steps = schedule_steps = steps;
+    warm-up and checkpoint intervals scaled by steps / the preset's steps; as many evaluations as the preset has,
+    evenly spaced with no short last interval (`even_interval`)."""
+    check_int("steps", steps, low=1)
+    base = TrainConfig(**get_task(task).presets[preset].get("train", {}))
+    factor = steps / base.steps
+
+    def scaled(value: int, low: int) -> int:
+        return max(round(value * factor), low) if value else 0
+
+    evals = even_interval(steps, base.steps / base.eval_every) if base.eval_every else 0
+    return [f"train.steps={steps}", f"train.schedule_steps={steps}",
+            f"train.warmup_steps={scaled(base.warmup_steps, 0)}", f"train.eval_every={evals}",
+            f"train.checkpoint_every={scaled(base.checkpoint_every, 1)}"]
+
+
+def even_interval(steps: int, count: float) -> int:
+    """The interval nearest steps / count (the smaller on ties) after whose last multiple at least half an interval
+    remains before `steps`, so evaluations are evenly spaced and the final one (at `steps`) never follows a periodic
+    one by a step or two."""
+    target = steps / max(count, 1.0)
+    fits = [e for e in range(1, steps + 1) if steps % e == 0 or steps % e >= e / 2]
+    return min(fits, key=lambda e: (abs(e - target), e))
+
 
 
 def resolve_config_file(path: str | Path, router: str | None = None, seed: int | None = None,

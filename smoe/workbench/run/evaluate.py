@@ -30,12 +30,12 @@ from torch import nn
 from smoe._validate import check_choice, check_float, check_int
 from smoe.data.corrupt import CORRUPTIONS, parse_corruption, severity
 from smoe.layer import moe_layers
-from smoe.workbench.checkpoint import atomic_write
 from smoe.workbench.document import Table, render_markdown
-from smoe.workbench.metrics import dropped_fraction
-from smoe.workbench.run_folder import hold_folder
-from smoe.workbench.runner import load_run
+from smoe.workbench.measure.routing_metrics import dropped_fraction
+from smoe.workbench.run.runner import load_run
 from smoe.workbench.tasks import get_task
+from smoe.workbench.train.checkpoint import atomic_write
+from smoe.workbench.train.run_folder import hold_folder
 
 CORRUPTION_SEED = 0
 BOOTSTRAP_RESAMPLES = 1000

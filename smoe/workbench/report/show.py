@@ -1,5 +1,5 @@
 """`smoe show RUN_DIR [--text "any sentence"] [--out DIR]`: the routing pictures of one trained run (its latest
-checkpoint on its probe set, `workbench.routing_plots`), and of a user's text for text tasks, as PNG files and a
+checkpoint on its probe set, `workbench.report.routing_plots`), and of a user's text for text tasks, as PNG files and a
 small self-contained index.html (default DIR: RUN_DIR/show)."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smoe.workbench.document import Heading, Image, Text, render_html, render_markdown
-from smoe.workbench.plots import save_figure
-from smoe.workbench.probe import read_trace, route_probe
-from smoe.workbench.routing_plots import picture_set
-from smoe.workbench.routing_view import routing_view, text_samples
-from smoe.workbench.runner import load_run
+from smoe.workbench.measure.probe import read_trace, route_probe
+from smoe.workbench.report.plots import save_figure
+from smoe.workbench.report.routing_plots import picture_set
+from smoe.workbench.run.routing_view import routing_view, text_samples
+from smoe.workbench.run.runner import load_run
 
 
 @dataclass

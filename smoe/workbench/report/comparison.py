@@ -1,11 +1,11 @@
 """Comparison report: `summarize` a results.json per router label (mean +- std over seeds) and `write_report`
-a report.md (tables, figures in plots/ as PNG and PDF, the routing pictures of `workbench.routing_plots`) and a
+a report.md (tables, figures in plots/ as PNG and PDF, the routing pictures of `workbench.report.routing_plots`) and a
 self-contained report.html (the same content, PNGs inlined). Every table fits a 1400-pixel page: a headline table,
 then tables by topic (`TOPICS`) of at most MAX_COLUMNS value columns; numbers in one format (`workbench.numbers`).
 
 Numbers are never invented: a quantity no run of a router recorded is "missing", a NaN or infinite one is "n/a"
 (with how many seeds were not finite), and std is the sample std (ddof 1), absent for one seed ("n=1").
-Schema of the input: `smoe.workbench.results`. `smoe report DIR [--out OUT]` re-renders from DIR/results.json.
+Schema of the input: `smoe.workbench.results.schema`. `smoe report DIR [--out OUT]` re-renders from DIR/results.json.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smoe.workbench import plots
-from smoe.workbench.columns import column_title, run_values, strongest_levels
 from smoe.workbench.document import Block, Bullets, Code, Heading, Image, Table, Text, render_html, render_markdown
 from smoe.workbench.numbers import NOT_FINITE, format_number, format_spread
-from smoe.workbench.results import (
+from smoe.workbench.report import plots
+from smoe.workbench.report.routing_plots import report_pictures
+from smoe.workbench.report.verdict_section import verdict_blocks
+from smoe.workbench.results.columns import column_title, run_values, strongest_levels
+from smoe.workbench.results.schema import (
     get,
     group_runs,
     is_finished,
@@ -32,10 +34,8 @@ from smoe.workbench.results import (
     records,
     run_label,
 )
-from smoe.workbench.routing_plots import report_pictures
+from smoe.workbench.results.verdicts import beats_every_other, with_statistics
 from smoe.workbench.tasks import available_tasks, get_task
-from smoe.workbench.verdict_report import verdict_blocks
-from smoe.workbench.verdicts import beats_every_other, with_statistics
 
 MISSING = "missing"
 HEADLINE = "final.metric"

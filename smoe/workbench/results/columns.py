@@ -1,5 +1,6 @@
 """The columns of a comparison: what each run's record yields (`run_values`), the titles, and each column's good
-direction (`column_direction`), shared by the report (`workbench.report`) and the statistics (`workbench.verdicts`).
+direction (`column_direction`), shared by the report (`workbench.report.comparison`) and the statistics
+(`workbench.results.verdicts`).
 
 Keys: "final.<key>" (each key of a run's `final`; "final.metric" is the task's headline metric),
 "robust.<corruption>@<level>" (the metric at the strongest level any run evaluated), "routing.<scalar>" (mean over
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from smoe.workbench.results import get, number, numbers, records
+from smoe.workbench.results.schema import get, number, numbers, records
 
 # routing.layers[*] scalars, averaged over layers -> column title
 ROUTING_SCALARS = {

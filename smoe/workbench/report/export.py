@@ -14,8 +14,8 @@ from pathlib import Path
 
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.numbers import format_number
-from smoe.workbench.report import MISSING, Stat, format_stat, report_tables, stat_table, summarize
-from smoe.workbench.results import group_runs, is_finished, load_results, metric_spec, number, records
+from smoe.workbench.report.comparison import MISSING, Stat, format_stat, report_tables, stat_table, summarize
+from smoe.workbench.results.schema import group_runs, is_finished, load_results, metric_spec, number, records
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",

@@ -54,7 +54,7 @@ from smoe.collectives import collective
 from smoe.data.batches import map_tensors
 from smoe.expert_parallel import ExpertParallelMoE, sum_stats, to_expert_parallel
 from smoe.layer import MoE, MoEStats
-from smoe.workbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from smoe.workbench.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 @dataclass
