@@ -11,7 +11,8 @@ from smoe.cli import main
 from smoe.workbench.report.comparison import Stat, format_number, format_stat, summarize, write_report
 from smoe.workbench.results.schema import load_results
 
-PLOTS = {"curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent", "forest"}
+PLOTS = {"curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent", "forest",
+         "paired_seeds", "difference_curve", "improvement"}
 
 
 def layer(i, load_cv, nmi):

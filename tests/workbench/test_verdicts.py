@@ -134,8 +134,9 @@ def test_version_1_file_gets_version_2_statistics_and_a_verdict_report(tmp_path,
     md = write_report(tmp_path).markdown.read_text()
     head = md.split("## Results")[0]
     assert head.index("## Verdicts against a") < head.index("### ppl (lower is better)") < head.index("Headline")
-    assert "| b | 3 | +4 [+1.516, +6.484] | 0.04041 (t) | worse | 3.264 | 3 |" in head
-    assert "| c | 3 | +2 [-0.4841, +4.484] | 0.07418 (t) | not resolved |" in head
+    # the difference, then in % of a's mean over the paired seeds (110): 4 / 110 = 3.6 %
+    assert "| b | 3 | +4 [+1.516, +6.484] | +3.6 [+1.4, +5.9] | 0.04041 (t) | worse | 3.264 | 3 |" in head
+    assert "| c | 3 | +2 [-0.4841, +4.484] | +1.8 [-0.4, +4.1] | 0.07418 (t) | not resolved |" in head
     assert "### Strongest corruption: ppl @ noise L2" in head and "| c | 0 | no seed paired with the baseline" in head
     assert "| load CV | better (-0.3) | no paired seed |" in head and "(plots/forest.png)" in head
     assert (tmp_path / "plots" / "forest.png").is_file()

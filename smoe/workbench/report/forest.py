@@ -6,12 +6,14 @@ from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "higher": "tab:blue", "lower": "tab:blue"}
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "higher": "tab:blue", "lower": "tab:blue",
+                  "equivalent": "tab:purple", "non-inferior": "tab:olive", "non-superior": "tab:orange"}
 
 
 def forest(panels: Sequence[tuple[str, Mapping[str, Mapping]]], baseline: str) -> Figure | None:
     """One panel per (title, label -> comparison of `verdicts.compare_column`): per entry, top to bottom, the mean
-    difference (entry - baseline) with its 95 % interval and a zero line; green better, red worse, grey not resolved.
+    difference (entry - baseline) with its interval (at the level its verdict was judged at) and a zero line; green
+    better, red worse, purple equivalent, olive non-inferior, orange non-superior, grey not resolved.
     None when no panel has an entry with a finite mean."""
     panels = [(title, {label: c for label, c in entries.items() if c.get("mean") is not None})
               for title, entries in panels]
@@ -32,5 +34,5 @@ def forest(panels: Sequence[tuple[str, Mapping[str, Mapping]]], baseline: str) -
         ax.set_yticks(range(len(entries)), list(reversed(entries)))
         ax.set_ylim(-0.7, len(entries) - 0.3)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel(f"difference vs {baseline} (95 % CI)")
+        ax.set_xlabel(f"difference vs {baseline} (interval)")
     return fig
