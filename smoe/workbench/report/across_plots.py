@@ -35,7 +35,8 @@ def normalised_scores(scores: Mapping[str, Mapping[str, Sequence[float]]],
     ax.set(ylim=(-0.7, len(entries) - 0.3), xlabel=xlabel)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize="small", loc="best")
+    ax.legend(unique.values(), unique.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="task")
     ax.grid(alpha=0.3, axis="x")
     return fig
 
@@ -61,18 +62,20 @@ def critical_difference(labels: Sequence[str], result: Friedman) -> Figure:
     order = sorted(range(k), key=lambda i: result.mean_ranks[i])
     ranks = [result.mean_ranks[i] for i in order]
     names = [labels[i] for i in order]
+    groups = cliques(ranks, result.cd)
     half = (k + 1) // 2
-    fig = Figure(figsize=(7.6, 1.6 + 0.32 * half), layout="constrained")
+    top, step = 1.0, 0.22  # the rank axis; the vertical step between labels
+    first = top - 0.2 - 0.07 * len(groups)  # the first label's line, below the bars of the groups
+    fig = Figure(figsize=(7.6, 1.4 + 0.35 * half + 0.12 * len(groups)), layout="constrained")
     ax = fig.add_subplot()
     ax.set_xlim(0.6, k + 0.4)
-    top = 1.0
     ax.hlines(top, 1, k, color="black", linewidth=1)
     for r in range(1, k + 1):
         ax.vlines(r, top, top + 0.06, color="black", linewidth=1)
         ax.text(r, top + 0.1, str(r), ha="center", va="bottom", fontsize=9)
     for position, (rank, name) in enumerate(zip(ranks, names)):
         left = position < half
-        depth = top - 0.25 - 0.22 * (position if left else k - 1 - position)
+        depth = first - step * (position if left else k - 1 - position)
         end = 0.65 if left else k + 0.35
         ax.plot([rank, rank, end], [top, depth, depth], color="black", linewidth=0.9)
         ax.text(end + (-0.03 if left else 0.03), depth, f"{name} ({rank:.2f})", ha="right" if left else "left",
@@ -80,9 +83,9 @@ def critical_difference(labels: Sequence[str], result: Friedman) -> Figure:
     ax.plot([1, 1 + result.cd], [top + 0.42, top + 0.42], color="tab:red", linewidth=2)
     ax.text(1 + result.cd / 2, top + 0.47, f"CD = {result.cd:.2f}", ha="center", va="bottom", fontsize=9,
             color="tab:red")
-    for n, (i, j) in enumerate(cliques(ranks, result.cd)):
+    for n, (i, j) in enumerate(groups):
         y = top - 0.1 - 0.07 * n
         ax.plot([ranks[i] - 0.03, ranks[j] + 0.03], [y, y], color="tab:blue", linewidth=4, solid_capstyle="round")
-    ax.set_ylim(top - 0.35 - 0.22 * half, top + 0.7)
+    ax.set_ylim(first - step * (half - 1) - 0.15, top + 0.7)
     ax.axis("off")
     return fig

@@ -145,9 +145,10 @@ def rank_blocks(tasks: Sequence[TaskResults]) -> tuple[list[str], np.ndarray]:
     return common, np.asarray(rows, dtype=float).reshape(len(rows), len(common))
 
 
-def _interval(estimate: tuple[float, float, float], digits: int = 1) -> str:
+def _interval(estimate: tuple[float, float, float], digits: int = 1, sign: str = "+") -> str:
+    """ "+2.2 [+0.5, +3.4]": an estimate and its interval, signed unless sign is ""."""
     value, low, high = estimate
-    return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return f"{value:{sign}.{digits}f} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
 
 def per_task_table(tasks: Sequence[TaskResults], summaries: Sequence[EntrySummary]) -> Table:
@@ -171,8 +172,8 @@ def per_task_table(tasks: Sequence[TaskResults], summaries: Sequence[EntrySummar
 
 def aggregate_table(summaries: Sequence[EntrySummary], total: int) -> Table:
     body = [[s.label, f"{s.tasks} of {total}", str(s.seeds), _interval(s.iqm),
-             "" if s.improvement is None else _interval(s.improvement, 2),
-             ", ".join(f"{v} {sum(x == v for x in s.verdicts.values())}" for v in dict.fromkeys(s.verdicts.values()))]
+             "" if s.improvement is None else _interval(s.improvement, 2, ""),
+             ", ".join(f"{v}: {sum(x == v for x in s.verdicts.values())}" for v in dict.fromkeys(s.verdicts.values()))]
             for s in summaries]
     return Table(["entry", "tasks", "paired seeds", "IQM of normalised scores, % [95 % CI]",
                   "P(better than the baseline) [95 % CI]", "verdicts"], body)
@@ -181,7 +182,7 @@ def aggregate_table(summaries: Sequence[EntrySummary], total: int) -> Table:
 def sentence(s: EntrySummary) -> str:
     verdicts = "; ".join(f"{v} on {task}" for task, v in s.verdicts.items())
     improvement = "" if s.improvement is None else (f", better than the baseline with probability "
-                                                    f"{_interval(s.improvement, 2).lstrip('+')}")
+                                                    f"{_interval(s.improvement, 2, '')}")
     return (f"{s.label}: interquartile mean {_interval(s.iqm)} % (normalised, + = better) over {s.tasks} task"
             f"{'s' if s.tasks != 1 else ''} and {s.seeds} paired seeds{improvement}; {verdicts}.")
 
@@ -222,7 +223,8 @@ def tasks_document(tasks: Sequence[TaskResults], out: Path, vector: bool = True)
     """The report across tasks as blocks; draws its figures under out/plots."""
     summaries = summarize_entries(tasks)
     blocks: list[Block] = [Heading(f"Across {len(tasks)} tasks: " + ", ".join(t.name for t in tasks), 1)]
-    blocks += [Text(sentence(s)) for s in summaries] or [Text("No entry has a seed paired with a baseline.")]
+    blocks.append(Bullets([sentence(s) for s in summaries]) if summaries else
+                  Text("No entry has a seed paired with a baseline."))
     warnings = [f"{t.name}: {w}" for t in tasks for w in caveats(t.results)]
     undirected = [t.name for t in tasks if t.direction is None]
     warnings += [f"{name}: its metric has no better side; left out of the scores and ranks." for name in undirected]

@@ -17,7 +17,7 @@ import statistics
 from collections.abc import Mapping
 from pathlib import Path
 
-from smoe.workbench.document import Block, Details, Heading, Image, Table, Text
+from smoe.workbench.document import Block, Bullets, Details, Heading, Image, Table, Text
 from smoe.workbench.numbers import format_number, is_finite
 from smoe.workbench.report.forest import forest
 from smoe.workbench.report.plots import save_or_remove
@@ -105,7 +105,7 @@ def bottom_line(results: Mapping) -> list[Block]:
     return [Text(f"Bottom line on the test {metric_spec(results)[0]}, each entry against {results['baseline']} "
                  f"paired by seed: the mean difference in % of {results['baseline']}'s mean over the paired seeds, "
                  f"its {level} interval on the same scale, the verdict and the seeds it rests on."),
-            *[Text(sentence(results, label)) for label in labels]]
+            Bullets([sentence(results, label) for label in labels])]
 
 
 def units(results: Mapping, key: str) -> str:
