@@ -18,8 +18,8 @@ from smoe.s2moe import S2MoE  # registers the layer-level method "s2moe"
 
 __version__ = "0.1.0"
 
-_WORKBENCH = {"TrainConfig": "smoe.workbench.trainer", "Trainer": "smoe.workbench.trainer",
-              "load_model": "smoe.workbench.runner"}
+_WORKBENCH = {"TrainConfig": "smoe.workbench.train.trainer", "Trainer": "smoe.workbench.train.trainer",
+              "load_model": "smoe.workbench.run.runner"}
 
 
 def __getattr__(name: str):

@@ -11,21 +11,23 @@ from smoe.bench.train import main as bench_train
 from smoe.data.corrupt import available_corruptions
 from smoe.layer import available_layers, layer_options, layer_summary
 from smoe.routing import available_routers, router_options, router_summary
-from smoe.workbench.analysis import ANALYSIS_FILE, analyze_run, format_analysis
-from smoe.workbench.claims import CLAIMS, COMPARISONS, DEFAULT_OUT, judge_folder, run_claims, write_summary
-from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
-from smoe.workbench.compare import __doc__ as compare_doc
-from smoe.workbench.data_parallel import ParallelConfig
-from smoe.workbench.embed_suite import main as eval_embed
-from smoe.workbench.evaluate import eval_file, evaluate_run, format_eval
-from smoe.workbench.export import columns_table, robustness_table, write_tables
-from smoe.workbench.grid import add_grid_arguments, grid_config
-from smoe.workbench.hints import thread_hint
-from smoe.workbench.report import write_report
-from smoe.workbench.run_config import resolve_config, resolve_config_file
-from smoe.workbench.runner import train_run
-from smoe.workbench.show import show_run
+from smoe.workbench.claims.claim import CLAIMS, COMPARISONS
+from smoe.workbench.claims.run import DEFAULT_OUT, judge_folder, run_claims, write_summary
+from smoe.workbench.grid.compare import CompareConfig, run_compare
+from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
+from smoe.workbench.report.comparison import write_report
+from smoe.workbench.report.export import columns_table, robustness_table, write_tables
+from smoe.workbench.report.show import show_run
+from smoe.workbench.run.analysis import ANALYSIS_FILE, analyze_run, format_analysis
+from smoe.workbench.run.config import resolve_config, resolve_config_file
+from smoe.workbench.run.embed_suite import main as eval_embed
+from smoe.workbench.run.entry import __doc__ as entry_doc
+from smoe.workbench.run.entry import parse_entries
+from smoe.workbench.run.evaluate import eval_file, evaluate_run, format_eval
+from smoe.workbench.run.runner import train_run
 from smoe.workbench.tasks import available_tasks, get_task
+from smoe.workbench.train.data_parallel import ParallelConfig
+from smoe.workbench.train.hints import thread_hint
 
 
 def cmd_routers(args: argparse.Namespace) -> int:
@@ -289,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_compare_parser(sub) -> None:
-    syntax = compare_doc.split("Entry syntax", 1)[1]
+    syntax = entry_doc.split("Entry syntax", 1)[1]
     p = sub.add_parser("compare", help="train, evaluate and analyse routers x seeds on a task; results + report",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="entry syntax" + syntax + "\n" + train_help(steps_note=False))

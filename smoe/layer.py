@@ -143,7 +143,7 @@ class MoE(nn.Module):
     Extra routing context (attention probabilities, token ids, the step, a generator) is passed as
     keyword arguments and reaches the router through `RoutingContext`.
     `routing_transform` (None by default) is applied to the router's Routing before dispatch; analyses use it
-    to override routing (e.g. `smoe.workbench.metrics.routing_override`).
+    to override routing (e.g. `smoe.workbench.measure.routing_metrics.routing_override`).
     num_shared_experts: always-active experts whose output is added to every real token's routed output
     (DeepSeekMoE / DeepSeek-V3), run as one expert of hidden num_shared_experts * hidden (the same function);
     shared_gate: scale that output by sigmoid(x w), w: (d,) (Qwen2-MoE's shared-expert gate).

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from smoe.cli import main
-from smoe.workbench.run_folder import LOCK_FILE
+from smoe.workbench.train.run_folder import LOCK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.d_model=16", "--set", "model.num_layers=1", "--set", "model.ffn_hidden=16",

@@ -76,8 +76,8 @@ def test_grouped_mm_and_loop_backends_agree_in_bf16(kind):
 
 
 def test_trainer_runs_and_resumes_on_cuda(tmp_path):
-    from smoe.workbench.run_config import resolve_config
-    from smoe.workbench.runner import train_run
+    from smoe.workbench.run.config import resolve_config
+    from smoe.workbench.run.runner import train_run
 
     config = resolve_config("digits", "tiny", router="vmoe", device="cuda", steps=20)
     result = train_run(config, tmp_path / "run", progress=False)

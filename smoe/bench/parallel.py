@@ -30,7 +30,7 @@ from smoe.bench.train import build_trainer
 from smoe.expert_parallel import ExpertParallelMoE
 from smoe.launch_local import LocalRunError, run_local
 from smoe.routing import available_routers
-from smoe.workbench.data_parallel import ParallelConfig
+from smoe.workbench.train.data_parallel import ParallelConfig
 
 FULL = {"N": 8192, "d": 512, "h": 1024, "E": 8, "k": 2}
 QUICK = {"N": 512, "d": 64, "h": 128, "E": 4, "k": 2}

@@ -26,14 +26,15 @@ from pathlib import Path
 import torch
 
 from smoe.bench import write_json
-from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
 from smoe.workbench.document import Table, render_markdown
-from smoe.workbench.grid import add_grid_arguments, grid_config
-from smoe.workbench.results import get, group_runs, is_finished, load_results, number
-from smoe.workbench.runner import load_run
-from smoe.workbench.stats import mdd, seeds_needed
+from smoe.workbench.grid.compare import CompareConfig, run_compare
+from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
+from smoe.workbench.measure.stats import mdd, seeds_needed
+from smoe.workbench.results.schema import get, group_runs, is_finished, load_results, number
+from smoe.workbench.results.verdicts import paired_comparisons
+from smoe.workbench.run.entry import parse_entries
+from smoe.workbench.run.runner import load_run
 from smoe.workbench.tasks.base import SampleScores
-from smoe.workbench.verdicts import paired_comparisons
 
 ENTRIES = "topk,xmoe,topk-noaux=topk:load_balance_coef=0.0"
 BASELINE = "topk"

@@ -24,10 +24,10 @@ import torch.distributed as dist
 from smoe.bench import write_json
 from smoe.data.batches import lm_batches
 from smoe.models import LM, LMConfig
-from smoe.workbench.data_parallel import ParallelConfig, prepare_model
-from smoe.workbench.run_config import check_device, resolve_config
+from smoe.workbench.run.config import check_device, resolve_config
 from smoe.workbench.tasks import get_task
-from smoe.workbench.trainer import StepOutput, Trainer
+from smoe.workbench.train.data_parallel import ParallelConfig, prepare_model
+from smoe.workbench.train.trainer import StepOutput, Trainer
 
 IMPLS = ("moe", "dense")
 

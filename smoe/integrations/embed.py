@@ -3,7 +3,7 @@
 Li & Zhou 2024, "Your Mixture-of-Experts LLM Is Secretly an Embedding Model for Free" (USMoE uses the same
 protocol): "hs" the last real token's last-layer hidden state, "rw" the last real token's router logits
 concatenated over the MoE layers, "moee" both (each z-scored over the batch). The offline evaluation suite
-behind `smoe eval-embed` is `smoe.workbench.embed_suite`.
+behind `smoe eval-embed` is `smoe.workbench.run.embed_suite`.
 
 Legend: B batch, T tokens, d hidden size, n documents.
 """

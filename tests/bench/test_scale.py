@@ -6,7 +6,7 @@ import math
 import pytest
 
 from smoe.bench.scale import main, scale_rows, table
-from smoe.workbench.stats import mdd, seeds_needed
+from smoe.workbench.measure.stats import mdd, seeds_needed
 
 
 def run(label, seed, perplexity, train_time=90.0):

@@ -3,7 +3,7 @@ import torch
 
 from smoe.integrations.embed import KINDS, embed_all, embeddings_from, last_token_index, smoe_lm_embedder
 from smoe.models import LM, LMConfig
-from smoe.workbench.embed_suite import (
+from smoe.workbench.run.embed_suite import (
     TASKS,
     SuiteData,
     classification_accuracy,
@@ -105,7 +105,7 @@ def test_eval_embed_cli_on_a_trained_run_and_a_tiny_hf_model(tmp_path, capsys):
 
 
 def test_eval_embed_bad_model(tmp_path):
-    from smoe.workbench.embed_suite import load_model
+    from smoe.workbench.run.embed_suite import load_model
 
     with pytest.raises(ValueError, match="neither a run directory"):
         load_model(str(tmp_path), 16)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from smoe.cli import main
-from smoe.workbench.analysis import ANALYSIS_FILE, analyze_run, format_analysis
-from smoe.workbench.evaluate import default_sweep, evaluate_run, inference_settings
-from smoe.workbench.metrics import coactivation
-from smoe.workbench.probe import probe_generator, route_probe
-from smoe.workbench.run_config import resolve_config
-from smoe.workbench.runner import load_run, train_run
+from smoe.workbench.measure.probe import probe_generator, route_probe
+from smoe.workbench.measure.routing_metrics import coactivation
+from smoe.workbench.run.analysis import ANALYSIS_FILE, analyze_run, format_analysis
+from smoe.workbench.run.config import resolve_config
+from smoe.workbench.run.evaluate import default_sweep, evaluate_run, inference_settings
+from smoe.workbench.run.runner import load_run, train_run
 
 DIGITS = ["model.d_model=16", "model.num_layers=2", "model.moe_every=1", "model.num_heads=2", "model.ffn_hidden=16",
           "train.batch_size=16", "data.probe_tokens=170", "train.eval_every=2", "train.schedule_steps=6",

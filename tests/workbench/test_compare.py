@@ -9,17 +9,12 @@ import signal
 import pytest
 
 from smoe.cli import main
-from smoe.workbench.compare import (
-    CompareConfig,
-    Entry,
-    GridProgress,
-    even_interval,
-    parse_entries,
-    parse_entry,
-    run_compare,
-)
-from smoe.workbench.report import summarize
-from smoe.workbench.results import load_results
+from smoe.workbench.grid.compare import CompareConfig, run_compare
+from smoe.workbench.grid.executors import GridProgress
+from smoe.workbench.report.comparison import summarize
+from smoe.workbench.results.schema import load_results
+from smoe.workbench.run.config import even_interval
+from smoe.workbench.run.entry import Entry, parse_entries, parse_entry
 
 TINY = ["model.d_model=16", "model.num_layers=2", "model.moe_every=1", "model.num_heads=2", "model.ffn_hidden=16",
         "train.batch_size=16", "train.log_every=1", "data.probe_tokens=340"]

@@ -28,11 +28,11 @@ from smoe.data.batches import lm_batches
 from smoe.expert_parallel import ExpertParallelMoE
 from smoe.launch_local import LocalRunError, run_local
 from smoe.models import LM, LMConfig
-from smoe.workbench.checkpoint import CheckpointError, checkpoint_steps
-from smoe.workbench.data_parallel import DataParallel, ParallelConfig, prepare_model, use_expert_parallel
-from smoe.workbench.run_config import resolve_config
-from smoe.workbench.runner import train_run
-from smoe.workbench.trainer import StepOutput, TrainConfig, Trainer
+from smoe.workbench.run.config import resolve_config
+from smoe.workbench.run.runner import train_run
+from smoe.workbench.train.checkpoint import CheckpointError, checkpoint_steps
+from smoe.workbench.train.data_parallel import DataParallel, ParallelConfig, prepare_model, use_expert_parallel
+from smoe.workbench.train.trainer import StepOutput, TrainConfig, Trainer
 
 W, BATCH, SEQ, VOCAB = 2, 4, 12, 13
 STREAM = torch.randint(0, VOCAB, (3000,), generator=torch.Generator().manual_seed(0))
@@ -376,7 +376,7 @@ def test_torchrun_trains_a_task_and_a_one_process_resume_is_refused(tmp_path, ca
     import yaml
 
     from smoe.cli import main
-    from smoe.workbench.probe import read_trace
+    from smoe.workbench.measure.probe import read_trace
 
     out = tmp_path / "run"
     args = ["train", "--task", "digits", "--steps", "2", "--no-progress", "--out", str(out),

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from smoe.workbench.evaluate import evaluate_model
-from smoe.workbench.run_config import resolve_config
-from smoe.workbench.runner import task_setup
+from smoe.workbench.run.config import resolve_config
+from smoe.workbench.run.evaluate import evaluate_model
+from smoe.workbench.run.runner import task_setup
 from smoe.workbench.tasks import get_task
 from smoe.workbench.tasks.base import SampleScores
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from smoe.cli import main
-from smoe.workbench.compare import CompareConfig, grid_runs, parse_entries, run_compare, run_one
-from smoe.workbench.executors import (
+from smoe.workbench.grid.compare import CompareConfig, grid_runs, run_compare, run_one
+from smoe.workbench.grid.executors import (
     CLUSTER_EXTRA,
     DaskCluster,
     GridProgress,
@@ -26,8 +26,9 @@ from smoe.workbench.executors import (
     Serial,
     trimming_workers,
 )
-from smoe.workbench.grid import GridConfig, auto_jobs, make_executor, parse_jobs, step_flops
-from smoe.workbench.results import load_results
+from smoe.workbench.grid.jobs import GridConfig, auto_jobs, make_executor, parse_jobs, step_flops
+from smoe.workbench.results.schema import load_results
+from smoe.workbench.run.entry import parse_entries
 
 TINY = ["model.d_model=16", "model.num_layers=2", "model.moe_every=1", "model.num_heads=2", "model.ffn_hidden=16",
         "train.batch_size=16", "train.log_every=1", "data.probe_tokens=340"]
@@ -60,7 +61,8 @@ def logged_steps(run_dir: Path) -> list[int]:
 def no_report():
     """The report is test_report's business; rendering it (plots of every run) would take most of this file's time."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("smoe.workbench.compare.write_report", lambda out: SimpleNamespace(html=Path(out) / "r.html"))
+        patch.setattr("smoe.workbench.grid.compare.write_report",
+                      lambda out: SimpleNamespace(html=Path(out) / "r.html"))
         yield
 
 
@@ -109,7 +111,8 @@ def test_a_local_dask_cluster_gives_the_serial_runs_and_reruns_a_killed_worker(t
     pytest.importorskip("distributed")
     out = tmp_path / "cmp"
     # what the workers run: the first attempt at topk s0 dies at step 4 (pickled by reference: this module's function)
-    monkeypatch.setattr("smoe.workbench.compare.run_one", functools.partial(run_one_killed_once, tmp_path / "killed"))
+    monkeypatch.setattr("smoe.workbench.grid.compare.run_one",
+                        functools.partial(run_one_killed_once, tmp_path / "killed"))
     result = run_compare(config(out), progress=False, grid=GridConfig(cluster="local:2", threads=1))
     assert (tmp_path / "killed").exists()  # the worker died; its nanny started another, Dask ran the task again
     assert result.failed == [] and result.interrupted is None and numbers(out) == serial
@@ -141,7 +144,7 @@ def test_a_killed_worker_fails_its_run_and_a_rerun_finishes_the_grid(tmp_path, s
     assert all(outcomes[i].value["status"] == "done" for i in (1, 2, 3))
 
     monkeypatch.setattr(Steps, "reported", {}, raising=False)
-    monkeypatch.setattr("smoe.workbench.compare.GridProgress", Steps)
+    monkeypatch.setattr("smoe.workbench.grid.compare.GridProgress", Steps)
     result = run_compare(config(out), progress=False, grid=GridConfig(jobs=2, threads=1))
     assert result.failed == [] and numbers(out) == serial
     assert Steps.reported == {0: [4, 5, 6]}  # only the killed run trained, from its checkpoint at step 3
@@ -221,7 +224,7 @@ def test_step_flops_counts_one_training_step_and_leaves_the_random_state():
 
 
 def test_make_executor(monkeypatch):
-    monkeypatch.setattr("smoe.workbench.grid.available_cores", lambda: 8)
+    monkeypatch.setattr("smoe.workbench.grid.jobs.available_cores", lambda: 8)
     assert isinstance(make_executor(GridConfig(), 4, pytest.fail), Serial)
     local = make_executor(GridConfig(jobs=2), 4, pytest.fail)
     assert isinstance(local, LocalProcesses) and (local.jobs, local.threads) == (2, 4)

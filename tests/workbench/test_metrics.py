@@ -5,8 +5,8 @@ import torch
 
 from smoe import MoE, MoEStats, Routing
 from smoe.blocks import Block, BlockConfig, run_blocks
-from smoe.workbench.instrumentation import record_routing, routing_override, top_expert_sensitivity
-from smoe.workbench.metrics import (
+from smoe.workbench.measure.instrumentation import record_routing, routing_override, top_expert_sensitivity
+from smoe.workbench.measure.routing_metrics import (
     ExpertLoad,
     active_experts,
     assignment_fluctuation,

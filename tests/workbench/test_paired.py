@@ -6,13 +6,14 @@ import math
 import pytest
 import torch
 
-from smoe.workbench.columns import is_compared
-from smoe.workbench.compare import CompareConfig, parse_entries, run_compare
-from smoe.workbench.results import load_results
-from smoe.workbench.run_config import resolve_config
-from smoe.workbench.runner import task_setup
-from smoe.workbench.trainer import Trainer
-from smoe.workbench.verdicts import seed_values
+from smoe.workbench.grid.compare import CompareConfig, run_compare
+from smoe.workbench.results.columns import is_compared
+from smoe.workbench.results.schema import load_results
+from smoe.workbench.results.verdicts import seed_values
+from smoe.workbench.run.config import resolve_config
+from smoe.workbench.run.entry import parse_entries
+from smoe.workbench.run.runner import task_setup
+from smoe.workbench.train.trainer import Trainer
 
 VIT = ["model.d_model=16", "model.num_layers=2", "model.moe_every=1", "model.num_heads=2", "model.ffn_hidden=16",
        "train.batch_size=16", "train.log_every=1"]

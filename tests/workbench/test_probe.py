@@ -8,8 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from smoe import MoE
-from smoe.workbench.metrics import routing_fluctuation
-from smoe.workbench.probe import (
+from smoe.workbench.measure.probe import (
     TRACE_FILE,
     Probe,
     layer_snapshot,
@@ -19,8 +18,9 @@ from smoe.workbench.probe import (
     snapshot_fluctuation,
     spread,
 )
-from smoe.workbench.run_config import resolve_config
-from smoe.workbench.runner import train_run
+from smoe.workbench.measure.routing_metrics import routing_fluctuation
+from smoe.workbench.run.config import resolve_config
+from smoe.workbench.run.runner import train_run
 
 DIGITS = ["model.d_model=16", "model.num_layers=2", "model.moe_every=1", "model.num_heads=2", "model.ffn_hidden=16",
           "train.batch_size=16", "data.probe_tokens=170", "train.eval_every=2", "train.checkpoint_every=2",

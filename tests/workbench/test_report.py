@@ -8,8 +8,8 @@ import re
 import pytest
 
 from smoe.cli import main
-from smoe.workbench.report import Stat, format_number, format_stat, summarize, write_report
-from smoe.workbench.results import load_results
+from smoe.workbench.report.comparison import Stat, format_number, format_stat, summarize, write_report
+from smoe.workbench.results.schema import load_results
 
 PLOTS = {"curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent", "forest"}
 
@@ -340,7 +340,7 @@ def test_runs_are_grouped_by_label_not_router(tmp_path):
 
 
 def test_compact_tables_for_docs(tmp_path, capsys):
-    from smoe.workbench.export import columns_table, robustness_table
+    from smoe.workbench.report.export import columns_table, robustness_table
 
     results = make_results()
     md = columns_table(results, ["final.metric", "routing.load_cv"])

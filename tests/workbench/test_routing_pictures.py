@@ -10,9 +10,8 @@ import torch
 
 import smoe
 from smoe.cli import main
-from smoe.workbench.analysis import analyze_run
-from smoe.workbench.report import write_report
-from smoe.workbench.routing_plots import (
+from smoe.workbench.report.comparison import write_report
+from smoe.workbench.report.routing_plots import (
     decoder_groups,
     expert_color,
     load_over_training,
@@ -21,9 +20,10 @@ from smoe.workbench.routing_plots import (
     token_text,
     weight_heatmaps,
 )
-from smoe.workbench.routing_view import PER_EXPERT, read_view
-from smoe.workbench.run_config import resolve_config
-from smoe.workbench.runner import load_run, train_run
+from smoe.workbench.run.analysis import analyze_run
+from smoe.workbench.run.config import resolve_config
+from smoe.workbench.run.routing_view import PER_EXPERT, read_view
+from smoe.workbench.run.runner import load_run, train_run
 
 SMALL = ["model.d_model=16", "model.num_heads=2", "model.ffn_hidden=16", "train.eval_every=2"]
 FAMILIES = {  # family: (task, overrides); every run trains 4 steps, its routing is traced at steps 2 and 4

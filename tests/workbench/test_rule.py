@@ -1,4 +1,4 @@
-"""smoe.workbench.rule: the verdict rule as one (test, family, level, adjustment, margin): the degenerate cases
+"""smoe.workbench.measure.rule: the verdict rule as one (test, family, level, adjustment, margin): the degenerate cases
 that must not resolve, diverged seeds, margins, and intervals that never disagree with their verdicts."""
 
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from smoe.workbench import power as pw
-from smoe.workbench.rule import Margin, Pair, Rule, compare_all, comparison_outcomes, judge, paired
+from smoe.workbench.measure import power as pw
+from smoe.workbench.measure.rule import Margin, Pair, Rule, compare_all, comparison_outcomes, judge, paired
 
 T_975_DF2 = 4.302652729749464  # t_{0.975, 2}
 

@@ -10,12 +10,16 @@ import warnings
 import pytest
 from torch import nn
 
-from smoe.workbench import analysis, compare, evaluate, trainer
-from smoe.workbench.checkpoint import CheckpointError, checkpoint_path, state_digest
-from smoe.workbench.compare import Entry, collect_run
-from smoe.workbench.probe import RoutingTrace, read_trace
-from smoe.workbench.run_config import resolve_config
-from smoe.workbench.run_folder import (
+from smoe.workbench.grid import compare
+from smoe.workbench.measure.probe import RoutingTrace, read_trace
+from smoe.workbench.results.record import collect_run
+from smoe.workbench.run import analysis, evaluate
+from smoe.workbench.run.config import resolve_config
+from smoe.workbench.run.entry import Entry, parse_entries
+from smoe.workbench.run.runner import train_run
+from smoe.workbench.train import trainer
+from smoe.workbench.train.checkpoint import CheckpointError, checkpoint_path, state_digest
+from smoe.workbench.train.run_folder import (
     LOCK_FILE,
     DamagedFileError,
     FolderBusyError,
@@ -26,7 +30,6 @@ from smoe.workbench.run_folder import (
     read_yaml,
     remove_temp_files,
 )
-from smoe.workbench.runner import train_run
 from tests.workbench.test_probe import DIGITS
 from tests.workbench.test_trainer import make_trainer, records, same, state
 
@@ -213,9 +216,9 @@ def test_compare_records_a_run_with_damaged_files_as_failed(tmp_path):
 
 def test_a_damaged_run_folder_fails_its_run_and_the_grid_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "train_one", lambda run, run_dir, progress: None)
-    monkeypatch.setattr(compare, "evaluate_one", lambda config, run, run_dir, say: None)
+    monkeypatch.setattr(compare, "evaluate_one", lambda run, run_dir, request, device, say: None)
     monkeypatch.setattr(compare, "write_report", lambda out: type("F", (), {"html": out / "report.html"}))
-    config = compare.CompareConfig(task="digits", entries=compare.parse_entries("topk,vmoe"), out=str(tmp_path),
+    config = compare.CompareConfig(task="digits", entries=parse_entries("topk,vmoe"), out=str(tmp_path),
                                    seeds=1, steps=2)
     for name, final in (("topk", '{"step": 2, "test": {"accuracy": 0.5}}'), ("vmoe", '{"step": 2, "te')):
         (tmp_path / "runs" / f"{name}-s0").mkdir(parents=True)

@@ -4,11 +4,11 @@ import pytest
 import yaml
 
 from smoe.cli import main
-from smoe.workbench.compare import comparable
-from smoe.workbench.hints import thread_hint
-from smoe.workbench.run_config import parse_value, resolve_config, resolve_config_file
-from smoe.workbench.runner import train_run
-from smoe.workbench.trainer import TrainConfig
+from smoe.workbench.run.config import parse_value, resolve_config, resolve_config_file
+from smoe.workbench.run.lifecycle import comparable
+from smoe.workbench.run.runner import train_run
+from smoe.workbench.train.hints import thread_hint
+from smoe.workbench.train.trainer import TrainConfig
 
 
 def test_values_parse_as_yaml_with_exponent_floats():

@@ -1,4 +1,4 @@
-"""smoe.workbench.stats: the two tests against hand-computed values and brute force, their intervals as the values
+"""smoe.workbench.measure.stats: the two tests against hand-computed values and brute force, their intervals as the values
 they do not reject, the adjustments and the levels they judge at, the probability of improvement, bootstrap noise."""
 
 import itertools
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from smoe.workbench.stats import (
+from smoe.workbench.measure.stats import (
     adjust,
     bootstrap_sd,
     dominant_noise,

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from smoe.workbench.run_config import resolve_config
-from smoe.workbench.runner import train_run
+from smoe.workbench.run.config import resolve_config
+from smoe.workbench.run.runner import train_run
 from smoe.workbench.tasks import available_tasks, get_task
 from smoe.workbench.tasks.text import eval_windows, next_token_loss, unigram_perplexity
 
@@ -68,7 +68,7 @@ def test_task_trains_and_evaluates(task, tmp_path, text_file):
 
 @pytest.mark.parametrize("task", ["lm-bbc", "text", "cls-bbc", "digits", "mnist1d", "sketch-vae"])
 def test_task_probe_labels_every_routed_token_and_level_zero_is_clean(task, text_file):
-    from smoe.workbench.probe import route_probe
+    from smoe.workbench.measure.probe import route_probe
 
     t = get_task(task)
     small = [o for o in overrides(task, text_file) if not o.startswith("encoder_channels")]  # VAE: no dead ReLUs

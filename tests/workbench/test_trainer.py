@@ -10,8 +10,8 @@ import yaml
 
 from smoe.data.batches import lm_batches
 from smoe.models import LM, LMConfig
-from smoe.workbench.checkpoint import CheckpointError, checkpoint_steps
-from smoe.workbench.trainer import StepOutput, TrainConfig, Trainer, config_differences
+from smoe.workbench.train.checkpoint import CheckpointError, checkpoint_steps
+from smoe.workbench.train.trainer import StepOutput, TrainConfig, Trainer, config_differences
 
 STREAM = torch.randint(0, 13, (2000,), generator=torch.Generator().manual_seed(0))
 

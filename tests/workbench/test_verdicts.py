@@ -1,4 +1,4 @@
-"""smoe.workbench.verdicts and the report's verdict section on hand-made results: pairing by seed, interval,
+"""smoe.workbench.results.verdicts and the report's verdict section on hand-made results: pairing by seed, interval,
 p-value, Holm over entries, verdict wording per direction, noise, baseline choice, version 1 files."""
 
 import json
@@ -7,8 +7,8 @@ import math
 import pytest
 
 from smoe.cli import main
-from smoe.workbench.report import write_report
-from smoe.workbench.verdicts import (
+from smoe.workbench.report.comparison import write_report
+from smoe.workbench.results.verdicts import (
     beats_every_other,
     noise,
     paired_comparisons,

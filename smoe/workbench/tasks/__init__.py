@@ -1,7 +1,7 @@
 """The task registry: each task names its data, its model builder, its loss and its metric, with presets.
 
 The Trainer knows no task; `smoe train` (and `smoe compare`) look a task up here, resolve a `RunConfig` from a
-preset plus overrides (`workbench.run_config`) and call `task.setup(run)` for the model, batches, loss and evaluation.
+preset plus overrides (`workbench.run.config`) and call `task.setup(run)` for the model, batches, loss and evaluation.
 Adding a task is one `@register_task(name)` factory in the module of its family.
 
 | task | data (smoe/data) | model | loss | metric |

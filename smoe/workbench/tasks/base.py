@@ -13,9 +13,9 @@ from torch import Tensor, nn
 
 from smoe.data.batches import tensor_batches
 from smoe.registry import Registry
-from smoe.workbench.probe import Probe, probe_batches, spread
-from smoe.workbench.stats import bootstrap_sd
-from smoe.workbench.trainer import StepOutput
+from smoe.workbench.measure.probe import Probe, probe_batches, spread
+from smoe.workbench.measure.stats import bootstrap_sd
+from smoe.workbench.train.trainer import StepOutput
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class TaskSetup:
 
     evaluate(model, split, generator, corruption=None, seed=0): the task metrics on a split; corruption "NAME:LEVEL"
     (`smoe.data.corrupt`) corrupts the split's inputs first, with a generator seeded by `seed`.
-    probe: the fixed held-out set of the routing analytics (`workbench.probe`), None when data.probe_tokens is 0.
+    probe: the fixed held-out set of the routing analytics (`workbench.measure.probe`), None when data.probe_tokens
+    is 0.
     scores(model, split, generator): the clean headline metric of the split as per-sample parts (`SampleScores`,
     for a bootstrap of its evaluation noise); None when the task has none.
     """

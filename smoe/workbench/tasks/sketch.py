@@ -16,9 +16,9 @@ from smoe.data.batches import tensor_batches
 from smoe.data.corrupt import corrupt
 from smoe.data.sketch import SKETCH_CLASSES, generate_sketches, load_quickdraw
 from smoe.models import SMoEVAE, VAEConfig
-from smoe.workbench.probe import Probe, probe_batches, spread
+from smoe.workbench.measure.probe import Probe, probe_batches, spread
 from smoe.workbench.tasks.base import SampleScores, Task, TaskSetup, model_device, register_task
-from smoe.workbench.trainer import StepOutput
+from smoe.workbench.train.trainer import StepOutput
 
 
 @dataclass

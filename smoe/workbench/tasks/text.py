@@ -16,7 +16,7 @@ from smoe.data.bbc import load_bbc
 from smoe.data.corrupt import corrupt, corrupt_tokens
 from smoe.data.text import TextCorpus, classification_tensors, get_tokenizer, lm_streams, load_text, stream_labels
 from smoe.models import LM, LMConfig
-from smoe.workbench.probe import Probe, probe_batches, spread
+from smoe.workbench.measure.probe import Probe, probe_batches, spread
 from smoe.workbench.tasks.base import (
     SampleScores,
     Task,
@@ -28,7 +28,7 @@ from smoe.workbench.tasks.base import (
     model_device,
     register_task,
 )
-from smoe.workbench.trainer import StepOutput
+from smoe.workbench.train.trainer import StepOutput
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TextDataConfig:
     line (separator); vocab_size: BPE vocabulary trained on the train split (cached); seq_len: tokens per
     training window (LM) or first tokens kept per document (classification); eval_tokens: cap on the tokens
     scored per evaluation (0 = the whole split); probe_tokens: size of the probe set of the routing analytics
-    (`smoe.workbench.probe`: valid windows or documents spread over the split; 0 = no analytics)."""
+    (`smoe.workbench.measure.probe`: valid windows or documents spread over the split; 0 = no analytics)."""
 
     path: str | None = None
     separator: str = "blank_line"

@@ -22,7 +22,7 @@ from smoe.workbench.tasks.base import (
     classify_step,
     register_task,
 )
-from smoe.workbench.trainer import StepOutput
+from smoe.workbench.train.trainer import StepOutput
 
 
 @dataclass

@@ -1,0 +1,189 @@
+"""`smoe compare`: entries (`workbench.run.entry`: a router with options and config overrides) x seeds on one task,
+each trained through the Trainer into DIR/runs/<label>-s<seed>/, evaluated clean and corrupted, analysed
+(`workbench.run.lifecycle`), gathered into DIR/results.json (`workbench.results.record`, with the paired
+statistics against the baseline entry of `workbench.results.verdicts`) and rendered as DIR/report.md and
+DIR/report.html (`workbench.report.comparison.write_report`), on the executor `--jobs` / `--cluster` choose
+(`workbench.grid.jobs`).
+
+Resumable: a run with final.json (and its analysis and evaluation) is skipped, a run with a checkpoint is
+resumed, a run folder without one starts over; a run folder written with another configuration is an error.
+The comparison folder and each run folder have one writer (`workbench.train.run_folder.hold_folder`); a run whose
+files are damaged is recorded as failed and the grid goes on.
+`--steps N` compresses the preset's schedule to N steps (`workbench.run.config.compressed_schedule`); --set and
+entry overrides still win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smoe._validate import check_choice, check_int
+from smoe.workbench.grid.executors import GridProgress, Outcome, StepCallback
+from smoe.workbench.grid.jobs import GridConfig, describe, make_executor, step_flops
+from smoe.workbench.report.comparison import write_report
+from smoe.workbench.results.record import collect_run, write_results
+from smoe.workbench.run.config import RunConfig, compressed_schedule, resolve_config
+from smoe.workbench.run.entry import Entry
+from smoe.workbench.run.evaluate import default_sweep
+from smoe.workbench.run.lifecycle import check_same_config, evaluate_one, steps_done, train_one
+from smoe.workbench.tasks import get_task
+from smoe.workbench.train.run_folder import hold_folder
+
+
+@dataclass
+class CompareConfig:
+    """A comparison. corruptions: None = the task's default sweep (`workbench.run.evaluate.default_sweep`), [] = none;
+    capacities: test-time capacity ratios to evaluate (with BPR on and off for routers that have it); baseline: the
+    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry)."""
+
+    task: str
+    entries: list[Entry]
+    out: str
+    seeds: int = 3
+    preset: str = "tiny"
+    steps: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    corruptions: list[str] | None = None
+    capacities: list[float] = field(default_factory=list)
+    bpr: str = "both"
+    baseline: str | None = None
+
+    def __post_init__(self):
+        get_task(self.task)
+        check_int("seeds", self.seeds, low=1)
+        if self.steps is not None:
+            check_int("steps", self.steps, low=1)
+        check_choice("bpr", self.bpr, ("both", "on", "off"))
+        if not self.entries:
+            raise ValueError("entries must hold at least one Entry")
+        labels = [entry.label for entry in self.entries]
+        if self.baseline is None:
+            self.baseline = labels[0]
+        elif self.baseline not in labels:
+            raise ValueError(f"baseline must be the label of an entry ({', '.join(labels)}); got {self.baseline!r}")
+
+    def schedule_overrides(self) -> list[str]:
+        """--steps N as overrides (`compressed_schedule`); none without --steps."""
+        return [] if self.steps is None else compressed_schedule(self.task, self.preset, self.steps)
+
+    def eval_request(self) -> dict:
+        """What `evaluate_one` evaluates every trained run on: corruptions (the task's default sweep when None),
+        test-time capacities, BPR on/off."""
+        corruptions = default_sweep(get_task(self.task).corruptions) if self.corruptions is None else self.corruptions
+        return {"corruptions": corruptions, "capacities": self.capacities, "bpr": self.bpr}
+
+    def run_config(self, entry: Entry, seed: int):
+        overrides = [*self.schedule_overrides(), *self.overrides, *entry.config_overrides()]
+        try:
+            return resolve_config(self.task, self.preset, router=entry.router, seed=seed, device=self.device,
+                                  overrides=overrides)
+        except ValueError as e:
+            raise ValueError(f"entry {entry.label!r}: {e}") from e
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One run of a comparison: what a worker needs to train, evaluate and collect it (picklable)."""
+
+    config: CompareConfig
+    entry: Entry
+    seed: int
+    run: RunConfig
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.entry.label} s{self.seed}"
+
+
+def grid_runs(config: CompareConfig) -> list[GridRun]:
+    """Every (entry, seed) of `config` in seed-major order (an interrupted grid still has every entry of the first
+    seeds); every configuration is resolved, and every existing run folder checked against it, before anything
+    is trained or written."""
+    out = Path(config.out)
+    grid = [GridRun(config, entry, seed, config.run_config(entry, seed), out / "runs" / f"{entry.folder}-s{seed}")
+            for seed in range(config.seeds) for entry in config.entries]
+    for one in grid:
+        if (one.run_dir / "config.yaml").exists():
+            check_same_config(one.run, one.run_dir)
+    return grid
+
+
+def run_one(one: GridRun, report: StepCallback) -> Outcome:
+    """Train, evaluate and analyse one run, holding its folder (`report(step)` after every training step); its
+    record in results.json. A run that raises is "failed" with its error; an interrupted training (checkpoint
+    written) is "skipped"."""
+    interrupted = None
+    try:
+        with hold_folder(one.run_dir):
+            interrupted = train_one(one.run, one.run_dir, report)
+            if interrupted is None:
+                evaluate_one(one.run, one.run_dir, one.config.eval_request(), one.config.device, report)
+        status, error = ("skipped", "interrupted") if interrupted is not None else ("done", None)
+    except Exception as e:  # one failed run must not stop the grid
+        status, error = "failed", f"{type(e).__name__}: {e}"
+    record = collect_run(one.entry, one.seed, one.run_dir, Path(one.config.out),
+                         get_task(one.config.task).metric_key, status, error)
+    return Outcome(record, interrupted=interrupted)
+
+
+@dataclass
+class CompareResult:
+    results: Path
+    report: Path | None
+    failed: list[str]
+    interrupted: int | None  # the signal that stopped the grid
+
+
+def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
+                grid: GridConfig | None = None) -> CompareResult:
+    """Train, evaluate and analyse every (entry, seed) of `config` on the executor `grid` says (default: one run
+    after another in this process; `smoe.workbench.grid.jobs`), then write results.json and the report. results.json is
+    rewritten as runs end. A run that raises is recorded as failed and the grid goes on; an interrupted grid
+    (SIGINT/SIGTERM: running trainings checkpoint and stop) records the runs not done as skipped. The comparison
+    folder is held (one writer) throughout, each run folder by the process that runs it."""
+
+    runs = grid_runs(config)
+    done = [min(steps_done(t.run_dir), t.run.train.steps) for t in runs]
+    left = [t for t, d in zip(runs, done) if d < t.run.train.steps]
+    executor = make_executor(grid or GridConfig(), len(left), lambda: step_flops(left[0].run))
+    with hold_folder(config.out):
+        return _run_grid(config, command, progress, runs, done, executor)
+
+
+def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[GridRun], done: list[int],
+              executor) -> CompareResult:
+    out = Path(config.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    metric_key = get_task(config.task).metric_key
+    bar = GridProgress([t.name for t in runs], [t.run.train.steps for t in runs], done, progress)
+    if progress:
+        bar.write(f"smoe compare: {len(runs)} runs, {sum(d < t.run.train.steps for t, d in zip(runs, done))} to "
+                  f"train; {describe(executor)}")
+    records: dict[int, dict] = {}
+    failed = []
+    try:
+        for i, outcome in executor.run(run_one, runs, bar):
+            one = runs[i]
+            record = outcome.value or collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "failed",
+                                                  outcome.error)
+            if record["status"] == "failed":
+                failed.append(f"{one.name}: {record['error']}")
+                bar.write(f"smoe compare: {one.entry.label} seed {one.seed} failed: {record['error']}")
+            records[i] = record
+            _write(config, [records[j] for j in sorted(records)], command)
+    finally:
+        bar.close()
+    for i, one in enumerate(runs):  # what the executor did not finish: the grid was interrupted
+        records.setdefault(i, collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "skipped",
+                                          "not finished: the comparison was interrupted"))
+    path = _write(config, [records[i] for i in sorted(records)], command)
+    report = None if executor.interrupted is not None else write_report(out).html
+    return CompareResult(results=path, report=report, failed=failed, interrupted=executor.interrupted)
+
+
+def _write(config: CompareConfig, records: list[dict], command: str) -> Path:
+    return write_results(config.out, config.task, config.preset, config.device,
+                         [entry.label for entry in config.entries], config.baseline, records, command)
