@@ -1,5 +1,6 @@
-"""smoe.workbench.measure.stats: the two tests against hand-computed values and brute force, their intervals as the values
-they do not reject, the adjustments and the levels they judge at, the probability of improvement, bootstrap noise."""
+"""smoe.workbench.measure.stats: the two tests against hand-computed values and brute force, their intervals as the
+values they do not reject, the adjustments and the levels they judge at, the probability of improvement, bootstrap
+noise."""
 
 import itertools
 import math

@@ -227,12 +227,14 @@ class Pair:
     None: no run at that seed (the pair is left out); nan or inf: the run diverged or failed (the pair stays in the
     count and rules out the verdicts in that side's favour). higher_is_better None: a column without a good side.
     outcomes: the verdicts to read (None: `comparison_outcomes`); a claim passes its own (supported / contradicted).
+    margin: this member's own margin (None: the rule's), for a family whose members have different units.
     """
 
     entry: Sequence[float | None]
     baseline: Sequence[float | None]
     higher_is_better: bool | None = True
     outcomes: tuple[Outcome, ...] | None = None
+    margin: Margin | None = None
 
     def __post_init__(self):
         if len(self.entry) != len(self.baseline):
@@ -293,8 +295,9 @@ def _prepare(pair: Pair, rule: Rule) -> tuple[_Member, dict]:
     sign = -1.0 if pair.higher_is_better is False else 1.0
     base_mean = float(np.mean([b for _, b in finite])) if finite else math.nan
     scale = max((max(abs(e), abs(b)) for e, b in finite), default=0.0)
-    use_margin = rule.margin is not None and pair.higher_is_better is not None
-    delta = float(rule.margin.absolute(base_mean)) if use_margin else None
+    margin = pair.margin or rule.margin
+    use_margin = margin is not None and pair.higher_is_better is not None
+    delta = float(margin.absolute(base_mean)) if use_margin else None
     outcomes = pair.outcomes or comparison_outcomes(pair.higher_is_better, use_margin)
     only_entry, only_base = set(diverged) - set(baseline_diverged), set(baseline_diverged) - set(diverged)
     blocked = frozenset(j for j, (_, statements) in enumerate(outcomes) for side, _ in statements
@@ -304,7 +307,7 @@ def _prepare(pair: Pair, rule: Rule) -> tuple[_Member, dict]:
     member = _Member(g, None if delta is None else np.array([delta]), outcomes, blocked)
     scores = [sign * x for x in d] + [-math.inf] * len(only_entry) + [math.inf] * len(only_base)
     scores += [math.nan] * (len(set(diverged) & set(baseline_diverged)))
-    info = {"d": d, "sign": sign, "base_mean": base_mean, "delta": delta, "diverged": diverged,
+    info = {"d": d, "sign": sign, "base_mean": base_mean, "delta": delta, "margin": margin, "diverged": diverged,
             "baseline_diverged": baseline_diverged, "scores": scores, "paired": len(kept),
             "flat": d.size >= 2 and g.std() == 0}
     return member, info
@@ -354,7 +357,7 @@ def judge(pairs: Mapping[K, Pair], rule: Rule = Rule()) -> dict[K, PairedResult]
             n=n, differences=tuple(d.tolist()), mean=mean, sd=sd, test=test, p_value=float(p_res[0, i]),
             p_adjusted=float(p_adj[0, i]), level=float(level[0, i]), ci_low=float(low), ci_high=float(high),
             verdict=names[chosen[0, i]], family=rule.family, family_size=m, adjustment=rule.adjustment,
-            alpha=rule.alpha, margin=info["delta"], margin_spec=None if info["delta"] is None else str(rule.margin),
+            alpha=rule.alpha, margin=info["delta"], margin_spec=None if info["delta"] is None else str(info["margin"]),
             d_z=mean / flat_sd if flat_sd > 0 else math.nan,
             relative=100 * mean / abs(info["base_mean"]) if info["base_mean"] else math.nan,
             prob_improvement=pi[0], prob_improvement_low=pi[1], prob_improvement_high=pi[2],

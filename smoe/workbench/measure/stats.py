@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -44,7 +44,7 @@ def exact_floor(n: int) -> float:
     return 2.0 / 2.0**n
 
 
-@lru_cache(maxsize=None)
+@cache
 def _splits(n: int) -> np.ndarray:
     """(S, n) membership (1.0 / 0.0) of the first half of every split of n seeds into two non-empty halves; seed 0 is
     always in the first half, S = 2^(n-1) - 1."""
@@ -83,7 +83,8 @@ def shift_p(g: np.ndarray, c: np.ndarray, test: Test) -> np.ndarray:
     n, tie = g.shape[1], _tie(g)
     if test == "sign-flip":
         lo, hi = _half_means(g)
-        inside = (lo[:, :, None] - tie[:, :, None] <= c[:, None, :]) & (c[:, None, :] <= hi[:, :, None] + tie[:, :, None])
+        tie = tie[:, :, None]
+        inside = (lo[:, :, None] - tie <= c[:, None, :]) & (c[:, None, :] <= hi[:, :, None] + tie)
         return exact_floor(n) * (1 + inside.sum(axis=1))
     mean, sd, se = _moments(g)
     with np.errstate(divide="ignore", invalid="ignore"):
