@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+from scipy import stats as st
 
 from smoe.cli import main
 from smoe.workbench.claims.run import judge_folder, write_claims_across
@@ -57,7 +58,7 @@ def test_sentence_is_the_relative_difference_with_its_interval_verdict_and_seeds
                                          f"{high:.1f}], better, 3 seeds.")
     # a recorded comparison (schema 3) gives the relative mean, the margin, the level and the diverged seeds
     c = {"n": 5, "mean": -4.0, "ci_low": -6.0, "ci_high": -2.0, "relative": -2.0, "verdict": "equivalent",
-         "margin": 1.0, "margin_spec": "2%", "level": 0.025, "diverged": [3]}
+         "margin": 1.0, "margin_spec": "2%", "level": 0.025, "diverged_seeds": [3]}
     recorded = {**results, "comparisons": {"final.metric": {"xmoe": c}}}
     assert sentence(recorded, "xmoe") == ("xmoe: 2.0 % lower perplexity than topk [1.0, 3.0], equivalent within a "
                                           "margin of ±2%, 5 seeds, 1 diverged.")
@@ -71,8 +72,9 @@ def test_first_screen_order_and_units_in_headings(tmp_path):
     md = write_report(results, tmp_path, vector=False).markdown.read_text()
     first = md.index("xmoe: 3.6 % lower perplexity than topk")
     assert md.index("# Router comparison") < first < md.index("## Verdicts against topk") < md.index("## Evidence")
-    assert ("### perplexity (lower is better): entry - topk in perplexity, 95 % intervals, p Holm-adjusted, no margin "
-            "set") in md
+    # two entries in the headline family: Bonferroni, each interval at 1 - 0.05 / 2
+    assert ("### perplexity (lower is better): entry - topk in perplexity, intervals at 97.5 %, p Bonferroni-adjusted, "
+            "no margin") in md
     method = md.index("<details><summary>Method: how the verdicts are reached</summary>")
     assert md.index("## Verdicts against topk") < method < md.index("## Evidence") < md.index("## The comparison")
     html = (tmp_path / "report.html").read_text()
@@ -149,12 +151,10 @@ def test_paired_difference_curve_by_hand():
     assert curve[20] == (-0.5, pytest.approx(T_975_DF1 / 2), 2)
 
 
-def test_probability_of_improvement_read_from_the_verdict_or_from_the_differences():
+def test_probability_of_improvement_is_the_recorded_one():
     recorded = {"prob_improvement": 0.8, "prob_improvement_low": 0.5, "prob_improvement_high": 1.0}
-    assert improvement_of(recorded, True) == (0.8, 0.5, 1.0)
-    estimate, low, high = improvement_of({"differences": [-3.0, -4.0, 1.0, 0.0]}, False)  # lower is better
-    assert estimate == pytest.approx((1 + 1 + 0 + 0.5) / 4) and 0 <= low <= estimate <= high <= 1
-    assert improvement_of({"differences": [1.0]}, None) is None
+    assert improvement_of(recorded) == (0.8, 0.5, 1.0)
+    assert improvement_of({"prob_improvement": None}) is None
 
 
 def test_evidence_pictures_are_drawn_with_captions_that_say_what_is_paired(tmp_path):
@@ -215,10 +215,13 @@ def test_latex_holds_the_verdicts_and_the_seeds_and_parses(exported):
     tex = (exported / "tables.tex").read_text()
     cells = check_latex(tex)
     assert tex.index("Verdicts against topk: perplexity (lower is better)") < tex.index("Per seed:")
-    verdicts = {row[0]: row for row in cells if len(row) == 8 and row[0] != "entry"}
-    # xmoe: seeds 0, 2 paired (seed 1 diverged): -3, -5; vmoe\_k1: -1, +1, +1
-    assert verdicts["xmoe"][:2] == ["xmoe", "2"] and verdicts["xmoe"][5] == "not resolved"
-    assert verdicts[r"vmoe\_k1"][2].startswith("+0.3333 [")
+    verdicts = {row[0]: row for row in cells if len(row) == 10 and row[0] != "entry"}
+    # xmoe: seeds 0, 2 paired, seed 1 diverged: -3, -5 over topk's 100, 120; two seeds: no interval, no verdict
+    assert verdicts["xmoe"][:4] == ["xmoe", "2, diverged 1", r"-4 (-3.6 \%)", "unbounded"]
+    assert verdicts["xmoe"][5] == "not resolved (fewer than 3 paired seeds; diverged 1 of 3)"
+    # vmoe\_k1: -1, +1, +1: mean 1/3, sd / sqrt(3) = 2/3, interval at 1 - 0.05 / 2 (Bonferroni over the two entries)
+    half = st.t.ppf(1 - 0.025 / 2, 2) * 2 / 3
+    assert verdicts[r"vmoe\_k1"][2:4] == [r"+0.3333 (+0.3 \%)", f"[{1 / 3 - half:.3f}, +{1 / 3 + half:.3f}] (97.5 \\%)"]
     seeds = [row for row in cells if len(row) == 6 and row[0] != "entry"]
     assert ["xmoe", "0", "done", "97", "100", "-3"] in seeds and ["topk", "0", "done", "100", "", ""] in seeds
     assert ["xmoe", "1", "done", "n/a", "110", ""] in seeds
@@ -238,8 +241,10 @@ def test_csv_holds_raw_verdicts_and_every_seed(exported):
     with open(exported / "verdicts.csv", newline="") as f:
         rows = {(r["column"], r["entry"]): r for r in csv.DictReader(f)}
     xmoe = rows["final.metric", "xmoe"]
-    assert (xmoe["n"], float(xmoe["mean"]), xmoe["verdict"], xmoe["confidence"]) == ("2", -4.0, "not resolved", "95 %")
-    assert float(xmoe["relative_pct"]) == pytest.approx(-400 / 110)  # topk's mean over the paired seeds 0, 2
+    assert (xmoe["n"], float(xmoe["mean"]), xmoe["verdict"], xmoe["confidence"]) == ("2", -4.0, "not resolved",
+                                                                                    "97.5 %")
+    assert float(xmoe["relative"]) == pytest.approx(-400 / 110)  # topk's mean over the paired seeds 0, 2
+    assert (xmoe["seeds"], xmoe["diverged_seeds"], xmoe["relative_low"]) == ("0 2", "1", "")
     with open(exported / "seeds.csv", newline="") as f:
         seeds = list(csv.DictReader(f))
     assert len(seeds) == 9 and {"entry": "xmoe", "seed": "2", "status": "done", "metric": "115.0",
@@ -249,7 +254,8 @@ def test_csv_holds_raw_verdicts_and_every_seed(exported):
 def test_write_tables_takes_the_baseline(tmp_path):
     results = lm_results({"topk": (100.0, 110.0, 120.0), "xmoe": (97.0, 106.0, 115.0)})
     tex = (write_tables(results, tmp_path, latex=True, baseline="xmoe")[0]).read_text()
-    assert "Verdicts against xmoe" in tex and r"topk & 3 & +4 [" in tex
+    # topk - xmoe = 3, 4, 5 over xmoe's mean 106; alone in its family: a 95 % interval
+    assert "Verdicts against xmoe" in tex and r"topk & 3 & +4 (+3.8 \%) & [+1.516, +6.484] (95 \%)" in tex
 
 
 # ---------------------------------------------------------------- across tasks

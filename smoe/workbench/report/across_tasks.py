@@ -22,18 +22,20 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from smoe.workbench.document import Block, Bullets, Details, Heading, Image, Table, Text, render_html, render_markdown
 from smoe.workbench.measure.aggregate import friedman, probability_of_improvement, stratified_bootstrap
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.numbers import format_number, is_finite
 from smoe.workbench.report.across_plots import critical_difference, normalised_scores
 from smoe.workbench.report.caveats import caveats
 from smoe.workbench.report.export import render_latex, write_csv
 from smoe.workbench.report.plots import interval_rows, save_or_remove
 from smoe.workbench.results.schema import entry_labels, load_results, metric_spec
-from smoe.workbench.results.verdicts import SeedValues, seed_values, with_statistics
+from smoe.workbench.results.verdicts import RECORDED, SeedValues, seed_values, with_statistics
 
 HEADLINE = "final.metric"
 SCORE = "normalised score (% of the baseline, + = better)"
@@ -61,9 +63,11 @@ class TaskResults:
         return {s: sign * v[HEADLINE] for s, v in self.values.get(label, {}).items() if is_finite(v.get(HEADLINE))}
 
 
-def load_tasks(sources: Sequence[str | os.PathLike | Mapping], baseline: str | None = None) -> list[TaskResults]:
-    """The comparisons of `sources` (results dicts, results.json paths or their folders) with statistics against
-    `baseline` (None: each comparison's own); two comparisons of one task are told apart by their folder."""
+def load_tasks(sources: Sequence[str | os.PathLike | Mapping], baseline: str | None = None,
+               margin: Margin | Literal["recorded"] | None = RECORDED) -> list[TaskResults]:
+    """The comparisons of `sources` (results dicts, results.json paths or their folders) with their verdicts against
+    `baseline` (None: each comparison's own) with `margin` (default: each one's recorded margin); two comparisons of
+    one task are told apart by their folder."""
     if len(sources) < 2:
         raise ValueError(f"sources must name at least two comparisons to read across tasks, got {len(sources)}")
     loaded = []
@@ -73,7 +77,7 @@ def load_tasks(sources: Sequence[str | os.PathLike | Mapping], baseline: str | N
         if baseline is not None and baseline not in labels:
             raise ValueError(f"baseline {baseline!r} is not an entry of comparison {source!r} (its entries: "
                              f"{', '.join(labels)})")
-        results = with_statistics(results, baseline)
+        results = with_statistics(results, baseline, margin=margin)
         folder = Path(source).name if isinstance(source, (str, os.PathLike)) else f"#{i + 1}"
         loaded.append((str(results.get("task", "task")), folder, results))
     names = [task for task, _, _ in loaded]
@@ -287,13 +291,13 @@ def _write_tables(tasks: Sequence[TaskResults], out: Path, latex: bool, csv_file
 
 
 def write_across(sources: Sequence[str | os.PathLike | Mapping], out_dir: str | os.PathLike,
-                 baseline: str | None = None, vector: bool = True, latex: bool = False,
-                 csv_file: bool = False) -> AcrossFiles:
-    """Write out_dir/report.md, report.html and plots/ of the comparisons in `sources` read across tasks, with
-    latex / csv_file their tables (`_write_tables`)."""
+                 baseline: str | None = None, margin: Margin | Literal["recorded"] | None = RECORDED,
+                 vector: bool = True, latex: bool = False, csv_file: bool = False) -> AcrossFiles:
+    """Write out_dir/report.md, report.html and plots/ of the comparisons in `sources` read across tasks
+    (`load_tasks`), with latex / csv_file their tables (`_write_tables`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tasks = load_tasks(sources, baseline)
+    tasks = load_tasks(sources, baseline, margin)
     blocks = tasks_document(tasks, out, vector)
     files = AcrossFiles(out / "report.md", out / "report.html", [out / b.path for b in blocks if isinstance(b, Image)],
                         _write_tables(tasks, out, latex, csv_file))

@@ -3,9 +3,8 @@
 - `paired_seeds`: per entry, each seed a line from the baseline's final metric to the entry's at that seed;
 - `difference_curves`: per entry, the paired difference of the validation metric over training (entry - baseline
   at the same seed and step), mean over seeds with a pointwise 95 % Student-t band;
-- `improvement`: per entry, the probability of improvement (the share of paired seeds where the entry is better)
-  with its interval, as the verdicts recorded it (`prob_improvement*`), else computed here from the recorded
-  per-seed differences for the picture only (ties one half, percentile bootstrap over seeds).
+- `improvement`: per entry, the probability of improvement (the share of paired seeds where the entry is better, a
+  diverged seed counting against its side) with its interval, as the verdicts recorded it (`prob_improvement*`).
 
 Inputs are results with statistics (`workbench.results.verdicts.with_statistics`); a function returns None when no
 entry has the data. Non-finite values are left out of the pictures (the warnings and tables name them).
@@ -132,29 +131,17 @@ def difference_curves(results: Mapping) -> Figure | None:
     return fig
 
 
-def improvement_of(c: Mapping, direction: bool | None, n_boot: int = 2000) -> tuple[float, float, float] | None:
-    """(estimate, low, high) of the probability of improvement of one comparison: the recorded fields, else from
-    its per-seed differences in the good direction (share better, ties one half; 95 % percentile bootstrap over
-    seeds, seeded); None without a direction or without a difference."""
+def improvement_of(c: Mapping) -> tuple[float, float, float] | None:
+    """(estimate, low, high) of the probability of improvement the verdict recorded; None when it has none."""
     recorded = [number(c.get(k)) for k in ("prob_improvement", "prob_improvement_low", "prob_improvement_high")]
-    if all(is_finite(v) for v in recorded):
-        return recorded[0], recorded[1], recorded[2]
-    d = [x for x in c.get("differences") or [] if is_finite(number(x))]
-    if direction is None or not d:
-        return None
-    g = np.asarray(d, dtype=float) * (1.0 if direction else -1.0)
-    scores = np.where(g > 0, 1.0, np.where(g < 0, 0.0, 0.5))
-    draws = scores[np.random.default_rng(0).integers(0, scores.size, (n_boot, scores.size))].mean(axis=1)
-    low, high = np.quantile(draws, [0.025, 0.975])
-    return float(scores.mean()), float(low), float(high)
+    return (recorded[0], recorded[1], recorded[2]) if all(is_finite(v) for v in recorded) else None
 
 
 def improvement(results: Mapping) -> Figure | None:
     """One row per entry: its probability of improvement over the baseline with the interval, 0.5 marked."""
-    _, direction = metric_spec(results)
     comparisons = results["comparisons"].get(HEADLINE, {})
     rows = [(label, pi, comparisons[label]) for label in _entries(results) if label in comparisons
-            and (pi := improvement_of(comparisons[label], direction)) is not None]
+            and (pi := improvement_of(comparisons[label])) is not None]
     if not rows:
         return None
     return interval_rows([(label, p, low, high, VERDICT_COLORS.get(c.get("verdict"), "tab:gray"), f"n={c.get('n')}")

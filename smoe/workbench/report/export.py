@@ -15,11 +15,13 @@ import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from smoe.workbench.document import Table, render_markdown
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.numbers import format_number, is_finite
 from smoe.workbench.report.comparison import MISSING, Stat, format_stat, report_tables, stat_table, summarize
-from smoe.workbench.report.verdict_section import HEADLINE, confidence, relative, units, verdict_rows
+from smoe.workbench.report.verdict_section import HEADLINE, confidence, relative, units, verdict_table
 from smoe.workbench.results.schema import (
     get,
     group_runs,
@@ -30,7 +32,7 @@ from smoe.workbench.results.schema import (
     records,
     run_label,
 )
-from smoe.workbench.results.verdicts import seed_values, strongest_corruption, with_statistics
+from smoe.workbench.results.verdicts import RECORDED, seed_values, strongest_corruption, with_statistics
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
@@ -87,15 +89,16 @@ def verdict_tables(results: Mapping) -> list[tuple[str, Table]]:
     if len(results["entries"]) < 2:
         return []
     keys = [HEADLINE, *([c] if (c := strongest_corruption(results, results["baseline"])) else [])]
-    out = [(f"Verdicts against {results['baseline']}: {units(results, key)}", Table(*verdict_rows(results, key)))
+    out = [(f"Verdicts against {results['baseline']}: {units(results, key)}", verdict_table(results, key))
            for key in keys if results["comparisons"].get(key)]
     header, text, _ = seed_rows(results)
     return [*out, (f"Per seed: the test {metric_spec(results)[0]} of every run, the baseline's at the same seed and "
                    "the paired difference", Table(header, text))]
 
 
-VERDICT_FIELDS = ("n", "mean", "ci_low", "ci_high", "p_value", "p_adjusted", "test", "verdict", "mdd", "seeds_needed",
-                  "sd", "d_z", "margin", "prob_improvement", "prob_improvement_low", "prob_improvement_high")
+VERDICT_FIELDS = ("n", "mean", "sd", "relative", "ci_low", "ci_high", "level", "test", "p_value", "p_adjusted",
+                  "verdict", "note", "family", "family_size", "adjustment", "alpha", "margin", "margin_spec", "d_z",
+                  "prob_improvement", "prob_improvement_low", "prob_improvement_high", "mdd", "seeds_needed")
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
@@ -108,10 +111,12 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]
 
 
 def write_tables(results: str | os.PathLike | Mapping, out_dir: str | os.PathLike, latex: bool = False,
-                 csv_file: bool = False, baseline: str | None = None) -> list[Path]:
+                 csv_file: bool = False, baseline: str | None = None,
+                 margin: Margin | Literal["recorded"] | None = RECORDED) -> list[Path]:
     """Write out_dir/tables.tex (latex) and out_dir/tables.csv, verdicts.csv, seeds.csv (csv_file) of the
-    comparison against `baseline` (None: the recorded one); their paths."""
-    results = with_statistics(load_results(results), baseline)
+    comparison's verdicts against `baseline` with `margin` (`verdicts.with_statistics`; default: the recorded
+    ones); their paths."""
+    results = with_statistics(load_results(results), baseline, margin=margin)
     rows = summarize(results)
     tables = [(title, keys, stat_table(rows, keys, results, mark=i == 0))
               for i, (title, _, keys) in enumerate(report_tables(results, rows))]
@@ -132,12 +137,13 @@ def write_tables(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
                     stats.append([title, row.label, table.header[2 + i], key, *values])
         written.append(write_csv(out / "tables.csv", ["table", "router", "quantity", "key", "mean", "std", "n",
                                                        "not_finite"], stats))
-        verdicts = [[key, label, results["baseline"], confidence(c),
-                     *(relative(results, key, c) or (None, None, None)), *(c.get(f) for f in VERDICT_FIELDS)]
+        verdicts = [[key, label, results["baseline"], confidence(c), *(relative(c) or (None, None, None))[1:],
+                     *(c.get(f) for f in VERDICT_FIELDS), " ".join(map(str, c.get("seeds") or [])),
+                     " ".join(map(str, c.get("diverged_seeds") or []))]
                     for key, entries in results["comparisons"].items() for label, c in entries.items()]
-        written.append(write_csv(out / "verdicts.csv", ["column", "entry", "baseline", "confidence", "relative_pct",
-                                                         "relative_low_pct", "relative_high_pct", *VERDICT_FIELDS],
-                                  verdicts))
+        written.append(write_csv(out / "verdicts.csv", ["column", "entry", "baseline", "confidence",
+                                                         "relative_low", "relative_high", *VERDICT_FIELDS, "seeds",
+                                                         "diverged_seeds"], verdicts))
         *_, raw = seed_rows(results)
         written.append(write_csv(out / "seeds.csv", ["entry", "seed", "status", "metric", "baseline_metric",
                                                       "difference"], raw))

@@ -1,19 +1,18 @@
-"""The first screen of a comparison report, from the verdicts against the baseline (`workbench.results.verdicts`):
+"""The first screen of a comparison report, read from the results' verdicts (`workbench.results.verdicts`; nothing
+is judged here):
 
 - `bottom_line`: one sentence per entry ("xmoe: 3.1 % lower perplexity than topk [1.2, 5.0], better, 5 seeds"): the
-  mean paired difference in % of the baseline's mean over the paired seeds, with the verdict's interval on the same
-  scale;
-- `verdict_blocks`: a table for the headline metric (entry, seeds, difference with its interval, relative difference,
-  adjusted p and the test, verdict, minimum detectable difference, seeds needed), the same for the strongest
-  corruption, a compact table of the routing columns' verdicts, each under a heading that names the units, the
-  interval's level and the margin; the method in a collapsed paragraph; a forest plot.
-
-Every number is read from the recorded comparison; only the rescaling to % of the baseline is done here.
+  mean paired difference in % of the baseline's mean over the paired seeds (the recorded `relative`), with the
+  verdict's interval rescaled alike;
+- `verdict_blocks`: a table per column of the headline family (the headline metric and the strongest corruption:
+  entry, seeds, difference and its interval at the judged level, adjusted p and the test, verdict, d_z, probability
+  of improvement, MDD, seeds needed) under a heading that names the units, the interval's level, the adjustment and
+  the margin; compact tables of the other corruptions and of the routing columns, each family's rule stated; the
+  method and the noise in a collapsed paragraph; a forest plot of the headline family.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,50 +22,32 @@ from smoe.workbench.report.forest import forest
 from smoe.workbench.report.plots import save_or_remove
 from smoe.workbench.results.columns import column_title
 from smoe.workbench.results.schema import metric_spec, number
-from smoe.workbench.results.verdicts import seed_values, strongest_corruption
 
 FOREST_FILE = "plots/forest.png"
 HEADLINE = "final.metric"
 NOT_PAIRED = "no seed paired with the baseline"
 DIRECTION = {True: "higher is better", False: "lower is better", None: "no better side"}
-ADJUSTMENT = {"holm": "Holm", "bonferroni": "Bonferroni", "bh": "Benjamini-Hochberg", "none": "no adjustment"}
+
+# ---------------------------------------------------------------- the bottom line
 
 
 def confidence(c: Mapping) -> str:
-    """The interval's confidence: "95 %", or 1 - the level the verdict was judged at ("97.5 %")."""
+    """The interval's confidence: 1 - the level the verdict was judged at ("98.33 %"); "95 %" for a version-2
+    comparison, which records no level."""
     level = number(c.get("level"))
     return f"{100 * (1 - level):.4g} %" if is_finite(level) else "95 %"
 
 
-def baseline_mean(results: Mapping, key: str, c: Mapping) -> float | None:
-    """The baseline's mean of column `key` over the seeds paired in comparison c (all its finite seeds when c does
-    not list them); None when there is none."""
-    runs = seed_values(results).get(results["baseline"], {})
-    seeds = c.get("seeds") if isinstance(c.get("seeds"), list) else list(runs)
-    values = [v for s in seeds if is_finite(v := runs.get(s, {}).get(key))]
-    return statistics.fmean(values) if values else None
-
-
-def relative(results: Mapping, key: str, c: Mapping) -> tuple[float, float | None, float | None] | None:
-    """(mean, low, high) of comparison c in % of the baseline's mean over the paired seeds (the recorded `relative`
-    when there is one, the interval scaled alike); None when the baseline's mean is 0 or unknown."""
-    mean, low, high = (number(c.get(k)) for k in ("mean", "ci_low", "ci_high"))
-    if not is_finite(mean):
+def relative(c: Mapping) -> tuple[float, float | None, float | None] | None:
+    """(mean, low, high) of comparison c in % of the baseline's mean over the paired seeds: the recorded `relative`,
+    with the interval scaled alike; None when it is not recorded (a baseline mean of 0) or the mean is 0 (no
+    scale to carry over)."""
+    mean, rel = number(c.get("mean")), number(c.get("relative"))
+    if not (is_finite(mean) and is_finite(rel)) or mean == 0:
         return None
-    recorded = number(c.get("relative"))
-    if is_finite(recorded) and mean != 0:
-        scale = recorded / mean
-    else:
-        base = baseline_mean(results, key, c)
-        if not base:
-            return None
-        scale = 100 / abs(base)
-    bounds = [x * scale if is_finite(x) else None for x in (low, high)]
-    return mean * scale, bounds[0], bounds[1]
-
-
-def _percent(x: float) -> str:
-    return f"{x:.1f}"
+    scale = rel / mean
+    low, high = (number(c.get(k)) for k in ("ci_low", "ci_high"))
+    return rel, low * scale if is_finite(low) else None, high * scale if is_finite(high) else None
 
 
 def sentence(results: Mapping, label: str, key: str = HEADLINE) -> str:
@@ -76,10 +57,9 @@ def sentence(results: Mapping, label: str, key: str = HEADLINE) -> str:
     c = results["comparisons"].get(key, {}).get(label)
     if c is None:
         return f"{label}: no seed paired with {baseline}, so no verdict."
-    scaled = relative(results, key, c)
+    scaled = relative(c)
     if scaled is not None:
-        value, low, high = scaled
-        show, unit = _percent, " %"
+        (value, low, high), show, unit = scaled, (lambda x: f"{x:.1f}"), " %"
     else:
         value, low, high = number(c.get("mean")), number(c.get("ci_low")), number(c.get("ci_high"))
         show, unit = format_number, ""
@@ -90,7 +70,7 @@ def sentence(results: Mapping, label: str, key: str = HEADLINE) -> str:
     margin = ""
     if is_finite(number(c.get("margin"))):
         margin = f" within a margin of ±{c.get('margin_spec') or format_number(c['margin'])}"
-    diverged = len(c.get("diverged") or [])
+    diverged = len(c.get("diverged_seeds") or c.get("diverged") or [])
     seeds = f"{c.get('n')} seed{'s' if c.get('n') != 1 else ''}" + (f", {diverged} diverged" if diverged else "")
     return f"{label}: {show(value)}{unit} {word} {name} than {baseline}{interval}, {c['verdict']}{margin}, {seeds}."
 
@@ -101,78 +81,119 @@ def bottom_line(results: Mapping) -> list[Block]:
     if not labels:
         return []
     compared = list(results["comparisons"].get(HEADLINE, {}).values())
-    level = confidence(compared[0]) if compared else "95 %"
+    levels = sorted({confidence(c) for c in compared}) or ["95 %"]
     return [Text(f"Bottom line on the test {metric_spec(results)[0]}, each entry against {results['baseline']} "
                  f"paired by seed: the mean difference in % of {results['baseline']}'s mean over the paired seeds, "
-                 f"its {level} interval on the same scale, the verdict and the seeds it rests on."),
+                 f"its interval ({' / '.join(levels)}, the level each verdict is judged at) on the same scale, the "
+                 "verdict and the seeds it rests on."),
             Bullets([sentence(results, label) for label in labels])]
 
 
+# ---------------------------------------------------------------- the tables
+
+
 def units(results: Mapping, key: str) -> str:
-    """What a verdict table's numbers are: the difference's units, the interval, the adjustment and the margin."""
+    """A verdict table's heading: the column and its good side, the difference's units, the interval's level, the
+    adjustment and the margin."""
     name, higher_is_better = metric_spec(results)
     compared = list(results["comparisons"].get(key, {}).values())
-    first = compared[0] if compared else {}
-    title = column_title(key, name, None) if key != HEADLINE else name
-    adjustment = ADJUSTMENT.get(first.get("adjustment"), "Holm")
-    margins = {c.get("margin_spec") or format_number(c["margin"]) for c in compared
-               if is_finite(number(c.get("margin")))}
-    margin = f"margin ±{', '.join(sorted(margins))}" if margins else "no margin set"
-    return (f"{title} ({DIRECTION[higher_is_better if key == HEADLINE or key.startswith('robust.') else None]}): "
-            f"entry - {results['baseline']} in {title}, {confidence(first)} intervals, p {adjustment}-adjusted, "
-            f"{margin}")
+    title = name if key == HEADLINE else column_title(key, name, None)
+    levels = sorted({confidence(c) for c in compared})
+    level = levels[0] if len(levels) == 1 else "each verdict's level"
+    adjusted = ", ".join(sorted({str(c["adjustment"]).capitalize() for c in compared if c.get("adjustment")})) or "Holm"
+    margins = sorted({c.get("margin_spec") or format_number(c["margin"]) for c in compared
+                      if is_finite(number(c.get("margin")))})
+    margin = f"margin ±{', '.join(margins)}" if margins else "no margin"
+    return (f"{title} ({DIRECTION[higher_is_better]}): entry - {results['baseline']} in {title}, intervals at "
+            f"{level}, p {adjusted}-adjusted, {margin}")
+
+
+def _difference(c: Mapping) -> str:
+    relative = c.get("relative")
+    return format_number(c.get("mean"), signed=True) + ("" if relative is None else f" ({relative:+.1f} %)")
 
 
 def _interval(c: Mapping) -> str:
     if c.get("ci_low") is None or c.get("ci_high") is None:
-        return f"{format_number(c.get('mean'), True)} (n={c.get('n')}: no interval)"
-    low, high = format_number(c["ci_low"], True), format_number(c["ci_high"], True)
-    return f"{format_number(c['mean'], True)} [{low}, {high}]"
+        return "unbounded"
+    return f"[{format_number(c['ci_low'], True)}, {format_number(c['ci_high'], True)}] ({confidence(c)})"
+
+
+def _seeds(c: Mapping) -> str:
+    out = str(c["n"])
+    if c.get("diverged_seeds"):
+        out += f", diverged {len(c['diverged_seeds'])}"
+    if c.get("baseline_diverged_seeds"):
+        out += f", baseline diverged {len(c['baseline_diverged_seeds'])}"
+    return out
+
+
+def _verdict(c: Mapping) -> str:
+    return c["verdict"] + (f" ({c['note']})" if c.get("note") else "")
+
+
+def _improvement(c: Mapping) -> str:
+    if c.get("prob_improvement") is None:
+        return "n/a"
+    return f"{c['prob_improvement']:.2f} [{c['prob_improvement_low']:.2f}, {c['prob_improvement_high']:.2f}]"
 
 
 def _seeds_needed(c: Mapping) -> str:
     if c.get("seeds_needed") is not None:
         return str(c["seeds_needed"])
-    return "n/a" if not c.get("mean") or c.get("sd") is None else "> 1000"
-
-
-def verdict_rows(results: Mapping, key: str) -> tuple[list[str], list[list[str]]]:
-    """Header and one row per entry but the baseline of column `key` (entries without a paired seed say so)."""
-    entries = results["comparisons"].get(key, {})
-    baseline = results["baseline"]
-    header = ["entry", "seeds", "difference [interval]", f"% of {baseline}", "p adjusted (test)", "verdict",
-              "MDD (80 % power)", "seeds needed"]
-    body = []
-    for label in results["entries"]:
-        if label == baseline:
-            continue
-        c = entries.get(label)
-        if c is None:
-            body.append([label, "0", NOT_PAIRED, "", "", "not resolved", "", ""])
-            continue
-        scaled = relative(results, key, c)
-        rel = "" if scaled is None else f"{scaled[0]:+.1f}" + (
-            f" [{scaled[1]:+.1f}, {scaled[2]:+.1f}]" if scaled[1] is not None and scaled[2] is not None else "")
-        body.append([label, str(c["n"]), _interval(c), rel, f"{format_number(c['p_adjusted'])} ({c['test']})",
-                     c["verdict"], format_number(c.get("mdd")), _seeds_needed(c)])
-    return header, body
+    return "n/a" if c.get("sd") is None else "> 1000"
 
 
 def verdict_table(results: Mapping, key: str) -> Table:
-    return Table(*verdict_rows(results, key))
+    """One row per entry but the baseline: its verdict on column `key` (entries without one say so)."""
+    entries = results["comparisons"].get(key, {})
+    header = ["entry", "seeds", f"difference vs {results['baseline']}", "interval (confidence)", "p adjusted (test)",
+              "verdict", "d_z", "P(improvement) [95 %]", "MDD (80 %)", "seeds needed"]
+    body = []
+    for label in results["entries"]:
+        if label == results["baseline"]:
+            continue
+        c = entries.get(label)
+        if c is None:
+            body.append([label, "0", NOT_PAIRED, "", "", "not resolved", "", "", "", ""])
+            continue
+        body.append([label, _seeds(c), _difference(c), _interval(c),
+                     f"{format_number(c['p_adjusted'])} ({c['test']})", _verdict(c), format_number(c.get("d_z")),
+                     _improvement(c), format_number(c.get("mdd")), _seeds_needed(c)])
+    return Table(header, body)
 
 
-def routing_verdicts(results: Mapping) -> Table | None:
-    """Routing columns x entries: "verdict (mean difference)"; None without routing comparisons."""
+def compact_verdicts(results: Mapping, keys: list[str]) -> Table:
+    """Columns x entries: "verdict (mean difference)"."""
     name, higher_is_better = metric_spec(results)
-    keys = [k for k in results["comparisons"] if k != HEADLINE and not k.startswith("robust.")]
-    if not keys:
-        return None
     labels = [label for label in results["entries"] if label != results["baseline"]]
     body = [[column_title(k, name, higher_is_better),
              *(f"{c['verdict']} ({format_number(c['mean'], True)})" if (c := results["comparisons"][k].get(label))
                else "no paired seed" for label in labels)] for k in keys]
-    return Table(["routing column", *labels], body)
+    return Table(["column", *labels], body)
+
+
+def method_text(results: Mapping) -> str:
+    """The rule, in a paragraph."""
+    margin = results.get("margin")
+    margin_text = (f" With the margin {margin} (of the baseline's mean where given in %): equivalent when the "
+                   "interval lies inside plus or minus the margin (two one-sided tests), non-inferior / non-superior "
+                   "when its lower / upper bound clears it on the bad / good side." if margin else
+                   " No margin was given, so equality cannot be shown (smoe report DIR --margin 2% adds one).")
+    return (f"Each entry minus {results['baseline']}, paired by seed (same batches, evaluation samples and initial "
+            "values of the shared parameters). Every entry gets one interval for its mean difference over seeds: the "
+            "paired t-test's, or the exact sign-flip test's where its permutation distribution is fine enough at "
+            f"the level, at confidence 1 - {results.get('alpha', 0.05):g}/m (Bonferroni over the m members of its "
+            "family, stated under each table), so the intervals of a family hold together with probability at least "
+            f"{100 * (1 - results.get('alpha', 0.05)):g} % and every verdict is read from its interval: better / "
+            f"worse when it excludes 0.{margin_text} Otherwise not resolved: no evidence either way at these seeds; "
+            "the MDD is the smallest difference this rule resolves with 80 % power at these seeds and this spread, "
+            "seeds needed the seeds at which it would resolve the observed difference. No verdict from fewer than 3 "
+            "paired seeds; differences equal up to round-off count as zero variance (p never below the exact floor "
+            "2/2^n); a seed where a run diverged or failed stays in the count and rules out the verdicts in that "
+            "run's favour. d_z: mean over sd of the differences; P(improvement): the share of seeds where the "
+            "entry is better, with a 95 % bootstrap interval over seeds. The rule's error rates are checked by "
+            "simulation (docs/metrics.md).")
 
 
 def _noise_text(results: Mapping) -> str:
@@ -186,62 +207,53 @@ def _noise_text(results: Mapping) -> str:
     if not parts:
         return ""
     text = "Noise of the headline metric: " + "; ".join(parts) + "."
+    if n.get("comparable"):
+        return text + (" Evaluation noise is comparable to seed noise: every entry is scored on the same samples, so "
+                       "much of it cancels in the paired differences, but what remains does not shrink with seeds; "
+                       "the verdicts hold for this test split only.")
     if n.get("dominant") == "seed":
         return text + " Seed noise dominates: more seeds narrow the intervals."
-    if n.get("dominant") == "evaluation":
-        return text + (" Evaluation noise dominates: every entry is scored on the same samples, so it largely cancels "
-                       "in the paired differences, but a larger test split would make each number more precise.")
     return text
 
 
-def method(results: Mapping) -> str:
-    """How the verdicts were reached, from what the comparisons record: the rule's family, adjustment and level
-    when recorded (schema 3), else the version-2 rule (paired t or exact sign-flip, Holm, 95 % intervals)."""
-    compared = list(results["comparisons"].get(HEADLINE, {}).values())
-    first = compared[0] if compared else {}
-    paired = (f"Each entry minus {results['baseline']}, paired by seed (same batches, evaluation samples and initial "
-              "values of the shared parameters); mean over the seeds both finished; p of the exact sign-flip test "
-              "where the seeds allow it, else of the paired t-test")
-    power = ("MDD: the smallest difference these seeds detect with 80 % power; seeds needed: to detect the observed "
-             "difference.")
-    if "level" in first:
-        adjustment = ADJUSTMENT.get(first.get("adjustment"), str(first.get("adjustment")))
-        text = (f"{paired}, {adjustment}-adjusted over the family {first.get('family')} of "
-                f"{first.get('family_size')}; the interval is the test's at the level each verdict is judged at, so "
-                "a verdict and its interval never disagree: better / worse when it excludes 0, equivalent / "
-                "non-inferior / non-superior against the margin when one is set, else not resolved (which is not "
-                f"evidence of no difference). A diverged seed counts against its entry. {power}")
-    else:
-        text = (f"{paired}, Holm-adjusted over the entries; 95 % Student-t interval; better / worse only when that p "
-                f"is below 0.05, else not resolved (which is not evidence of no difference). {power}")
-    return f"{text} {_noise_text(results)}".strip()
+def _family_text(results: Mapping, name: str) -> Text | None:
+    family = (results.get("families") or {}).get(name)
+    return None if family is None else Text(f"Family {name}: {family['rule']}.")
 
 
 def verdict_blocks(results: Mapping, out: Path, vector: bool = True) -> list[Block]:
     """The verdict tables, the method (collapsed) and the forest plot, from results with statistics
-    (`verdicts.with_statistics`); draws out/plots/forest.png (and .pdf with vector; both removed when there is
-    nothing to draw)."""
+    (`verdicts.with_statistics`); draws out/plots/forest.png (and forest.pdf with vector; both removed when there
+    is nothing to draw)."""
     name, higher_is_better = metric_spec(results)
     baseline, path = results["baseline"], out / FOREST_FILE
     if len(results["entries"]) < 2:
         save_or_remove(None, path)
         return [Heading("Verdicts"), Text("Fewer than two entries: nothing to compare.")]
-    blocks: list[Block] = [Heading(f"Verdicts against {baseline}"), Heading(units(results, HEADLINE), 3),
-                           verdict_table(results, HEADLINE)]
-    panels = [(f"{name} ({DIRECTION[higher_is_better]})", results["comparisons"].get(HEADLINE, {}))]
-    corruption = strongest_corruption(results, baseline)
-    if corruption is not None:
-        blocks += [Heading(f"Strongest corruption: {units(results, corruption)}", 3),
-                   verdict_table(results, corruption)]
-        panels.append((f"{column_title(corruption, name, None)} ({DIRECTION[higher_is_better]})",
-                       results["comparisons"].get(corruption, {})))
-    routing = routing_verdicts(results)
-    if routing is not None:
-        blocks += [Heading("Routing columns: verdict (mean difference, entry - baseline, in each column's units)", 3),
-                   Text("Load CV, max/mean load, dropped fraction and fluctuation are lower-is-better (better / "
-                        "worse), the others have no better side (higher / lower)."), routing]
-    blocks.append(Details("Method: how the verdicts are reached", method(results)))
+    families = results.get("families") or {}
+    blocks: list[Block] = [Heading(f"Verdicts against {baseline}")]
+    panels = []
+    for key in (families.get("headline") or {}).get("columns", [HEADLINE]):
+        heading = units(results, key) if key == HEADLINE else f"Strongest corruption: {units(results, key)}"
+        blocks += [Heading(heading, 3), verdict_table(results, key)]
+        title = name if key == HEADLINE else column_title(key, name, higher_is_better)
+        panels.append((f"{title} ({DIRECTION[higher_is_better]})", results["comparisons"].get(key, {})))
+    blocks += [t for t in [_family_text(results, "headline")] if t]
+    for family, heading, note in (
+            ("robustness", "Other corruptions", "Verdict (mean difference vs the baseline, in the metric's units) "
+             "per corruption column."),
+            ("routing", "Routing columns", "Verdict (mean difference vs the baseline, in each column's units) per "
+             "routing column; load CV, max/mean load, dropped fraction and fluctuation are lower-is-better (better "
+             "/ worse), the others have no better side (higher / lower).")):
+        keys = (families.get(family) or {}).get("columns", [])
+        if keys:
+            blocks += [Heading(heading, 3), Text(note), compact_verdicts(results, keys),
+                       *[t for t in [_family_text(results, family)] if t]]
+    blocks.append(Details("Method: how the verdicts are reached",
+                          f"{method_text(results)} {_noise_text(results)}".strip()))
     if save_or_remove(forest(panels, baseline), path, vector):
-        blocks.append(Image(Path(FOREST_FILE), f"Difference vs {baseline} with its interval, one row per entry; "
-                                               "green better, red worse, grey not resolved."))
+        blocks.append(Image(Path(FOREST_FILE), f"Difference vs {baseline} with its interval at the level it was "
+                                               "judged at, one row per entry; green better, red worse, purple "
+                                               "equivalent, olive non-inferior, orange non-superior, grey not "
+                                               "resolved; dashed: the margin."))
     return blocks
