@@ -187,6 +187,7 @@ def check_latex(tex):
     special character, math shifts paired; returns the rows' cells."""
     for env in ("table", "tabular"):
         assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") > 0
+    assert len(re.findall(r"(?<!\\)\{", tex)) == len(re.findall(r"(?<!\\)\}", tex))  # braces balanced
     assert tex.count(r"\toprule") == tex.count(r"\midrule") == tex.count(r"\bottomrule") == tex.count(r"\begin{table}")
     cells = []
     for spec, rows in tabular_rows(tex):
@@ -221,7 +222,8 @@ def test_latex_holds_the_verdicts_and_the_seeds_and_parses(exported):
     assert verdicts["xmoe"][5] == "not resolved (fewer than 3 paired seeds; diverged 1 of 3)"
     # vmoe\_k1: -1, +1, +1: mean 1/3, sd / sqrt(3) = 2/3, interval at 1 - 0.05 / 2 (Bonferroni over the two entries)
     half = st.t.ppf(1 - 0.025 / 2, 2) * 2 / 3
-    assert verdicts[r"vmoe\_k1"][2:4] == [r"+0.3333 (+0.3 \%)", f"[{1 / 3 - half:.3f}, +{1 / 3 + half:.3f}] (97.5 \\%)"]
+    assert verdicts[r"vmoe\_k1"][2:4] == [r"+0.3333 (+0.3 \%)", f"[{1 / 3 - half:.3f}, +{1 / 3 + half:.3f}]"]
+    assert r"difference vs topk & interval (97.5 \%) & p adjusted (test)" in tex  # one level, said once
     seeds = [row for row in cells if len(row) == 6 and row[0] != "entry"]
     assert ["xmoe", "0", "done", "97", "100", "-3"] in seeds and ["topk", "0", "done", "100", "", ""] in seeds
     assert ["xmoe", "1", "done", "n/a", "110", ""] in seeds
@@ -229,11 +231,13 @@ def test_latex_holds_the_verdicts_and_the_seeds_and_parses(exported):
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
 def test_latex_compiles_with_pdflatex(exported, tmp_path):
-    (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+    (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n"
+                                        "\\begin{document}\n"
                                         f"\\input{{{exported / 'tables.tex'}}}\n\\end{{document}}\n")
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
+    assert "Overfull \\hbox" not in (tmp_path / "paper.log").read_text()  # every table fits the line
     assert (tmp_path / "paper.pdf").read_bytes()[:5] == b"%PDF-"
 
 
@@ -255,7 +259,8 @@ def test_write_tables_takes_the_baseline(tmp_path):
     results = lm_results({"topk": (100.0, 110.0, 120.0), "xmoe": (97.0, 106.0, 115.0)})
     tex = (write_tables(results, tmp_path, latex=True, baseline="xmoe")[0]).read_text()
     # topk - xmoe = 3, 4, 5 over xmoe's mean 106; alone in its family: a 95 % interval
-    assert "Verdicts against xmoe" in tex and r"topk & 3 & +4 (+3.8 \%) & [+1.516, +6.484] (95 \%)" in tex
+    assert "Verdicts against xmoe" in tex and r"topk & 3 & +4 (+3.8 \%) & [+1.516, +6.484] & " in tex
+    assert r"interval (95 \%)" in tex
 
 
 # ---------------------------------------------------------------- across tasks

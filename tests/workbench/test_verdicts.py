@@ -170,7 +170,8 @@ def test_version_1_file_gets_version_3_statistics_and_a_verdict_report(tmp_path,
     md = write_report(tmp_path).markdown.read_text()
     head = md.split("## Results")[0]
     assert head.index("## Verdicts against a") < head.index("### ppl (lower is better)") < head.index("Headline")
-    assert "| b | 3 | +4 (+3.6 %) | [-0.4160, +8.416] (98.33 %) | 0.06061 (t) | not resolved | 4 | 0.00 [0.00, " in head
+    assert "| b | 3 | +4 (+3.6 %) | [-0.4160, +8.416] | 0.06061 (t) | not resolved | 4 | 0.00 [0.00, " in head
+    assert "| difference vs a | interval (98.33 %) |" in head  # every interval of the table at one level
     assert "### Strongest corruption: ppl @ noise L2" in head and "| c | 0 | no seed paired with the baseline" in head
     assert "Family headline: Bonferroni over 3 (family headline), alpha 0.05." in head
     assert "| load CV | not resolved (-0.3000) | no paired seed |" in head and "(plots/forest.png)" in head

@@ -236,7 +236,7 @@ def report_tables(results: Mapping, rows: Sequence[RouterRow]) -> list[tuple[str
                           "(n=m) marks a quantity only m of the router's seeds recorded. missing: not recorded; "
                           "n/a: not a finite number (never averaged away). Rows are sorted by mean, best first; "
                           "(best) marks a router only when its metric is resolved better than every other's "
-                          "(paired over seeds, Holm).", [HEADLINE])]
+                          "(paired by seed, the verdict rule over the others as one family).", [HEADLINE])]
     for title, keys in table_columns(rows):
         robust = [k for k in keys if k.startswith("robust.")]
         note = (f"The metric at the strongest level evaluated ({_severities(results, robust)})." if robust

@@ -45,11 +45,13 @@ def latex_escape(text: str) -> str:
 
 
 def render_latex(tables: Sequence[tuple[str, Table]]) -> str:
-    """One booktabs `table` environment per (caption, table); marked rows in bold."""
-    out = ["% smoe report tables; needs \\usepackage{booktabs}"]
+    """One booktabs `table` environment per (caption, table), shrunk to the line width when wider (graphicx's
+    resizebox); marked rows in bold."""
+    out = ["% smoe report tables; needs \\usepackage{booktabs} and \\usepackage{graphicx}"]
     for caption, table in tables:
         cols = "l" + "r" * (len(table.header) - 1)
         lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
+                 r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
                  rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
                  " & ".join(latex_escape(c) for c in table.header) + r" \\", r"\midrule"]
         for i, row in enumerate(table.rows):
@@ -57,7 +59,7 @@ def render_latex(tables: Sequence[tuple[str, Table]]) -> str:
             if i in table.marked:
                 cells = [rf"\textbf{{{c}}}" for c in cells]
             lines.append(" & ".join(cells) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
         out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 

@@ -113,10 +113,12 @@ def _difference(c: Mapping) -> str:
     return format_number(c.get("mean"), signed=True) + ("" if relative is None else f" ({relative:+.1f} %)")
 
 
-def _interval(c: Mapping) -> str:
+def _interval(c: Mapping, level: bool) -> str:
+    """ "[low, high]", with its confidence when `level`; "unbounded" without a verdict's interval."""
     if c.get("ci_low") is None or c.get("ci_high") is None:
         return "unbounded"
-    return f"[{format_number(c['ci_low'], True)}, {format_number(c['ci_high'], True)}] ({confidence(c)})"
+    return f"[{format_number(c['ci_low'], True)}, {format_number(c['ci_high'], True)}]" + (
+        f" ({confidence(c)})" if level else "")
 
 
 def _seeds(c: Mapping) -> str:
@@ -147,8 +149,10 @@ def _seeds_needed(c: Mapping) -> str:
 def verdict_table(results: Mapping, key: str) -> Table:
     """One row per entry but the baseline: its verdict on column `key` (entries without one say so)."""
     entries = results["comparisons"].get(key, {})
-    header = ["entry", "seeds", f"difference vs {results['baseline']}", "interval (confidence)", "p adjusted (test)",
-              "verdict", "d_z", "P(improvement) [95 %]", "MDD (80 %)", "seeds needed"]
+    levels = {confidence(c) for c in entries.values()}
+    shared = next(iter(levels)) if len(levels) == 1 else None  # one level: said once, in the header
+    header = ["entry", "seeds", f"difference vs {results['baseline']}", f"interval ({shared or 'confidence'})",
+              "p adjusted (test)", "verdict", "d_z", "P(improvement) [95 %]", "MDD (80 %)", "seeds needed"]
     body = []
     for label in results["entries"]:
         if label == results["baseline"]:
@@ -157,7 +161,7 @@ def verdict_table(results: Mapping, key: str) -> Table:
         if c is None:
             body.append([label, "0", NOT_PAIRED, "", "", "not resolved", "", "", "", ""])
             continue
-        body.append([label, _seeds(c), _difference(c), _interval(c),
+        body.append([label, _seeds(c), _difference(c), _interval(c, shared is None),
                      f"{format_number(c['p_adjusted'])} ({c['test']})", _verdict(c), format_number(c.get("d_z")),
                      _improvement(c), format_number(c.get("mdd")), _seeds_needed(c)])
     return Table(header, body)
