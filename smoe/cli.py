@@ -220,6 +220,10 @@ def cmd_claims(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     for judgment in run.judgments:
         print(judgment.line())
+    judged = [j for j in run.judgments if j.result is not None]
+    confirmatory = sum(not j.claim.exploratory for j in judged)
+    print(f"judged as one family: {confirmatory} confirmatory claim(s), Holm (Benjamini-Hochberg as a second "
+          f"reading in claims.md); {len(judged) - confirmatory} exploratory claim(s) apart")
     markdown, _ = write_summary(args.out, judge_folder(args.out), "smoe claims " + " ".join(args.argv))
     print(f"summary of every claim with results in {args.out}: {markdown} (and claims.json beside it)")
     for line in run.failed:

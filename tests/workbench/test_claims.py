@@ -271,7 +271,10 @@ def test_claims_run_prints_verdicts_and_writes_the_summary(tmp_path, capsys, mon
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("vmoe-bpr: supported (vmoe: robust.capacity-bpr@5 - robust.capacity-vanilla@5, "
                              "claimed better; +0.02167 (+2.4 %), [+0.01450, +0.02884] (95 %), p (holm over 1) = ")
-    assert out[0].endswith(", 3 seeds)") and out[1].startswith(f"summary of every claim with results in {tmp_path}")
+    assert out[0].endswith(", 3 seeds)")
+    assert out[1] == ("judged as one family: 1 confirmatory claim(s), Holm (Benjamini-Hochberg as a second reading in "
+                      "claims.md); 0 exploratory claim(s) apart")
+    assert out[2].startswith(f"summary of every claim with results in {tmp_path}")
     assert "| vmoe-bpr |" in (tmp_path / "claims.md").read_text()
     assert json.loads((tmp_path / "claims.json").read_text())["claims"][0]["verdict"] == "supported"
 
