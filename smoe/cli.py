@@ -12,10 +12,11 @@ from smoe.data.corrupt import available_corruptions
 from smoe.layer import available_layers, layer_options, layer_summary
 from smoe.routing import available_routers, router_options, router_summary
 from smoe.workbench.claims.claim import CLAIMS, COMPARISONS
-from smoe.workbench.claims.run import DEFAULT_OUT, judge_folder, run_claims, write_summary
+from smoe.workbench.claims.run import DEFAULT_OUT, judge_folder, run_claims, write_claims_across, write_summary
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
 from smoe.workbench.measure.rule import Margin
+from smoe.workbench.report.across_tasks import write_across
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.report.export import columns_table, robustness_table, write_tables
 from smoe.workbench.report.show import show_run
@@ -61,13 +62,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table)."""
+    """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table); with several
+    DIRs, the report across their tasks into --out."""
     try:
-        if args.columns or args.robustness:
-            print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
+        if len(args.dir) > 1:
+            if args.out is None or args.columns or args.robustness:
+                raise ValueError("several DIRs make a report across tasks: give --out DIR (and no --columns or "
+                                 "--robustness)")
+            files = write_across(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin),
+                                 latex=args.latex, csv_file=args.csv)
+            tables = files.tables
+        elif args.columns or args.robustness:
+            print(columns_table(args.dir[0], args.columns) if args.columns else robustness_table(args.dir[0]))
             return 0
-        files = write_report(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin))
-        tables = write_tables(args.dir, files.html.parent, latex=args.latex, csv_file=args.csv)
+        else:
+            margin = _margin(args.margin)
+            files = write_report(args.dir[0], args.out, baseline=args.baseline, margin=margin)
+            tables = write_tables(args.dir[0], files.html.parent, latex=args.latex, csv_file=args.csv,
+                                  baseline=args.baseline, margin=margin)
     except ValueError as err:
         print(f"smoe report: {err}", file=sys.stderr)
         return 2
@@ -220,12 +232,15 @@ def cmd_claims(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     for judgment in run.judgments:
         print(judgment.line())
-    judged = [j for j in run.judgments if j.result is not None]
-    confirmatory = sum(not j.claim.exploratory for j in judged)
+    judged_now = [j for j in run.judgments if j.result is not None]
+    confirmatory = sum(not j.claim.exploratory for j in judged_now)
     print(f"judged as one family: {confirmatory} confirmatory claim(s), Holm (Benjamini-Hochberg as a second "
-          f"reading in claims.md); {len(judged) - confirmatory} exploratory claim(s) apart")
-    markdown, _ = write_summary(args.out, judge_folder(args.out), "smoe claims " + " ".join(args.argv))
+          f"reading in claims.md); {len(judged_now) - confirmatory} exploratory claim(s) apart")
+    judged = judge_folder(args.out)
+    markdown, _ = write_summary(args.out, judged, "smoe claims " + " ".join(args.argv))
     print(f"summary of every claim with results in {args.out}: {markdown} (and claims.json beside it)")
+    if across := write_claims_across(args.out, judged):
+        print(f"their comparisons read together: {across}")
     for line in run.failed:
         print(f"failed: {line}", file=sys.stderr)
     if run.interrupted is not None:
@@ -275,9 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["layer", "parallel", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
-    p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json")
-    p.add_argument("dir", help="directory holding results.json (written by `smoe compare`)")
-    p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR)")
+    p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json (several: "
+                                      "a report across their tasks)")
+    p.add_argument("dir", nargs="+", metavar="DIR",
+                   help="directory holding results.json (written by `smoe compare`); several DIRs (comparisons that "
+                        "share entries): normalised scores per task, the aggregate and a critical-difference diagram")
+    p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR; required with "
+                                 "several DIRs)")
     p.add_argument("--columns", type=_specs, metavar="KEY[,...]",
                    help="print only a table of these columns (e.g. final.metric,routing.load_cv; a wrong key lists "
                         "the available ones) instead of writing the report")
@@ -288,9 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", metavar="M", default=None,
                    help="judge again with this margin: '2%%' of the baseline's mean or an absolute '0.5' (equivalent, "
                         "non-inferior, non-superior verdicts); 'none' for none (default: the one results.json records)")
-    p.add_argument("--latex", action="store_true", help="also write the tables as OUT/tables.tex (booktabs)")
+    p.add_argument("--latex", action="store_true",
+                   help="also write the verdict, per-seed and summary tables as OUT/tables.tex (booktabs; across "
+                        "tasks: OUT/across.tex)")
     p.add_argument("--csv", action="store_true",
-                   help="also write the tables as OUT/tables.csv (table, router, quantity, mean, std, n)")
+                   help="also write raw numbers: OUT/tables.csv (mean, std, n), verdicts.csv (every comparison), "
+                        "seeds.csv (every run; across tasks: across_tasks.csv and aggregate.csv)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("show", help="routing pictures of a trained run (and of your own text) as PNG + HTML")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of smoe train or smoe compare")

@@ -182,7 +182,7 @@ def test_version_1_file_gets_version_3_statistics_and_a_verdict_report(tmp_path,
     assert "With the margin 2%" in (tmp_path / "report.md").read_text()
     assert main(["report", str(tmp_path), "--baseline", "zz"]) == 2
     assert "baseline must be one of the entries a, b, c; got 'zz'" in capsys.readouterr().err
-    assert main(["report", str(tmp_path), "--margin", "-1%"]) == 2
+    assert main(["report", str(tmp_path), "--margin=-1%"]) == 2  # a leading "-" reads as an option otherwise
     assert "margin must be a positive number" in capsys.readouterr().err
 
 

@@ -25,10 +25,12 @@ from smoe.workbench.document import Table, Text, render_markdown
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import GridConfig
 from smoe.workbench.numbers import format_number
+from smoe.workbench.report.across_tasks import write_across
 from smoe.workbench.results.schema import RESULTS_FILE
 from smoe.workbench.tasks import get_task
 
 DEFAULT_OUT = "runs/claims"
+ACROSS = "across"  # OUT/across/: the judged claims' comparisons read together
 SUMMARY_MD, SUMMARY_JSON = "claims.md", "claims.json"
 
 
@@ -154,3 +156,11 @@ def write_summary(out: str | os.PathLike, judgments: Sequence[Judgment], command
     atomic_write(md, render_markdown([Text(head), Text(legend(judgments)), Table(*summary_table(judgments))]).encode())
     atomic_write(js, json.dumps({"command": command, "claims": [j.to_dict() for j in judgments]}, indent=1).encode())
     return md, js
+
+
+def write_claims_across(out: str | os.PathLike, judgments: Sequence[Judgment]) -> Path | None:
+    """OUT/across/report.html (and .md, plots/): the comparisons of the judged claims read across tasks
+    (`workbench.report.across_tasks`: per-comparison verdicts, normalised scores, aggregate, ranks); None when fewer
+    than two comparisons have results."""
+    folders = list(dict.fromkeys(Path(out) / j.claim.comparison for j in judgments if j.result is not None))
+    return write_across(folders, Path(out) / ACROSS).html if len(folders) >= 2 else None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from smoe._validate import check_choice, check_int
 from smoe.workbench.grid.executors import GridProgress, Outcome, StepCallback
-from smoe.workbench.grid.jobs import GridConfig, describe, make_executor, step_flops
+from smoe.workbench.grid.jobs import GridConfig, concurrent_runs, describe, make_executor, step_flops
 from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.results.record import collect_run, write_results
@@ -179,18 +179,18 @@ def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[Gr
                 failed.append(f"{one.name}: {record['error']}")
                 bar.write(f"smoe compare: {one.entry.label} seed {one.seed} failed: {record['error']}")
             records[i] = record
-            _write(config, [records[j] for j in sorted(records)], command)
+            _write(config, [records[j] for j in sorted(records)], command, concurrent_runs(executor))
     finally:
         bar.close()
     for i, one in enumerate(runs):  # what the executor did not finish: the grid was interrupted
         records.setdefault(i, collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "skipped",
                                           "not finished: the comparison was interrupted"))
-    path = _write(config, [records[i] for i in sorted(records)], command)
+    path = _write(config, [records[i] for i in sorted(records)], command, concurrent_runs(executor))
     report = None if executor.interrupted is not None else write_report(out).html  # the margin results.json records
     return CompareResult(results=path, report=report, failed=failed, interrupted=executor.interrupted)
 
 
-def _write(config: CompareConfig, records: list[dict], command: str) -> Path:
+def _write(config: CompareConfig, records: list[dict], command: str, jobs: int | str) -> Path:
     return write_results(config.out, config.task, config.preset, config.device,
                          [entry.label for entry in config.entries], config.baseline, records, command,
-                         None if config.margin is None else Margin.parse(config.margin))
+                         None if config.margin is None else Margin.parse(config.margin), jobs)

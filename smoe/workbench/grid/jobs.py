@@ -10,7 +10,6 @@ keeps every core busy gets the machine to itself. The executors are in `smoe.wor
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from smoe.models.common import aux_losses
 from smoe.workbench.grid.executors import DaskCluster, LocalProcesses, Serial, local_workers
 from smoe.workbench.run.config import RunConfig
 from smoe.workbench.tasks import get_task
+from smoe.workbench.train.hints import available_cores
 
 FLOPS_PER_THREAD = 1e10  # training-step FLOPs that keep one more thread of a run busy (auto_jobs)
 
@@ -85,11 +85,6 @@ def grid_config(args: argparse.Namespace) -> GridConfig:
     return GridConfig(jobs=args.jobs, threads=args.threads, cluster=args.cluster)
 
 
-def available_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def step_flops(run: RunConfig) -> float:
     """FLOPs of one training step of `run` (forward and backward of its micro-batches, FlopCounterMode). Builds the
     task, which loads (and caches, e.g. the tokenizer) its data; the caller's random state is left as it was."""
@@ -122,6 +117,13 @@ def make_executor(grid: GridConfig, runs: int, flops: Callable[[], float]):
     if jobs == 1:
         return Serial(grid.threads)
     return LocalProcesses(jobs, grid.threads or max(1, cores // jobs))
+
+
+def concurrent_runs(executor) -> int | str:
+    """How many runs the executor trains at once on this machine; "cluster" for a Dask cluster."""
+    if isinstance(executor, DaskCluster):
+        return "cluster"
+    return executor.jobs if isinstance(executor, LocalProcesses) else 1
 
 
 def describe(executor) -> str:

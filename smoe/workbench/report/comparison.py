@@ -23,8 +23,10 @@ from smoe.workbench.document import Block, Bullets, Code, Heading, Image, Table,
 from smoe.workbench.measure.rule import Margin
 from smoe.workbench.numbers import NOT_FINITE, format_number, format_spread
 from smoe.workbench.report import plots
+from smoe.workbench.report.caveats import caveats, contention
+from smoe.workbench.report.evidence import evidence_blocks
 from smoe.workbench.report.routing_plots import report_pictures
-from smoe.workbench.report.verdict_section import verdict_blocks
+from smoe.workbench.report.verdict_section import bottom_line, verdict_blocks
 from smoe.workbench.results.columns import column_title, run_values, strongest_levels
 from smoe.workbench.results.schema import (
     get,
@@ -247,8 +249,10 @@ def _tables(results: Mapping, rows: Sequence[RouterRow]) -> list[Block]:
     if not rows:
         return [Heading("Results"), Text("The results hold no runs.")]
     blocks: list[Block] = []
+    crowded = contention(results)
     for i, (title, note, keys) in enumerate(report_tables(results, rows)):
         blocks += [Heading(title, 2 if i == 0 else 3), *([Text(note)] if note else []),
+                   *([Bullets([crowded], warning=True)] if crowded and title.startswith("Cost") else []),
                    stat_table(rows, keys, results, mark=i == 0)]
     if not any(title.startswith("Routing") for title, _ in table_columns(rows)):
         blocks.append(Text("No run recorded routing statistics."))
@@ -342,13 +346,10 @@ def _plots(results: Mapping, rows: Sequence[RouterRow], out: Path, vector: bool)
     for stem in PLOT_STEMS:
         title, fig, caption, absent = figures[stem]
         path = out / "plots" / f"{stem}.png"
-        if fig is None:
-            for stale in (path, path.with_suffix(".pdf")):  # a plot of an earlier rendering must not survive
-                stale.unlink(missing_ok=True)
-            blocks += [Heading(title, 3), Text(absent)] if absent else []
-            continue
-        plots.save_figure(fig, path, vector=vector)
-        blocks += [Heading(title, 3), Image(path.relative_to(out), caption)]
+        if plots.save_or_remove(fig, path, vector):
+            blocks += [Heading(title, 3), Image(path.relative_to(out), caption)]
+        elif absent:
+            blocks += [Heading(title, 3), Text(absent)]
     return blocks
 
 
@@ -384,8 +385,13 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     by_label = group_runs(results)
     finished = {row.label: [run for run in by_label[row.label] if is_finished(run)] for row in rows}
     title, *header = _header(results, rows)
-    blocks = [title, *verdict_blocks(results, out, vector), *header, *_tables(results, rows), *_runs_table(results),
-              *_missing(results), *_plots(results, rows, out, vector), *report_pictures(finished, base, out, vector)]
+    warnings = caveats(results)
+    first_screen = [title, *bottom_line(results),
+                    *([Heading("Warnings"), Bullets(warnings, warning=True)] if warnings else []),
+                    *verdict_blocks(results, out, vector)]
+    blocks = [*first_screen, *evidence_blocks(results, out, vector), Heading("The comparison"), *header,
+              *_tables(results, rows), *_runs_table(results), *_missing(results), *_plots(results, rows, out, vector),
+              *report_pictures(finished, base, out, vector)]
     files = ReportFiles(out / "report.md", out / "report.html",
                         [out / b.path for b in blocks if isinstance(b, Image)])
     files.markdown.write_text(render_markdown(blocks), encoding="utf-8")

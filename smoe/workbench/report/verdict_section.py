@@ -1,10 +1,14 @@
-"""The opening section of a comparison report: verdicts against the baseline, read from the results' statistics
-(`workbench.results.verdicts`; nothing is computed here).
+"""The first screen of a comparison report, read from the results' verdicts (`workbench.results.verdicts`; nothing
+is judged here):
 
-The rule in a paragraph, the noise of the headline metric, a table per column of the headline family (the headline
-metric and the strongest corruption: entry, seeds, difference and its interval at the judged level, adjusted p and
-the test, verdict, d_z, probability of improvement, MDD, seeds needed), compact tables of the other corruptions and
-of the routing columns, each family's rule stated, and a forest plot of the headline family.
+- `bottom_line`: one sentence per entry ("xmoe: 3.1 % lower perplexity than topk [1.2, 5.0], better, 5 seeds"): the
+  mean paired difference in % of the baseline's mean over the paired seeds (the recorded `relative`), with the
+  verdict's interval rescaled alike;
+- `verdict_blocks`: a table per column of the headline family (the headline metric and the strongest corruption:
+  entry, seeds, difference and its interval at the judged level, adjusted p and the test, verdict, d_z, probability
+  of improvement, MDD, seeds needed) under a heading that names the units, the interval's level, the adjustment and
+  the margin; compact tables of the other corruptions and of the routing columns, each family's rule stated; the
+  method and the noise in a collapsed paragraph; a forest plot of the headline family.
 """
 
 from __future__ import annotations
@@ -12,16 +16,96 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from smoe.workbench.document import Block, Heading, Image, Table, Text
-from smoe.workbench.numbers import format_number
+from smoe.workbench.document import Block, Bullets, Details, Heading, Image, Table, Text
+from smoe.workbench.numbers import format_number, is_finite
 from smoe.workbench.report.forest import forest
-from smoe.workbench.report.plots import save_figure
+from smoe.workbench.report.plots import save_or_remove
 from smoe.workbench.results.columns import column_title
-from smoe.workbench.results.schema import metric_spec
+from smoe.workbench.results.schema import metric_spec, number
 
 FOREST_FILE = "plots/forest.png"
+HEADLINE = "final.metric"
 NOT_PAIRED = "no seed paired with the baseline"
 DIRECTION = {True: "higher is better", False: "lower is better", None: "no better side"}
+
+# ---------------------------------------------------------------- the bottom line
+
+
+def confidence(c: Mapping) -> str:
+    """The interval's confidence: 1 - the level the verdict was judged at ("98.33 %"); "95 %" for a version-2
+    comparison, which records no level."""
+    level = number(c.get("level"))
+    return f"{100 * (1 - level):.4g} %" if is_finite(level) else "95 %"
+
+
+def relative(c: Mapping) -> tuple[float, float | None, float | None] | None:
+    """(mean, low, high) of comparison c in % of the baseline's mean over the paired seeds: the recorded `relative`,
+    with the interval scaled alike; None when it is not recorded (a baseline mean of 0) or the mean is 0 (no
+    scale to carry over)."""
+    mean, rel = number(c.get("mean")), number(c.get("relative"))
+    if not (is_finite(mean) and is_finite(rel)) or mean == 0:
+        return None
+    scale = rel / mean
+    low, high = (number(c.get(k)) for k in ("ci_low", "ci_high"))
+    return rel, low * scale if is_finite(low) else None, high * scale if is_finite(high) else None
+
+
+def sentence(results: Mapping, label: str, key: str = HEADLINE) -> str:
+    """One entry's bottom line on column `key`: size and side of the difference, its interval, verdict, seeds."""
+    name, _ = metric_spec(results)
+    baseline = results["baseline"]
+    c = results["comparisons"].get(key, {}).get(label)
+    if c is None:
+        return f"{label}: no seed paired with {baseline}, so no verdict."
+    scaled = relative(c)
+    if scaled is not None:
+        (value, low, high), show, unit = scaled, (lambda x: f"{x:.1f}"), " %"
+    else:
+        value, low, high = number(c.get("mean")), number(c.get("ci_low")), number(c.get("ci_high"))
+        show, unit = format_number, ""
+    word = "higher" if value >= 0 else "lower"
+    if value < 0:
+        value, low, high = -value, None if high is None else -high, None if low is None else -low
+    interval = f" [{show(low)}, {show(high)}]" if low is not None and high is not None else " (no interval)"
+    margin = ""
+    if is_finite(number(c.get("margin"))):
+        margin = f" within a margin of ±{c.get('margin_spec') or format_number(c['margin'])}"
+    diverged = len(c.get("diverged_seeds") or c.get("diverged") or [])
+    seeds = f"{c.get('n')} seed{'s' if c.get('n') != 1 else ''}" + (f", {diverged} diverged" if diverged else "")
+    return f"{label}: {show(value)}{unit} {word} {name} than {baseline}{interval}, {c['verdict']}{margin}, {seeds}."
+
+
+def bottom_line(results: Mapping) -> list[Block]:
+    """The sentences of every entry but the baseline and what their numbers are; [] with fewer than two entries."""
+    labels = [label for label in results["entries"] if label != results["baseline"]]
+    if not labels:
+        return []
+    compared = list(results["comparisons"].get(HEADLINE, {}).values())
+    levels = sorted({confidence(c) for c in compared}) or ["95 %"]
+    return [Text(f"Bottom line on the test {metric_spec(results)[0]}, each entry against {results['baseline']} "
+                 f"paired by seed: the mean difference in % of {results['baseline']}'s mean over the paired seeds, "
+                 f"its interval ({' / '.join(levels)}, the level each verdict is judged at) on the same scale, the "
+                 "verdict and the seeds it rests on."),
+            Bullets([sentence(results, label) for label in labels])]
+
+
+# ---------------------------------------------------------------- the tables
+
+
+def units(results: Mapping, key: str) -> str:
+    """A verdict table's heading: the column and its good side, the difference's units, the interval's level, the
+    adjustment and the margin."""
+    name, higher_is_better = metric_spec(results)
+    compared = list(results["comparisons"].get(key, {}).values())
+    title = name if key == HEADLINE else column_title(key, name, None)
+    levels = sorted({confidence(c) for c in compared})
+    level = levels[0] if len(levels) == 1 else "each verdict's level"
+    adjusted = ", ".join(sorted({str(c["adjustment"]).capitalize() for c in compared if c.get("adjustment")})) or "Holm"
+    margins = sorted({c.get("margin_spec") or format_number(c["margin"]) for c in compared
+                      if is_finite(number(c.get("margin")))})
+    margin = f"margin ±{', '.join(margins)}" if margins else "no margin"
+    return (f"{title} ({DIRECTION[higher_is_better]}): entry - {results['baseline']} in {title}, intervals at "
+            f"{level}, p {adjusted}-adjusted, {margin}")
 
 
 def _difference(c: Mapping) -> str:
@@ -32,8 +116,7 @@ def _difference(c: Mapping) -> str:
 def _interval(c: Mapping) -> str:
     if c.get("ci_low") is None or c.get("ci_high") is None:
         return "unbounded"
-    confidence = 100 * (1 - c["level"])
-    return f"[{format_number(c['ci_low'], True)}, {format_number(c['ci_high'], True)}] ({confidence:.4g} %)"
+    return f"[{format_number(c['ci_low'], True)}, {format_number(c['ci_high'], True)}] ({confidence(c)})"
 
 
 def _seeds(c: Mapping) -> str:
@@ -138,48 +221,39 @@ def _family_text(results: Mapping, name: str) -> Text | None:
     return None if family is None else Text(f"Family {name}: {family['rule']}.")
 
 
-def _remove(path: Path) -> None:
-    """A forest plot of an earlier rendering must not survive: the PNG and its PDF."""
-    for stale in (path, path.with_suffix(".pdf")):
-        stale.unlink(missing_ok=True)
-
-
 def verdict_blocks(results: Mapping, out: Path, vector: bool = True) -> list[Block]:
-    """The section, from results with statistics (`verdicts.with_statistics`); draws out/plots/forest.png (and
-    forest.pdf with vector; both removed when there is nothing to draw)."""
+    """The verdict tables, the method (collapsed) and the forest plot, from results with statistics
+    (`verdicts.with_statistics`); draws out/plots/forest.png (and forest.pdf with vector; both removed when there
+    is nothing to draw)."""
     name, higher_is_better = metric_spec(results)
     baseline, path = results["baseline"], out / FOREST_FILE
     if len(results["entries"]) < 2:
-        _remove(path)
+        save_or_remove(None, path)
         return [Heading("Verdicts"), Text("Fewer than two entries: nothing to compare.")]
     families = results.get("families") or {}
-    blocks: list[Block] = [Heading(f"Verdicts against {baseline}"),
-                           Text(f"{method_text(results)} {_noise_text(results)}".strip())]
+    blocks: list[Block] = [Heading(f"Verdicts against {baseline}")]
     panels = []
-    for key in (families.get("headline") or {}).get("columns", ["final.metric"]):
-        title = f"{name if key == 'final.metric' else column_title(key, name, higher_is_better)} " \
-                f"({DIRECTION[higher_is_better]})"
-        if key != "final.metric":
-            title = f"Strongest corruption: {title}"
-        blocks += [Heading(title, 3), verdict_table(results, key)]
-        panels.append((title, results["comparisons"].get(key, {})))
+    for key in (families.get("headline") or {}).get("columns", [HEADLINE]):
+        heading = units(results, key) if key == HEADLINE else f"Strongest corruption: {units(results, key)}"
+        blocks += [Heading(heading, 3), verdict_table(results, key)]
+        title = name if key == HEADLINE else column_title(key, name, higher_is_better)
+        panels.append((f"{title} ({DIRECTION[higher_is_better]})", results["comparisons"].get(key, {})))
     blocks += [t for t in [_family_text(results, "headline")] if t]
     for family, heading, note in (
-            ("robustness", "Other corruptions", "Verdict (mean difference vs the baseline) per corruption column."),
-            ("routing", "Routing columns", "Verdict (mean difference vs the baseline) per routing column; load CV, "
-             "max/mean load, dropped fraction and fluctuation are lower-is-better (better / worse), the others have "
-             "no better side (higher / lower).")):
+            ("robustness", "Other corruptions", "Verdict (mean difference vs the baseline, in the metric's units) "
+             "per corruption column."),
+            ("routing", "Routing columns", "Verdict (mean difference vs the baseline, in each column's units) per "
+             "routing column; load CV, max/mean load, dropped fraction and fluctuation are lower-is-better (better "
+             "/ worse), the others have no better side (higher / lower).")):
         keys = (families.get(family) or {}).get("columns", [])
         if keys:
             blocks += [Heading(heading, 3), Text(note), compact_verdicts(results, keys),
                        *[t for t in [_family_text(results, family)] if t]]
-    fig = forest(panels, baseline)
-    if fig is None:
-        _remove(path)
-        return blocks
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, vector=vector)
-    return [*blocks, Image(Path(FOREST_FILE), f"Difference vs {baseline} with its interval at the level it was "
-                                             "judged at, one row per entry; green better, red worse, purple "
-                                             "equivalent, olive non-inferior, orange non-superior, grey not "
-                                             "resolved; dashed: the margin.")]
+    blocks.append(Details("Method: how the verdicts are reached",
+                          f"{method_text(results)} {_noise_text(results)}".strip()))
+    if save_or_remove(forest(panels, baseline), path, vector):
+        blocks.append(Image(Path(FOREST_FILE), f"Difference vs {baseline} with its interval at the level it was "
+                                               "judged at, one row per entry; green better, red worse, purple "
+                                               "equivalent, olive non-inferior, orange non-superior, grey not "
+                                               "resolved; dashed: the margin."))
+    return blocks

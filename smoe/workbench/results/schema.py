@@ -5,16 +5,20 @@ failed run; readers show what is there and say what is missing):
 
     {"schema": 3, "task": str, "preset": str, "command": str, "created": str (ISO 8601),
      "metric": {"name": str, "higher_is_better": bool},            # the task's headline metric
-     "machine": {"cpu": str, "threads": int, "torch": str, "device": str},
+     "machine": {"cpu": str, "threads": int, "torch": str, "device": str, "python": str,
+                 "jobs": int | "cluster",              # runs trained at once on this machine
+                 "cores": int, "load_average": [1, 5, 15-minute floats]},   # as results.json was written
      "runs": [{
         "router": str, "label": str, "seed": int, "options": {...}, "run_dir": str,
         "status": "done" | "failed" | "skipped", "error": str | null,
         "train_time_s": float, "steps": int, "tokens_per_s": float,
+        "load_average": float,                # highest 1-minute load average as its training (segments) ended
         "curve": [{"step": int, "valid_loss": float, "metric": float}, ...],      # validation over training
         "final": {"metric": float, "valid_loss": float, ...},                    # extra keys: extra columns
         "routing": {
-          "layers": [{"layer": int, "load": [E floats], "load_cv", "max_over_mean", "entropy", "entropy_own", "margin",
-                      "active_experts", "dropped_fraction", "effective_rank_input", "effective_rank_router": float,
+          "layers": [{"layer": int, "load": [E floats], "first_choice": [E floats],  # share of tokens, top-1
+                      "load_cv", "max_over_mean", "entropy", "entropy_own", "margin", "active_experts",
+                      "dropped_fraction", "effective_rank_input", "effective_rank_router": float,
                       "specialization_nmi": {label_name: float}}],
           "fluctuation": [{"step": int, "top1": [per-layer floats], "topk_set": [per-layer floats]}],
           "coactivation": [{"layers": [l, l + 1], "nmi": float, "matrix": [[E floats], ...]}],

@@ -240,7 +240,8 @@ _LM_TASK = {"data_config": TextDataConfig, "model_config": LMConfig,
             "metric": "perplexity (valid/test) against the unigram perplexity",
             "presets": {"tiny": _LM_TINY, "medium": _LM_MEDIUM, "small": _LM_SMALL}, "build": build_language_model,
             "derived": {"vocab_size": 2, "max_len": 2, "num_classes": None},
-            "metric_key": "perplexity", "higher_is_better": False, "corruptions": ("substitute", "insert")}
+            "metric_key": "perplexity", "higher_is_better": False, "corruptions": ("substitute", "insert"),
+            "trivial_key": "unigram_perplexity"}
 
 
 @register_task("lm-bbc")
@@ -274,5 +275,5 @@ def cls_bbc() -> Task:
         },
         build=build_topic_classifier, derived={"vocab_size": 2, "max_len": 2, "num_classes": 2},
         metric_key="accuracy", higher_is_better=True, corruptions=("substitute", "insert"),
-        throughput_unit="documents",
+        throughput_unit="documents", trivial_key="chance_accuracy",
     )
