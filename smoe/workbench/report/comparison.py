@@ -22,6 +22,7 @@ from smoe.workbench.document import Block, Bullets, Code, Heading, Image, Table,
 from smoe.workbench.numbers import NOT_FINITE, format_number, format_spread
 from smoe.workbench.report import plots
 from smoe.workbench.report.routing_plots import report_pictures
+from smoe.workbench.report.tuning_section import tuning_blocks
 from smoe.workbench.report.verdict_section import verdict_blocks
 from smoe.workbench.results.columns import column_title, run_values, strongest_levels
 from smoe.workbench.results.schema import (
@@ -379,7 +380,8 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     by_label = group_runs(results)
     finished = {row.label: [run for run in by_label[row.label] if is_finished(run)] for row in rows}
     title, *header = _header(results, rows)
-    blocks = [title, *verdict_blocks(results, out, vector), *header, *_tables(results, rows), *_runs_table(results),
+    blocks = [title, *verdict_blocks(results, out, vector), *tuning_blocks(results, out, vector), *header,
+              *_tables(results, rows), *_runs_table(results),
               *_missing(results), *_plots(results, rows, out, vector), *report_pictures(finished, base, out, vector)]
     files = ReportFiles(out / "report.md", out / "report.html",
                         [out / b.path for b in blocks if isinstance(b, Image)])

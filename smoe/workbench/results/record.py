@@ -82,14 +82,15 @@ def machine(device: str) -> dict:
 
 
 def write_results(out: str | Path, task: str, preset: str, device: str, entries: Sequence[str], baseline: str,
-                  records: list[dict], command: str) -> Path:
+                  records: list[dict], command: str, tuning: dict | None = None) -> Path:
     """Write out/results.json (schema `SCHEMA_VERSION`): the run records of `entries` (labels, in order) with the
-    paired statistics against `baseline`."""
+    paired statistics against `baseline`, and the record of the entries' tuning (`workbench.grid.tune`) if any."""
     spec = get_task(task)
     results = {"schema": SCHEMA_VERSION, "task": task, "preset": preset, "command": command,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "metric": {"name": spec.metric_key, "higher_is_better": spec.higher_is_better},
-               "machine": machine(device), "runs": records, "entries": list(entries)}
+               "machine": machine(device), "runs": records, "entries": list(entries),
+               **({"tuning": tuning} if tuning is not None else {})}
     results = with_statistics(results, baseline)
     path = Path(out) / RESULTS_FILE
     atomic_write(path, json.dumps(results, indent=1).encode())  # NaN / inf stay numbers, as the schema allows

@@ -28,7 +28,9 @@ failed run; readers show what is there and say what is missing):
      "comparisons": {column key: {label: {"n", "differences", "mean", "sd", "ci_low", "ci_high", "p_value", "test",
                      "p_t", "p_sign_flip", "p_adjusted", "verdict", "mdd", "seeds_needed", "seeds", "direction",
                      "baseline"}}},           # every entry but the baseline; keys: `smoe.workbench.results.columns`
-     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation"}}   # of the headline metric
+     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation"},   # of the headline metric
+     "tuning": {...}}                         # optional: each entry's pick on the validation split, its runs
+                                              # (`smoe.workbench.grid.tune`); the runs above are at the picks
 
 `label` tells apart runs of one router with different options; runs are grouped by label (router name when
 there is no label). Only runs with status "done" (or no status) enter tables and plots. NaN and infinities
