@@ -18,9 +18,11 @@ from smoe.workbench.claims.table import CLAIMS_END, CLAIMS_START, DEFAULT_DOC, u
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
 from smoe.workbench.grid.tune import TUNE_SEED_START, parse_tune
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.report.export import columns_table, robustness_table, write_tables
 from smoe.workbench.report.show import show_run
+from smoe.workbench.results.verdicts import RECORDED
 from smoe.workbench.run.analysis import ANALYSIS_FILE, analyze_run, format_analysis
 from smoe.workbench.run.config import resolve_config, resolve_config_file
 from smoe.workbench.run.embed_suite import main as eval_embed
@@ -67,7 +69,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.columns or args.robustness:
             print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
             return 0
-        files = write_report(args.dir, args.out, baseline=args.baseline)
+        files = write_report(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin))
         tables = write_tables(args.dir, files.html.parent, latex=args.latex, csv_file=args.csv)
     except ValueError as err:
         print(f"smoe report: {err}", file=sys.stderr)
@@ -152,6 +154,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _margin(text: str | None) -> Margin | str | None:
+    """--margin of `smoe report`: None -> the recorded one, 'none' -> no margin, else `Margin.parse`."""
+    if text is None:
+        return RECORDED
+    return None if text.strip().lower() == "none" else Margin.parse(text)
+
+
 def _specs(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -165,7 +174,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
                                preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
                                corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
-                               baseline=args.baseline,
+                               baseline=args.baseline, margin=args.margin,
                                tune=parse_tune(args.tune, args.tune_seeds) if args.tune else None)
         command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
         if hint := thread_hint():
@@ -196,7 +205,11 @@ def cmd_claims(args: argparse.Namespace) -> int:
             print(f"\n{comparison}: {COMPARISONS.get(comparison).command(store / comparison)}")
             for claim in (CLAIMS.get(n) for n in CLAIMS.names()):
                 if claim.comparison == comparison:
-                    print(f"  {claim.name}  [{claim.paper}]\n    {claim.statement}\n    judged: {claim.describe()}")
+                    marks = [m for m, on in (("reconstruction", claim.reconstruction),
+                                             ("exploratory", claim.exploratory)) if on]
+                    print(f"  {claim.name}  [{claim.paper}]\n    {claim.statement}\n    judged: {claim.describe()}"
+                          + (f" [{', '.join(marks)}]" if marks else "")
+                          + (f"\n    caveat: {claim.caveat}" if claim.caveat else ""))
         return 0
     if args.what == "table":
         return claims_table(args)
@@ -293,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only the metric at every corruption (and capacity) level instead of the report")
     p.add_argument("--baseline", metavar="LABEL", default=None,
                    help="the entry the verdicts compare every other with (default: the one results.json records)")
+    p.add_argument("--margin", metavar="M", default=None,
+                   help="judge again with this margin: '2%%' of the baseline's mean or an absolute '0.5' (equivalent, "
+                        "non-inferior, non-superior verdicts); 'none' for none (default: the one results.json records)")
     p.add_argument("--latex", action="store_true", help="also write the tables as OUT/tables.tex (booktabs)")
     p.add_argument("--csv", action="store_true",
                    help="also write the tables as OUT/tables.csv (table, router, quantity, mean, std, n)")
@@ -342,6 +358,9 @@ def add_compare_parser(sub) -> None:
                         "repeat for a grid over several keys, e.g. --tune train.lr=3e-4,1e-3,3e-3")
     p.add_argument("--tune-seeds", type=int, default=1, metavar="N",
                    help=f"tuning seeds per value ({TUNE_SEED_START}..; default 1); the pick has the best mean")
+    p.add_argument("--margin", metavar="M", default=None,
+                   help="the difference that does not matter, '2%%' of the baseline's mean or an absolute '0.5': "
+                        "adds the verdicts equivalent, non-inferior and non-superior (default: none)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     add_grid_arguments(p)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smoe.cli import main
-from smoe.workbench.claims.claim import CLAIMS, judge
+from smoe.workbench.claims.claim import CLAIMS, judge_claims
 from smoe.workbench.claims.data import compact_results, store_dir, training_seconds, write_compact
 from smoe.workbench.claims.table import CLAIMS_END, CLAIMS_START, judge_data, replace_region, table_markdown, update_doc
 from smoe.workbench.results.columns import run_values, strongest_levels
@@ -67,8 +67,9 @@ def test_compact_results_keep_every_value_a_claim_reads(tmp_path):
         levels = strongest_levels(full["runs"])
         assert run_values(after, levels) == run_values(before, levels)
     assert compact["tuning"] == full["tuning"]
-    for name in ("xmoe-collapse", "xmoe-consistency"):
-        assert judge(CLAIMS.get(name), compact).to_dict() == judge(CLAIMS.get(name), full).to_dict()
+    claims = [CLAIMS.get(name) for name in ("xmoe-collapse", "xmoe-consistency")]
+    assert [j.to_dict() for j in judge_claims(claims, {"xmoe": compact})] == \
+        [j.to_dict() for j in judge_claims(claims, {"xmoe": full})]
     assert compact_results(path) == compact  # compacting twice changes nothing
     assert training_seconds(full) == 6 * 60 + (0 + 1 + 2) * 2 + 30
 
@@ -90,7 +91,8 @@ def test_claims_table_regenerates_the_region_between_the_markers(tmp_path, capsy
     assert "2 of 24 registered claims judged, 1 supported, 1 not resolved" in text
     assert "| xmoe-collapse | Chi et al. 2022 (X-MoE) | xmoe - topk on routing.effective_rank_input, claimed higher " \
            "| tiny, 300 steps | train.lr=1e-3 / train.lr=3e-3 |" in text
-    assert "| 3 | 6.6 min | **supported** |" in text  # seeds, training time of the comparison (tuning included)
+    assert "| **supported** | " in text and "| claims (2, holm) |" in text  # one family of the claims judged
+    assert "| 3 | 6.6 min |\n" in text  # seeds, training time of the comparison (tuning included)
     assert "Not yet run into docs/claims (`smoe claims run NAME` runs one): adam-clean," in text
     assert main(["claims", "table", "--data", str(data), "--doc", str(doc), "--check"]) == 0
     assert update_doc(doc, data) is False  # regenerating the same data changes nothing

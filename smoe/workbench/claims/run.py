@@ -15,7 +15,7 @@ from pathlib import Path
 from smoe._files import atomic_write
 from smoe.workbench.claims.claim import CLAIMS, COMPARISONS, Claim, Judgment
 from smoe.workbench.claims.data import DEFAULT_DATA, store_dir, write_compact
-from smoe.workbench.claims.table import LEGEND, counts, judge_data, summary_table
+from smoe.workbench.claims.table import counts, judge_data, legend, summary_table
 from smoe.workbench.document import Text, render_markdown
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import GridConfig
@@ -83,9 +83,16 @@ def run_claims(names: Sequence[str], store: str | os.PathLike | None = None,
         result = run_compare(config, command=command, progress=progress, grid=grid)
         failed += [f"{name}: {line}" for line in result.failed]
         if result.interrupted is not None:
-            return ClaimsRun(judge_data(data, claims)[0], failed, result.interrupted, notes)
+            return ClaimsRun(judge_selected(data, claims), failed, result.interrupted, notes)
         write_compact(result.results, Path(data) / name)
-    return ClaimsRun(judge_data(data, claims)[0], failed, None, notes)
+    return ClaimsRun(judge_selected(data, claims), failed, None, notes)
+
+
+def judge_selected(data: str | os.PathLike, claims: Sequence[Claim]) -> list[Judgment]:
+    """The judgments of `claims` with results in `data`, each judged in its family of every registered claim with
+    results there (`table.judge_data`), not in a family of the selected ones only."""
+    names = {c.name for c in claims}
+    return [j for j in judge_data(data)[0] if j.claim.name in names]
 
 
 # ---------------------------------------------------------------- the summary
@@ -100,6 +107,6 @@ def write_summary(out: str | os.PathLike, data: str | os.PathLike, command: str)
     head = (f"Written by `{command}` (`smoe.workbench.claims`) from every comparison with results in {data}: "
             f"{len(judgments)} claim(s), {counts(judgments)}.")
     md, js = out / SUMMARY_MD, out / SUMMARY_JSON
-    atomic_write(md, render_markdown([Text(f"{head} {LEGEND}"), summary_table(judgments, results)]).encode())
+    atomic_write(md, render_markdown([Text(head), Text(legend(judgments)), summary_table(judgments, results)]).encode())
     atomic_write(js, json.dumps({"command": command, "claims": [j.to_dict() for j in judgments]}, indent=1).encode())
     return md, js

@@ -1,11 +1,13 @@
 """The verdict table of the registered claims, judged from the committed data (`workbench.claims.data`), and
 `smoe claims table`: the table regenerated between the markers CLAIMS_START and CLAIMS_END of docs/results.md.
 
-One row per claim whose comparison has results: what is judged, the setting (preset and training steps), the tuned
-values of the entry and its baseline, the paired difference with its interval, p and MDD, the seeds, the training
-time its comparison took (shared by the claims that read it) and the verdict. The region holds nothing that changes
-between two regenerations of the same data (no date, no path, no command), so a test can check that the committed
-tables equal the regenerated ones.
+One row per claim whose comparison has results, judged as one family with every other registered claim that has
+results (`claim.judge_claims`: Holm, Benjamini-Hochberg as a second reading; exploratory claims apart): what is
+judged (kind and margin), the setting (preset and training steps), the tuned values of the entry and its baseline,
+the paired difference with the interval at the level it was judged at, p, the verdict, the family, MDD, the seeds,
+and the training time its comparison took (shared by the claims that read it). The region holds nothing that
+changes between two regenerations of the same data (no date, no path, no command), so a test can check that the
+committed tables equal the regenerated ones.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from smoe.workbench.claims.claim import CLAIM_VERDICTS, CLAIMS, Claim, Judgment, judge, relative
+from smoe.workbench.claims.claim import CLAIM_VERDICTS, CLAIMS, Claim, Judgment, interval_text, judge_claims
 from smoe.workbench.claims.data import DEFAULT_DATA, training_seconds
 from smoe.workbench.document import Table, Text, render_markdown
 from smoe.workbench.numbers import format_duration, format_number
@@ -27,11 +29,11 @@ DEFAULT_DOC = "docs/results.md"
 def judge_data(data: str | os.PathLike,
                claims: Sequence[Claim] | None = None) -> tuple[list[Judgment], dict[str, dict]]:
     """The judgments of the claims (default: every registered one) whose comparison has data/<comparison>/results.json,
-    and those results by comparison."""
+    judged together (`claim.judge_claims`), and those results by comparison."""
     claims = [CLAIMS.get(name) for name in CLAIMS.names()] if claims is None else claims
     results = {name: load_results(Path(data) / name / RESULTS_FILE)
                for name in dict.fromkeys(c.comparison for c in claims) if (Path(data) / name / RESULTS_FILE).is_file()}
-    return [judge(claim, results[claim.comparison]) for claim in claims if claim.comparison in results], results
+    return judge_claims(claims, results), results
 
 
 def _tuned(claim: Claim, results: Mapping) -> str:
@@ -48,20 +50,23 @@ def summary_table(judgments: Sequence[Judgment], results: Mapping[str, Mapping])
     """One row per claim (`results`: each comparison's results, for the tuning and the training time)."""
     body = []
     for j in judgments:
-        r, comparison = j.result or {}, results.get(j.claim.comparison, {})
-        mean, low, high = r.get("mean"), r.get("ci_low"), r.get("ci_high")
+        r, bh, comparison = j.result or {}, j.bh or {}, results.get(j.claim.comparison, {})
+        rel = r.get("relative")
+        verdict = f"**{j.shown}**" if j.verdict in ("supported", "contradicted") else j.shown
         body.append([
             j.claim.name, j.claim.paper, j.claim.describe(), j.setting, _tuned(j.claim, comparison),
-            "" if mean is None else f"{format_number(mean)}{relative(mean, j.reference_mean)}",
-            "" if low is None or high is None else f"[{format_number(low)}, {format_number(high)}]",
-            "" if r.get("p_adjusted") is None else format_number(r["p_adjusted"]),
+            "" if r.get("mean") is None else format_number(r["mean"], True) + (
+                "" if rel is None else f" ({rel:+.1f} %)"),
+            interval_text(r) if r else "", "" if not r else format_number(r["p_adjusted"]),
+            verdict + (f" ({j.note})" if j.note else ""),
+            "" if not bh else f"{format_number(bh['p_adjusted'])}: {bh['verdict']}",
+            "" if not r else f"{r['family']} ({r['family_size']}, {r['adjustment']})",
             "" if r.get("mdd") is None else format_number(r["mdd"]), str(r.get("n", "")),
             format_duration(training_seconds(comparison)),
-            f"**{j.verdict}**" if j.verdict in ("supported", "contradicted") else j.verdict + (
-                f" ({j.note})" if j.note else ""),
         ])
     header = ["claim", "paper", "judged (entry - baseline on column)", "setting", "tuned (entry / baseline)",
-              "difference", "95 % CI", "p (Holm)", "MDD (80 %)", "seeds", "training time", "verdict"]
+              "difference", "interval (confidence)", "p (Holm)", "verdict (Holm)", "p: verdict (BH, FDR)",
+              "family (size, adjustment)", "MDD (80 %)", "seeds", "training time"]
     return Table(header, body)
 
 
@@ -71,14 +76,25 @@ def counts(judgments: Sequence[Judgment]) -> str:
                      if any(j.verdict == v for j in judgments))
 
 
-LEGEND = ("difference: mean over seeds of the per-seed paired difference entry - baseline (in % of the baseline's "
-          "mean); 95 % CI: Student t over seeds; p: the paired test, Holm-adjusted over the entries compared with the "
-          "same baseline; MDD: the smallest |difference| these seeds detect with 80 % power; tuned: the value each of "
-          "the two entries was run at, picked on the validation split at seeds disjoint from these; training time: "
-          "wall time of training summed over the runs of the claim's comparison, tuning included (shared by the "
-          "claims that read that comparison; the CPU time when each run has one thread). supported / contradicted: a "
-          "resolved difference (p < 0.05) in / against the claimed direction; not resolved: no evidence either way "
-          "at these seeds.")
+def legend(judgments: Sequence[Judgment]) -> str:
+    """How the claims were judged, with the family sizes, and what the other columns mean."""
+    confirmatory = sum(not j.claim.exploratory and j.result is not None for j in judgments)
+    exploratory = sum(j.claim.exploratory and j.result is not None for j in judgments)
+    return (f"The {confirmatory} confirmatory claim(s) judged here are one family: each claim's paired difference "
+            "(entry - baseline, per seed; a diverged or failed run counts against its entry) gets the interval of "
+            "the paired t-test (or the exact sign-flip test where it is fine enough) at the level Holm's step-down "
+            "procedure judges it at, so the chance of any false supported / contradicted among them is at most "
+            "0.05. supported / contradicted: the interval lies on the claimed / the other side of the claim's bound "
+            "(0 for superiority, minus the margin for non-inferiority, plus or minus the margin for equivalence); "
+            "not resolved: neither (no evidence either way at these seeds; the MDD says what could still hide). "
+            "The BH column reads the same family with Benjamini-Hochberg, which bounds the expected share of false "
+            f"verdicts instead (a second, more lenient reading). {exploratory} exploratory claim(s) (registered after "
+            "their results were seen) form their own family. (reconstruction): the method is our reconstruction, "
+            "so the verdict may test our reading of the paper, not the paper's method. difference: mean over seeds "
+            "of the per-seed paired difference (in % of the baseline's mean). tuned: the value each of the two "
+            "entries was run at, picked on the validation split at seeds disjoint from these. training time: wall "
+            "time of training summed over the runs of the claim's comparison, tuning included (shared by the claims "
+            "that read that comparison; the CPU time when each run has one thread).")
 
 
 def table_markdown(data: str | os.PathLike = DEFAULT_DATA) -> str:
@@ -92,8 +108,8 @@ def table_markdown(data: str | os.PathLike = DEFAULT_DATA) -> str:
     head = (f"Regenerated by `smoe claims table` from the compact results of {len(results)} comparison(s) in "
             f"docs/claims/<comparison>/results.json ({format_duration(spent)} of training): {len(judgments)} of "
             f"{len(CLAIMS.names())} registered claims judged")
-    blocks = [Text(f"{head}, {counts(judgments)}. {LEGEND}"), summary_table(judgments, results)] if judgments else [
-        Text(f"{head}.")]
+    blocks = [Text(f"{head}, {counts(judgments)}."), Text(legend(judgments)), summary_table(judgments, results)] \
+        if judgments else [Text(f"{head}.")]
     if waiting:
         blocks.append(Text(f"Not yet run into docs/claims (`smoe claims run NAME` runs one): {', '.join(waiting)}."))
     return render_markdown(blocks)

@@ -23,6 +23,7 @@ from smoe._validate import check_choice, check_int
 from smoe.workbench.grid.executors import Outcome, StepCallback
 from smoe.workbench.grid.jobs import GridConfig, run_tasks
 from smoe.workbench.grid.tune import TUNE_SEED_START, Tuning, run_tuning, tune_runs
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.results.record import collect_run, write_results
 from smoe.workbench.run.config import RunConfig, compressed_schedule, resolve_config
@@ -37,8 +38,10 @@ from smoe.workbench.train.run_folder import hold_folder
 class CompareConfig:
     """A comparison. corruptions: None = the task's default sweep (`workbench.run.evaluate.default_sweep`), [] = none;
     capacities: test-time capacity ratios to evaluate (with BPR on and off for routers that have it); baseline: the
-    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry); tune: what each
-    entry picks on the validation split before the comparison runs (`workbench.grid.tune`; None: nothing)."""
+    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry); margin: the
+    difference that does not matter, "2%" of the baseline or an absolute "0.5" (`measure.rule.Margin`), for the
+    equivalence and non-inferiority verdicts; tune: what each entry picks on the validation split before the
+    comparison runs (`workbench.grid.tune`; None: nothing)."""
 
     task: str
     entries: list[Entry]
@@ -52,10 +55,13 @@ class CompareConfig:
     capacities: list[float] = field(default_factory=list)
     bpr: str = "both"
     baseline: str | None = None
+    margin: str | None = None
     tune: Tuning | None = None
 
     def __post_init__(self):
         get_task(self.task)
+        if self.margin is not None:
+            Margin.parse(self.margin)
         check_int("seeds", self.seeds, low=1)
         if self.tune is not None and self.seeds > TUNE_SEED_START:
             raise ValueError(f"seeds must be <= {TUNE_SEED_START} with tune (the tuning seeds start at "
@@ -184,10 +190,11 @@ def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[Gr
     for i in range(len(runs)):  # what the executor did not finish: the grid was interrupted
         ran.records.setdefault(i, record(i, "skipped", "not finished: the comparison was interrupted"))
     path = _write(config, [ran.records[i] for i in sorted(ran.records)], command, tuning)
-    report = None if ran.interrupted is not None else write_report(out).html
+    report = None if ran.interrupted is not None else write_report(out).html  # the margin results.json records
     return CompareResult(results=path, report=report, failed=ran.failed, interrupted=ran.interrupted)
 
 
 def _write(config: CompareConfig, records: list[dict], command: str, tuning: dict | None) -> Path:
     return write_results(config.out, config.task, config.preset, config.device,
-                         [entry.label for entry in config.entries], config.baseline, records, command, tuning)
+                         [entry.label for entry in config.entries], config.baseline, records, command,
+                         None if config.margin is None else Margin.parse(config.margin), tuning)
