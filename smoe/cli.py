@@ -229,6 +229,10 @@ def cmd_claims(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     for judgment in run.judgments:
         print(judgment.line())
+    sizes = {j.result["family"]: j.result["family_size"] for j in run.judgments if j.result is not None}
+    print(f"judged as one family: {sizes.get('claims', 0)} confirmatory claim(s) with results in {args.data}, Holm "
+          f"(Benjamini-Hochberg as a second reading in claims.md); {sizes.get('exploratory claims', 0)} exploratory "
+          f"claim(s) apart")
     markdown, _ = write_summary(store_dir(args.store), args.data, "smoe claims " + " ".join(args.argv))
     print(f"results: {args.data}/<comparison>/results.json (`smoe claims table` puts them into {DEFAULT_DOC}); "
           f"summary of every claim with results there: {markdown} (and claims.json beside it)")

@@ -286,7 +286,10 @@ def test_claims_run_prints_verdicts_and_writes_the_summary(tmp_path, capsys, mon
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("vmoe-bpr: supported (vmoe: robust.capacity-bpr@5 - robust.capacity-vanilla@5, "
                              "claimed better; +0.02167 (+2.4 %), [+0.01450, +0.02884] (95 %), p (holm over 1) = ")
-    assert out[0].endswith(", 3 seeds)") and out[1].startswith(f"results: {data}/<comparison>/results.json")
+    assert out[0].endswith(", 3 seeds)")
+    assert out[1] == (f"judged as one family: 1 confirmatory claim(s) with results in {data}, Holm "
+                      "(Benjamini-Hochberg as a second reading in claims.md); 0 exploratory claim(s) apart")
+    assert out[2].startswith(f"results: {data}/<comparison>/results.json")
     assert (data / "vmoe-bpr" / "results.json").is_file()  # the compact results, beside the store's full ones
     assert "| vmoe-bpr |" in (store / "claims.md").read_text()
     assert json.loads((store / "claims.json").read_text())["claims"][0]["verdict"] == "supported"

@@ -91,6 +91,8 @@ def test_an_unknown_baseline_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"baseline must be the label of an entry \(a, b\); got 'c'"):
         tiny(tmp_path, "a=topk,b=xmoe", 1, baseline="c")
     assert tiny(tmp_path, "a=topk,b=xmoe", 1).baseline == "a"
+    with pytest.raises(ValueError, match="margin must be a positive number"):
+        tiny(tmp_path, "a=topk,b=xmoe", 1, margin="two percent")
 
 
 @pytest.mark.slow
