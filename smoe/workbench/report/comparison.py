@@ -26,6 +26,7 @@ from smoe.workbench.report import plots
 from smoe.workbench.report.caveats import caveats, contention
 from smoe.workbench.report.evidence import evidence_blocks
 from smoe.workbench.report.routing_plots import report_pictures
+from smoe.workbench.report.tuning_section import tuning_blocks
 from smoe.workbench.report.verdict_section import bottom_line, verdict_blocks
 from smoe.workbench.results.columns import column_title, run_values, strongest_levels
 from smoe.workbench.results.schema import (
@@ -389,7 +390,8 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     first_screen = [title, *bottom_line(results),
                     *([Heading("Warnings"), Bullets(warnings, warning=True)] if warnings else []),
                     *verdict_blocks(results, out, vector)]
-    blocks = [*first_screen, *evidence_blocks(results, out, vector), Heading("The comparison"), *header,
+    blocks = [*first_screen, *evidence_blocks(results, out, vector), *tuning_blocks(results, out, vector),
+              Heading("The comparison"), *header,
               *_tables(results, rows), *_runs_table(results), *_missing(results), *_plots(results, rows, out, vector),
               *report_pictures(finished, base, out, vector)]
     files = ReportFiles(out / "report.md", out / "report.html",

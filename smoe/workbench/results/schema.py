@@ -40,7 +40,9 @@ failed run; readers show what is there and say what is missing):
         "verdict", "family", "family_size", "adjustment", "alpha", "margin" (metric units), "margin_spec",
         "d_z", "relative" (% of the baseline), "prob_improvement", "prob_improvement_low", "prob_improvement_high",
         "mdd", "seeds_needed", "note", "direction", "baseline"}}},   # every entry but the baseline
-     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation", "comparable": bool}}
+     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation", "comparable": bool},
+     "tuning": {...}}                         # optional: each entry's pick on the validation split, its runs
+                                              # (`smoe.workbench.grid.tune`); the runs above are at the picks
 
 `label` tells apart runs of one router with different options; runs are grouped by label (router name when
 there is no label). Only runs with status "done" (or no status) enter tables and plots. NaN and infinities
