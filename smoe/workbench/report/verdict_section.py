@@ -63,6 +63,10 @@ def sentence(results: Mapping, label: str, key: str = HEADLINE) -> str:
     else:
         value, low, high = number(c.get("mean")), number(c.get("ci_low")), number(c.get("ci_high"))
         show, unit = format_number, ""
+    diverged = len(c.get("diverged_seeds") or c.get("diverged") or [])
+    if value is None or not is_finite(value):
+        return (f"{label}: no finite paired difference with {baseline} ({c['verdict']}; {diverged} seed(s) "
+                "diverged or failed).")
     word = "higher" if value >= 0 else "lower"
     if value < 0:
         value, low, high = -value, None if high is None else -high, None if low is None else -low
@@ -70,7 +74,6 @@ def sentence(results: Mapping, label: str, key: str = HEADLINE) -> str:
     margin = ""
     if is_finite(number(c.get("margin"))):
         margin = f" within a margin of ±{c.get('margin_spec') or format_number(c['margin'])}"
-    diverged = len(c.get("diverged_seeds") or c.get("diverged") or [])
     seeds = f"{c.get('n')} seed{'s' if c.get('n') != 1 else ''}" + (f", {diverged} diverged" if diverged else "")
     return f"{label}: {show(value)}{unit} {word} {name} than {baseline}{interval}, {c['verdict']}{margin}, {seeds}."
 
