@@ -8,7 +8,8 @@
   end and not valid JSON: what a kill during an append leaves) with a warning; any other line that is not a JSON
   object with an integer "step" is a `DamagedFileError` naming the file and line.
 - **JSON and YAML files** (`final.json`, `eval.json`, `analysis.json`, `config.yaml`): `read_json` / `read_yaml`
-  raise `DamagedFileError` naming the file (and line) instead of a parser's traceback.
+  raise `DamagedFileError` naming the file (and line) instead of a parser's traceback; so do all three readers
+  for a file that is a folder, not UTF-8 or unreadable.
 - **Temporary files** of an interrupted atomic write (`.<name>.tmp-<pid>`) are removed by `remove_temp_files` when
   the next writer starts.
 """
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from smoe._files import read_text
+
 LOCK_FILE = ".smoe.lock"
 TEMP_GLOB = ".*.tmp-*"  # the temporary names of `smoe.workbench.train.checkpoint.atomic_write`
 
@@ -40,7 +43,9 @@ class DamagedFileError(ValueError):
 
 
 def make_folder(folder: str | Path) -> Path:
-    """Create `folder` (and its parents) if needed; ValueError when it is a file or cannot be written."""
+    """Create `folder` (and its parents) if needed; ValueError when it is empty (''), a file or cannot be written."""
+    if not str(folder).strip():
+        raise ValueError(f"--out must name a folder, got {str(folder)!r}")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder; choose a folder for the output (--out)")
@@ -105,8 +110,8 @@ def read_json(path: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        value = json.loads(_read(path))
+    except json.JSONDecodeError as e:
         raise DamagedFileError(f"{path} is damaged ({_where(e)}); remove it or restore it") from None
     if not isinstance(value, dict):
         raise DamagedFileError(f"{path} is damaged (a JSON object expected, got {type(value).__name__})")
@@ -117,9 +122,7 @@ def read_yaml(path: str | Path) -> dict:
     """The YAML mapping in `path` (a run's config.yaml); DamagedFileError naming the file and line otherwise."""
     path = Path(path)
     try:
-        value = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError as e:
-        raise DamagedFileError(f"{path} is not UTF-8 text ({e.reason})") from None
+        value = yaml.safe_load(_read(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -138,11 +141,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise DamagedFileError(f"{path} is damaged (not UTF-8 text)") from None
-    lines = text.split("\n")
+    lines = _read(path).split("\n")
     torn = lines.pop()  # "" when the file ends with a newline
     records = [_record(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
     if torn.strip():
@@ -152,6 +151,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
             warnings.warn(f"{path}: dropped a torn last line (line {len(lines) + 1}, {len(torn)} characters, no "
                           "newline): the writer was stopped during an append", stacklevel=2)
     return records
+
+
+def _read(path: Path) -> str:
+    """The text of a run folder's file; DamagedFileError when it is a folder, not UTF-8, or cannot be read."""
+    try:
+        return read_text(path)
+    except ValueError as e:
+        raise DamagedFileError(f"{e}; remove it or restore it") from None
 
 
 def jsonl_bytes(records: list[dict]) -> bytes:
