@@ -2,7 +2,8 @@
 `--robustness`), LaTeX (booktabs) and CSV (`smoe report --latex`, `--csv`).
 
 The LaTeX tables are the report's tables with the same numbers and text; the CSV holds one row per (table, router,
-quantity) with the raw mean, std, number of seeds and how many were not finite, for plotting elsewhere.
+quantity) with the raw mean, std, number of seeds and how many were not finite, for plotting elsewhere; a text cell
+that a spreadsheet would run as a formula is quoted (`smoe.workbench.document.safe_cell`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from smoe.workbench.document import Table, render_markdown
+from smoe.workbench.document import Table, render_markdown, safe_cell
 from smoe.workbench.numbers import format_number
 from smoe.workbench.report.comparison import MISSING, Stat, format_stat, report_tables, stat_table, summarize
 from smoe.workbench.results.schema import group_runs, is_finished, load_results, metric_spec, number, records
+from smoe.workbench.train.run_folder import hold_folder
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
@@ -51,23 +53,24 @@ def write_tables(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     rows = summarize(results)
     tables = [(title, keys, stat_table(rows, keys, results, mark=i == 0))
               for i, (title, _, keys) in enumerate(report_tables(results, rows))]
-    out, written = Path(out_dir), []
-    out.mkdir(parents=True, exist_ok=True)
-    if latex:
-        written.append(out / "tables.tex")
-        written[-1].write_text(render_latex([(title, table) for title, _, table in tables]), encoding="utf-8")
-    if csv_file:
-        written.append(out / "tables.csv")
-        with open(written[-1], "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["table", "router", "quantity", "key", "mean", "std", "n", "not_finite"])
-            for title, keys, table in tables:
-                for row in rows:
-                    for i, key in enumerate(keys):
-                        stat = row.cells.get(key)
-                        values = (["", "", 0, 0] if stat is None else
-                                  [stat.mean, "" if stat.std is None else stat.std, stat.n, stat.nonfinite])
-                        writer.writerow([title, row.label, table.header[2 + i], key, *values])
+    written = []
+    with hold_folder(out_dir) as out:
+        if latex:
+            written.append(out / "tables.tex")
+            written[-1].write_text(render_latex([(title, table) for title, _, table in tables]), encoding="utf-8")
+        if csv_file:
+            written.append(out / "tables.csv")
+            with open(written[-1], "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["table", "router", "quantity", "key", "mean", "std", "n", "not_finite"])
+                for title, keys, table in tables:
+                    for row in rows:
+                        for i, key in enumerate(keys):
+                            stat = row.cells.get(key)
+                            values = (["", "", 0, 0] if stat is None else
+                                      [stat.mean, "" if stat.std is None else stat.std, stat.n, stat.nonfinite])
+                            writer.writerow([safe_cell(c) for c in (title, row.label, table.header[2 + i], key)]
+                                            + values)
     return written
 
 
