@@ -187,7 +187,8 @@ def resolve_config_file(path: str | Path, router: str | None = None, seed: int |
     check_choice("preset", preset, tuple(t.presets))
     sections = {}
     for name in SECTIONS:
-        given = config.get(name) or {}
+        given = config.get(name)
+        given = {} if given is None else given  # `data:` with nothing under it
         if not isinstance(given, dict):
             raise ValueError(f"config {str(path)!r}: section {name!r} must be a mapping, got {given!r}")
         sections[name] = {**t.presets[preset].get(name, {}), **given}

@@ -117,6 +117,8 @@ class TrainConfig:
         check_float("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
         check_float("grad_clip", self.grad_clip, low=0.0)
         check_bool("compile", self.compile)
+        for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip"):
+            setattr(self, name, float(getattr(self, name)))  # beta1: 0 from a YAML file is a float to AdamW
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): linear warm-up, cosine decay, then min."""
