@@ -177,3 +177,22 @@ def test_a_router_spec_builds_or_is_a_value_error(spec, num_experts):
         build_router(name, d_model=8, num_experts=num_experts, **options)
     except ValueError:
         pass
+
+
+# ---------------------------------------------------------------- what the properties found, pinned
+
+
+@pytest.mark.parametrize("section", ["0", "''", "[]", "false"])
+def test_a_section_that_is_not_a_mapping_is_refused_even_when_falsy(tmp_path, section):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"task: digits\ndata: {section}\n")
+    with pytest.raises(ValueError, match="section 'data' must be a mapping"):
+        resolve_config_file(path)
+    path.write_text("task: digits\ndata:\n")  # nothing under it: the preset's
+    assert resolve_config_file(path).data == resolve_config("digits").data
+
+
+def test_the_float_fields_of_train_are_floats_whatever_yaml_gave():
+    config = TrainConfig(lr=1, beta1=0, beta2=0, weight_decay=0, grad_clip=1, min_lr_ratio=0)
+    assert all(type(getattr(config, name)) is float
+               for name in ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "min_lr_ratio"))
