@@ -141,6 +141,17 @@ def test_temporary_files_of_an_interrupted_write_are_removed_on_the_next_start(t
     assert remove_temp_files(tmp_path) == []
 
 
+def test_taking_a_folder_removes_the_temporary_files_a_dead_writer_left_in_it(tmp_path):
+    """A finished run is never trained again, so the Trainer's clean-up never sees what a kill during its analysis
+    or evaluation left; the next holder of the folder removes it (not in sub-folders: another writer's)."""
+    stale, other = tmp_path / ".eval.json.tmp-99999", tmp_path / "runs" / "a" / ".final.json.tmp-99999"
+    other.parent.mkdir(parents=True)
+    for p in (stale, other):
+        p.write_bytes(b"partial")
+    with hold_folder(tmp_path):
+        assert not stale.exists() and other.exists()
+
+
 def test_final_eval_and_analysis_files_are_written_atomically(tmp_path, monkeypatch):
     written = []
     for module in (trainer, evaluate, analysis):

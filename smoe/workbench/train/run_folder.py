@@ -11,7 +11,8 @@
   raise `DamagedFileError` naming the file (and line) instead of a parser's traceback; so do all three readers
   for a file that is a folder, not UTF-8 or unreadable.
 - **Temporary files** of an interrupted atomic write (`.<name>.tmp-<pid>`) are removed by `remove_temp_files` when
-  the next writer starts.
+  the next writer starts: `hold_folder` removes those in the folder itself, the Trainer those of a run folder's
+  sub-folders (checkpoints/).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def hold_folder(folder: str | Path, create: bool = True) -> Iterator[Path]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
+    remove_temp_files(folder, recursive=False)  # a dead writer's; sub-folders may be other writers' (runs/<run>/)
     try:
         yield folder
     finally:
@@ -92,13 +94,15 @@ def hold_folder(folder: str | Path, create: bool = True) -> Iterator[Path]:
         os.close(fd)  # releases the lock; the file stays (removing it would race with a process opening it)
 
 
-def remove_temp_files(folder: str | Path) -> list[Path]:
-    """Delete the temporary files interrupted atomic writes left in `folder` and its sub-folders; returns them.
+def remove_temp_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files interrupted atomic writes left in `folder` (and its sub-folders when recursive);
+    returns them.
 
     Only call it while holding the folder (`hold_folder`): a live writer's temporary file would go too.
     """
     folder = Path(folder)
-    removed = [p for p in folder.rglob(TEMP_GLOB) if p.is_file()] if folder.is_dir() else []
+    found = (folder.rglob if recursive else folder.glob)(TEMP_GLOB) if folder.is_dir() else []
+    removed = [p for p in found if p.is_file()]
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
