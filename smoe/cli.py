@@ -17,12 +17,18 @@ from smoe.data.corrupt import available_corruptions
 from smoe.layer import available_layers, layer_options, layer_summary
 from smoe.routing import available_routers, router_options, router_summary
 from smoe.workbench.claims.claim import CLAIMS, COMPARISONS
-from smoe.workbench.claims.run import DEFAULT_OUT, judge_folder, run_claims, write_summary
+from smoe.workbench.claims.data import DEFAULT_DATA, STORE_ENV, store_dir
+from smoe.workbench.claims.run import run_claims, write_claims_across, write_summary
+from smoe.workbench.claims.table import CLAIMS_END, CLAIMS_START, DEFAULT_DOC, update_doc
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
+from smoe.workbench.grid.tune import TUNE_SEED_START, parse_tune
+from smoe.workbench.measure.rule import Margin
+from smoe.workbench.report.across_tasks import write_across
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.report.export import columns_table, robustness_table, write_tables
 from smoe.workbench.report.show import show_run
+from smoe.workbench.results.verdicts import RECORDED
 from smoe.workbench.run.analysis import ANALYSIS_FILE, analyze_run, format_analysis
 from smoe.workbench.run.config import resolve_config, resolve_config_file
 from smoe.workbench.run.embed_suite import main as eval_embed
@@ -63,12 +69,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table)."""
-    if args.columns or args.robustness:
-        print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
+    """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table); with several
+    DIRs, the report across their tasks into --out."""
+    if len(args.dir) > 1:
+        if args.out is None or args.columns or args.robustness:
+            raise ValueError("several DIRs make a report across tasks: give --out DIR (and no --columns or "
+                             "--robustness)")
+        files = write_across(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin),
+                             latex=args.latex, csv_file=args.csv)
+        tables = files.tables
+    elif args.columns or args.robustness:
+        print(columns_table(args.dir[0], args.columns) if args.columns else robustness_table(args.dir[0]))
         return 0
-    files = write_report(args.dir, args.out, baseline=args.baseline)
-    tables = write_tables(args.dir, files.html.parent, latex=args.latex, csv_file=args.csv)
+    else:
+        margin = _margin(args.margin)
+        files = write_report(args.dir[0], args.out, baseline=args.baseline, margin=margin)
+        tables = write_tables(args.dir[0], files.html.parent, latex=args.latex, csv_file=args.csv,
+                              baseline=args.baseline, margin=margin)
     print(f"wrote {files.markdown} and {files.html} ({len(files.plots)} plots)")
     for path in tables:
         print(f"wrote {path}")
@@ -140,6 +157,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _margin(text: str | None) -> Margin | str | None:
+    """--margin of `smoe report`: None -> the recorded one, 'none' -> no margin, else `Margin.parse`."""
+    if text is None:
+        return RECORDED
+    return None if text.strip().lower() == "none" else Margin.parse(text)
+
+
 def _specs(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -152,7 +176,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
                            preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
                            corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
-                           baseline=args.baseline)
+                           baseline=args.baseline, margin=args.margin,
+                           tune=parse_tune(args.tune, args.tune_seeds) if args.tune else None)
     command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
     if hint := thread_hint():
         print(hint, file=sys.stderr)
@@ -168,35 +193,62 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    """`smoe claims`: list the paper claims; `smoe claims run NAME... | --all`: run their comparisons and judge."""
+    """`smoe claims`: list the paper claims; `smoe claims run NAME... | --all`: run their comparisons and judge;
+    `smoe claims table`: regenerate docs/results.md's verdict table from the committed results."""
     if args.what is None:
+        store = store_dir()
         print(f"{len(CLAIMS.names())} paper claims in {len(COMPARISONS.names())} comparisons; `smoe claims run NAME` "
-              f"runs one (its comparison into {DEFAULT_OUT}/<comparison>/), `--all` every one:")
+              f"runs one (its comparison in the run store {store}/<comparison>/, its results to "
+              f"{DEFAULT_DATA}/<comparison>/), `--all` every one:")
         for comparison in COMPARISONS.names():
-            print(f"\n{comparison}: {COMPARISONS.get(comparison).command(f'{DEFAULT_OUT}/{comparison}')}")
+            print(f"\n{comparison}: {COMPARISONS.get(comparison).command(store / comparison)}")
             for claim in (CLAIMS.get(n) for n in CLAIMS.names()):
                 if claim.comparison == comparison:
-                    print(f"  {claim.name}  [{claim.paper}]\n    {claim.statement}\n    judged: {claim.describe()}")
+                    marks = [m for m, on in (("reconstruction", claim.reconstruction),
+                                             ("exploratory", claim.exploratory)) if on]
+                    print(f"  {claim.name}  [{claim.paper}]\n    {claim.statement}\n    judged: {claim.describe()}"
+                          + (f" [{', '.join(marks)}]" if marks else "")
+                          + (f"\n    caveat: {claim.caveat}" if claim.caveat else ""))
         return 0
+    if args.what == "table":
+        return claims_table(args)
     if bool(args.names) == args.all:
         raise ValueError("name claims (see `smoe claims`) or give --all, not both")
     if hint := thread_hint():
         print(hint, file=sys.stderr)
-    run = run_claims(args.names, args.out, seeds=args.seeds, steps=args.steps, preset=args.preset,
+    run = run_claims(args.names, args.store, args.data, seeds=args.seeds, steps=args.steps, preset=args.preset,
                      overrides=args.set or [], progress=not args.no_progress, grid=grid_config(args),
                      device=args.device)
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)
     for judgment in run.judgments:
         print(judgment.line())
-    markdown, _ = write_summary(args.out, judge_folder(args.out), "smoe claims " + " ".join(args.argv))
-    print(f"summary of every claim with results in {args.out}: {markdown} (and claims.json beside it)")
+    sizes = {j.result["family"]: j.result["family_size"] for j in run.judgments if j.result is not None}
+    print(f"judged as one family: {sizes.get('claims', 0)} confirmatory claim(s) with results in {args.data}, Holm "
+          f"(Benjamini-Hochberg as a second reading in claims.md); {sizes.get('exploratory claims', 0)} exploratory "
+          f"claim(s) apart")
+    markdown, _ = write_summary(store_dir(args.store), args.data, "smoe claims " + " ".join(args.argv))
+    print(f"results: {args.data}/<comparison>/results.json (`smoe claims table` puts them into {DEFAULT_DOC}); "
+          f"summary of every claim with results there: {markdown} (and claims.json beside it)")
+    if across := write_claims_across(store_dir(args.store), args.data, run.judgments):
+        print(f"their comparisons read together: {across}")
     for line in run.failed:
         print(f"failed: {line}", file=sys.stderr)
     if run.interrupted is not None:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 128 + run.interrupted
     return 1 if run.failed else 0
+
+
+def claims_table(args: argparse.Namespace) -> int:
+    """`smoe claims table [--check]`: the verdict table of --doc regenerated from --data."""
+    changed = update_doc(args.doc, args.data, check=args.check)
+    if args.check:
+        print(f"{args.doc}: the claims table {'differs from' if changed else 'equals'} the one regenerated from "
+              f"{args.data}" + ("; run `smoe claims table`" if changed else ""))
+        return 1 if changed else 0
+    print(f"{args.doc}: claims table regenerated from {args.data} ({'changed' if changed else 'unchanged'})")
+    return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -235,9 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["layer", "parallel", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
-    p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json")
-    p.add_argument("dir", help="directory holding results.json (written by `smoe compare`)")
-    p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR)")
+    p = sub.add_parser("report", help="render report.md and report.html from a comparison's results.json (several: "
+                                      "a report across their tasks)")
+    p.add_argument("dir", nargs="+", metavar="DIR",
+                   help="directory holding results.json (written by `smoe compare`); several DIRs (comparisons that "
+                        "share entries): normalised scores per task, the aggregate and a critical-difference diagram")
+    p.add_argument("--out", help="directory for report.md, report.html and plots/ (default: DIR; required with "
+                                 "several DIRs)")
     p.add_argument("--columns", type=_specs, metavar="KEY[,...]",
                    help="print only a table of these columns (e.g. final.metric,routing.load_cv; a wrong key lists "
                         "the available ones) instead of writing the report")
@@ -245,9 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only the metric at every corruption (and capacity) level instead of the report")
     p.add_argument("--baseline", metavar="LABEL", default=None,
                    help="the entry the verdicts compare every other with (default: the one results.json records)")
-    p.add_argument("--latex", action="store_true", help="also write the tables as OUT/tables.tex (booktabs)")
+    p.add_argument("--margin", metavar="M", default=None,
+                   help="judge again with this margin: '2%%' of the baseline's mean or an absolute '0.5' (equivalent, "
+                        "non-inferior, non-superior verdicts); 'none' for none (default: the one results.json records)")
+    p.add_argument("--latex", action="store_true",
+                   help="also write the verdict, per-seed and summary tables as OUT/tables.tex (booktabs; across "
+                        "tasks: OUT/across.tex)")
     p.add_argument("--csv", action="store_true",
-                   help="also write the tables as OUT/tables.csv (table, router, quantity, mean, std, n)")
+                   help="also write raw numbers: OUT/tables.csv (mean, std, n), verdicts.csv (every comparison), "
+                        "seeds.csv (every run; across tasks: across_tasks.csv and aggregate.csv)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("show", help="routing pictures of a trained run (and of your own text) as PNG + HTML")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of smoe train or smoe compare")
@@ -288,6 +350,15 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="the comparison folder (runs/, results.json, report)")
     p.add_argument("--baseline", metavar="LABEL", default=None,
                    help="the entry every other is compared with, paired by seed (default: the first entry)")
+    p.add_argument("--tune", action="append", metavar="KEY=V1,V2,...",
+                   help="pick each entry's value of KEY on the validation split first (tuning runs in DIR/tune/ at "
+                        f"seeds {TUNE_SEED_START}.., disjoint from --seeds), then compare every entry at its pick; "
+                        "repeat for a grid over several keys, e.g. --tune train.lr=3e-4,1e-3,3e-3")
+    p.add_argument("--tune-seeds", type=int, default=1, metavar="N",
+                   help=f"tuning seeds per value ({TUNE_SEED_START}..; default 1); the pick has the best mean")
+    p.add_argument("--margin", metavar="M", default=None,
+                   help="the difference that does not matter, '2%%' of the baseline's mean or an absolute '0.5': "
+                        "adds the verdicts equivalent, non-inferior and non-superior (default: none)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     add_grid_arguments(p)
@@ -295,9 +366,11 @@ def add_compare_parser(sub) -> None:
 
 
 def add_claims_parser(sub) -> None:
-    p = sub.add_parser("claims", help="paper claims as data: list them; `smoe claims run` tests them")
+    p = sub.add_parser("claims", help="paper claims as data: list them; `smoe claims run` tests them, `smoe claims "
+                                      "table` regenerates docs/results.md's verdict table")
     p.set_defaults(fn=cmd_claims, what=None)
-    r = p.add_subparsers(dest="what").add_parser(
+    commands = p.add_subparsers(dest="what")
+    r = commands.add_parser(
         "run", help="run the claims' comparisons (resumable) and print supported / contradicted / not resolved")
     r.add_argument("names", nargs="*", metavar="NAME", help="claims to run (see `smoe claims`)")
     r.add_argument("--all", action="store_true", help="every claim")
@@ -307,12 +380,23 @@ def add_claims_parser(sub) -> None:
                    help="run at this preset where the task has it (default: each comparison's, tiny)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value of every run, after the comparison's own (repeatable)")
-    r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                   help=f"comparisons go to DIR/<comparison>/; DIR/claims.md and claims.json summarise every claim "
-                        f"with results there (default {DEFAULT_OUT})")
+    r.add_argument("--store", default=None, metavar="DIR",
+                   help=f"the run store: comparisons run in DIR/<comparison>/ (every run folder, resumable across "
+                        f"days); DIR/claims.md and claims.json summarise the claims with results in --data (default "
+                        f"${STORE_ENV}, else ~/.cache/smoe/claims)")
+    r.add_argument("--data", default=DEFAULT_DATA, metavar="DIR",
+                   help=f"each finished comparison's compact results go to DIR/<comparison>/results.json (default "
+                        f"{DEFAULT_DATA}, kept in the repository)")
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     add_grid_arguments(r)
     r.add_argument("--no-progress", action="store_true", help="no progress line")
+    t = commands.add_parser("table", help=f"regenerate the verdict table of {DEFAULT_DOC} (between {CLAIMS_START} and "
+                                          f"{CLAIMS_END}) from the committed results; no training")
+    t.add_argument("--data", default=DEFAULT_DATA, metavar="DIR",
+                   help=f"the compact results, DIR/<comparison>/results.json (default {DEFAULT_DATA})")
+    t.add_argument("--doc", default=DEFAULT_DOC, metavar="FILE", help=f"the Markdown file (default {DEFAULT_DOC})")
+    t.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 when the table differs from the regenerated one")
 
 
 def add_analysis_parsers(sub) -> None:
@@ -390,12 +474,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    command = " ".join(argv[:2] if argv[:2] == ["claims", "run"] else argv[:1])
+    command = " ".join(argv[:1])
     try:
         if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
             return eval_embed(argv[1:])
         args = build_parser().parse_args(argv)
         args.argv = argv[1:]
+        what = getattr(args, "what", None)  # claims run, claims table, bench layer
+        command = f"{args.command} {what}" if isinstance(what, str) else args.command
         return args.fn(args)
     except USER_ERRORS as e:
         message = user_error(e)

@@ -1,7 +1,7 @@
-"""A report as a list of blocks (heading, text, code, bullets, table, image) and its two renderings: Markdown
-(images linked) and one self-contained HTML file (inline CSS, images inlined as base64, no external reference).
-Text from a results file is shown, never run: markup is escaped in both renderings, and a Markdown table cell that a
-spreadsheet would run as a formula is quoted (`safe_cell`).
+"""A report as a list of blocks (heading, text, code, bullets, table, image, a collapsed paragraph) and its two
+renderings: Markdown (images linked) and one self-contained HTML file (inline CSS, images inlined as base64, no
+external reference). Text from a results file is shown, never run: markup is escaped in both renderings, and a
+Markdown table cell that a spreadsheet would run as a formula is quoted (`safe_cell`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class Code:
 @dataclass
 class Bullets:
     items: list[str]
+    warning: bool = False  # shown as warnings (HTML: in a warning colour)
 
 
 @dataclass
@@ -48,7 +49,15 @@ class Image:
     caption: str
 
 
-Block = Heading | Text | Code | Bullets | Table | Image
+@dataclass
+class Details:
+    """A paragraph shown collapsed under a one-line summary (HTML <details>; Markdown renders it the same way)."""
+
+    summary: str
+    text: str
+
+
+Block = Heading | Text | Code | Bullets | Table | Image | Details
 
 
 _FORMULA = re.compile(r"[=@\t\r]|[+-](?!\.?\d)")  # what a spreadsheet would run: =, @, or +/- before a non-number
@@ -92,6 +101,9 @@ def render_markdown(blocks: Sequence[Block]) -> str:
         elif isinstance(block, Image):
             caption = _md_text(block.caption)
             out.append(f"![{caption}]({block.path.as_posix()})\n\n*{caption}*")
+        elif isinstance(block, Details):
+            out.append(f"<details><summary>{html.escape(block.summary)}</summary>\n\n{_md_text(block.text)}\n\n"
+                       "</details>")
     return "\n\n".join(out) + "\n"
 
 
@@ -101,7 +113,9 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}tr.best{background:#e6f4ea;font-weight:bold}
 td.long{white-space:normal;text-align:left;min-width:16em}
 figure{margin:1.5em 0}img{max-width:100%}figcaption{font-style:italic;color:#555}
-.wide{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}"""
+.wide{overflow-x:auto}details{margin:1em 0}summary{cursor:pointer;font-weight:600}
+ul.warnings li{color:#8a4b00}
+pre{background:#f6f6f6;padding:.6em;overflow-x:auto;white-space:pre-wrap}"""
 
 
 LONG = 40  # characters: a longer table cell (an error message) wraps instead of widening the table
@@ -119,7 +133,8 @@ def render_html(blocks: Sequence[Block], title: str, base: Path) -> str:
         elif isinstance(block, Code):
             out.append(f"<pre><code>{esc(block.text)}</code></pre>")
         elif isinstance(block, Bullets):
-            out.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block.items) + "</ul>")
+            items = "".join(f"<li>{esc(item)}</li>" for item in block.items)
+            out.append(("<ul class=\"warnings\">" if block.warning else "<ul>") + items + "</ul>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{esc(c)}</th>" for c in block.header)
             body = "".join(("<tr class=\"best\">" if i in block.marked else "<tr>")
@@ -130,5 +145,7 @@ def render_html(blocks: Sequence[Block], title: str, base: Path) -> str:
             data = base64.b64encode((base / block.path).read_bytes()).decode("ascii")
             out.append(f"<figure><img alt=\"{esc(block.caption)}\" src=\"data:image/png;base64,{data}\">"
                        f"<figcaption>{esc(block.caption)}</figcaption></figure>")
+        elif isinstance(block, Details):
+            out.append(f"<details><summary>{esc(block.summary)}</summary><p>{esc(block.text)}</p></details>")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")

@@ -32,7 +32,8 @@ from smoe.workbench.run.entry import parse_entries
 
 TINY = ["model.d_model=16", "model.num_layers=2", "model.moe_every=1", "model.num_heads=2", "model.ffn_hidden=16",
         "train.batch_size=16", "train.log_every=1", "data.probe_tokens=340"]
-TIMING = ("train_time_s", "tokens_per_s", "eval_time_s")  # wall-clock figures, never equal between two runs
+TIMING = ("train_time_s", "tokens_per_s", "eval_time_s", "load_average")  # wall-clock and machine figures, never
+# equal between two runs
 
 
 def config(out) -> CompareConfig:

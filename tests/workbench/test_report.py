@@ -12,7 +12,8 @@ from smoe.cli import main
 from smoe.workbench.report.comparison import Stat, format_number, format_stat, summarize, write_report
 from smoe.workbench.results.schema import load_results
 
-PLOTS = {"curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent", "forest"}
+PLOTS = {"curves", "final_metric", "load", "fluctuation", "robustness", "coactivation", "latent", "forest",
+         "paired_seeds", "difference_curve", "improvement"}
 
 
 def layer(i, load_cv, nmi):
@@ -289,8 +290,8 @@ def test_rerender_removes_stale_plots_and_empty_results_render(tmp_path):
 
 
 def test_bad_input_raises_value_error_naming_the_argument(tmp_path):
-    with pytest.raises(ValueError, match=r"results\['schema'\] must be one of \(1, 2\), got 3"):
-        load_results({**make_results(), "schema": 3})
+    with pytest.raises(ValueError, match=r"results\['schema'\] must be one of \(1, 2, 3\), got 4"):
+        load_results({**make_results(), "schema": 4})
     with pytest.raises(ValueError, match=r"results\['runs'\] must be a list"):
         load_results({"schema": 1, "runs": [1, 2]})
     with pytest.raises(ValueError, match="results must be a path"):
@@ -368,7 +369,9 @@ def test_latex_and_csv_tables(tmp_path, capsys):
     assert "tables.tex" in capsys.readouterr().out
     tex = (tmp_path / "tables.tex").read_text()
     md = (tmp_path / "report.md").read_text()
-    assert tex.count(r"\begin{tabular}") == md.count("| router | seeds |") and tex.count(r"\bottomrule") >= 5
+    # the report's tables of means, after the verdicts (ppl and its strongest corruption) and the per-seed table
+    assert tex.count(r"\begin{tabular}") == md.count("| router | seeds |") + 3 and tex.count(r"\bottomrule") >= 5
+    assert tex.index("Verdicts against topk") < tex.index("Per seed:") < tex.index(r"\caption{Results}")
     assert r"xmoe & 2 of 3 & 113.0 $\pm$ 4.2 \\" in tex
     assert r"router & seeds & valid loss & test\_metric \\" in tex  # escaped like every cell
     with open(tmp_path / "tables.csv", newline="") as f:

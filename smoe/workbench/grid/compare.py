@@ -10,7 +10,8 @@ resumed, a run folder without one starts over; a run folder written with another
 The comparison folder and each run folder have one writer (`workbench.train.run_folder.hold_folder`); a run whose
 files are damaged is recorded as failed and the grid goes on.
 `--steps N` compresses the preset's schedule to N steps (`workbench.run.config.compressed_schedule`); --set and
-entry overrides still win.
+entry overrides still win. `--tune KEY=V1,V2,...` first picks each entry's value on the validation split at seeds
+disjoint from the comparison's (`workbench.grid.tune`, runs in DIR/tune/), then runs every entry at its pick.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smoe._validate import check_choice, check_int
-from smoe.workbench.grid.executors import GridProgress, Outcome, StepCallback
-from smoe.workbench.grid.jobs import GridConfig, describe, make_executor, step_flops
+from smoe.workbench.grid.executors import Outcome, StepCallback
+from smoe.workbench.grid.jobs import GridConfig, run_tasks
+from smoe.workbench.grid.tune import TUNE_SEED_START, Tuning, run_tuning, tune_runs
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.results.record import collect_run, write_results
 from smoe.workbench.run.config import RunConfig, compressed_schedule, resolve_config
 from smoe.workbench.run.entry import Entry
 from smoe.workbench.run.evaluate import check_corruptions, default_sweep
-from smoe.workbench.run.lifecycle import check_same_config, evaluate_one, steps_done, train_one
+from smoe.workbench.run.lifecycle import check_same_config, evaluate_one, train_one
 from smoe.workbench.tasks import get_task
 from smoe.workbench.train.run_folder import hold_folder
 
@@ -35,7 +38,10 @@ from smoe.workbench.train.run_folder import hold_folder
 class CompareConfig:
     """A comparison. corruptions: None = the task's default sweep (`workbench.run.evaluate.default_sweep`), [] = none;
     capacities: test-time capacity ratios to evaluate (with BPR on and off for routers that have it); baseline: the
-    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry)."""
+    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry); margin: the
+    difference that does not matter, "2%" of the baseline or an absolute "0.5" (`measure.rule.Margin`), for the
+    equivalence and non-inferiority verdicts; tune: what each entry picks on the validation split before the
+    comparison runs (`workbench.grid.tune`; None: nothing)."""
 
     task: str
     entries: list[Entry]
@@ -49,10 +55,17 @@ class CompareConfig:
     capacities: list[float] = field(default_factory=list)
     bpr: str = "both"
     baseline: str | None = None
+    margin: str | None = None
+    tune: Tuning | None = None
 
     def __post_init__(self):
         task = get_task(self.task)
+        if self.margin is not None:
+            Margin.parse(self.margin)
         check_int("seeds", self.seeds, low=1)
+        if self.tune is not None and self.seeds > TUNE_SEED_START:
+            raise ValueError(f"seeds must be <= {TUNE_SEED_START} with tune (the tuning seeds start at "
+                             f"{TUNE_SEED_START} and must differ from the comparison's), got {self.seeds}")
         if self.corruptions is not None:
             check_corruptions(task, self.corruptions)  # before any run trains
         if self.steps is not None:
@@ -145,47 +158,45 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
     after another in this process; `smoe.workbench.grid.jobs`), then write results.json and the report. results.json is
     rewritten as runs end. A run that raises is recorded as failed and the grid goes on; an interrupted grid
     (SIGINT/SIGTERM: running trainings checkpoint and stop) records the runs not done as skipped. The comparison
-    folder is held (one writer) throughout, each run folder by the process that runs it."""
+    folder is held (one writer) throughout, each run folder by the process that runs it.
 
-    runs = grid_runs(config)
-    done = [min(steps_done(t.run_dir), t.run.train.steps) for t in runs]
-    left = [t for t, d in zip(runs, done) if d < t.run.train.steps]
-    executor = make_executor(grid or GridConfig(), len(left), lambda: step_flops(left[0].run))
+    With `config.tune`, the tuning runs come first (`workbench.grid.tune.run_tuning`, on the same executor); an
+    interrupted tuning returns with DIR/tune/tuning.json as its results, and the comparison runs at the picks."""
+
+    grid = grid or GridConfig()
+    tuning_runs = tune_runs(config) if config.tune is not None else None
+    runs = grid_runs(config) if tuning_runs is None else []  # with tuning: known once the entries' picks are
     with hold_folder(config.out):
-        return _run_grid(config, command, progress, runs, done, executor)
+        tuning = None
+        if tuning_runs is not None:
+            tuning = run_tuning(config, tuning_runs, grid, progress)
+            if tuning.interrupted is not None:
+                return CompareResult(tuning.path, None, tuning.failed, tuning.interrupted)
+            config = tuning.apply(config)
+            runs = grid_runs(config)
+        result = _run_grid(config, command, progress, runs, grid, tuning and tuning.record)
+        result.failed[:0] = tuning.failed if tuning is not None else []
+        return result
 
 
-def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[GridRun], done: list[int],
-              executor) -> CompareResult:
+def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[GridRun], grid: GridConfig,
+              tuning: dict | None) -> CompareResult:
     out = Path(config.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     metric_key = get_task(config.task).metric_key
-    bar = GridProgress([t.name for t in runs], [t.run.train.steps for t in runs], done, progress)
-    if progress:
-        bar.write(f"smoe compare: {len(runs)} runs, {sum(d < t.run.train.steps for t, d in zip(runs, done))} to "
-                  f"train; {describe(executor)}")
-    records: dict[int, dict] = {}
-    failed = []
-    try:
-        for i, outcome in executor.run(run_one, runs, bar):
-            one = runs[i]
-            record = outcome.value or collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "failed",
-                                                  outcome.error)
-            if record["status"] == "failed":
-                failed.append(f"{one.name}: {record['error']}")
-                bar.write(f"smoe compare: {one.entry.label} seed {one.seed} failed: {record['error']}")
-            records[i] = record
-            _write(config, [records[j] for j in sorted(records)], command)
-    finally:
-        bar.close()
-    for i, one in enumerate(runs):  # what the executor did not finish: the grid was interrupted
-        records.setdefault(i, collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "skipped",
-                                          "not finished: the comparison was interrupted"))
-    path = _write(config, [records[i] for i in sorted(records)], command)
-    report = None if executor.interrupted is not None else write_report(out).html
-    return CompareResult(results=path, report=report, failed=failed, interrupted=executor.interrupted)
+
+    def record(i: int, status: str, error: str | None) -> dict:
+        return collect_run(runs[i].entry, runs[i].seed, runs[i].run_dir, out, metric_key, status, error)
+
+    ran = run_tasks(run_one, runs, grid, progress, "smoe compare", lambda i, error: record(i, "failed", error),
+                    lambda records, jobs: _write(config, records, command, tuning, jobs))
+    for i in range(len(runs)):  # what the executor did not finish: the grid was interrupted
+        ran.records.setdefault(i, record(i, "skipped", "not finished: the comparison was interrupted"))
+    path = _write(config, [ran.records[i] for i in sorted(ran.records)], command, tuning, ran.jobs)
+    report = None if ran.interrupted is not None else write_report(out).html  # the margin results.json records
+    return CompareResult(results=path, report=report, failed=ran.failed, interrupted=ran.interrupted)
 
 
-def _write(config: CompareConfig, records: list[dict], command: str) -> Path:
+def _write(config: CompareConfig, records: list[dict], command: str, tuning: dict | None, jobs: int | str) -> Path:
     return write_results(config.out, config.task, config.preset, config.device,
-                         [entry.label for entry in config.entries], config.baseline, records, command)
+                         [entry.label for entry in config.entries], config.baseline, records, command,
+                         None if config.margin is None else Margin.parse(config.margin), tuning, jobs)

@@ -17,12 +17,17 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from smoe.workbench.document import Block, Bullets, Code, Heading, Image, Table, Text, render_html, render_markdown
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.numbers import NOT_FINITE, format_number, format_spread
 from smoe.workbench.report import plots
+from smoe.workbench.report.caveats import caveats, contention
+from smoe.workbench.report.evidence import evidence_blocks
 from smoe.workbench.report.routing_plots import report_pictures
-from smoe.workbench.report.verdict_section import verdict_blocks
+from smoe.workbench.report.tuning_section import tuning_blocks
+from smoe.workbench.report.verdict_section import bottom_line, verdict_blocks
 from smoe.workbench.results.columns import column_title, run_values, strongest_levels
 from smoe.workbench.results.schema import (
     get,
@@ -34,7 +39,7 @@ from smoe.workbench.results.schema import (
     records,
     run_label,
 )
-from smoe.workbench.results.verdicts import beats_every_other, with_statistics
+from smoe.workbench.results.verdicts import RECORDED, beats_every_other, with_statistics
 from smoe.workbench.tasks import available_tasks, get_task
 from smoe.workbench.train.run_folder import hold_folder
 
@@ -246,8 +251,10 @@ def _tables(results: Mapping, rows: Sequence[RouterRow]) -> list[Block]:
     if not rows:
         return [Heading("Results"), Text("The results hold no runs.")]
     blocks: list[Block] = []
+    crowded = contention(results)
     for i, (title, note, keys) in enumerate(report_tables(results, rows)):
         blocks += [Heading(title, 2 if i == 0 else 3), *([Text(note)] if note else []),
+                   *([Bullets([crowded], warning=True)] if crowded and title.startswith("Cost") else []),
                    stat_table(rows, keys, results, mark=i == 0)]
     if not any(title.startswith("Routing") for title, _ in table_columns(rows)):
         blocks.append(Text("No run recorded routing statistics."))
@@ -341,13 +348,10 @@ def _plots(results: Mapping, rows: Sequence[RouterRow], out: Path, vector: bool)
     for stem in PLOT_STEMS:
         title, fig, caption, absent = figures[stem]
         path = out / "plots" / f"{stem}.png"
-        if fig is None:
-            for stale in (path, path.with_suffix(".pdf")):  # a plot of an earlier rendering must not survive
-                stale.unlink(missing_ok=True)
-            blocks += [Heading(title, 3), Text(absent)] if absent else []
-            continue
-        plots.save_figure(fig, path, vector=vector)
-        blocks += [Heading(title, 3), Image(path.relative_to(out), caption)]
+        if plots.save_or_remove(fig, path, vector):
+            blocks += [Heading(title, 3), Image(path.relative_to(out), caption)]
+        elif absent:
+            blocks += [Heading(title, 3), Text(absent)]
     return blocks
 
 
@@ -359,15 +363,18 @@ class ReportFiles:
 
 
 def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLike | None = None,
-                 baseline: str | None = None, vector: bool = True) -> ReportFiles:
+                 baseline: str | None = None, vector: bool = True,
+                 margin: Margin | Literal["recorded"] | None = RECORDED) -> ReportFiles:
     """Write out_dir/report.md, out_dir/report.html and out_dir/plots/ (PNG, and PDF unless vector=False) from a
     comparison's results, with the routing pictures of each router's first seed (read from its run folder,
     `routing_view.json`).
 
     results: a results dict, a results.json path or the directory holding it; out_dir defaults to that
     directory (required for a dict, whose run folders are then read relative to out_dir). The report opens with
-    the verdicts against `baseline` (default: the recorded one, else the first entry), recomputed from the runs.
-    out_dir is held while the files are written (one writer: a running `smoe compare` into it is a FolderBusyError).
+    the verdicts against `baseline` (default: the recorded one, else the first entry) with `margin` (default: the
+    recorded one), read from results.json when it was judged that way, else judged again from the runs
+    (`verdicts.with_statistics`: version 1 and 2 files always are). out_dir is held while the files are written (one
+    writer: a running `smoe compare` into it is a FolderBusyError).
     """
     if isinstance(results, (str, os.PathLike)):
         base = Path(results) if Path(results).is_dir() else Path(results).parent
@@ -376,7 +383,7 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     else:
         base = Path(out_dir)
     out = Path(out_dir) if out_dir is not None else base
-    results = with_statistics(results, baseline)
+    results = with_statistics(results, baseline, margin=margin)
     with hold_folder(out):
         return _write_report(results, base, out, vector)
 
@@ -386,8 +393,14 @@ def _write_report(results: Mapping, base: Path, out: Path, vector: bool) -> Repo
     by_label = group_runs(results)
     finished = {row.label: [run for run in by_label[row.label] if is_finished(run)] for row in rows}
     title, *header = _header(results, rows)
-    blocks = [title, *verdict_blocks(results, out, vector), *header, *_tables(results, rows), *_runs_table(results),
-              *_missing(results), *_plots(results, rows, out, vector), *report_pictures(finished, base, out, vector)]
+    warnings = caveats(results)
+    first_screen = [title, *bottom_line(results),
+                    *([Heading("Warnings"), Bullets(warnings, warning=True)] if warnings else []),
+                    *verdict_blocks(results, out, vector)]
+    blocks = [*first_screen, *evidence_blocks(results, out, vector), *tuning_blocks(results, out, vector),
+              Heading("The comparison"), *header,
+              *_tables(results, rows), *_runs_table(results), *_missing(results), *_plots(results, rows, out, vector),
+              *report_pictures(finished, base, out, vector)]
     files = ReportFiles(out / "report.md", out / "report.html",
                         [out / b.path for b in blocks if isinstance(b, Image)])
     files.markdown.write_text(render_markdown(blocks), encoding="utf-8")

@@ -34,11 +34,43 @@ def save_figure(fig: Figure, path: Path, vector: bool = False) -> list[Path]:
     return [path, pdf]
 
 
+def save_or_remove(fig: Figure | None, path: Path, vector: bool = False) -> bool:
+    """`save_figure` when there is a figure; else remove the PNG and PDF an earlier rendering left at path (a plot
+    of other results must not survive). True when a figure was saved."""
+    if fig is None:
+        for stale in (path, path.with_suffix(".pdf")):
+            stale.unlink(missing_ok=True)
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, path, vector=vector)
+    return True
+
+
+def interval_rows(rows: Sequence[tuple[str, float, float, float, str, str]], xlabel: str, reference: float,
+                  xlim: tuple[float, float] | None = None) -> Figure:
+    """One row per (label, estimate, low, high, colour, note), top to bottom: the estimate as a point, the interval as
+    a line, the note at the right edge; a vertical line at `reference`."""
+    fig = Figure(figsize=(6.6, 1.2 + 0.45 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    for y, (_, estimate, low, high, color, note) in enumerate(reversed(rows)):
+        ax.plot([low, high], [y, y], color=color, linewidth=2)
+        ax.plot([estimate], [y], "o", color=color)
+        ax.annotate(note, (1.0, y), xycoords=("axes fraction", "data"), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=8, annotation_clip=False)
+    ax.axvline(reference, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [row[0] for row in reversed(rows)])
+    ax.set(ylim=(-0.7, len(rows) - 0.3), xlabel=xlabel)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
 def _color(index: int) -> str:
     return f"C{index % 10}"
 
 
-def _grid(panels: int, cols: int = 3, width: float = 4.6, height: float = 3.4) -> tuple[Figure, list]:
+def panel_grid(panels: int, cols: int = 3, width: float = 4.6, height: float = 3.4) -> tuple[Figure, list]:
     """A figure with `panels` axes, `cols` per row."""
     cols = min(cols, panels)
     rows = math.ceil(panels / cols)
@@ -74,7 +106,7 @@ def _line_panels(groups: Groups, panels: Sequence[tuple[str, str]], xlabel: str,
     per_panel = [p for p in per_panel if any(p[2])]
     if not per_panel:
         return None
-    fig, axes = _grid(len(per_panel))
+    fig, axes = panel_grid(len(per_panel))
     for ax, (_, ylabel, by_label) in zip(axes, per_panel):
         for i, (label, series) in enumerate(zip(groups, by_label)):
             if series:
@@ -152,7 +184,7 @@ def _heatmaps(panels: list[tuple[str, np.ndarray, list[str]]], xlabel: str, ylab
     """One heatmap per (title, matrix, row names) on a shared colour scale from 0."""
     if not panels:
         return None
-    fig, axes = _grid(len(panels))
+    fig, axes = panel_grid(len(panels))
     top = max((float(m[np.isfinite(m)].max()) for _, m, _ in panels if np.isfinite(m).any()), default=1.0)
     for ax, (title, matrix, row_names) in zip(axes, panels):
         image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=top if top > 0 else 1.0,
@@ -226,7 +258,7 @@ def latent_map(groups: Groups) -> Figure | None:
             panels.append((label, *found))
     if not panels:
         return None
-    fig, axes = _grid(len(panels))
+    fig, axes = panel_grid(len(panels))
     for ax, (label, run, (points, experts)) in zip(axes, panels):
         cmap = colormaps["tab10" if experts.max() < 10 else "tab20"]
         for e in np.unique(experts):

@@ -6,9 +6,10 @@ Legend: N routed tokens of the probe set, M real ones, E experts, L MoE layers.
 
 analysis.json: {"step", "task", "router", "probe": {"tokens": M, "labels": [names]},
   "routing": the `routing` object of the results.json schema (`workbench.results.schema`): per-layer load,
-      load CV, max/mean, entropy, margin, active experts, dropped fraction, effective rank of router inputs and
-      router features, specialization NMI per label, experts per token (kept pairs / M); fluctuation between
-      consecutive traced evals; cross-layer co-activation; top-expert sensitivity per layer,
+      first choices (share of tokens whose top-1 expert is each expert), load CV, max/mean, entropy, margin,
+      active experts, dropped fraction, effective rank of router inputs and router features, specialization NMI per
+      label, experts per token (kept pairs / M); fluctuation between consecutive traced evals; cross-layer
+      co-activation; top-expert sensitivity per layer,
   "over_training": [{"step", "load_cv": [L], "entropy": [L], "margin": [L]}] from the trace,
   "latent": {"points", "expert", "label"} (t-SNE of the VAE latent coloured by top-1 expert; VAE only),
   "view": whether RUN_DIR/routing_view.json (the routing pictures' data, `workbench.run.routing_view`) was written}
@@ -50,16 +51,22 @@ ANALYSIS_FILE = "analysis.json"
 # routing_summary key -> results.json schema key
 SCHEMA_KEYS = {"load_cv": "load_cv", "load_max_over_mean": "max_over_mean", "entropy": "entropy", "margin": "margin",
                "active_experts": "active_experts", "dropped_fraction": "dropped_fraction",
-               "input_rank": "effective_rank_input", "feature_rank": "effective_rank_router"}
+               "input_rank": "effective_rank_input", "feature_rank": "effective_rank_router",
+               "entropy_own": "entropy_own"}
 
 
 def layer_metrics(index: int, routing: Routing, stats: list[MoEStats], inputs: torch.Tensor,
                   labels: dict[str, torch.Tensor]) -> dict:
-    """The per-layer entry of the schema: load after capacity, summaries, specialization NMI per label."""
+    """The per-layer entry of the schema: load after capacity, the share of real tokens whose top-1 expert is each
+    expert (`first_choice`, E floats), summaries, specialization NMI per label."""
     summary = routing_summary(routing, stats, inputs)
     counts = torch.stack([s.counts for s in stats]).sum(0).double()
     real = int(real_tokens(routing).sum())
+    top = top1_expert(routing)
+    first = torch.zeros(routing.num_experts, dtype=torch.float64).index_add_(
+        0, top.clamp_min(0).cpu(), (top >= 0).double().cpu())
     out = {"layer": index, "load": (counts / counts.sum().clamp_min(1)).tolist(),
+           "first_choice": (first / max(real, 1)).tolist(),
            **{SCHEMA_KEYS[k]: v for k, v in summary.items()},
            "experts_per_token": float(counts.sum()) / real if real else math.nan}
     out["specialization_nmi"] = {name: expert_specialization(routing, y) for name, y in labels.items()}

@@ -1,7 +1,8 @@
 """One compared run's life after its configuration: train (or resume, or skip), then evaluate and analyse, each
 step skipped when its file is there for the final step; and the checks that a run folder holds this run.
 
-A run folder holds `timing.json` (training wall time over every resume) beside the Trainer's files; a compared
+A run folder holds `timing.json` (training wall time over every resume, and the machine's highest one-minute load
+average seen as a training segment ended, `load_average`) beside the Trainer's files; a compared
 run's TensorBoard folder is DIR/tb/<label>-s<seed> (`tb_folder`).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -78,6 +80,8 @@ def train_one(run, run_dir: Path, report: Callable[[int], None]) -> int | None:
     result = train_run(run, run_dir, resume=resume, progress=False, hooks=[lambda step, outputs: report(step)],
                        tb_dir=tb_folder(run_dir))
     timing["train_time_s"] += time.perf_counter() - started
+    if hasattr(os, "getloadavg"):  # the cost of a run is read against the load it trained under
+        timing["load_average"] = max(os.getloadavg()[0], timing.get("load_average", 0.0))
     atomic_write(run_dir / TIMING_FILE, json.dumps(timing).encode())
     return result.signal if result.status == "interrupted" else None
 

@@ -77,7 +77,10 @@ class Task:
     section before the data is loaded; load_data(data config) -> the task's raw data (a corpus, image splits);
     build(run, raw data) -> TaskSetup. metric_key: the headline metric among the keys
     `evaluate` returns, and its direction; corruptions: the default robustness sweep (`smoe eval`);
-    throughput_unit: what `StepOutput.count` counts (the unit of the logged throughput: tokens, images, ...).
+    throughput_unit: what `StepOutput.count` counts (the unit of the logged throughput: tokens, images, ...);
+    trivial_key: the key among those `evaluate` returns holding the metric of the task's trivial model (the unigram
+    model's perplexity, the majority class's accuracy, the mean image's SSE), None when there is none: a model near
+    it has barely trained (the report warns).
     """
 
     name: str
@@ -94,6 +97,7 @@ class Task:
     higher_is_better: bool = False
     corruptions: tuple[str, ...] = ()
     throughput_unit: str = "tokens"
+    trivial_key: str | None = None
 
     def setup(self, run) -> TaskSetup:
         """The model, batches, loss and evaluation of `run` (a RunConfig of this task)."""
@@ -157,14 +161,17 @@ def classify_samples(logits_of: Callable, model: nn.Module, inputs: tuple, label
 
 def classify_metrics(logits_of: Callable, model: nn.Module, inputs: tuple, labels: Tensor, batch_size: int,
                      generator: torch.Generator) -> dict[str, float]:
-    """{"loss", "accuracy"} of a classifier over inputs (tensors with n rows) and labels (n,)."""
+    """{"loss", "accuracy", "chance_accuracy"} of a classifier over inputs (tensors with n rows) and labels (n,);
+    chance_accuracy: the accuracy of always answering the most frequent label."""
     loss, correct = classify_samples(logits_of, model, inputs, labels, batch_size, generator)
     n = max(labels.shape[0], 1)
-    return {"loss": float(loss.sum()) / n, "accuracy": int(correct.sum()) / n}
+    majority = int(torch.unique(labels, return_counts=True)[1].max()) if labels.numel() else 0
+    return {"loss": float(loss.sum()) / n, "accuracy": int(correct.sum()) / n, "chance_accuracy": majority / n}
 
 
 def classify_eval(logits_of: Callable, splits: dict, batch_size: int, corrupt_inputs: Callable) -> Callable:
-    """evaluate(model, split, generator, corruption=None, seed=0) -> {"loss", "accuracy"} over the whole split.
+    """evaluate(model, split, generator, corruption=None, seed=0) -> {"loss", "accuracy", "chance_accuracy"} over the
+    whole split.
 
     splits: {split: (*model inputs, labels)}; corrupt_inputs(split, corruption, seed) -> corrupted model inputs.
     """

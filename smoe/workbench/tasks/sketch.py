@@ -142,5 +142,5 @@ def sketch_vae() -> Task:
         router_options={"topk": {"load_balance_coef": 0.0}},
         build=build_sketch_vae, derived={"image_size": 28},
         metric_key="sse_per_image", higher_is_better=False, corruptions=("noise", "blur", "occlude"),
-        throughput_unit="images",
+        throughput_unit="images", trivial_key="mean_image_sse",
     )

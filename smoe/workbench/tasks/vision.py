@@ -100,7 +100,7 @@ _VIT_SMALL = {
 
 _VIT_TASK = {"metric": "accuracy (valid/test)", "data_config": VisionDataConfig, "model_config": ViTConfig,
              "build": build_patch_classifier, "derived": {"patch_dim": 1, "num_patches": 1, "num_classes": 2},
-             "metric_key": "accuracy", "higher_is_better": True}
+             "metric_key": "accuracy", "higher_is_better": True, "trivial_key": "chance_accuracy"}
 
 
 @register_task("digits")

@@ -1,10 +1,15 @@
-"""Hints for a newcomer on a busy machine."""
+"""The machine a run shares: its cores, and hints for a newcomer when it is busy."""
 
 from __future__ import annotations
 
 import os
 
 import torch
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def thread_hint(load: float | None = None, cores: int | None = None, threads: int | None = None) -> str | None:
