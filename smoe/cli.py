@@ -1,4 +1,9 @@
-"""The `smoe` command line. Each subcommand lives in its own function; heavy imports happen inside them."""
+"""The `smoe` command line. Each subcommand lives in its own function; heavy imports happen inside them.
+
+Errors a user's input causes (`USER_ERRORS`: a bad value, a busy or damaged run folder, an unusable checkpoint, a
+missing optional package, an unusable path) end the command with one line on stderr, `smoe CMD: error: ...`, and
+exit status 2; `--debug` anywhere on the command line shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +46,7 @@ def cmd_routers(args: argparse.Namespace) -> int:
     --options, also each router's options and their defaults."""
     names = sorted(available_routers() + available_layers())
     if args.name is not None and args.name not in names:
-        print(f"smoe routers: unknown router {args.name!r}; available: {', '.join(names)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown router {args.name!r}; available: {', '.join(names)}")
     width = max(map(len, names))
     for name in [args.name] if args.name else names:
         layer = name in available_layers()
@@ -67,25 +71,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table); with several
     DIRs, the report across their tasks into --out."""
-    try:
-        if len(args.dir) > 1:
-            if args.out is None or args.columns or args.robustness:
-                raise ValueError("several DIRs make a report across tasks: give --out DIR (and no --columns or "
-                                 "--robustness)")
-            files = write_across(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin),
-                                 latex=args.latex, csv_file=args.csv)
-            tables = files.tables
-        elif args.columns or args.robustness:
-            print(columns_table(args.dir[0], args.columns) if args.columns else robustness_table(args.dir[0]))
-            return 0
-        else:
-            margin = _margin(args.margin)
-            files = write_report(args.dir[0], args.out, baseline=args.baseline, margin=margin)
-            tables = write_tables(args.dir[0], files.html.parent, latex=args.latex, csv_file=args.csv,
-                                  baseline=args.baseline, margin=margin)
-    except ValueError as err:
-        print(f"smoe report: {err}", file=sys.stderr)
-        return 2
+    if len(args.dir) > 1:
+        if args.out is None or args.columns or args.robustness:
+            raise ValueError("several DIRs make a report across tasks: give --out DIR (and no --columns or "
+                             "--robustness)")
+        files = write_across(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin),
+                             latex=args.latex, csv_file=args.csv)
+        tables = files.tables
+    elif args.columns or args.robustness:
+        print(columns_table(args.dir[0], args.columns) if args.columns else robustness_table(args.dir[0]))
+        return 0
+    else:
+        margin = _margin(args.margin)
+        files = write_report(args.dir[0], args.out, baseline=args.baseline, margin=margin)
+        tables = write_tables(args.dir[0], files.html.parent, latex=args.latex, csv_file=args.csv,
+                              baseline=args.baseline, margin=margin)
     print(f"wrote {files.markdown} and {files.html} ({len(files.plots)} plots)")
     for path in tables:
         print(f"wrote {path}")
@@ -94,11 +94,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Routing pictures of one trained run (and of --text) as PNG files and an HTML page."""
-    try:
-        files = show_run(args.run_dir, text=args.text, out=args.out, device=args.device)
-    except ValueError as e:
-        print(f"smoe show: error: {e}", file=sys.stderr)
-        return 2
+    files = show_run(args.run_dir, text=args.text, out=args.out, device=args.device)
     print(f"wrote {len(files.pictures)} pictures and {files.html}")
     return 0
 
@@ -110,25 +106,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
     if (args.task is None) == (args.config is None) or (args.config and args.preset):
-        print("smoe train: error: give --task (and --preset) or --config FILE.yaml (e.g. a run's config.yaml, which "
-              "names its task and preset)", file=sys.stderr)
-        return 2
-    try:
-        if args.config is not None:
-            run = resolve_config_file(args.config, router=args.router, seed=args.seed, device=args.device,
-                                      steps=args.steps, overrides=args.set or [])
-        else:
-            run = resolve_config(args.task, preset=args.preset or "tiny", router=args.router or "topk",
-                                 seed=args.seed or 0, device=args.device or "cpu", steps=args.steps,
-                                 overrides=args.set or [])
-        parallel = ParallelConfig(expert_parallel=args.expert_parallel, global_view=args.global_view,
-                                  timeout_s=args.dist_timeout)
-        if hint := thread_hint():  # once the configuration is valid: an error stays one line
-            print(hint, file=sys.stderr)
-        result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress, parallel=parallel)
-    except ValueError as e:  # bad configuration or data, unusable checkpoint (CheckpointError)
-        print(f"smoe train: error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError("give --task (and --preset) or --config FILE.yaml (e.g. a run's config.yaml, which names "
+                         "its task and preset)")
+    if args.config is not None:
+        run = resolve_config_file(args.config, router=args.router, seed=args.seed, device=args.device,
+                                  steps=args.steps, overrides=args.set or [])
+    else:
+        run = resolve_config(args.task, preset=args.preset or "tiny", router=args.router or "topk",
+                             seed=args.seed or 0, device=args.device or "cpu", steps=args.steps,
+                             overrides=args.set or [])
+    parallel = ParallelConfig(expert_parallel=args.expert_parallel, global_view=args.global_view,
+                              timeout_s=args.dist_timeout)
+    if hint := thread_hint():  # once the configuration is valid: an error stays one line
+        print(hint, file=sys.stderr)
+    result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress, parallel=parallel)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         pass
     elif result.status == "interrupted":
@@ -182,19 +173,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
 
-    try:
-        config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
-                               preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
-                               corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
-                               baseline=args.baseline, margin=args.margin,
-                               tune=parse_tune(args.tune, args.tune_seeds) if args.tune else None)
-        command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
-        if hint := thread_hint():
-            print(hint, file=sys.stderr)
-        result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
-    except (ValueError, ImportError) as e:  # ImportError: --cluster without smoe[cluster]
-        print(f"smoe compare: error: {e}", file=sys.stderr)
-        return 2
+    config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
+                           preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
+                           corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
+                           baseline=args.baseline, margin=args.margin,
+                           tune=parse_tune(args.tune, args.tune_seeds) if args.tune else None)
+    command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
+    if hint := thread_hint():
+        print(hint, file=sys.stderr)
+    result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
     if result.interrupted is not None:
         print(f"interrupted; {result.results} holds the runs so far; run the same command again to resume",
               file=sys.stderr)
@@ -226,17 +213,12 @@ def cmd_claims(args: argparse.Namespace) -> int:
     if args.what == "table":
         return claims_table(args)
     if bool(args.names) == args.all:
-        print("smoe claims run: error: name claims (see `smoe claims`) or give --all, not both", file=sys.stderr)
-        return 2
+        raise ValueError("name claims (see `smoe claims`) or give --all, not both")
     if hint := thread_hint():
         print(hint, file=sys.stderr)
-    try:
-        run = run_claims(args.names, args.store, args.data, seeds=args.seeds, steps=args.steps, preset=args.preset,
-                         overrides=args.set or [], progress=not args.no_progress, grid=grid_config(args),
-                         device=args.device)
-    except (ValueError, ImportError) as e:  # ImportError: --cluster without smoe[cluster]
-        print(f"smoe claims run: error: {e}", file=sys.stderr)
-        return 2
+    run = run_claims(args.names, args.store, args.data, seeds=args.seeds, steps=args.steps, preset=args.preset,
+                     overrides=args.set or [], progress=not args.no_progress, grid=grid_config(args),
+                     device=args.device)
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)
     for judgment in run.judgments:
@@ -260,11 +242,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 def claims_table(args: argparse.Namespace) -> int:
     """`smoe claims table [--check]`: the verdict table of --doc regenerated from --data."""
-    try:
-        changed = update_doc(args.doc, args.data, check=args.check)
-    except ValueError as e:
-        print(f"smoe claims table: error: {e}", file=sys.stderr)
-        return 2
+    changed = update_doc(args.doc, args.data, check=args.check)
     if args.check:
         print(f"{args.doc}: the claims table {'differs from' if changed else 'equals'} the one regenerated from "
               f"{args.data}" + ("; run `smoe claims table`" if changed else ""))
@@ -275,11 +253,7 @@ def claims_table(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Routing analytics of a trained run on its probe set; prints tables and writes RUN_DIR/analysis.json."""
-    try:
-        analysis = analyze_run(args.run_dir, args.device)
-    except ValueError as e:
-        print(f"smoe analyze: error: {e}", file=sys.stderr)
-        return 2
+    analysis = analyze_run(args.run_dir, args.device)
     print(format_analysis(analysis))
     print(f"wrote {args.run_dir}/{ANALYSIS_FILE}")
     return 0
@@ -287,12 +261,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Task metric of a trained run, clean and corrupted, at test-time capacities, with eval_k experts."""
-    try:
-        result = evaluate_run(args.run_dir, args.device, split=args.split, corruptions=args.corrupt,
-                              capacities=args.capacity or [], bpr=args.bpr, eval_k=args.eval_k)
-    except ValueError as e:
-        print(f"smoe eval: error: {e}", file=sys.stderr)
-        return 2
+    result = evaluate_run(args.run_dir, args.device, split=args.split, corruptions=args.corrupt,
+                          capacities=args.capacity or [], bpr=args.bpr, eval_k=args.eval_k)
     print(format_eval(result))
     print(f"wrote {args.run_dir}/{eval_file(args.eval_k)}")
     return 0
@@ -304,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparse mixture-of-experts workbench. Routers: "
         + ", ".join(sorted(available_routers() + available_layers())),
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one line (anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("routers", help="list the routers and their papers (with NAME or --options: their options)")
     p.add_argument("name", nargs="?", metavar="NAME", help="show this router's options and their defaults")
@@ -311,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_routers)
     p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`, `smoe bench parallel --help`, "
                                      "`smoe bench train --help`", add_help=False)
+    p.add_argument("-h", "--help", action="help", help="show this help (each benchmark's: smoe bench NAME --help)")
     p.add_argument("what", choices=["layer", "parallel", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
@@ -478,13 +451,44 @@ def add_train_parser(sub) -> None:
     p.set_defaults(fn=cmd_train)
 
 
+USER_ERRORS = (ValueError, ImportError, OSError)  # ValueError: also FolderBusyError, DamagedFileError, CheckpointError
+EXTRAS = {"transformers": "hf", "dask": "cluster", "distributed": "cluster"}  # optional packages -> smoe[extra]
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of an error the user's input caused, None for any other (a bug: its traceback shows).
+    ImportError: of an optional package, not of smoe itself; OSError: of a path (a user's file or folder)."""
+    if not isinstance(e, USER_ERRORS):
+        return None
+    if isinstance(e, ImportError):
+        if (e.name or "").split(".")[0] == "smoe":
+            return None
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        return f"{e}; pip install 'smoe[{extra}]'" if extra else str(e)
+    if isinstance(e, OSError) and e.filename is None:
+        return None
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
-        return eval_embed(argv[1:])
-    args = build_parser().parse_args(argv)
-    args.argv = argv[1:]
-    return args.fn(args)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    command = " ".join(argv[:1])
+    try:
+        if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
+            return eval_embed(argv[1:])
+        args = build_parser().parse_args(argv)
+        args.argv = argv[1:]
+        what = getattr(args, "what", None)  # claims run, claims table, bench layer
+        command = f"{args.command} {what}" if isinstance(what, str) else args.command
+        return args.fn(args)
+    except USER_ERRORS as e:
+        message = user_error(e)
+        if debug or message is None:
+            raise
+        print(f"smoe {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ class S2MoE(nn.Module):
     def perturb(self, flat: Tensor, ctx: RoutingContext) -> Tensor:
         """flat: (N, d) -> xhat = eps1 * x + eps2: (N, d), eps1 ~ N(1, s^2), eps2 ~ N(mu, s^2)."""
         batch, length = ctx.sequences(flat.shape[0])
-        z = flat.view(batch, length, -1)
+        z = flat.view(batch, length, flat.shape[-1])
         mu, sigma = self.noise_statistics(z, ctx)
         if self.detach_stats:
             mu, sigma = mu.detach(), sigma.detach()

@@ -187,3 +187,13 @@ def test_bad_options(opts, match):
 def test_other_base_router_without_eval_k():
     layer = S2MoE(6, 4, 8, base_router="usmoe", eval_k=None).eval()
     assert layer(torch.randn(3, 6)).y.shape == (3, 6)
+
+
+@pytest.mark.parametrize("noise_stats", ["tokens", "features"])
+def test_an_empty_batch_in_training(noise_stats):
+    m = build_moe(16, 4, 32, router="s2moe", noise_stats=noise_stats).train()
+    x = torch.randn(0, 8, 16, requires_grad=True)
+    out = m(x, generator=torch.Generator().manual_seed(0))
+    assert out.y.shape == (0, 8, 16) and torch.isfinite(out.aux_loss)
+    (out.y.sum() + out.aux_loss).backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())

@@ -17,6 +17,8 @@ from smoe.blocks import Block, BlockConfig, available_rules
 from smoe.layer import MoEOutput, available_layers
 from smoe.routing import available_routers, router_options
 
+MAX_LAYERS = 1024  # far deeper than any model smoe trains; a deeper config is refused before lists of its layers
+
 
 def moe_positions(num_layers: int, every: int, last: int | None = None) -> list[int]:
     """Indices of the blocks whose FFN is an MoE.
@@ -24,7 +26,7 @@ def moe_positions(num_layers: int, every: int, last: int | None = None) -> list[
     every=n: blocks n-1, 2n-1, ... (V-MoE's "Every n"; 1 = every block, 2 = every other block: 1, 3, 5, ...);
     last=m keeps only the last m of those (V-MoE's "Last m"); every=0: none (a dense model).
     """
-    check_int("num_layers", num_layers, low=1)
+    check_int("num_layers", num_layers, low=1, high=MAX_LAYERS)
     check_int("moe_every", every, low=0)
     if last is not None:
         check_int("moe_last", last, low=1)

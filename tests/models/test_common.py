@@ -52,3 +52,8 @@ def test_aux_losses_sum_each_name_over_layers():
     assert set(total) == {"load_balance", "z_loss"}
     assert float(total["load_balance"]) == 2.0 and float(total["z_loss"]) == 0.25
     assert aux_losses([]) == {}
+
+
+def test_a_huge_num_layers_is_refused_before_listing_the_layers():
+    with pytest.raises(ValueError, match="num_layers must be <= 1024, got 2147483648"):
+        StackConfig(num_layers=2**31)  # validating it once built a list of 2**31 block positions

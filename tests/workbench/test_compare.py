@@ -4,6 +4,7 @@
 import json
 import math
 import os
+import re
 import signal
 
 import pytest
@@ -188,3 +189,31 @@ def test_cli_rejects_a_bad_entry_before_training(tmp_path, capsys):
     assert main(["compare", "--task", "digits", "--routers", "topk:nope=1", "--out", str(tmp_path)]) == 2
     assert "unknown option(s) ['nope'] for router 'topk'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    ("bogus:1", "unknown corruption 'bogus' in 'bogus:1'; available: blur"),
+    ("noise:9", r"NAME:LEVEL with LEVEL in 0..5, got 'noise:9'"),
+    ("substitute:1", "corruption 'substitute:1': task digits takes blur, noise, occlude"),
+])
+def test_a_bad_corruption_is_refused_before_any_run_trains(tmp_path, capsys, corrupt, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(tmp_path, corruptions=["noise:1", corrupt])
+    assert main(["compare", "--task", "digits", "--routers", "topk", "--corrupt", corrupt, "--out", str(tmp_path)]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corruptions_a_text_task_cannot_apply_are_refused():
+    with pytest.raises(ValueError, match="corruption 'foreign:1': task lm-bbc takes insert, substitute"):
+        CompareConfig(task="lm-bbc", entries=[parse_entry("topk")], out="x", corruptions=["foreign:1"])
+
+
+@pytest.mark.parametrize("label", ["x" * 101, "topk:" + ":".join(["k=1"] * 30)])
+def test_a_label_too_long_for_a_folder_name_is_refused(tmp_path, capsys, label):
+    with pytest.raises(ValueError, match=r"at most 100 characters .*set a shorter LABEL="):
+        parse_entries(f"{label}=topk" if label.startswith("x") else label)
+    parse_entries("x" * 100 + "=topk")
+    routers = "x" * 300 + "=topk"
+    assert main(["compare", "--task", "digits", "--routers", routers, "--out", str(tmp_path)]) == 2
+    assert "at most 100 characters" in capsys.readouterr().err

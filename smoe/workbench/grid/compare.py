@@ -28,7 +28,7 @@ from smoe.workbench.report.comparison import write_report
 from smoe.workbench.results.record import collect_run, write_results
 from smoe.workbench.run.config import RunConfig, compressed_schedule, resolve_config
 from smoe.workbench.run.entry import Entry
-from smoe.workbench.run.evaluate import default_sweep
+from smoe.workbench.run.evaluate import check_corruptions, default_sweep
 from smoe.workbench.run.lifecycle import check_same_config, evaluate_one, train_one
 from smoe.workbench.tasks import get_task
 from smoe.workbench.train.run_folder import hold_folder
@@ -59,13 +59,15 @@ class CompareConfig:
     tune: Tuning | None = None
 
     def __post_init__(self):
-        get_task(self.task)
+        task = get_task(self.task)
         if self.margin is not None:
             Margin.parse(self.margin)
         check_int("seeds", self.seeds, low=1)
         if self.tune is not None and self.seeds > TUNE_SEED_START:
             raise ValueError(f"seeds must be <= {TUNE_SEED_START} with tune (the tuning seeds start at "
                              f"{TUNE_SEED_START} and must differ from the comparison's), got {self.seeds}")
+        if self.corruptions is not None:
+            check_corruptions(task, self.corruptions)  # before any run trains
         if self.steps is not None:
             check_int("steps", self.steps, low=1)
         check_choice("bpr", self.bpr, ("both", "on", "off"))

@@ -351,7 +351,12 @@ class DaskCluster:
     @contextlib.contextmanager
     def client(self):
         if self.workers is None:
-            with self.distributed.Client(self.address) as client:
+            try:
+                client = self.distributed.Client(self.address)
+            except OSError as e:  # refused or timed out (distributed.comm.timeouts.connect, 30 s by default)
+                raise ValueError(f"cluster: cannot reach the Dask scheduler at {self.address} ({e}); check the address "
+                                 "and that the scheduler runs, or use local:N") from e
+            with client:
                 yield client
             return
         import dask

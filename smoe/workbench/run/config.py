@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from smoe._files import read_text
 from smoe._validate import check_choice, check_int
 from smoe.layer import available_layers
 from smoe.routing import available_routers
@@ -26,6 +27,9 @@ from smoe.workbench.tasks import Task, get_task
 from smoe.workbench.train.trainer import TrainConfig
 
 SECTIONS = ("data", "model", "train")
+# the top-level keys of a config file: RunConfig's fields, and the parallel section a torchrun run records
+FILE_KEYS = ("task", "preset", "router", "seed", "device", *SECTIONS, "parallel")
+MAX_CONFIG_BYTES = 2**20
 
 
 @dataclass
@@ -167,17 +171,24 @@ def resolve_config_file(path: str | Path, router: str | None = None, seed: int |
     router other than the file's starts from the task's options for that router."""
     path = Path(path)
     try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"config must be a readable YAML file, got {str(path)!r}: {e}") from e
+        config = yaml.safe_load(read_text(path, MAX_CONFIG_BYTES))
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"config {str(path)!r} is not valid YAML ({problem})") from None
+    except ValueError as e:
+        raise ValueError(f"config must be a readable YAML file of at most 1 MiB: {e}") from None
     if not isinstance(config, dict) or not isinstance(config.get("task"), str):
         raise ValueError(f"config {str(path)!r} must be a YAML mapping with a task (e.g. a run folder's config.yaml)")
+    unknown = [key for key in config if key not in FILE_KEYS]
+    if unknown:
+        raise ValueError(f"config {str(path)!r}: unknown key {unknown[0]!r}; valid keys: {', '.join(FILE_KEYS)}")
     t = get_task(config["task"])
     preset = config.get("preset", "tiny")
     check_choice("preset", preset, tuple(t.presets))
     sections = {}
     for name in SECTIONS:
-        given = config.get(name) or {}
+        given = config.get(name)
+        given = {} if given is None else given  # `data:` with nothing under it
         if not isinstance(given, dict):
             raise ValueError(f"config {str(path)!r}: section {name!r} must be a mapping, got {given!r}")
         sections[name] = {**t.presets[preset].get(name, {}), **given}
@@ -232,6 +243,8 @@ def _build(cls: type, values: dict, section: str):
 
 
 def check_device(device: str) -> None:
+    if not isinstance(device, str):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
     try:
         dev = torch.device(device)
     except RuntimeError as e:

@@ -4,7 +4,8 @@ Entry syntax (entries are comma-separated):  [LABEL=]NAME[:OPTION=VALUE...][+KEY
   NAME            a router or a layer-level method (`smoe routers`)
   :OPTION=VALUE   a router option, as `smoe bench layer --router` (values are Python literals, else strings)
   +KEY=VALUE      a config override of this entry only, as --set (`+rule=momentum`, `+model.k=1`, `+data.x=...`)
-  LABEL=          the entry's name in tables and run folders (letters, digits, `_ . -`); default: the entry text
+  LABEL=          the entry's name in tables and run folders (letters, digits, `_ . -`; at most 100
+                  characters); default: the entry text
 e.g. `topk`, `ssr:p=0.1`, `topk+rule=momentum`, `adam=topk+rule=adam`, `s2moe`, `sup=topk+supervised=true`.
 """
 
@@ -14,19 +15,27 @@ import re
 from dataclasses import dataclass, field
 
 from smoe.layer import available_layers
-from smoe.routing import available_routers, router_options
-from smoe.routing.registry import parse_router_spec
+from smoe.routing import available_routers
+from smoe.routing.registry import check_router_options, parse_router_spec
 
 LABEL = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_LABEL = 100  # characters: a label names run folders (<label>-s<seed>), and a file name holds at most 255 bytes
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One comparison entry: label, router (or layer-level method), router options, config overrides."""
+    """One comparison entry: label (1 to MAX_LABEL characters), router (or layer-level method), router options,
+    config overrides."""
     label: str
     router: str
     options: dict = field(default_factory=dict)
     overrides: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.label, str) or not 0 < len(self.label) <= MAX_LABEL:
+            shown = self.label[:40] + "..." if isinstance(self.label, str) and len(self.label) > 40 else self.label
+            raise ValueError(f"entry label {shown!r}: labels name run folders, so 1 to at most {MAX_LABEL} characters "
+                             "are accepted (set a shorter LABEL=)")
 
     @property
     def folder(self) -> str:
@@ -58,10 +67,10 @@ def parse_entry(text: str) -> Entry:
     if name not in names:
         raise ValueError(f"entry {text!r}: unknown router {name!r}; available: {', '.join(sorted(names))}")
     if name in available_routers():
-        unknown = sorted(set(options) - set(router_options(name)))
-        if unknown:
-            raise ValueError(f"entry {text!r}: unknown option(s) {unknown} for router {name!r}; valid: "
-                             f"{', '.join(router_options(name))}")
+        try:
+            check_router_options(name, options)
+        except ValueError as e:
+            raise ValueError(f"entry {text!r}: {e}") from None
     for item in overrides:
         key, eq, _ = item.partition("=")
         if not eq or not key:

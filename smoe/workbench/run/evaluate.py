@@ -29,22 +29,40 @@ from torch import nn
 
 from smoe._files import atomic_write
 from smoe._validate import check_choice, check_float, check_int
-from smoe.data.corrupt import CORRUPTIONS, parse_corruption, severity
+from smoe.data.corrupt import CORRUPTIONS, available_corruptions, parse_corruption, severity
 from smoe.layer import moe_layers
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.measure.routing_metrics import dropped_fraction
 from smoe.workbench.run.runner import load_run
-from smoe.workbench.tasks import get_task
+from smoe.workbench.tasks import Task, get_task
 from smoe.workbench.train.run_folder import hold_folder
 
 CORRUPTION_SEED = 0
 BOOTSTRAP_RESAMPLES = 1000
 BPR_CHOICES = ("both", "on", "off")
+TASK_CONTEXT = frozenset({"vocab_size"})  # what the tasks' evaluations give a corruption besides the inputs
 
 
 def default_sweep(corruptions: Sequence[str]) -> list[str]:
     """Every level (1..5) of each named corruption: the default robustness sweep of a task."""
     return [f"{name}:{level}" for name in corruptions for level in range(1, len(CORRUPTIONS[name].levels) + 1)]
+
+
+def task_corruptions(task: Task) -> list[str]:
+    """The corruptions a task's evaluation applies: those of the kinds of its default sweep (text, image) that need
+    nothing beyond what it passes (`TASK_CONTEXT`)."""
+    kinds = {CORRUPTIONS[name].kind for name in task.corruptions}
+    return [name for name in available_corruptions() if CORRUPTIONS[name].kind in kinds
+            and CORRUPTIONS[name].needs <= TASK_CONTEXT]
+
+
+def check_corruptions(task: Task, specs: Sequence[str]) -> None:
+    """ValueError naming the first spec that is not "NAME:LEVEL" of a corruption the task applies."""
+    accepted = task_corruptions(task)
+    for spec in specs:
+        c, _ = parse_corruption(spec)
+        if c.name not in accepted:
+            raise ValueError(f"corruption {spec!r}: task {task.name} takes {', '.join(accepted)}")
 
 
 def eval_file(eval_k: int | None) -> str:
@@ -181,6 +199,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, **options) -> d
         task = get_task(run.task)
         if options.get("corruptions") is None:
             options["corruptions"] = default_sweep(task.corruptions)
+        check_corruptions(task, options["corruptions"])
         result = {"step": step, **evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better,
                                                  scores=setup.scores, **options)}
         atomic_write(Path(run_dir, eval_file(options.get("eval_k"))), json.dumps(result, indent=1).encode())

@@ -5,7 +5,10 @@ Per optimizer step: `grad_accum` micro-batches, each `loss = task loss + sum of 
 layers` (logged by name), AdamW, warm-up + cosine learning rate, gradient clipping; then, once per step,
 `layer.after_step(stats)` for each layer of `moe_layers(model)` with that layer's `MoEStats` of every
 micro-batch of the step, then the hooks (per-step analytics). Eval every `eval_every` steps, metrics to JSONL
-and TensorBoard, atomic checkpoints, exact resume, SIGINT/SIGTERM -> checkpoint and stop.
+and TensorBoard, atomic checkpoints, exact resume, SIGINT/SIGTERM -> checkpoint and stop. The last step is
+checkpointed before the final evaluation, and a checkpoint records how many metrics.jsonl records precede it, so a
+run killed at any point resumes to the files of a run never killed (no record twice). A checkpoint whose step
+disagrees with its optimizer's step count (a forged or misnamed file) is refused.
 
 With `data_parallel=True` (W processes, torchrun) the same loop runs on every rank: `data_parallel.DataParallel`
 gives each rank its share of every batch, synchronises the gradients, clips with the whole model's norm, hands the
@@ -51,6 +54,7 @@ from smoe.workbench.train.checkpoint import (
     load_module_tensors,
     load_optimizer_tensors,
     module_tensors,
+    optimizer_steps,
     optimizer_tensors,
     reading_state,
 )
@@ -66,6 +70,7 @@ from smoe.workbench.train.run_folder import (
 from smoe.workbench.train.signals import StopSignals
 
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
+MAX_RATE = 1e3  # the largest lr and weight_decay (far above any useful value)
 
 
 def derived_seed(seed: int, stream: int) -> int:
@@ -78,6 +83,7 @@ class TrainConfig:
     """Optimisation and bookkeeping. `steps` is where training stops; the learning-rate schedule runs over
     `schedule_steps` (warm-up, cosine to min_lr_ratio * lr, then flat) whatever `steps` is, so that a run can be
     extended exactly with resume. 0 for eval_every / checkpoint_every: only at the end; grad_clip 0: off.
+    lr and weight_decay at most MAX_RATE, beta1 and beta2 in [0, 1) (AdamW's update stays finite).
     compile: run the training steps' forward under torch.compile (evaluation, hooks and checkpoints use the
     uncompiled module: the same parameters, the same state dict keys)."""
 
@@ -103,13 +109,16 @@ class TrainConfig:
             check_int(name, getattr(self, name), low=1)
         for name in ("warmup_steps", "eval_every", "checkpoint_every"):
             check_int(name, getattr(self, name), low=0)
-        check_float("lr", self.lr, low=0.0, low_open=True)
+        # bounded so that AdamW's update (lr / (1 - beta1 ** step), 1 - lr * weight_decay) stays finite in float32
+        check_float("lr", self.lr, low=0.0, low_open=True, high=MAX_RATE)
         check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        check_float("weight_decay", self.weight_decay, low=0.0)
-        check_float("beta1", self.beta1, low=0.0, high=1.0)
-        check_float("beta2", self.beta2, low=0.0, high=1.0)
+        check_float("weight_decay", self.weight_decay, low=0.0, high=MAX_RATE)
+        check_float("beta1", self.beta1, low=0.0, high=1.0, high_open=True)
+        check_float("beta2", self.beta2, low=0.0, high=1.0, high_open=True)
         check_float("grad_clip", self.grad_clip, low=0.0)
         check_bool("compile", self.compile)
+        for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip"):
+            setattr(self, name, float(getattr(self, name)))  # beta1: 0 from a YAML file is a float to AdamW
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): linear warm-up, cosine decay, then min."""
@@ -149,13 +158,19 @@ class TrainResult:
 
 
 class RunLog:
-    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb_dir`, default `folder/tb`)."""
+    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb_dir`, default `folder/tb`).
 
-    def __init__(self, folder: Path, start_step: int, tb_dir: Path | None = None):
+    Starting at `start_step`, the log is cut back to what it held when that step's checkpoint was written: its
+    first `records` records (the checkpoint's count), or without a count every record up to start_step. `count` is
+    the number of records in the log."""
+
+    def __init__(self, folder: Path, start_step: int, records: int | None = None, tb_dir: Path | None = None):
         self.path = folder / "metrics.jsonl"
-        if self.path.exists():  # drop records past the step we start from (a torn last line with a warning)
-            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step]
+        self.count = 0
+        if self.path.exists():  # a torn last line is dropped with a warning
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step][:records]
             atomic_write(self.path, jsonl_bytes(kept))
+            self.count = len(kept)
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(tb_dir or folder / "tb"), purge_step=start_step + 1)
@@ -163,6 +178,7 @@ class RunLog:
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.count += 1
         for name, value in values.items():
             self.tb.add_scalar(f"{split}/{name}", value, step)
 
@@ -207,6 +223,9 @@ class Trainer:
         torch.manual_seed(dropout_seed)  # not where the model's construction left it: the same for every router
         self.noise = torch.Generator(self.device).manual_seed(noise_seed)
         self.step = 0
+        self.log: RunLog | _NoLog = _NoLog()  # while training
+        self.saved_step: int | None = None  # the step of the latest checkpoint written or restored
+        self.saved_records: int | None = None  # the number of metrics.jsonl records it recorded (None: unknown)
 
     # ------------------------------------------------------------ set-up
 
@@ -272,18 +291,21 @@ class Trainer:
         optim_t, optim_meta = optimizer_tensors(self.optimizer)
         tensors = {**{f"model.{k}": v for k, v in model_t.items()}, **{f"optim.{k}": v for k, v in optim_t.items()}}
         state = {
-            "config": self.run_config, "aliases": aliases, "optimizer": optim_meta,
+            "config": self.run_config, "aliases": aliases, "optimizer": optim_meta, "log_records": self.log.count,
             "rng": {"global": encode_bytes(torch.get_rng_state()), "data": encode_bytes(self.data_rng.get_state()),
                     "noise": encode_bytes(self.noise.get_state()),
                     **({"cuda": encode_bytes(torch.cuda.get_rng_state(self.device))}
                        if self.device.type == "cuda" else {})},
         }
-        return self.parallel.save_checkpoint(self.checkpoint_dir, self.step, tensors, state,
+        path = self.parallel.save_checkpoint(self.checkpoint_dir, self.step, tensors, state,
                                              self.config.keep_checkpoints)
+        self.saved_step = self.step
+        return path
 
     def _restore(self) -> None:
         tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
-        with reading_state(checkpoint_path(self.checkpoint_dir, state["step"])):
+        path = checkpoint_path(self.checkpoint_dir, state["step"])
+        with reading_state(path):
             mismatch = config_differences(state["config"], self.run_config, ignore={("train", "steps")})
             if mismatch:
                 raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another "
@@ -292,13 +314,21 @@ class Trainer:
                                 state["aliases"])
             load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")},
                                    state["optimizer"])
+            taken = optimizer_steps(self.optimizer)  # one optimizer step per training step: a witness of the step
+            if taken is not None and taken != state["step"]:
+                raise CheckpointError(f"checkpoint state {path} says step {state['step']}, but its optimizer state "
+                                      f"took {taken} steps: the file was edited or belongs to another step")
             rng = state["rng"]
             torch.set_rng_state(decode_bytes(rng["global"]))
             self.data_rng.set_state(decode_bytes(rng["data"]))
             self.noise.set_state(decode_bytes(rng["noise"]))
             if "cuda" in rng:
                 torch.cuda.set_rng_state(decode_bytes(rng["cuda"]), self.device)
-        self.step = state["step"]
+            records = state.get("log_records")  # absent from checkpoints written before it was recorded
+            if records is not None:
+                check_int("log_records", records, low=0)
+        self.step = self.saved_step = state["step"]
+        self.saved_records = records
 
     # ------------------------------------------------------------ the loop
 
@@ -313,7 +343,8 @@ class Trainer:
 
     def _train(self) -> TrainResult:
         batches = iter(self.train_batches(self.data_rng))
-        log = RunLog(self.out_dir, self.step, self.tb_dir) if self.parallel.is_main else _NoLog()
+        self.log = log = RunLog(self.out_dir, self.step, self.saved_records, self.tb_dir) if self.parallel.is_main \
+            else _NoLog()
         with StopSignals() as stops:  # first SIGINT/SIGTERM: finish the step, checkpoint, stop
             bar = tqdm(total=self.config.steps, initial=self.step, unit="step",
                        disable=not (self.progress and self.parallel.is_main))
@@ -340,11 +371,12 @@ class Trainer:
                         self.save()
                 if self.step < self.config.steps:
                     return TrainResult("interrupted", self.step, signal=stop)
+                if self.saved_step != self.step:  # before the final evaluation: killed from here on, a run resumes
+                    self.save()                   # at this step with the log as it is now, and evaluates again
                 bar.set_description("final evaluation")
                 final = {split: self._evaluate(split) for split in ("valid", "test")} if self.evaluate else {}
                 for split, values in final.items():
                     log.write(self.step, split, values)
-                self.save()
                 if self.parallel.is_main:
                     final_json = json.dumps({"step": self.step, **final}, indent=1).encode()
                     atomic_write(self.out_dir / "final.json", final_json)
@@ -352,6 +384,7 @@ class Trainer:
             finally:
                 bar.close()
                 log.close()
+                self.log = _NoLog()
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -404,7 +437,9 @@ def _to_device(batch, device: torch.device):
 
 
 class _NoLog:
-    """RunLog's interface on ranks other than 0, which write no files."""
+    """RunLog's interface on ranks other than 0, which write no files (and outside training)."""
+
+    count = 0
 
     def write(self, step: int, split: str, values: dict[str, float]) -> None:
         pass
