@@ -1,4 +1,9 @@
-"""The `smoe` command line. Each subcommand lives in its own function; heavy imports happen inside them."""
+"""The `smoe` command line. Each subcommand lives in its own function; heavy imports happen inside them.
+
+Plugins (`smoe.plugins`) are imported before the parser is built, so their routers and tasks are valid choices:
+the entry points of `smoe.plugins`, then SMOE_PLUGINS, then every `--import MODULE_OR_FILE.py` (taken from
+anywhere on the command line, for every subcommand).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from smoe.bench.parallel import main as bench_parallel
 from smoe.bench.train import main as bench_train
 from smoe.data.corrupt import available_corruptions
 from smoe.layer import available_layers, layer_options, layer_summary
+from smoe.plugin_cli import add_import_argument, add_plugin_parsers, recorded_command
+from smoe.plugins import PluginError, load_all, split_imports
 from smoe.routing import available_routers, router_options, router_summary
 from smoe.workbench.claims.claim import CLAIMS, COMPARISONS, DEFAULT_OUT, judge_folder, run_claims, write_summary
 from smoe.workbench.grid.compare import CompareConfig, run_compare
@@ -154,15 +161,12 @@ def _specs(text: str) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train, evaluate and analyse entries x seeds on one task; write results.json and the report."""
-    import shlex
-
-
     try:
         config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
                                preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
                                corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
                                baseline=args.baseline)
-        command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
+        command = recorded_command("compare", args.argv)
         if hint := thread_hint():
             print(hint, file=sys.stderr)
         result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
@@ -286,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_claims_parser(sub)
     add_analysis_parsers(sub)
+    add_plugin_parsers(sub)
+    for name in ("report", "show", "train", "compare", "claims", "analyze", "eval"):
+        add_import_argument(sub.choices[name])
     return parser
 
 
@@ -391,6 +398,12 @@ def add_train_parser(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv, imports = split_imports(argv)
+        load_all(imports)
+    except PluginError as e:
+        print(f"smoe: error: {e}", file=sys.stderr)
+        return 2
     if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
         return eval_embed(argv[1:])
     args = build_parser().parse_args(argv)

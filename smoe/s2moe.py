@@ -14,6 +14,7 @@ and every uncertain choice is an option (see `S2MoE`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,9 @@ class S2MoE(nn.Module):
     infonce_temperature 0.1 (the authors' temperature in a sibling paper), infonce_coef 0.1;
     infonce_tokens: at most this many real tokens (drawn through the generator) enter the O(M^2) InfoNCE.
     """
+
+    host_sync_in_training: ClassVar[str | None] = (
+        "the InfoNCE loss takes the real tokens by index (mask.nonzero(): a data-dependent count)")
 
     def __init__(
         self,
@@ -131,7 +135,7 @@ class S2MoE(nn.Module):
     def perturb(self, flat: Tensor, ctx: RoutingContext) -> Tensor:
         """flat: (N, d) -> xhat = eps1 * x + eps2: (N, d), eps1 ~ N(1, s^2), eps2 ~ N(mu, s^2)."""
         batch, length = ctx.sequences(flat.shape[0])
-        z = flat.view(batch, length, -1)
+        z = flat.view(batch, length, flat.shape[-1])
         mu, sigma = self.noise_statistics(z, ctx)
         if self.detach_stats:
             mu, sigma = mu.detach(), sigma.detach()

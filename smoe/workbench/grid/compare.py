@@ -7,6 +7,8 @@ DIR/report.html (`workbench.report.comparison.write_report`), on the executor `-
 
 Resumable: a run with final.json (and its analysis and evaluation) is skipped, a run with a checkpoint is
 resumed, a run folder without one starts over; a run folder written with another configuration is an error.
+Before anything trains, every entry's router (with its options) passes the conformance checks of `smoe.conformance`
+(the compile check only when the runs compile), or the comparison refuses to start, naming the failed checks.
 The comparison folder and each run folder have one writer (`workbench.train.run_folder.hold_folder`); a run whose
 files are damaged is recorded as failed and the grid goes on.
 `--steps N` compresses the preset's schedule to N steps (`workbench.run.config.compressed_schedule`); --set and
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smoe._validate import check_choice, check_int
+from smoe.conformance import CHECKS, check_router, failures
+from smoe.plugins import provenance
 from smoe.workbench.grid.executors import GridProgress, Outcome, Report
 from smoe.workbench.grid.jobs import GridConfig, describe, make_executor, step_flops
 from smoe.workbench.report.comparison import write_report
@@ -111,6 +115,24 @@ def grid_runs(config: CompareConfig) -> list[GridRun]:
     return grid
 
 
+def check_routers(tasks: list[GridRun]) -> None:
+    """The conformance checks (`smoe.conformance`) of every entry's router with its options (and k and E), the
+    compile check only where the runs compile; a ValueError naming every failed check of every entry."""
+    first: dict[str, GridRun] = {}
+    for task in tasks:
+        first.setdefault(task.entry.label, task)
+    failed = []
+    for task in first.values():
+        model = task.run.model
+        checks = [c for c in CHECKS if c != "compile" or task.run.train.compile]
+        options = {**(model.get("router_options") or {}), **({"k": model["k"]} if "k" in model else {})}
+        results = check_router(task.run.router, options, model.get("num_experts", 4), checks)
+        failed += [f"  {task.entry.label} ({task.run.router}): {r.name}: {r.reason}" for r in failures(results)]
+    if failed:
+        raise ValueError("entries fail the router conformance checks (`smoe check-router NAME` shows every check); "
+                         "nothing was trained:\n" + "\n".join(failed))
+
+
 def run_one(task: GridRun, report: Report) -> Outcome:
     """Train, evaluate and analyse one run, holding its folder (`report(step)` after every training step); its
     record in results.json. A run that raises is "failed" with its error; an interrupted training (checkpoint
@@ -146,6 +168,7 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
     folder is held (one writer) throughout, each run folder by the process that runs it."""
 
     tasks = grid_runs(config)
+    check_routers(tasks)
     done = [min(steps_done(t.run_dir), t.run.train.steps) for t in tasks]
     left = [t for t, d in zip(tasks, done) if d < t.run.train.steps]
     executor = make_executor(grid or GridConfig(), len(left), lambda: step_flops(left[0].run))
@@ -164,6 +187,7 @@ def _run_grid(config: CompareConfig, command: str, progress: bool, tasks: list[G
                   f"train; {describe(executor)}")
     records: dict[int, dict] = {}
     failed = []
+    code = provenance(list(dict.fromkeys(p for t in tasks for p in t.run.plugins)))
     try:
         for i, outcome in executor.run(run_one, tasks, bar):
             task = tasks[i]
@@ -173,17 +197,17 @@ def _run_grid(config: CompareConfig, command: str, progress: bool, tasks: list[G
                 failed.append(f"{task.name}: {record['error']}")
                 bar.write(f"smoe compare: {task.entry.label} seed {task.seed} failed: {record['error']}")
             records[i] = record
-            _write(config, [records[j] for j in sorted(records)], command)
+            _write(config, [records[j] for j in sorted(records)], command, code)
     finally:
         bar.close()
     for i, task in enumerate(tasks):  # what the executor did not finish: the grid was interrupted
         records.setdefault(i, collect_run(task.entry, task.seed, task.run_dir, out, metric_key, "skipped",
                                           "not finished: the comparison was interrupted"))
-    path = _write(config, [records[i] for i in sorted(records)], command)
+    path = _write(config, [records[i] for i in sorted(records)], command, code)
     report = None if executor.interrupted is not None else write_report(out).html
     return CompareResult(results=path, report=report, failed=failed, interrupted=executor.interrupted)
 
 
-def _write(config: CompareConfig, records: list[dict], command: str) -> Path:
+def _write(config: CompareConfig, records: list[dict], command: str, code: dict) -> Path:
     return write_results(config.out, config.task, config.preset, config.device,
-                         [entry.label for entry in config.entries], config.baseline, records, command)
+                         [entry.label for entry in config.entries], config.baseline, records, command, code)

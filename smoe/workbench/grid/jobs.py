@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from smoe._validate import check_int
 from smoe.models.common import aux_losses
+from smoe.plugins import loaded
 from smoe.workbench.grid.executors import DaskCluster, LocalProcesses, Serial, local_workers
 from smoe.workbench.run.config import RunConfig
 from smoe.workbench.tasks import get_task
@@ -114,14 +115,16 @@ def auto_jobs(cores: int, runs: int, flops: Callable[[], float]) -> int:
 
 
 def make_executor(grid: GridConfig, runs: int, flops: Callable[[], float]):
-    """The executor of `grid` for `runs` tasks left; flops() -> one training step's FLOPs, for jobs="auto"."""
+    """The executor of `grid` for `runs` tasks left; flops() -> one training step's FLOPs, for jobs="auto". Its
+    workers import every plugin this process has imported (`smoe.plugins.loaded`)."""
+    plugins = [plugin.spec for plugin in loaded()]
     if grid.cluster is not None:
-        return DaskCluster(grid.cluster, grid.threads)
+        return DaskCluster(grid.cluster, grid.threads, plugins)
     cores = available_cores()
     jobs = auto_jobs(cores, runs, flops) if grid.jobs == "auto" else grid.jobs
     if jobs == 1:
         return Serial(grid.threads)
-    return LocalProcesses(jobs, grid.threads or max(1, cores // jobs))
+    return LocalProcesses(jobs, grid.threads or max(1, cores // jobs), plugins=plugins)
 
 
 def describe(executor) -> str:

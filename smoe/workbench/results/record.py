@@ -4,6 +4,7 @@ paired statistics of `workbench.results.verdicts`."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -82,11 +83,13 @@ def machine(device: str) -> dict:
 
 
 def write_results(out: str | Path, task: str, preset: str, device: str, entries: Sequence[str], baseline: str,
-                  records: list[dict], command: str) -> Path:
+                  records: list[dict], command: str, code: dict | None = None) -> Path:
     """Write out/results.json (schema `SCHEMA_VERSION`): the run records of `entries` (labels, in order) with the
-    paired statistics against `baseline`."""
+    paired statistics against `baseline`; `code`: the provenance (`smoe.plugins.provenance`), recorded with the
+    directory `command` was run in."""
     spec = get_task(task)
     results = {"schema": SCHEMA_VERSION, "task": task, "preset": preset, "command": command,
+               **({"provenance": {**code, "cwd": os.getcwd()}} if code is not None else {}),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "metric": {"name": spec.metric_key, "higher_is_better": spec.higher_is_better},
                "machine": machine(device), "runs": records, "entries": list(entries)}

@@ -6,6 +6,8 @@ failed run; readers show what is there and say what is missing):
     {"schema": 2, "task": str, "preset": str, "command": str, "created": str (ISO 8601),
      "metric": {"name": str, "higher_is_better": bool},            # the task's headline metric
      "machine": {"cpu": str, "threads": int, "torch": str, "device": str},
+     "provenance": {"smoe": str, "commit": str | null, "dirty": bool | null, "torch": str, "python": str,
+                    "plugins": [{"spec", "module", "file", "sha256", "found"}], "cwd": str},   # which code ran
      "runs": [{
         "router": str, "label": str, "seed": int, "options": {...}, "run_dir": str,
         "status": "done" | "failed" | "skipped", "error": str | null,

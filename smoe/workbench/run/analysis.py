@@ -7,8 +7,8 @@ Legend: N routed tokens of the probe set, M real ones, E experts, L MoE layers.
 analysis.json: {"step", "task", "router", "probe": {"tokens": M, "labels": [names]},
   "routing": the `routing` object of the results.json schema (`workbench.results.schema`): per-layer load,
       load CV, max/mean, entropy, margin, active experts, dropped fraction, effective rank of router inputs and
-      router features, specialization NMI per label, experts per token (kept pairs / M); fluctuation between consecutive traced
-      evals; cross-layer co-activation; top-expert sensitivity per layer,
+      router features, specialization NMI per label, experts per token (kept pairs / M); fluctuation between
+      consecutive traced evals; cross-layer co-activation; top-expert sensitivity per layer,
   "over_training": [{"step", "load_cv": [L], "entropy": [L], "margin": [L]}] from the trace,
   "latent": {"points", "expert", "label"} (t-SNE of the VAE latent coloured by top-1 expert; VAE only),
   "view": whether RUN_DIR/routing_view.json (the routing pictures' data, `workbench.run.routing_view`) was written}

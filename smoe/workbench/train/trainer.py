@@ -66,6 +66,8 @@ from smoe.workbench.train.run_folder import (
 )
 
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
+# paths of the run config a resume may change: the steps (extending a run), the provenance (which code ran)
+MAY_CHANGE_ON_RESUME = frozenset({("train", "steps"), ("provenance",)})
 
 
 def derived_seed(seed: int, stream: int) -> int:
@@ -261,7 +263,7 @@ class Trainer:
         path = self.out_dir / "config.yaml"
         if not path.exists():
             return
-        mismatch = config_differences(read_yaml(path), self.run_config, ignore={("train", "steps")})
+        mismatch = config_differences(read_yaml(path), self.run_config, ignore=MAY_CHANGE_ON_RESUME)
         if mismatch:
             raise CheckpointError(f"{path} was written with another configuration (only train.steps may change on "
                                   f"resume): " + "; ".join(mismatch))
@@ -285,7 +287,7 @@ class Trainer:
     def _restore(self) -> None:
         tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
         with reading_state(checkpoint_path(self.checkpoint_dir, state["step"])):
-            mismatch = config_differences(state["config"], self.run_config, ignore={("train", "steps")})
+            mismatch = config_differences(state["config"], self.run_config, ignore=MAY_CHANGE_ON_RESUME)
             if mismatch:
                 raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another "
                                       f"configuration (only train.steps may change on resume): " + "; ".join(mismatch))
