@@ -249,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoe",
         description="Sparse mixture-of-experts workbench. Routers: "
-        + ", ".join(sorted(available_routers() + available_layers())),
+        + ", ".join(sorted(available_routers() + available_layers()))
+        + ". Your own router: --import MODULE_OR_FILE.py on any command (or SMOE_PLUGINS, or a 'smoe.plugins' "
+          "entry point); docs/writing-a-router.md.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("routers", help="list the routers and their papers (with NAME or --options: their options)")

@@ -23,10 +23,10 @@ does not yield was not finished (the grid was interrupted: `executor.interrupted
   every large tensor's pages: the tiny LM trained 1.6x slower for it. `local:N` clusters start their workers
   without it; on a remote cluster whose workers have it, the grid says so once.
 
-Plugins (`smoe.plugins`): every worker, local or Dask, imports the plugins this process has imported (`plugins`,
-their specs) before it unpickles a task, so a router, task or rule from a plugin builds there too; a plugin that
-fails to import there fails the task with the plugin's error. The run folders and the plugin files must be
-where the workers see them.
+Plugins (`smoe.plugins`): every worker, local or Dask, imports its own entry points and SMOE_PLUGINS, then the
+plugins this process has imported (`plugins`, their specs), before it unpickles a task, so a router, task or rule
+from a plugin builds there too; a plugin that fails to import there fails the task with the plugin's error. The
+run folders and the plugin files must be where the workers see them.
 
 Results do not depend on the executor at the same number of threads per run. The number of threads changes the
 order of floating-point sums (around 1e-7 relative in one step), and training amplifies that: the demo grid's
@@ -56,7 +56,7 @@ import torch
 from tqdm import tqdm
 
 from smoe._validate import check_int
-from smoe.plugins import load_plugins
+from smoe.plugins import load_all
 
 RETRIES = 2  # times a task whose local worker died is run again
 CLUSTER_EXTRA = "pip install 'smoe[cluster]'"
@@ -338,8 +338,9 @@ def _shut_down(workers: list[_Worker], grace: float = 30.0) -> None:
 
 
 def _call(fn: Callable, plugins: Sequence[str], task: bytes, report: Report) -> Outcome:
-    """fn(the pickled task, report), the plugins imported first (they may define what the task holds)."""
-    load_plugins(plugins)
+    """fn(the pickled task, report), the plugins imported first (they may define what the task holds): the
+    worker's own entry points and SMOE_PLUGINS, as the command line does, then the parent's (`plugins`)."""
+    load_all(plugins)
     return fn(pickle.loads(task), report)
 
 
