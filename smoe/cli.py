@@ -18,7 +18,8 @@ from smoe.layer import available_layers, layer_options, layer_summary
 from smoe.plugin_cli import add_import_argument, add_plugin_parsers, recorded_command
 from smoe.plugins import PluginError, load_all, split_imports
 from smoe.routing import available_routers, router_options, router_summary
-from smoe.workbench.claims.claim import CLAIMS, COMPARISONS, DEFAULT_OUT, judge_folder, run_claims, write_summary
+from smoe.workbench.claims.claim import CLAIMS, COMPARISONS
+from smoe.workbench.claims.run import DEFAULT_OUT, judge_folder, run_claims, write_summary
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
 from smoe.workbench.report.comparison import write_report

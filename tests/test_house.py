@@ -110,3 +110,27 @@ def test_registry_decorator_duplicates_wildcards_and_errors():
         reg.get("gamma")
     with pytest.raises(ValueError, match="non-empty string"):
         reg.add("", type("Other", (), {}))
+
+
+WORKBENCH_FLOORS = ("train", "measure", "tasks", "run", "results", "report", "grid", "claims")  # ground floor first
+WORKBENCH_ROOT = {"smoe.workbench", "smoe.workbench.document", "smoe.workbench.numbers"}  # the face, shared helpers
+
+
+def floor(module: str) -> int | None:
+    """The workbench floor of a module (`smoe.workbench.run.config` -> 3); None outside a workbench subpackage."""
+    parts = module.split(".")
+    inside = len(parts) > 2 and parts[1] == "workbench" and parts[2] in WORKBENCH_FLOORS
+    return WORKBENCH_FLOORS.index(parts[2]) if inside else None
+
+
+def test_workbench_imports_run_only_down_its_data_flow():
+    back = [(m, t) for m, targets in graph().items() for t in targets
+            if floor(m) is not None and floor(t) is not None and floor(t) > floor(m)]
+    assert back == []
+
+
+def test_the_workbench_root_holds_only_its_face_and_shared_helpers():
+    root = {m for m in modules() if m.startswith("smoe.workbench") and floor(m) is None}
+    assert root == WORKBENCH_ROOT
+    shared = [(m, t) for m in WORKBENCH_ROOT for t in graph()[m] if t.startswith("smoe.workbench")]
+    assert shared == []  # a shared helper imports no workbench room

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 
+from smoe._files import atomic_write
 from smoe._validate import check_choice, check_int
 from smoe.data.splits import SPLITS, assign_splits
 
@@ -150,21 +151,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SMOE_CACHE") or Path.home() / ".cache" / "smoe")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the whole new one (temp, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train_bpe(documents: list[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE (GPT-2 style, no prefix space, so decode(encode(s)) == s) with EOS = 0 and PAD = 1.
 
@@ -195,10 +181,11 @@ def get_tokenizer(corpus: TextCorpus, vocab_size: int, cache_dir: str | os.PathL
     if path.exists():
         try:
             return Tokenizer.from_file(str(path))
-        except Exception:  # a foreign or damaged file: retrain below and replace it
-            pass
+        except Exception as e:  # a foreign or damaged file: retrain below and replace it
+            warnings.warn(f"tokenizer cache {path} is damaged ({type(e).__name__}: {e}); training the tokenizer "
+                          "again and replacing it", stacklevel=2)
     tokenizer = train_bpe(corpus.documents_in("train"), vocab_size)
-    write_atomic(path, tokenizer.to_str())
+    atomic_write(path, tokenizer.to_str())
     return tokenizer
 
 

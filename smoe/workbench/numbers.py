@@ -1,15 +1,28 @@
-"""One number format for reports: a spread rounded to two significant figures and its mean to the same decimal
-place ("0.65970 ± 0.00037", "20900 ± 2700"); a lone number to four significant figures; a shared power of ten
-when the numbers are very large or very small ("(3.52 ± 0.41)e-05"); "n/a" for NaN and infinities."""
+"""Numbers in reports: which values count (`is_finite`, `finite_mean`), and one format: a spread rounded to two
+significant figures and its mean to the same decimal place ("0.65970 ± 0.00037", "20900 ± 2700"); a lone number to
+four significant figures; a shared power of ten when the numbers are very large or very small ("(3.52 ± 0.41)e-05");
+"n/a" for None, NaN and infinities."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 NOT_FINITE = "n/a"
 SIGNIFICANT = 4  # figures of a number without a spread
 SPREAD_FIGURES = 2  # figures of a spread
 LARGE, SMALL = 1e5, 1e-3  # beyond these magnitudes a power of ten is factored out
+
+
+def is_finite(value: float | None) -> bool:
+    """A number that is not None, NaN or infinite."""
+    return value is not None and math.isfinite(value)
+
+
+def finite_mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the finite values; None when there are none."""
+    found = [v for v in values if is_finite(v)]
+    return sum(found) / len(found) if found else None
 
 
 def _exponent(x: float) -> int:
@@ -20,17 +33,18 @@ def _scientific(size: float) -> bool:
     return size >= LARGE or 0 < size < SMALL
 
 
-def format_number(x: float) -> str:
-    """x to SIGNIFICANT significant figures (integers below 1e5 in full); "n/a" for NaN and infinities."""
-    x = float(x)
-    if not math.isfinite(x):
+def format_number(x: float | None, signed: bool = False) -> str:
+    """x to SIGNIFICANT significant figures (integers below 1e5 in full), with a + before positive numbers when
+    `signed`; "n/a" for None, NaN and infinities."""
+    if x is None or not math.isfinite(x := float(x)):
         return NOT_FINITE
+    sign = "+" if signed and x > 0 else ""
     if x.is_integer() and abs(x) < LARGE:
-        return str(int(x))
+        return f"{sign}{int(x)}"
     if _scientific(abs(x)):
-        return f"{x:.{SIGNIFICANT - 1}e}"
+        return f"{sign}{x:.{SIGNIFICANT - 1}e}"
     decimals = max(SIGNIFICANT - 1 - _exponent(x), 0)
-    return f"{round(x, decimals):.{decimals}f}"
+    return f"{sign}{round(x, decimals):.{decimals}f}"
 
 
 def format_spread(mean: float, spread: float | None) -> str:

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from smoe._files import atomic_write
 from smoe.workbench.train.checkpoint import (
     CheckpointError,
-    atomic_write,
     checkpoint_steps,
     decode_bytes,
     encode_bytes,

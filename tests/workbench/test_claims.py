@@ -9,18 +9,9 @@ from pathlib import Path
 import pytest
 
 from smoe.cli import main
-from smoe.workbench.claims import claim as claims_module
-from smoe.workbench.claims.claim import (
-    CLAIMS,
-    COMPARISONS,
-    Claim,
-    Comparison,
-    claim_verdict,
-    judge,
-    plan,
-    select,
-    write_summary,
-)
+from smoe.workbench.claims import run as claims_run
+from smoe.workbench.claims.claim import CLAIMS, COMPARISONS, Claim, Comparison, claim_verdict, judge
+from smoe.workbench.claims.run import plan, select, write_summary
 from smoe.workbench.grid.compare import CompareResult
 from smoe.workbench.run.entry import parse_entries
 from smoe.workbench.tasks import get_task
@@ -146,7 +137,7 @@ def test_claims_judged_on_hand_made_results():
     assert quality.verdict == "supported" and quality.result["n"] == 3  # the failed run is not counted
     assert quality.result["mean"] == pytest.approx(-9.8) and quality.result["ci_high"] < 0
     assert quality.reference_mean == pytest.approx(291.0) and quality.setting == "tiny, 300 steps"
-    assert "xmoe - topk on final.metric, claimed better; -9.8 (-3.4 %), 95 % CI [" in quality.line()
+    assert "xmoe - topk on final.metric, claimed better; -9.800 (-3.4 %), 95 % CI [" in quality.line()
     assert judge(CLAIMS.get("xmoe-collapse"), results).verdict == "contradicted"
     assert judge(CLAIMS.get("xmoe-consistency"), results).verdict == "not resolved"
     missing = judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "better"), results)
@@ -233,7 +224,7 @@ def fake_compare(outcomes):
 
 def test_claims_run_prints_verdicts_and_writes_the_summary(tmp_path, capsys, monkeypatch):
     run_compare, calls = fake_compare([([(0.91, 0.89), (0.92, 0.895), (0.90, 0.88)], None)])
-    monkeypatch.setattr(claims_module, "run_compare", run_compare)
+    monkeypatch.setattr(claims_run, "run_compare", run_compare)
     assert main(["claims", "run", "vmoe-bpr", "--out", str(tmp_path), "--no-progress"]) == 0
     assert calls == [("digits", 3, f"{COMPARISONS.get('vmoe-bpr').command(tmp_path / 'vmoe-bpr')}")]
     out = capsys.readouterr().out.splitlines()
@@ -246,7 +237,7 @@ def test_claims_run_prints_verdicts_and_writes_the_summary(tmp_path, capsys, mon
 
 def test_an_interrupted_claims_run_stops_and_says_so(tmp_path, capsys, monkeypatch):
     run_compare, calls = fake_compare([([(0.91, 0.89)], signal.SIGINT)])
-    monkeypatch.setattr(claims_module, "run_compare", run_compare)
+    monkeypatch.setattr(claims_run, "run_compare", run_compare)
     argv = ["claims", "run", "vmoe-bpr", "xmoe-collapse", "--out", str(tmp_path), "--no-progress"]
     assert main(argv) == 128 + signal.SIGINT
     assert len(calls) == 1 and not (tmp_path / "xmoe").exists()  # vmoe-bpr was interrupted: xmoe never ran

@@ -183,7 +183,7 @@ def test_an_entry_failing_the_router_checks_trains_nothing(tmp_path, capsys):
 
 
 def test_a_failing_entry_is_recorded_and_the_grid_goes_on(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("smoe.workbench.grid.compare.check_routers", lambda tasks: None)  # a run that fails later
+    monkeypatch.setattr("smoe.workbench.grid.compare.check_routers", lambda runs: None)  # a run that fails later
     code = main(["compare", "--task", "digits", "--routers", "topk,s2moe:bogus=1", "--seeds", "1", "--steps", "2",
                  "--corrupt", "", "--out", str(tmp_path), "--no-progress", *(x for o in TINY for x in ("--set", o))])
     assert code == 1

@@ -216,7 +216,7 @@ def test_compare_records_a_run_with_damaged_files_as_failed(tmp_path):
 
 def test_a_damaged_run_folder_fails_its_run_and_the_grid_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "train_one", lambda run, run_dir, progress: None)
-    monkeypatch.setattr(compare, "evaluate_one", lambda config, run, run_dir, say: None)
+    monkeypatch.setattr(compare, "evaluate_one", lambda run, run_dir, request, device, say: None)
     monkeypatch.setattr(compare, "write_report", lambda out: type("F", (), {"html": out / "report.html"}))
     config = compare.CompareConfig(task="digits", entries=parse_entries("topk,vmoe"), out=str(tmp_path),
                                    seeds=1, steps=2)

@@ -137,7 +137,7 @@ def test_version_1_file_gets_version_2_statistics_and_a_verdict_report(tmp_path,
     assert "| b | 3 | +4 [+1.516, +6.484] | 0.04041 (t) | worse | 3.264 | 3 |" in head
     assert "| c | 3 | +2 [-0.4841, +4.484] | 0.07418 (t) | not resolved |" in head
     assert "### Strongest corruption: ppl @ noise L2" in head and "| c | 0 | no seed paired with the baseline" in head
-    assert "| load CV | better (-0.3) | no paired seed |" in head and "(plots/forest.png)" in head
+    assert "| load CV | better (-0.3000) | no paired seed |" in head and "(plots/forest.png)" in head
     assert (tmp_path / "plots" / "forest.png").is_file()
     assert main(["report", str(tmp_path), "--baseline", "b"]) == 0
     assert "## Verdicts against b" in (tmp_path / "report.md").read_text()

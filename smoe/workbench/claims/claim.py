@@ -16,41 +16,31 @@ without an aux loss) is judged as "better": a test over a few seeds cannot show 
 two columns of the same runs (BPR against positional dropping on the same trained models), paired by seed, with no
 baseline entry.
 
-`run_claims` trains and evaluates the comparisons (resumable: `smoe compare` semantics) under OUT/<comparison>/ and
-judges their claims; `write_summary` writes OUT/claims.md and OUT/claims.json for every claim whose comparison has
-results in OUT. The registry below is what docs/results.md reproduces; `smoe claims` lists it.
+The registered claims are in `workbench.claims.registered`; running and summarising them in
+`workbench.claims.run`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shlex
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from smoe._validate import check_choice, check_int
 from smoe.registry import Registry
-from smoe.workbench.document import Table, Text, render_markdown
-from smoe.workbench.grid.compare import CompareConfig, run_compare
-from smoe.workbench.grid.jobs import GridConfig
-from smoe.workbench.report.comparison import format_number
+from smoe.workbench.grid.compare import CompareConfig
+from smoe.workbench.numbers import finite_mean, format_number
 from smoe.workbench.results.columns import LATE_ROUTING, ROUTING_SCALARS, column_direction, is_compared
-from smoe.workbench.results.schema import RESULTS_FILE, is_finished, load_results, metric_spec
+from smoe.workbench.results.schema import is_finished, load_results, metric_spec
 from smoe.workbench.results.verdicts import compare_column, paired_comparisons, seed_values
 from smoe.workbench.run.entry import parse_entries
 from smoe.workbench.run.evaluate import default_sweep
 from smoe.workbench.tasks import get_task
-from smoe.workbench.train.checkpoint import atomic_write
 
 DIRECTIONS = ("better", "worse", "higher", "lower")
 OPPOSITE = {"better": "worse", "worse": "better", "higher": "lower", "lower": "higher"}
 CLAIM_VERDICTS = ("supported", "contradicted", "not resolved", "missing")
-DEFAULT_OUT = "runs/claims"
-SUMMARY_MD, SUMMARY_JSON = "claims.md", "claims.json"
 
 
 @dataclass(frozen=True)
@@ -218,22 +208,15 @@ def difference_text(result: Mapping, reference_mean: float | None) -> str:
     """'+2.64 (+1.4 %), 95 % CI [0.12, 5.16], p = 0.031, MDD 3.1, 3 seeds'."""
     mean, low, high = (result.get(k) for k in ("mean", "ci_low", "ci_high"))
 
-    def num(x: float | None, sign: str = "") -> str:
-        return "n/a" if x is None or not math.isfinite(x) else f"{x:{sign}.4g}"
-
     p = result.get("p_adjusted", result.get("p_value"))
-    return (f"{num(mean, '+')}{_relative(mean, reference_mean)}, 95 % CI [{num(low)}, {num(high)}], p = {num(p)}, "
-            f"MDD {num(result.get('mdd'))}, {result.get('n', 0)} seeds")
+    return (f"{format_number(mean, signed=True)}{relative(mean, reference_mean)}, "
+            f"95 % CI [{format_number(low)}, {format_number(high)}], p = {format_number(p)}, "
+            f"MDD {format_number(result.get('mdd'))}, {result.get('n', 0)} seeds")
 
 
-def _relative(mean: float | None, reference: float | None) -> str:
+def relative(mean: float | None, reference: float | None) -> str:
     """' (+1.4 %)': mean in % of the reference; '' when either is missing or the reference is 0."""
     return f" ({100 * mean / reference:+.1f} %)" if mean is not None and reference else ""
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    found = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(found) / len(found) if found else None
 
 
 def judge(claim: Claim, results: str | os.PathLike | Mapping, alpha: float = 0.05) -> Judgment:
@@ -244,7 +227,7 @@ def judge(claim: Claim, results: str | os.PathLike | Mapping, alpha: float = 0.0
     values = seed_values(results)
     if claim.against is None:
         result = paired_comparisons(results, claim.reference, alpha).get(claim.column, {}).get(claim.entry)
-        reference = _mean(v.get(claim.column) for v in values.get(claim.reference, {}).values())
+        reference = finite_mean(v.get(claim.column) for v in values.get(claim.reference, {}).values())
     else:  # the two columns of the entry's runs as two entries, paired by seed
         runs = values.get(claim.entry, {})
         pair = {role: {seed: {claim.column: v[key]} for seed, v in runs.items() if key in v}
@@ -252,201 +235,9 @@ def judge(claim: Claim, results: str | os.PathLike | Mapping, alpha: float = 0.0
         direction = column_direction(claim.column, metric_spec(results)[1])
         result = compare_column(pair, claim.column, "against", direction, alpha).get("column")
         result = None if result is None else {**result, "baseline": f"{claim.entry} {claim.against}"}
-        reference = _mean(v.get(claim.against) for v in runs.values())
+        reference = finite_mean(v.get(claim.against) for v in runs.values())
     if result is None or not result.get("n"):
         return Judgment(claim, "missing", None, reference, setting,
                         f"no finished runs of {claim.entry} recorded {claim.column}"
                         + (f" and {claim.against}" if claim.against else f" together with {claim.reference}"))
     return Judgment(claim, claim_verdict(claim.direction, result["verdict"]), result, reference, setting)
-
-
-# ---------------------------------------------------------------- running
-
-
-@dataclass
-class ClaimsRun:
-    judgments: list[Judgment]
-    failed: list[str]
-    interrupted: int | None  # the signal that stopped a comparison; the later ones did not run
-    notes: list[str]
-
-
-def select(names: Sequence[str]) -> list[Claim]:
-    """Claims by name (an unknown name lists the valid ones); every registered claim for an empty list."""
-    return [CLAIMS.get(name) for name in names] if names else [CLAIMS.get(name) for name in CLAIMS.names()]
-
-
-def plan(claims: Sequence[Claim], out: str | os.PathLike, seeds: int | None = None, steps: int | None = None,
-         preset: str | None = None, overrides: Sequence[str] = (),
-         **compare) -> tuple[dict[str, CompareConfig], list[str]]:
-    """The CompareConfig of every comparison the claims read (into out/<comparison>/), each entry's run
-    configuration checked, and notes on comparisons that keep their own preset (their task lacks `preset`)."""
-    comparisons = [COMPARISONS.get(name) for name in dict.fromkeys(c.comparison for c in claims)]
-    if preset is not None and not any(preset in get_task(c.task).presets for c in comparisons):
-        known = sorted({p for c in comparisons for p in get_task(c.task).presets})
-        raise ValueError(f"preset {preset!r} is not a preset of any task of these claims; presets: {known}")
-    configs, notes = {}, []
-    for comparison in comparisons:
-        chosen = preset
-        if preset is not None and preset not in get_task(comparison.task).presets:
-            notes.append(f"task {comparison.task} has no preset {preset!r}; comparison {comparison.name} runs at its "
-                         f"own ({comparison.preset})")
-            chosen = None
-        config = comparison.config(Path(out) / comparison.name, seeds, steps, chosen, overrides, **compare)
-        for entry in config.entries:
-            config.run_config(entry, 0)
-        configs[comparison.name] = config
-    return configs, notes
-
-
-def run_claims(names: Sequence[str], out: str | os.PathLike = DEFAULT_OUT, seeds: int | None = None,
-               steps: int | None = None, preset: str | None = None, overrides: Sequence[str] = (),
-               progress: bool = True, grid: GridConfig | None = None, **compare) -> ClaimsRun:
-    """Run the comparisons of the named claims (all when empty) into out/<comparison>/ and judge the claims.
-
-    seeds / steps replace every comparison's own; preset applies to the comparisons whose task has it (`plan`);
-    overrides (--set) apply to every run; grid: the executor of each comparison's runs (`run_compare`);
-    `compare`: further CompareConfig fields (device). Every comparison's configuration is checked before anything
-    is trained.
-    """
-    claims = select(names)
-    configs, notes = plan(claims, out, seeds, steps, preset, overrides, **compare)
-    failed: list[str] = []
-    for name, config in configs.items():
-        command = COMPARISONS.get(name).command(config.out, config.seeds, config.steps, config.preset, overrides)
-        print(f"== {name}: {command}", file=sys.stderr)
-        result = run_compare(config, command=command, progress=progress, grid=grid)
-        failed += [f"{name}: {line}" for line in result.failed]
-        if result.interrupted is not None:
-            done = [c for c in claims if (Path(out) / c.comparison / RESULTS_FILE).exists()]
-            return ClaimsRun(judge_folder(out, done), failed, result.interrupted, notes)
-    return ClaimsRun(judge_folder(out, claims), failed, None, notes)
-
-
-def judge_folder(out: str | os.PathLike, claims: Sequence[Claim] | None = None) -> list[Judgment]:
-    """Judgments of the claims (default: every registered one) whose comparison has results in out/<comparison>/."""
-    claims = select([]) if claims is None else claims
-    return [judge(claim, Path(out) / claim.comparison / RESULTS_FILE) for claim in claims
-            if (Path(out) / claim.comparison / RESULTS_FILE).exists()]
-
-
-# ---------------------------------------------------------------- the summary
-
-
-def summary_table(judgments: Sequence[Judgment]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the table of OUT/claims.md: one row per claim."""
-    body = []
-    for j in judgments:
-        r = j.result or {}
-        mean, low, high = r.get("mean"), r.get("ci_low"), r.get("ci_high")
-        body.append([
-            j.claim.name, j.claim.paper, j.claim.describe(), j.setting,
-            "" if mean is None else f"{format_number(mean)}{_relative(mean, j.reference_mean)}",
-            "" if low is None or high is None else f"[{format_number(low)}, {format_number(high)}]",
-            "" if r.get("p_adjusted") is None else format_number(r["p_adjusted"]),
-            "" if r.get("mdd") is None else format_number(r["mdd"]), str(r.get("n", "")),
-            f"**{j.verdict}**" if j.verdict in ("supported", "contradicted") else j.verdict + (
-                f" ({j.note})" if j.note else ""),
-        ])
-    header = ["claim", "paper", "judged (entry - baseline on column)", "setting", "difference", "95 % CI",
-              "p (Holm)", "MDD (80 %)", "seeds", "verdict"]
-    return header, body
-
-
-def write_summary(out: str | os.PathLike, judgments: Sequence[Judgment], command: str) -> tuple[Path, Path]:
-    """OUT/claims.md (the command that wrote it, the legend, the table) and OUT/claims.json (every judgment)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = ", ".join(f"{sum(j.verdict == v for j in judgments)} {v}" for v in CLAIM_VERDICTS
-                       if any(j.verdict == v for j in judgments))
-    legend = (f"Written by `{command}` (`smoe.workbench.claims.claim`) from every comparison with results in {out}: "
-              f"{len(judgments)} claim(s), {counts}. difference: mean over seeds of the per-seed paired difference "
-              "entry - baseline (in % of the baseline's mean); 95 % CI: Student t over seeds; p: the paired test, "
-              "Holm-adjusted over the entries compared with the same baseline; MDD: the smallest |difference| these "
-              "seeds detect with 80 % power. supported / contradicted: a resolved difference (p < 0.05) in / against "
-              "the claimed direction; not resolved: no evidence either way at these seeds.")
-    md, js = out / SUMMARY_MD, out / SUMMARY_JSON
-    atomic_write(md, render_markdown([Text(legend), Table(*summary_table(judgments))]).encode())
-    atomic_write(js, json.dumps({"command": command, "claims": [j.to_dict() for j in judgments]}, indent=1).encode())
-    return md, js
-
-
-# ---------------------------------------------------------------- the registry: what docs/results.md reproduces
-
-LM = "lm-bbc"
-MOMENTUM_ENTRIES = ("residual=topk,momentum=topk+rule=momentum,adam=topk+rule=adam,"
-                    "momentum-official=topk+rule=momentum+rule_options.form=official,"
-                    "adam-official=topk+rule=adam+rule_options.form=official")
-VAE_DATA_ENTRIES = ",".join(f"e{e}-n{n}=topk+num_experts={e}+num_per_class={n}" for n in (200, 2000) for e in (3, 8))
-
-for _comparison in (
-    Comparison("deepseek", LM, "topk,deepseek,ssr", "topk"),
-    Comparison("xmoe", LM, "topk,xmoe", "topk"),
-    Comparison("momentum", LM, MOMENTUM_ENTRIES, "residual"),
-    Comparison("graph", LM, "topk,similarity,attention", "topk"),
-    Comparison("ssr", LM, "topk,topk-noaux=topk:load_balance_coef=0.0,ssr,ssr-p0.1=ssr:p=0.1,"
-               "sinkhorn-always=ssr:p=1.0", "topk"),
-    Comparison("s2moe", LM, "topk,s2moe,topk-eval1=topk:eval_k=1", "topk"),
-    Comparison("usmoe", LM, "topk,expert_choice,usmoe", "topk"),
-    Comparison("vmoe-bpr", "digits", "vmoe", "vmoe", corruptions=(), capacities=(0.1, 0.25, 0.5, 0.75, 1.0),
-               overrides=("model.capacity_factor=1.05",)),
-    Comparison("vae", "sketch-vae", "unsup=topk,sup=topk+supervised=true,unsup-e8=topk+num_experts=8", "sup"),
-    Comparison("vae-data", "sketch-vae", VAE_DATA_ENTRIES, "e3-n2000"),
-):
-    COMPARISONS.add(_comparison.name, _comparison)
-
-DEEPSEEK = "DeepSeek-V3 (2024); Wang et al. 2024"
-XMOE = "Chi et al. 2022 (X-MoE)"
-MOMENTUM = "Teo & Nguyen 2024 (MomentumSMoE)"
-GRAPH = "Nguyen, Tran, Nguyen, Baraniuk 2025"
-SSR = "Nguyen et al. 2025 (SSR)"
-USMOE = "Do, Le, Tran 2025 (USMoE)"
-VAE = "Nikolic et al. 2025 (SMoE-VAE)"
-CONTAMINATED = "robust.substitute@5"  # 40 % of the tokens substituted: stands in for the papers' word-swap attack
-
-for _claim in (
-    Claim("deepseek-balance", DEEPSEEK, "the aux-loss-free expert bias balances the experts better than the "
-          "load-balancing loss", "deepseek", "routing.load_cv", "deepseek", "better"),
-    Claim("deepseek-quality", DEEPSEEK, "balancing by the expert bias instead of an aux loss gives a better model",
-          "deepseek", "final.metric", "deepseek", "better"),
-    Claim("xmoe-collapse", XMOE, "hypersphere routing avoids representation collapse: the router's inputs keep a "
-          "higher effective rank", "xmoe", "routing.effective_rank_input", "xmoe", "higher"),
-    Claim("xmoe-consistency", XMOE, "X-MoE routes more consistently: fewer tokens change their top-1 expert between "
-          "checkpoints", "xmoe", "fluctuation.top1", "xmoe", "better"),
-    *(Claim(f"{rule}-{kind}", MOMENTUM, f"{text} lowers the {kind} perplexity{form}", "momentum",
-            "final.metric" if kind == "clean" else CONTAMINATED, rule, "better")
-      for rule, text, form, kinds in (
-          ("momentum", "heavy-ball momentum across the MoE layers", "", ("clean", "contaminated")),
-          ("adam", "AdamSMoE (an Adam step, then momentum)", "", ("clean", "contaminated")),
-          ("momentum-official", "heavy-ball momentum", " (the official form, with LayerNorms)", ("contaminated",)),
-          ("adam-official", "AdamSMoE", " (the official form, with LayerNorms)", ("contaminated",)))
-      for kind in kinds),
-    *(Claim(f"{router}-{short}", GRAPH, f"{router}-aware routing lowers the {what} of top-k routing", "graph",
-            column, router, direction)
-      for router in ("similarity", "attention")
-      for short, column, what, direction in (
-          ("fluctuation", "fluctuation.top1", "routing fluctuation", "better"),  # lower is better
-          ("entropy", "routing.entropy", "entropy of expert selection", "lower"))),
-    Claim("ssr-balance", SSR, "selective Sinkhorn balances the experts without an aux loss (against top-k without "
-          "one)", "ssr", "routing.load_cv", "ssr", "better", baseline="topk-noaux"),
-    Claim("ssr-quality", SSR, "SSR beats softmax top-k with the load-balancing loss", "ssr", "final.metric", "ssr",
-          "better"),
-    Claim("s2moe-top1", "Do, Le, Tran 2025 (S2MoE)", "S2MoE's training lets a model run one expert per token better "
-          "than a top-2 model run at top-1", "s2moe", "final.metric", "s2moe", "better", baseline="topk-eval1"),
-    Claim("usmoe-vs-topk", USMOE, "unified competitive routing beats token choice at the same budget", "usmoe",
-          "final.metric", "usmoe", "better"),
-    Claim("usmoe-vs-expert-choice", USMOE, "unified competitive routing beats expert choice at the same budget",
-          "usmoe", "final.metric", "usmoe", "better", baseline="expert_choice"),
-    Claim("vmoe-bpr", "Riquelme et al. 2021 (V-MoE)", "at test-time capacity 0.1, Batch Prioritized Routing keeps "
-          "more accuracy than dropping by position", "vmoe-bpr", "robust.capacity-bpr@5", "vmoe", "better",
-          against="robust.capacity-vanilla@5"),
-    Claim("vae-unsupervised", VAE, "an unsupervised gate reconstructs better than the label-supervised one "
-          "(5 experts)", "vae", "final.metric", "unsup", "better"),
-    Claim("vae-unsupervised-e8", VAE, "an unsupervised gate over 8 experts reconstructs better than the "
-          "label-supervised one", "vae", "final.metric", "unsup-e8", "better"),
-    Claim("vae-data-more-experts", VAE, "with more data (2,000 per class), 8 experts reconstruct better than 3",
-          "vae-data", "final.metric", "e8-n2000", "better"),
-    Claim("vae-data-few-examples", VAE, "with little data (200 per class), 8 experts reconstruct worse than 3",
-          "vae-data", "final.metric", "e8-n200", "worse", baseline="e3-n200"),
-):
-    CLAIMS.add(_claim.name, _claim)

@@ -23,7 +23,7 @@ from pathlib import Path
 from smoe._validate import check_choice, check_int
 from smoe.conformance import CHECKS, check_router, failures
 from smoe.plugins import provenance
-from smoe.workbench.grid.executors import GridProgress, Outcome, Report
+from smoe.workbench.grid.executors import GridProgress, Outcome, StepCallback
 from smoe.workbench.grid.jobs import GridConfig, describe, make_executor, step_flops
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.results.record import collect_run, write_results
@@ -109,45 +109,45 @@ def grid_runs(config: CompareConfig) -> list[GridRun]:
     out = Path(config.out)
     grid = [GridRun(config, entry, seed, config.run_config(entry, seed), out / "runs" / f"{entry.folder}-s{seed}")
             for seed in range(config.seeds) for entry in config.entries]
-    for task in grid:
-        if (task.run_dir / "config.yaml").exists():
-            check_same_config(task.run, task.run_dir)
+    for one in grid:
+        if (one.run_dir / "config.yaml").exists():
+            check_same_config(one.run, one.run_dir)
     return grid
 
 
-def check_routers(tasks: list[GridRun]) -> None:
+def check_routers(runs: list[GridRun]) -> None:
     """The conformance checks (`smoe.conformance`) of every entry's router with its options (and k and E), the
     compile check only where the runs compile; a ValueError naming every failed check of every entry."""
     first: dict[str, GridRun] = {}
-    for task in tasks:
-        first.setdefault(task.entry.label, task)
+    for one in runs:
+        first.setdefault(one.entry.label, one)
     failed = []
-    for task in first.values():
-        model = task.run.model
-        checks = [c for c in CHECKS if c != "compile" or task.run.train.compile]
+    for one in first.values():
+        model = one.run.model
+        checks = [c for c in CHECKS if c != "compile" or one.run.train.compile]
         options = {**(model.get("router_options") or {}), **({"k": model["k"]} if "k" in model else {})}
-        results = check_router(task.run.router, options, model.get("num_experts", 4), checks)
-        failed += [f"  {task.entry.label} ({task.run.router}): {r.name}: {r.reason}" for r in failures(results)]
+        results = check_router(one.run.router, options, model.get("num_experts", 4), checks)
+        failed += [f"  {one.entry.label} ({one.run.router}): {r.name}: {r.reason}" for r in failures(results)]
     if failed:
         raise ValueError("entries fail the router conformance checks (`smoe check-router NAME` shows every check); "
                          "nothing was trained:\n" + "\n".join(failed))
 
 
-def run_one(task: GridRun, report: Report) -> Outcome:
+def run_one(one: GridRun, report: StepCallback) -> Outcome:
     """Train, evaluate and analyse one run, holding its folder (`report(step)` after every training step); its
     record in results.json. A run that raises is "failed" with its error; an interrupted training (checkpoint
     written) is "skipped"."""
     interrupted = None
     try:
-        with hold_folder(task.run_dir):
-            interrupted = train_one(task.run, task.run_dir, report)
+        with hold_folder(one.run_dir):
+            interrupted = train_one(one.run, one.run_dir, report)
             if interrupted is None:
-                evaluate_one(task.run, task.run_dir, task.config.eval_request(), task.config.device, report)
+                evaluate_one(one.run, one.run_dir, one.config.eval_request(), one.config.device, report)
         status, error = ("skipped", "interrupted") if interrupted is not None else ("done", None)
     except Exception as e:  # one failed run must not stop the grid
         status, error = "failed", f"{type(e).__name__}: {e}"
-    record = collect_run(task.entry, task.seed, task.run_dir, Path(task.config.out),
-                         get_task(task.config.task).metric_key, status, error)
+    record = collect_run(one.entry, one.seed, one.run_dir, Path(one.config.out),
+                         get_task(one.config.task).metric_key, status, error)
     return Outcome(record, interrupted=interrupted)
 
 
@@ -167,41 +167,41 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
     (SIGINT/SIGTERM: running trainings checkpoint and stop) records the runs not done as skipped. The comparison
     folder is held (one writer) throughout, each run folder by the process that runs it."""
 
-    tasks = grid_runs(config)
-    check_routers(tasks)
-    done = [min(steps_done(t.run_dir), t.run.train.steps) for t in tasks]
-    left = [t for t, d in zip(tasks, done) if d < t.run.train.steps]
+    runs = grid_runs(config)
+    check_routers(runs)
+    done = [min(steps_done(t.run_dir), t.run.train.steps) for t in runs]
+    left = [t for t, d in zip(runs, done) if d < t.run.train.steps]
     executor = make_executor(grid or GridConfig(), len(left), lambda: step_flops(left[0].run))
     with hold_folder(config.out):
-        return _run_grid(config, command, progress, tasks, done, executor)
+        return _run_grid(config, command, progress, runs, done, executor)
 
 
-def _run_grid(config: CompareConfig, command: str, progress: bool, tasks: list[GridRun], done: list[int],
+def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[GridRun], done: list[int],
               executor) -> CompareResult:
     out = Path(config.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     metric_key = get_task(config.task).metric_key
-    bar = GridProgress([t.name for t in tasks], [t.run.train.steps for t in tasks], done, progress)
+    bar = GridProgress([t.name for t in runs], [t.run.train.steps for t in runs], done, progress)
     if progress:
-        bar.write(f"smoe compare: {len(tasks)} runs, {sum(d < t.run.train.steps for t, d in zip(tasks, done))} to "
+        bar.write(f"smoe compare: {len(runs)} runs, {sum(d < t.run.train.steps for t, d in zip(runs, done))} to "
                   f"train; {describe(executor)}")
     records: dict[int, dict] = {}
     failed = []
-    code = provenance(list(dict.fromkeys(p for t in tasks for p in t.run.plugins)))
+    code = provenance(list(dict.fromkeys(p for one in runs for p in one.run.plugins)))
     try:
-        for i, outcome in executor.run(run_one, tasks, bar):
-            task = tasks[i]
-            record = outcome.value or collect_run(task.entry, task.seed, task.run_dir, out, metric_key, "failed",
+        for i, outcome in executor.run(run_one, runs, bar):
+            one = runs[i]
+            record = outcome.value or collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "failed",
                                                   outcome.error)
             if record["status"] == "failed":
-                failed.append(f"{task.name}: {record['error']}")
-                bar.write(f"smoe compare: {task.entry.label} seed {task.seed} failed: {record['error']}")
+                failed.append(f"{one.name}: {record['error']}")
+                bar.write(f"smoe compare: {one.entry.label} seed {one.seed} failed: {record['error']}")
             records[i] = record
             _write(config, [records[j] for j in sorted(records)], command, code)
     finally:
         bar.close()
-    for i, task in enumerate(tasks):  # what the executor did not finish: the grid was interrupted
-        records.setdefault(i, collect_run(task.entry, task.seed, task.run_dir, out, metric_key, "skipped",
+    for i, one in enumerate(runs):  # what the executor did not finish: the grid was interrupted
+        records.setdefault(i, collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "skipped",
                                           "not finished: the comparison was interrupted"))
     path = _write(config, [records[i] for i in sorted(records)], command, code)
     report = None if executor.interrupted is not None else write_report(out).html

@@ -57,13 +57,14 @@ from tqdm import tqdm
 
 from smoe._validate import check_int
 from smoe.plugins import load_all
+from smoe.workbench.train.signals import StopSignals
 
 RETRIES = 2  # times a task whose local worker died is run again
 CLUSTER_EXTRA = "pip install 'smoe[cluster]'"
 TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"  # what a Dask nanny sets for its worker (65536; module docstring)
 TRIM_KEY = f"distributed.nanny.pre-spawn-environ.{TRIM_ENV}"
 
-Report = Callable[[int | str], None]  # a training step, or the phase a run is in
+StepCallback = Callable[[int | str], None]  # a training step, or the phase a run is in
 
 
 @dataclass
@@ -148,29 +149,6 @@ class GridProgress:
         self.bar.set_description(self._describe(), False)
         self.bar.set_postfix_str(", ".join(f"{self.names[i]}: {self.phase[i]}" if i in self.phase else self.names[i]
                                            for i in sorted(self.running)[:3]))
-
-
-class StopSignals:
-    """While active (main thread only), the first SIGINT or SIGTERM is recorded in `signum` instead of stopping the
-    process; the next one does what it did before (Ctrl-C twice raises KeyboardInterrupt)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = signum
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
@@ -337,7 +315,7 @@ def _shut_down(workers: list[_Worker], grace: float = 30.0) -> None:
         w.conn.close()
 
 
-def _call(fn: Callable, plugins: Sequence[str], task: bytes, report: Report) -> Outcome:
+def _call(fn: Callable, plugins: Sequence[str], task: bytes, report: StepCallback) -> Outcome:
     """fn(the pickled task, report), the plugins imported first (they may define what the task holds): the
     worker's own entry points and SMOE_PLUGINS, as the command line does, then the parent's (`plugins`)."""
     load_all(plugins)

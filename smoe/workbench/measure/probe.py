@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from smoe._files import atomic_write
 from smoe._validate import check_int
 from smoe.layer import MoEStats
 from smoe.routing.base import Routing
@@ -37,7 +38,6 @@ from smoe.workbench.measure.routing_metrics import (
     routing_margin,
     top1_expert,
 )
-from smoe.workbench.train.checkpoint import atomic_write
 from smoe.workbench.train.run_folder import jsonl_bytes, read_jsonl
 
 TRACE_FILE = "routing_trace.jsonl"

@@ -30,6 +30,8 @@ import numpy as np
 from scipy import optimize
 from scipy import stats as st
 
+from smoe.workbench.numbers import is_finite
+
 MAX_EXACT = 20  # largest n for the exact sign-flip test (2^20 sign patterns)
 MAX_SEEDS = 1000  # seeds_needed beyond this is reported as None
 
@@ -139,10 +141,6 @@ def _verdict(mean: float, p: float, alpha: float, higher_is_better: bool) -> Ver
     return "better" if (mean > 0) == higher_is_better else "worse"
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def paired(
     entry: Sequence[float | None],
     baseline: Sequence[float | None],
@@ -155,7 +153,7 @@ def paired(
     Pairs where either value is None or non-finite are skipped; n counts the pairs used. p_value is the exact
     sign-flip p when 2 / 2^n <= alpha and n <= MAX_EXACT, else the paired t-test p (see the module docstring).
     """
-    d = np.array([float(e) - float(b) for e, b in zip(entry, baseline, strict=True) if _finite(e) and _finite(b)])
+    d = np.array([float(e) - float(b) for e, b in zip(entry, baseline, strict=True) if is_finite(e) and is_finite(b)])
     n = d.size
     mean = float(d.mean()) if n else math.nan
     sd = float(d.std(ddof=1)) if n >= 2 else math.nan

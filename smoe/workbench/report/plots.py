@@ -16,6 +16,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from smoe.workbench.numbers import finite_mean, is_finite
 from smoe.workbench.results.schema import get, number, numbers, records
 
 Groups = Mapping[str, Sequence[Mapping]]
@@ -45,22 +46,14 @@ def _grid(panels: int, cols: int = 3, width: float = 4.6, height: float = 3.4) -
     return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def _series(items: Sequence[Mapping], x_key: str, y: Callable[[Mapping], float | None]) -> Series:
     """{x: y(item)} over the items whose x and y are finite numbers."""
     out = {}
     for item in items:
         x, value = number(item.get(x_key)), y(item)
-        if _finite(x) and _finite(value):
+        if is_finite(x) and is_finite(value):
             out[x] = value
     return out
-
-
-def _mean(values: list[float] | None) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 def _band(ax, series: list[Series], color: str, label: str) -> None:
@@ -103,7 +96,7 @@ def fluctuation(groups: Groups) -> Figure | None:
     """Routing fluctuation (mean over layers) against training step, top-1 and top-k set."""
     panels = [("top1", "top-1 changed (fraction)"), ("topk_set", "top-k set changed")]
     return _line_panels(groups, panels, "step", lambda run, key: _series(
-        records(run, "routing", "fluctuation"), "step", lambda f: _mean(numbers(f.get(key)))))
+        records(run, "routing", "fluctuation"), "step", lambda f: finite_mean(numbers(f.get(key)) or [])))
 
 
 def robustness(groups: Groups, metric_name: str) -> Figure | None:
@@ -121,7 +114,7 @@ def robustness(groups: Groups, metric_name: str) -> Figure | None:
 
 def final_metric(groups: Groups, metric_name: str) -> Figure | None:
     """Final metric per label: every seed as a point, mean with a +-1 std bar (sample std) beside them."""
-    values = [[v for run in runs if _finite(v := number(get(run, "final", "metric")))] for runs in groups.values()]
+    values = [[v for run in runs if is_finite(v := number(get(run, "final", "metric")))] for runs in groups.values()]
     if not any(values):
         return None
     fig = Figure(figsize=(max(4.0, 1.1 * len(values) + 2), 3.6), layout="constrained")
@@ -173,7 +166,7 @@ def _heatmaps(panels: list[tuple[str, np.ndarray, list[str]]], xlabel: str, ylab
 
 def _layer_id(item: Mapping, position: int) -> int:
     layer = number(item.get("layer"))
-    return int(layer) if _finite(layer) else position
+    return int(layer) if is_finite(layer) else position
 
 
 def load_heatmaps(groups: Groups) -> Figure | None:
@@ -194,7 +187,7 @@ def load_heatmaps(groups: Groups) -> Figure | None:
 
 def _layer_pair(entry: Mapping) -> tuple[float, ...] | None:
     pair = numbers(entry.get("layers"))
-    return tuple(pair) if pair and all(map(_finite, pair)) else None
+    return tuple(pair) if pair and all(map(is_finite, pair)) else None
 
 
 def coactivation(groups: Groups) -> Figure | None:

@@ -7,11 +7,11 @@ routing columns' verdicts, a forest plot of the first two, and which noise domin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 from smoe.workbench.document import Block, Heading, Image, Table, Text
+from smoe.workbench.numbers import format_number
 from smoe.workbench.report.forest import forest
 from smoe.workbench.report.plots import save_figure
 from smoe.workbench.results.columns import column_title
@@ -23,16 +23,11 @@ NOT_PAIRED = "no seed paired with the baseline"
 DIRECTION = {True: "higher is better", False: "lower is better", None: "no better side"}
 
 
-def _num(x: float | None, signed: bool = False) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    return f"{x:+.4g}" if signed else f"{x:.4g}"
-
-
 def _interval(c: Mapping) -> str:
     if c.get("ci_low") is None:
-        return f"{_num(c.get('mean'), True)} (n={c.get('n')}: no interval)"
-    return f"{_num(c['mean'], True)} [{_num(c['ci_low'], True)}, {_num(c['ci_high'], True)}]"
+        return f"{format_number(c.get('mean'), True)} (n={c.get('n')}: no interval)"
+    low, high = format_number(c["ci_low"], True), format_number(c["ci_high"], True)
+    return f"{format_number(c['mean'], True)} [{low}, {high}]"
 
 
 def _seeds_needed(c: Mapping) -> str:
@@ -54,8 +49,8 @@ def verdict_table(results: Mapping, key: str) -> Table:
         if c is None:
             body.append([label, "0", NOT_PAIRED, "", "not resolved", "", ""])
             continue
-        body.append([label, str(c["n"]), _interval(c), f"{_num(c['p_adjusted'])} ({c['test']})", c["verdict"],
-                     _num(c.get("mdd")), _seeds_needed(c)])
+        body.append([label, str(c["n"]), _interval(c), f"{format_number(c['p_adjusted'])} ({c['test']})", c["verdict"],
+                     format_number(c.get("mdd")), _seeds_needed(c)])
     return Table(header, body)
 
 
@@ -67,7 +62,7 @@ def routing_verdicts(results: Mapping) -> Table | None:
         return None
     labels = [label for label in results["entries"] if label != results["baseline"]]
     body = [[column_title(k, name, higher_is_better),
-             *(f"{c['verdict']} ({_num(c['mean'], True)})" if (c := results["comparisons"][k].get(label))
+             *(f"{c['verdict']} ({format_number(c['mean'], True)})" if (c := results["comparisons"][k].get(label))
                else "no paired seed" for label in labels)] for k in keys]
     return Table(["routing column", *labels], body)
 
@@ -76,10 +71,10 @@ def _noise_text(results: Mapping) -> str:
     n = results.get("noise") or {}
     parts = []
     if n.get("eval_sd") is not None:
-        parts.append(f"evaluation sd {_num(n['eval_sd'])} (bootstrap over the test samples of one run, root mean "
-                     "square over runs)")
+        parts.append(f"evaluation sd {format_number(n['eval_sd'])} (bootstrap over the test samples of one run, "
+                     "root mean square over runs)")
     if n.get("seed_sd") is not None:
-        parts.append(f"seed sd {_num(n['seed_sd'])} (over the seeds of one entry, pooled over entries)")
+        parts.append(f"seed sd {format_number(n['seed_sd'])} (over the seeds of one entry, pooled over entries)")
     if not parts:
         return ""
     text = "Noise of the headline metric: " + "; ".join(parts) + "."

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from smoe._files import atomic_write
 from smoe.workbench.results.schema import RESULTS_FILE, SCHEMA_VERSION
 from smoe.workbench.results.verdicts import with_statistics
 from smoe.workbench.run.analysis import ANALYSIS_FILE
@@ -19,7 +20,6 @@ from smoe.workbench.run.entry import Entry
 from smoe.workbench.run.evaluate import eval_file
 from smoe.workbench.run.lifecycle import TIMING_FILE
 from smoe.workbench.tasks import get_task
-from smoe.workbench.train.checkpoint import atomic_write
 from smoe.workbench.train.run_folder import DamagedFileError, read_json, read_jsonl
 
 

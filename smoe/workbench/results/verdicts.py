@@ -19,6 +19,7 @@ import statistics
 from collections.abc import Mapping
 
 from smoe.workbench.measure.stats import compare_all, dominant_noise
+from smoe.workbench.numbers import is_finite
 from smoe.workbench.results.columns import column_direction, is_compared, run_values, strongest_levels
 from smoe.workbench.results.schema import (
     SCHEMA_VERSION,
@@ -59,10 +60,6 @@ def seed_values(results: Mapping) -> SeedValues:
     return out
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def compare_column(values: SeedValues, key: str, baseline: str, direction: bool | None,
                    alpha: float = 0.05) -> dict[str, dict]:
     """label -> paired result of column `key` against `baseline` (PairedResult.to_dict() + "seeds", "direction",
@@ -71,7 +68,7 @@ def compare_column(values: SeedValues, key: str, baseline: str, direction: bool 
     seeds = sorted({seed for runs in values.values() for seed in runs})
     series, used = {}, {}
     for label, runs in values.items():
-        pairs = [s for s in seeds if _finite(runs.get(s, {}).get(key)) and _finite(base.get(s, {}).get(key))]
+        pairs = [s for s in seeds if is_finite(runs.get(s, {}).get(key)) and is_finite(base.get(s, {}).get(key))]
         if label == baseline or pairs:
             series[label] = [runs.get(s, {}).get(key) for s in seeds]
             used[label] = pairs
@@ -109,11 +106,11 @@ def noise(results: Mapping) -> dict[str, float | str | None]:
     degrees-of-freedom-weighted mean variance) and "dominant" (the larger; None unless both are known)."""
     results = load_results(results)
     done = [run for run in results["runs"] if is_finished(run)]
-    sds = [v for run in done if _finite(v := number(run.get("eval_sd")))]
+    sds = [v for run in done if is_finite(v := number(run.get("eval_sd")))]
     eval_sd = math.sqrt(statistics.fmean(v * v for v in sds)) if sds else None
     squares, dof = 0.0, 0
     for runs in seed_values(results).values():
-        metric = [v["final.metric"] for v in runs.values() if _finite(v.get("final.metric"))]
+        metric = [v["final.metric"] for v in runs.values() if is_finite(v.get("final.metric"))]
         if len(metric) >= 2:
             squares += statistics.variance(metric) * (len(metric) - 1)
             dof += len(metric) - 1
@@ -150,7 +147,7 @@ def strongest_corruption(results: Mapping, baseline: str) -> str | None:
     _, higher_is_better = metric_spec(results)
     runs = seed_values(results)[baseline].values()
     keys = sorted({k for v in runs for k in v if k.startswith("robust.")})
-    means = {k: statistics.fmean(x) for k in keys if (x := [v[k] for v in runs if _finite(v.get(k))])}
+    means = {k: statistics.fmean(x) for k in keys if (x := [v[k] for v in runs if is_finite(v.get(k))])}
     if not means:
         return None
 

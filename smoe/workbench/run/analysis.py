@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from smoe._files import atomic_write
 from smoe.layer import MoEStats, moe_layers
 from smoe.routing.base import Routing
 from smoe.workbench.document import Table, render_markdown
@@ -40,9 +41,9 @@ from smoe.workbench.measure.routing_metrics import (
     routing_summary,
     top1_expert,
 )
+from smoe.workbench.numbers import format_number
 from smoe.workbench.run.routing_view import routing_view, write_view
 from smoe.workbench.run.runner import load_run
-from smoe.workbench.train.checkpoint import atomic_write
 from smoe.workbench.train.run_folder import hold_folder
 
 ANALYSIS_FILE = "analysis.json"
@@ -151,9 +152,7 @@ def analyze_run(run_dir: str | Path, device: str | None = None) -> dict:
 
 
 def _num(x) -> str:
-    if isinstance(x, float) and not math.isfinite(x):
-        return "n/a"
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
+    return format_number(x) if isinstance(x, float) else str(x)
 
 
 def format_analysis(analysis: dict) -> str:

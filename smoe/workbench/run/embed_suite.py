@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from smoe._files import atomic_write
 from smoe.data.bbc import load_bbc
 from smoe.data.text import PAD, get_tokenizer, special_id
 from smoe.integrations import hf
@@ -25,7 +25,6 @@ from smoe.models import LM
 from smoe.routing.registry import parse_router_spec
 from smoe.workbench.run.runner import load_run
 from smoe.workbench.tasks import get_task
-from smoe.workbench.train.checkpoint import atomic_write
 
 TASKS = ("classification", "clustering", "pairs")
 
@@ -116,13 +115,6 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
         lines.append(f"| {label} | " + " | ".join(f"{scores[k][t]:.3f}" for k, t in cols) + " |")
     return "\n".join(lines)
 
-
-def mean_scores(results: dict[str, dict[str, float]]) -> float:
-    """The mean over kinds and tasks (a one-number summary)."""
-    return float(np.mean([v for kind in results.values() for v in kind.values()]))
-
-
-# ---------------------------------------------------------------- `smoe eval-embed`
 
 def encode_with(tokenizer, texts: list[str], max_len: int) -> tuple[Tensor, Tensor]:
     """Texts -> (ids (n, T), mask (n, T)), right-padded, truncated to max_len tokens; `tokenizer` is an smoe

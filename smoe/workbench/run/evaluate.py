@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from smoe._files import atomic_write
 from smoe._validate import check_choice, check_float, check_int
 from smoe.data.corrupt import CORRUPTIONS, parse_corruption, severity
 from smoe.layer import moe_layers
@@ -34,7 +35,6 @@ from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.measure.routing_metrics import dropped_fraction
 from smoe.workbench.run.runner import load_run
 from smoe.workbench.tasks import get_task
-from smoe.workbench.train.checkpoint import atomic_write
 from smoe.workbench.train.run_folder import hold_folder
 
 CORRUPTION_SEED = 0

@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from smoe._files import atomic_write
 from smoe.workbench.run.analysis import ANALYSIS_FILE, analyze
 from smoe.workbench.run.config import run_config_from_dict
 from smoe.workbench.run.evaluate import eval_file, evaluate_model
 from smoe.workbench.run.routing_view import read_view
 from smoe.workbench.run.runner import load_run, train_run
 from smoe.workbench.tasks import get_task
-from smoe.workbench.train.checkpoint import atomic_write, checkpoint_steps
+from smoe.workbench.train.checkpoint import checkpoint_steps
 from smoe.workbench.train.run_folder import DamagedFileError, read_json, read_yaml
 from smoe.workbench.train.trainer import config_differences
 

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from smoe._files import atomic_write
 from smoe.routing.base import Routing
 from smoe.workbench.measure.probe import Probe, ProbeRouting, route_probe, spread
 from smoe.workbench.measure.routing_metrics import real_tokens, top1_expert
-from smoe.workbench.train.checkpoint import atomic_write
 
 VIEW_FILE = "routing_view.json"
 SHOWN = {"text": 3, "image": 8, "signal": 6, "whole": 16}  # samples shown per kind

@@ -1,5 +1,5 @@
 """One Trainer for every smoe model. It knows no task: a task hands it a model, a batch sampler, a loss and an
-evaluation (see `smoe/tasks.py`).
+evaluation (`workbench.tasks`).
 
 Per optimizer step: `grad_accum` micro-batches, each `loss = task loss + sum of the routers' aux losses over
 layers` (logged by name), AdamW, warm-up + cosine learning rate, gradient clipping; then, once per step,
@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -37,14 +35,15 @@ from pathlib import Path
 import torch
 import yaml
 from torch import Tensor, nn
+from tqdm import tqdm
 
+from smoe._files import atomic_write
 from smoe._validate import check_bool, check_float, check_int
 from smoe.data.batches import map_tensors
 from smoe.layer import MoEOutput, moe_layers
 from smoe.models.common import aux_losses
 from smoe.workbench.train.checkpoint import (
     CheckpointError,
-    atomic_write,
     checkpoint_path,
     checkpoint_steps,
     decode_bytes,
@@ -64,6 +63,7 @@ from smoe.workbench.train.run_folder import (
     read_yaml,
     remove_temp_files,
 )
+from smoe.workbench.train.signals import StopSignals
 
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
 # paths of the run config a resume may change: the steps (extending a run), the provenance (which code ran)
@@ -209,7 +209,6 @@ class Trainer:
         torch.manual_seed(dropout_seed)  # not where the model's construction left it: the same for every router
         self.noise = torch.Generator(self.device).manual_seed(noise_seed)
         self.step = 0
-        self._stop_signal: int | None = None
 
     # ------------------------------------------------------------ set-up
 
@@ -317,56 +316,47 @@ class Trainer:
     def _train(self) -> TrainResult:
         batches = iter(self.train_batches(self.data_rng))
         log = RunLog(self.out_dir, self.step, self.tb_dir) if self.parallel.is_main else _NoLog()
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
-        from tqdm import tqdm
-
-        bar = tqdm(total=self.config.steps, initial=self.step, disable=not (self.progress and self.parallel.is_main),
-                   unit="step")
-        try:
-            stop = None
-            while self.step < self.config.steps and stop is None:
-                started = time.perf_counter()
-                outputs, record = self.train_step(batches)
-                self.step += 1
-                for hook in self.hooks:
-                    record.update(hook(self.step, outputs) or {})
-                stop = self.parallel.agree_stop(self._stop_signal)  # every rank stops after the same step
-                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
-                    values, count = self.parallel.reduce_log(record, sum(o.count for o in outputs))
-                    values["per_s"] = count / max(time.perf_counter() - started, 1e-9)
-                    log.write(self.step, "train", values)
-                    bar.set_postfix(loss=f"{values['loss']:.4g}")
-                bar.update(1)
-                if self._due(self.config.eval_every) and self.step < self.config.steps:
-                    bar.set_description("evaluating")
-                    log.write(self.step, "valid", self._evaluate("valid"))
-                    bar.set_description("")
-                if self._due(self.config.checkpoint_every) or stop is not None:
-                    self.save()
-            if self.step < self.config.steps:
-                return TrainResult("interrupted", self.step, signal=stop)
-            bar.set_description("final evaluation")
-            final = {split: self._evaluate(split) for split in ("valid", "test")} if self.evaluate else {}
-            for split, values in final.items():
-                log.write(self.step, split, values)
-            self.save()
-            if self.parallel.is_main:
-                atomic_write(self.out_dir / "final.json", json.dumps({"step": self.step, **final}, indent=1).encode())
-            return TrainResult("done", self.step, final)
-        finally:
-            bar.close()
-            log.close()
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        with StopSignals() as stops:  # first SIGINT/SIGTERM: finish the step, checkpoint, stop
+            bar = tqdm(total=self.config.steps, initial=self.step, unit="step",
+                       disable=not (self.progress and self.parallel.is_main))
+            try:
+                stop = None
+                while self.step < self.config.steps and stop is None:
+                    started = time.perf_counter()
+                    outputs, record = self.train_step(batches)
+                    self.step += 1
+                    for hook in self.hooks:
+                        record.update(hook(self.step, outputs) or {})
+                    stop = self.parallel.agree_stop(stops.signum)  # every rank stops after the same step
+                    if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                        values, count = self.parallel.reduce_log(record, sum(o.count for o in outputs))
+                        values["per_s"] = count / max(time.perf_counter() - started, 1e-9)
+                        log.write(self.step, "train", values)
+                        bar.set_postfix(loss=f"{values['loss']:.4g}")
+                    bar.update(1)
+                    if self._due(self.config.eval_every) and self.step < self.config.steps:
+                        bar.set_description("evaluating")
+                        log.write(self.step, "valid", self._evaluate("valid"))
+                        bar.set_description("")
+                    if self._due(self.config.checkpoint_every) or stop is not None:
+                        self.save()
+                if self.step < self.config.steps:
+                    return TrainResult("interrupted", self.step, signal=stop)
+                bar.set_description("final evaluation")
+                final = {split: self._evaluate(split) for split in ("valid", "test")} if self.evaluate else {}
+                for split, values in final.items():
+                    log.write(self.step, split, values)
+                self.save()
+                if self.parallel.is_main:
+                    final_json = json.dumps({"step": self.step, **final}, indent=1).encode()
+                    atomic_write(self.out_dir / "final.json", final_json)
+                return TrainResult("done", self.step, final)
+            finally:
+                bar.close()
+                log.close()
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
-
-    def _on_signal(self, signum: int, frame) -> None:
-        """First SIGINT/SIGTERM: finish the step, checkpoint, stop. The handler is then removed."""
-        self._stop_signal = signum
-        signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
 
     def train_step(self, batches: Iterator) -> tuple[list[StepOutput], dict[str, Tensor]]:
         """One optimizer step over grad_accum micro-batches; returns their outputs and the step's log record."""
