@@ -3,6 +3,10 @@
 Errors a user's input causes (`USER_ERRORS`: a bad value, a busy or damaged run folder, an unusable checkpoint, a
 missing optional package, an unusable path) end the command with one line on stderr, `smoe CMD: error: ...`, and
 exit status 2; `--debug` anywhere on the command line shows the traceback instead.
+
+Plugins (`smoe.plugins`) are imported before the parser is built, so their routers and tasks are valid choices:
+the entry points of `smoe.plugins`, then SMOE_PLUGINS, then every `--import MODULE_OR_FILE.py` (taken from
+anywhere on the command line, for every subcommand).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from smoe.bench.parallel import main as bench_parallel
 from smoe.bench.train import main as bench_train
 from smoe.data.corrupt import available_corruptions
 from smoe.layer import available_layers, layer_options, layer_summary
+from smoe.plugin_cli import add_import_argument, add_plugin_parsers, recorded_command
+from smoe.plugins import load_all, split_imports
 from smoe.routing import available_routers, router_options, router_summary
 from smoe.workbench.claims.claim import CLAIMS, COMPARISONS
 from smoe.workbench.claims.data import DEFAULT_DATA, STORE_ENV, store_dir
@@ -170,15 +176,12 @@ def _specs(text: str) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train, evaluate and analyse entries x seeds on one task; write results.json and the report."""
-    import shlex
-
-
     config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
                            preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
                            corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
                            baseline=args.baseline, margin=args.margin,
                            tune=parse_tune(args.tune, args.tune_seeds) if args.tune else None)
-    command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
+    command = recorded_command("compare", args.argv)
     if hint := thread_hint():
         print(hint, file=sys.stderr)
     result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
@@ -272,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoe",
         description="Sparse mixture-of-experts workbench. Routers: "
-        + ", ".join(sorted(available_routers() + available_layers())),
+        + ", ".join(sorted(available_routers() + available_layers()))
+        + ". Your own router: --import MODULE_OR_FILE.py on any command (or SMOE_PLUGINS, or a 'smoe.plugins' "
+          "entry point); docs/writing-a-router.md.",
     )
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error instead of its one line (anywhere on the command line)")
@@ -326,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_claims_parser(sub)
     add_analysis_parsers(sub)
+    add_plugin_parsers(sub)
+    for name in ("report", "show", "train", "compare", "claims", "analyze", "eval"):
+        add_import_argument(sub.choices[name])
     return parser
 
 
@@ -476,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     command = " ".join(argv[:1])
     try:
+        argv, imports = split_imports(argv)
+        load_all(imports)
         if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
             return eval_embed(argv[1:])
         args = build_parser().parse_args(argv)

@@ -14,6 +14,7 @@ and every uncertain choice is an option (see `S2MoE`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,9 @@ class S2MoE(nn.Module):
     infonce_temperature 0.1 (the authors' temperature in a sibling paper), infonce_coef 0.1;
     infonce_tokens: at most this many real tokens (drawn through the generator) enter the O(M^2) InfoNCE.
     """
+
+    host_sync_in_training: ClassVar[str | None] = (
+        "the InfoNCE loss takes the real tokens by index (mask.nonzero(): a data-dependent count)")
 
     def __init__(
         self,

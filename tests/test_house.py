@@ -15,7 +15,8 @@ from smoe.workbench.tasks.base import TASKS
 ROOT = Path(__file__).resolve().parents[1] / "smoe"
 LIBRARY = ("smoe.routing", "smoe.dispatch", "smoe.experts", "smoe.layer", "smoe.s2moe", "smoe.residual",
            "smoe.blocks", "smoe.models", "smoe.expert_parallel", "smoe.integrations", "smoe._validate",
-           "smoe.collectives", "smoe.registry", "smoe.data", "smoe.launch_local")
+           "smoe.collectives", "smoe.registry", "smoe.data", "smoe.launch_local", "smoe.plugins", "smoe.host_sync",
+           "smoe.conformance")
 
 
 def modules() -> dict[str, Path]:
@@ -103,7 +104,7 @@ def test_registry_decorator_duplicates_wildcards_and_errors():
     assert Alpha.widget_name == "alpha" and reg.get("alpha") is Alpha and "beta" in reg
     assert reg.names() == ["alpha", "beta"] and reg.names("a*") == ["alpha"] and list(reg) == ["alpha", "beta"]
     assert reg.summary("alpha") == "Alpha widget (a paper, 2025)."
-    with pytest.raises(ValueError, match="widget 'alpha' is already registered"):
+    with pytest.raises(ValueError, match=r"widget 'alpha' is registered twice: by Alpha .* and by Other"):
         reg.add("alpha", type("Other", (), {}))
     with pytest.raises(ValueError, match="unknown widget 'gamma'; available widgets: alpha, beta"):
         reg.get("gamma")

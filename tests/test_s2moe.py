@@ -159,7 +159,7 @@ def test_plain_moe_refuses_a_layer_level_name():
 
 
 def test_register_layer_rejects_a_second_class_for_a_name():
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match=r"'s2moe' is registered twice: by S2MoE from module smoe\.s2moe"):
         register_layer("s2moe")(type("Other", (nn.Module,), {}))
 
 

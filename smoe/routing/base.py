@@ -209,11 +209,16 @@ class Router(nn.Module):
     is also an attribute (`self.k`).
     A router that reads `ctx.attn_probs` sets `needs_attn_probs = True` so blocks compute them eagerly.
     A router that pools over the tokens of every rank when `ctx.gather` is given sets `supports_global_view = True`.
+    `example_options`: options that make a working router where the defaults do not (hash needs a vocabulary);
+    `smoe check-router` builds it with them. `host_sync_in_training`: why its training forward reads the device
+    on the host (None: it never does; `smoe check-router` then checks it in eval mode only).
     """
 
     Options: ClassVar[type[RouterOptions]] = RouterOptions
     needs_attn_probs: bool = False
     supports_global_view: bool = False
+    example_options: ClassVar[dict[str, object]] = {}
+    host_sync_in_training: ClassVar[str | None] = None
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__()

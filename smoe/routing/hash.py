@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -66,6 +67,7 @@ class HashRouter(Router):
     """
 
     Options = HashOptions
+    example_options: ClassVar[dict[str, object]] = {"vocab_size": 64}
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)

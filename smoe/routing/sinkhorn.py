@@ -10,6 +10,7 @@ concrete public form matched here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +76,8 @@ class SinkhornRouter(Router):
     """
 
     Options = SinkhornOptions
+    host_sync_in_training: ClassVar[str | None] = (
+        "Sinkhorn's stopping test reads the largest marginal error on the host every 10 rounds")
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)

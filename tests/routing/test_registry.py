@@ -41,7 +41,8 @@ def test_register_a_new_router_is_one_decorated_class():
 
     assert "_test_dummy" in available_routers()
     assert isinstance(build_router("_test_dummy", d_model=4, num_experts=3), Dummy)
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match=r"router '_test_dummy' is registered twice: by .*Dummy from module "
+                                         r"tests.routing.test_registry and by Other"):
         register_router("_test_dummy")(type("Other", (Router,), {}))
 
 

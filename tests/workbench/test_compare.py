@@ -174,7 +174,17 @@ def test_an_interrupted_grid_resumes_exactly(tmp_path, monkeypatch):
     assert trace == [1, 2, 3, 4]
 
 
-def test_a_failing_entry_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
+def test_an_entry_failing_the_router_checks_trains_nothing(tmp_path, capsys):
+    code = main(["compare", "--task", "digits", "--routers", "topk,s2moe:bogus=1", "--seeds", "1", "--steps", "2",
+                 "--corrupt", "", "--out", str(tmp_path), "--no-progress", *(x for o in TINY for x in ("--set", o))])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "fail the router conformance checks" in err and "s2moe:bogus=1 (s2moe): builds: raised ValueError" in err
+    assert "topk (topk)" not in err and not (tmp_path / "runs").exists()
+
+
+def test_a_failing_entry_is_recorded_and_the_grid_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("smoe.workbench.grid.compare.check_routers", lambda runs: None)  # a run that fails later
     code = main(["compare", "--task", "digits", "--routers", "topk,s2moe:bogus=1", "--seeds", "1", "--steps", "2",
                  "--corrupt", "", "--out", str(tmp_path), "--no-progress", *(x for o in TINY for x in ("--set", o))])
     assert code == 1

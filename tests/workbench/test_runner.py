@@ -105,6 +105,30 @@ def test_a_saved_config_is_a_valid_config_file(tmp_path):
         resolve_config_file(tmp_path / "nowhere.yaml")
 
 
+def test_a_config_file_never_overrides_its_own_keys_silently(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: digits\nmodel: {router: expert_choice, router_options: {capacity_factor: 2.0}}\n")
+    run = resolve_config_file(path)  # the model section's router, with its options (it was topk, given these)
+    assert run.router == "expert_choice" and run.model["router_options"] == {"capacity_factor": 2.0}
+    path.write_text("task: digits\nrouter: topk\nmodel: {router: expert_choice}\n")
+    with pytest.raises(ValueError, match=r"sets the router twice, differently: router: topk \(top level\) and "
+                                         r"model.router: expert_choice; keep one"):
+        resolve_config_file(path)
+    path.write_text("task: digits\nrouter: expert_choice\nmodel: {router: expert_choice}\n")
+    assert resolve_config_file(path).router == "expert_choice"
+    path.write_text("task: digits\nsteps: 5\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['steps'\]; valid keys: task, preset, router"):
+        resolve_config_file(path)
+
+
+def test_a_config_file_imports_its_plugins(tmp_path, cosine_file):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"task: digits\nrouter: cosine\nplugins: [{cosine_file}]\n")
+    run = resolve_config_file(path)
+    assert run.router == "cosine" and run.plugins == [str(cosine_file)]
+    assert run.to_dict()["plugins"] == [str(cosine_file)] and "plugins" not in resolve_config("digits").to_dict()
+
+
 def test_cli_train_from_a_config_file(tmp_path, capsys):
     source = tmp_path / "a"
     tiny = ["--set", "model.d_model=16", "--set", "model.num_heads=2", "--set", "model.ffn_hidden=16",

@@ -7,6 +7,8 @@ DIR/report.html (`workbench.report.comparison.write_report`), on the executor `-
 
 Resumable: a run with final.json (and its analysis and evaluation) is skipped, a run with a checkpoint is
 resumed, a run folder without one starts over; a run folder written with another configuration is an error.
+Before anything trains, every entry's router (with its options) passes the conformance checks of `smoe.conformance`
+(the compile check only when the runs compile), or the comparison refuses to start, naming the failed checks.
 The comparison folder and each run folder have one writer (`workbench.train.run_folder.hold_folder`); a run whose
 files are damaged is recorded as failed and the grid goes on.
 `--steps N` compresses the preset's schedule to N steps (`workbench.run.config.compressed_schedule`); --set and
@@ -16,10 +18,13 @@ disjoint from the comparison's (`workbench.grid.tune`, runs in DIR/tune/), then 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from smoe._validate import check_choice, check_int
+from smoe.conformance import CHECKS, check_router, failures
+from smoe.plugins import provenance
 from smoe.workbench.grid.executors import Outcome, StepCallback
 from smoe.workbench.grid.jobs import GridConfig, run_tasks
 from smoe.workbench.grid.tune import TUNE_SEED_START, Tuning, run_tuning, tune_runs
@@ -126,6 +131,25 @@ def grid_runs(config: CompareConfig) -> list[GridRun]:
     return grid
 
 
+def check_routers(runs: Sequence) -> None:
+    """The conformance checks (`smoe.conformance`) of every entry's router with its options (and k and E), the
+    compile check only where the runs compile (`runs`: anything with .entry and .run, grid or tuning runs); a
+    ValueError naming every failed check of every entry."""
+    first: dict = {}
+    for one in runs:
+        first.setdefault(one.entry.label, one)
+    failed = []
+    for one in first.values():
+        model = one.run.model
+        checks = [c for c in CHECKS if c != "compile" or one.run.train.compile]
+        options = {**(model.get("router_options") or {}), **({"k": model["k"]} if "k" in model else {})}
+        results = check_router(one.run.router, options, model.get("num_experts", 4), checks)
+        failed += [f"  {one.entry.label} ({one.run.router}): {r.name}: {r.reason}" for r in failures(results)]
+    if failed:
+        raise ValueError("entries fail the router conformance checks (`smoe check-router NAME` shows every check); "
+                         "nothing was trained:\n" + "\n".join(failed))
+
+
 def run_one(one: GridRun, report: StepCallback) -> Outcome:
     """Train, evaluate and analyse one run, holding its folder (`report(step)` after every training step); its
     record in results.json. A run that raises is "failed" with its error; an interrupted training (checkpoint
@@ -166,6 +190,7 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
     grid = grid or GridConfig()
     tuning_runs = tune_runs(config) if config.tune is not None else None
     runs = grid_runs(config) if tuning_runs is None else []  # with tuning: known once the entries' picks are
+    check_routers(runs if tuning_runs is None else tuning_runs)
     with hold_folder(config.out):
         tuning = None
         if tuning_runs is not None:
@@ -187,16 +212,18 @@ def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[Gr
     def record(i: int, status: str, error: str | None) -> dict:
         return collect_run(runs[i].entry, runs[i].seed, runs[i].run_dir, out, metric_key, status, error)
 
+    code = provenance(list(dict.fromkeys(p for one in runs for p in one.run.plugins)))
     ran = run_tasks(run_one, runs, grid, progress, "smoe compare", lambda i, error: record(i, "failed", error),
-                    lambda records, jobs: _write(config, records, command, tuning, jobs))
+                    lambda records, jobs: _write(config, records, command, tuning, jobs, code))
     for i in range(len(runs)):  # what the executor did not finish: the grid was interrupted
         ran.records.setdefault(i, record(i, "skipped", "not finished: the comparison was interrupted"))
-    path = _write(config, [ran.records[i] for i in sorted(ran.records)], command, tuning, ran.jobs)
+    path = _write(config, [ran.records[i] for i in sorted(ran.records)], command, tuning, ran.jobs, code)
     report = None if ran.interrupted is not None else write_report(out).html  # the margin results.json records
     return CompareResult(results=path, report=report, failed=ran.failed, interrupted=ran.interrupted)
 
 
-def _write(config: CompareConfig, records: list[dict], command: str, tuning: dict | None, jobs: int | str) -> Path:
+def _write(config: CompareConfig, records: list[dict], command: str, tuning: dict | None, jobs: int | str,
+           code: dict) -> Path:
     return write_results(config.out, config.task, config.preset, config.device,
                          [entry.label for entry in config.entries], config.baseline, records, command,
-                         None if config.margin is None else Margin.parse(config.margin), tuning, jobs)
+                         None if config.margin is None else Margin.parse(config.margin), tuning, jobs, code)

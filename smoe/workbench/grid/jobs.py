@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from smoe._validate import check_int
 from smoe.models.common import aux_losses
+from smoe.plugins import loaded
 from smoe.workbench.grid.executors import DaskCluster, GridProgress, LocalProcesses, Serial, local_workers
 from smoe.workbench.run.config import RunConfig
 from smoe.workbench.run.lifecycle import steps_done
@@ -110,14 +111,16 @@ def auto_jobs(cores: int, runs: int, flops: Callable[[], float]) -> int:
 
 
 def make_executor(grid: GridConfig, runs: int, flops: Callable[[], float]):
-    """The executor of `grid` for `runs` tasks left; flops() -> one training step's FLOPs, for jobs="auto"."""
+    """The executor of `grid` for `runs` tasks left; flops() -> one training step's FLOPs, for jobs="auto". Its
+    workers import every plugin this process has imported (`smoe.plugins.loaded`)."""
+    plugins = [plugin.spec for plugin in loaded()]
     if grid.cluster is not None:
-        return DaskCluster(grid.cluster, grid.threads)
+        return DaskCluster(grid.cluster, grid.threads, plugins)
     cores = available_cores()
     jobs = auto_jobs(cores, runs, flops) if grid.jobs == "auto" else grid.jobs
     if jobs == 1:
         return Serial(grid.threads)
-    return LocalProcesses(jobs, grid.threads or max(1, cores // jobs))
+    return LocalProcesses(jobs, grid.threads or max(1, cores // jobs), plugins=plugins)
 
 
 def concurrent_runs(executor) -> int | str:

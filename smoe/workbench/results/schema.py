@@ -8,6 +8,8 @@ failed run; readers show what is there and say what is missing):
      "machine": {"cpu": str, "threads": int, "torch": str, "device": str, "python": str,
                  "jobs": int | "cluster",              # runs trained at once on this machine
                  "cores": int, "load_average": [1, 5, 15-minute floats]},   # as results.json was written
+     "provenance": {"smoe": str, "commit": str | null, "dirty": bool | null, "torch": str, "python": str,
+                    "plugins": [{"spec", "module", "file", "sha256", "found"}], "cwd": str},   # which code ran
      "runs": [{
         "router": str, "label": str, "seed": int, "options": {...}, "run_dir": str,
         "status": "done" | "failed" | "skipped", "error": str | null,

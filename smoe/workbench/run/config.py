@@ -4,7 +4,13 @@ Sections: `data` (the task's data config), `model` (the task's model config, les
 data) and `train` (`TrainConfig`). Override keys are `section.field` (`model.num_experts=16`, `train.lr=3e-4`),
 a bare `field` when exactly one section has it, or `section.field.key` inside a dict field
 (`model.router_options.noise=learned`). Values are parsed as YAML (`1e-3`, `true`, `[16, 32, 64]`, `null`).
-`resolve_config_file` starts from a YAML file instead of a preset (a run folder's config.yaml is one).
+`resolve_config_file` starts from a YAML file instead of a preset (a run folder's config.yaml is one); a key
+the file sets is never overridden silently (the router set both at the top and in `model:` differently is an
+error naming both; an unknown top-level key is an error).
+
+`plugins`: the plugins (`smoe.plugins`) that registered the task, router, base router or residual rule a run
+uses, recorded in config.yaml so that loading the run (`smoe.load_model`, `smoe show`, a grid's worker) imports
+them first.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,14 +27,19 @@ import yaml
 
 from smoe._files import read_text
 from smoe._validate import check_choice, check_int
-from smoe.layer import available_layers
+from smoe.layer import LAYERS, available_layers
+from smoe.plugins import load_plugins
+from smoe.residual import RULES
 from smoe.routing import available_routers
+from smoe.routing.registry import ROUTERS
 from smoe.workbench.tasks import Task, get_task
+from smoe.workbench.tasks.base import TASKS
 from smoe.workbench.train.trainer import TrainConfig
 
 SECTIONS = ("data", "model", "train")
-# the top-level keys of a config file: RunConfig's fields, and the parallel section a torchrun run records
-FILE_KEYS = ("task", "preset", "router", "seed", "device", *SECTIONS, "parallel")
+# the top-level keys of a config file: RunConfig's fields, the plugins it imports, the parallel section a torchrun
+# run records, and the provenance of the code that wrote it
+FILE_KEYS = ("task", "preset", "router", "seed", "device", "plugins", *SECTIONS, "parallel", "provenance")
 MAX_CONFIG_BYTES = 2**20
 
 
@@ -44,13 +55,16 @@ class RunConfig:
     data: object
     model: dict
     train: TrainConfig
+    plugins: list[str] = field(default_factory=list)
 
     def model_config(self, **derived):
         """The task's model config dataclass: the model section plus the fields derived from the data."""
         return get_task(self.task).model_config(**self.model, **derived)
 
     def to_dict(self, model_config=None) -> dict:
-        head = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in SECTIONS}
+        """Every field (plugins only when there are some: a run without plugins reads as before they existed)."""
+        head = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in SECTIONS and (f.name != "plugins" or self.plugins)}
         model = dataclasses.asdict(model_config) if model_config is not None else self.model
         return {**head, "data": dataclasses.asdict(self.data), "model": model,
                 "train": dataclasses.asdict(self.train)}
@@ -182,6 +196,7 @@ def resolve_config_file(path: str | Path, router: str | None = None, seed: int |
     unknown = [key for key in config if key not in FILE_KEYS]
     if unknown:
         raise ValueError(f"config {str(path)!r}: unknown key {unknown[0]!r}; valid keys: {', '.join(FILE_KEYS)}")
+    import_recorded(config, path)
     t = get_task(config["task"])
     preset = config.get("preset", "tiny")
     check_choice("preset", preset, tuple(t.presets))
@@ -193,9 +208,14 @@ def resolve_config_file(path: str | Path, router: str | None = None, seed: int |
             raise ValueError(f"config {str(path)!r}: section {name!r} must be a mapping, got {given!r}")
         sections[name] = {**t.presets[preset].get(name, {}), **given}
     model = sections["model"]
-    for key in [*t.derived, "router"]:
+    for key in t.derived:
         model.pop(key, None)
-    saved_router = config.get("router", "topk")
+    model.pop("router", None)
+    inner, top = (config.get("model") or {}).get("router"), config.get("router")
+    if top is not None and inner is not None and top != inner:
+        raise ValueError(f"config {str(path)!r} sets the router twice, differently: router: {top} (top level) and "
+                         f"model.router: {inner}; keep one")
+    saved_router = top or inner or "topk"
     if router is not None and router != saved_router:
         model.pop("router_options", None)
     return _resolve(t, preset, router or saved_router, config.get("seed", 0) if seed is None else seed,
@@ -221,7 +241,25 @@ def _resolve(t: Task, preset: str, router: str, seed: int, device: str, steps: i
     train = _build(TrainConfig, sections["train"], "train")
     _build(t.model_config, {**sections["model"], **t.derived}, "model")  # validate before loading any data
     return RunConfig(task=t.name, preset=preset, router=router, seed=seed, device=device, data=data,
-                     model=sections["model"], train=train)
+                     model=sections["model"], train=train, plugins=run_plugins(t.name, sections["model"]))
+
+
+def run_plugins(task: str, model: dict) -> list[str]:
+    """The plugins (their specs) that registered what a run of `task` with this model section uses: the task, the
+    router (or layer-level method), the base router of a layer-level method, the residual rule."""
+    router = model["router"]
+    used = [(TASKS, task), (LAYERS if router in LAYERS else ROUTERS, router), (RULES, model.get("rule")),
+            (ROUTERS, (model.get("router_options") or {}).get("base_router"))]
+    return list(dict.fromkeys(registry.plugin(name) for registry, name in used
+                              if isinstance(name, str) and name in registry and registry.plugin(name) is not None))
+
+
+def import_recorded(config: dict, source: str | Path) -> None:
+    """Import the plugins a config (file) records under `plugins` (a PluginError names the plugin and the file)."""
+    plugins = config.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ValueError(f"{source}: plugins must be a list of modules or .py files, got {plugins!r}")
+    load_plugins(plugins, found=str(source))
 
 
 def check_finite_floats(name: str, value) -> None:
@@ -257,12 +295,14 @@ def run_config_from_dict(config: dict, source: str | Path = "config") -> RunConf
     """The RunConfig a run directory's config.yaml describes (fields derived from the data are rebuilt);
     `source` (the file) names it in errors."""
     try:
+        import_recorded(config, source)
         task = get_task(config["task"])
         model = {k: v for k, v in config["model"].items() if k not in task.derived}
         return RunConfig(task=config["task"], preset=config["preset"], router=config["router"],
                          seed=config["seed"], device=config["device"], data=_build(task.data_config, config["data"],
                                                                                    "data"),
-                         model=model, train=_build(TrainConfig, config["train"], "train"))
+                         model=model, train=_build(TrainConfig, config["train"], "train"),
+                         plugins=list(config.get("plugins") or []))
     except (KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{source} is not a run configuration (config.yaml of `smoe train`): missing or bad field "
                          f"{e!r}") from e

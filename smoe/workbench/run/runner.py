@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from smoe.collectives import collective
 from smoe.init import init_keyed
+from smoe.plugins import provenance
 from smoe.workbench.measure.probe import TRACE_FILE, RoutingTrace
 from smoe.workbench.run.config import RunConfig, check_device, run_config_from_dict
 from smoe.workbench.tasks import TaskSetup, get_task
@@ -74,11 +75,12 @@ def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, ho
            tb_dir: str | Path | None = None) -> TrainResult:
     if parallel is None:
         setup = task_setup(run)
-        run_config = run.to_dict(setup.model_config)
+        run_config = {**run.to_dict(setup.model_config), "provenance": provenance(run.plugins)}
     else:
         world_size = dist.get_world_size()
         setup = _setup_rank_zero_first(run)
-        run_config = {**run.to_dict(setup.model_config), "parallel": prepare_model(setup.model, parallel, world_size)}
+        run_config = {**run.to_dict(setup.model_config), "parallel": prepare_model(setup.model, parallel, world_size),
+                      "provenance": provenance(run.plugins)}
     trace = [] if setup.probe is None else [
         RoutingTrace(setup.model, setup.probe, Path(out_dir) / TRACE_FILE, run.train.eval_every, run.train.steps)]
     trainer = Trainer(setup.model, run.train, loss_fn=setup.loss, train_batches=setup.train_batches,

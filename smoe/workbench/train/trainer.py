@@ -71,6 +71,8 @@ from smoe.workbench.train.signals import StopSignals
 
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
 MAX_RATE = 1e3  # the largest lr and weight_decay (far above any useful value)
+# paths of the run config a resume may change: the steps (extending a run), the provenance (which code ran)
+MAY_CHANGE_ON_RESUME = frozenset({("train", "steps"), ("provenance",)})
 
 
 def derived_seed(seed: int, stream: int) -> int:
@@ -279,7 +281,7 @@ class Trainer:
         path = self.out_dir / "config.yaml"
         if not path.exists():
             return
-        mismatch = config_differences(read_yaml(path), self.run_config, ignore={("train", "steps")})
+        mismatch = config_differences(read_yaml(path), self.run_config, ignore=MAY_CHANGE_ON_RESUME)
         if mismatch:
             raise CheckpointError(f"{path} was written with another configuration (only train.steps may change on "
                                   f"resume): " + "; ".join(mismatch))
@@ -306,7 +308,7 @@ class Trainer:
         tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
         path = checkpoint_path(self.checkpoint_dir, state["step"])
         with reading_state(path):
-            mismatch = config_differences(state["config"], self.run_config, ignore={("train", "steps")})
+            mismatch = config_differences(state["config"], self.run_config, ignore=MAY_CHANGE_ON_RESUME)
             if mismatch:
                 raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another "
                                       f"configuration (only train.steps may change on resume): " + "; ".join(mismatch))
