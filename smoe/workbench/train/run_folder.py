@@ -9,6 +9,7 @@
   object with an integer "step" is a `DamagedFileError` naming the file and line.
 - **JSON and YAML files** (`final.json`, `eval.json`, `analysis.json`, `config.yaml`): `read_json` / `read_yaml`
   raise `DamagedFileError` naming the file (and line) instead of a parser's traceback.
+- **The metrics log**: `RunLog` appends to `metrics.jsonl` and TensorBoard (`NoLog` on ranks that write nothing).
 - **Temporary files** of an interrupted atomic write (`.<name>.tmp-<pid>`) are removed by `remove_temp_files` when
   the next writer starts.
 """
@@ -24,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+
+from smoe._files import atomic_write
 
 LOCK_FILE = ".smoe.lock"
 TEMP_GLOB = ".*.tmp-*"  # the temporary names of `smoe.workbench.train.checkpoint.atomic_write`
@@ -173,3 +176,35 @@ def _where(e: Exception) -> str:
     if isinstance(e, json.JSONDecodeError):
         return f"line {e.lineno} column {e.colno}: {e.msg}"
     return str(e)
+
+
+class RunLog:
+    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb_dir`, default `folder/tb`)."""
+
+    def __init__(self, folder: Path, start_step: int, tb_dir: Path | None = None):
+        self.path = folder / "metrics.jsonl"
+        if self.path.exists():  # drop records past the step we start from (a torn last line with a warning)
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step]
+            atomic_write(self.path, jsonl_bytes(kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(tb_dir or folder / "tb"), purge_step=start_step + 1)
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        for name, value in values.items():
+            self.tb.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+class NoLog:
+    """RunLog's interface on ranks other than 0, which write no files."""
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
