@@ -157,16 +157,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Train, evaluate and analyse entries x seeds on one task; write results.json and the report."""
     import shlex
 
+    from smoe.workbench.grid.sequential import SequentialConfig, parse_budget, run_sequential
 
     try:
-        config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
-                               preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
-                               corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
-                               baseline=args.baseline)
+        auto = args.seeds == "auto"
+        seeds = int(args.seeds) if not auto and args.seeds.isdigit() else None
+        if not auto and seeds is None:
+            raise ValueError(f"--seeds must be a positive int or 'auto', got {args.seeds!r}")
+        if not auto and (args.max_seeds is not None or args.budget is not None or args.margin is not None):
+            raise ValueError("--max-seeds, --budget and --margin go with --seeds auto")
+        config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out,
+                               seeds=(args.max_seeds or 10) if auto else seeds, preset=args.preset, steps=args.steps,
+                               overrides=args.set or [], device=args.device, corruptions=args.corrupt,
+                               capacities=args.capacity or [], bpr=args.bpr, baseline=args.baseline)
         command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
         if hint := thread_hint():
             print(hint, file=sys.stderr)
-        result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
+        if auto:
+            seq = SequentialConfig(max_seeds=args.max_seeds or 10, margin=args.margin,
+                                   budget_s=None if args.budget is None else parse_budget(args.budget))
+            result = run_sequential(config, seq, command=command, progress=not args.no_progress,
+                                    grid=grid_config(args))
+        else:
+            result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
     except (ValueError, ImportError) as e:  # ImportError: --cluster without smoe[cluster]
         print(f"smoe compare: error: {e}", file=sys.stderr)
         return 2
@@ -299,7 +312,16 @@ def add_compare_parser(sub) -> None:
                    help="one of: " + ", ".join(available_tasks()))
     p.add_argument("--routers", required=True, metavar="ENTRIES",
                    help="comma-separated entries, e.g. topk,xmoe,ssr:p=0.1,topk+rule=momentum (syntax below)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every entry (default 3)")
+    p.add_argument("--seeds", default="3", metavar="N|auto",
+                   help="seeds 0..N-1 of every entry (default 3); auto: 3 seeds, then 2 more at a time to the entries "
+                        "not yet decided, under a group-sequential rule (docs/metrics.md)")
+    p.add_argument("--max-seeds", type=int, default=None, metavar="N", help="with --seeds auto: at most N (default 10)")
+    p.add_argument("--budget", default=None, metavar="TIME",
+                   help="with --seeds auto: training time the runs may take in all (90m, 2h); no batch starts that "
+                        "would overrun it")
+    p.add_argument("--margin", default=None, metavar="X[%]",
+                   help="with --seeds auto: differences within +-X (or X %% of the baseline) do not matter: an entry "
+                        "may also stop as equivalent")
     p.add_argument("--preset", default="tiny", help="tiny (default); each task's presets are listed below")
     p.add_argument("--steps", type=int, default=None, help="the preset's schedule compressed to N steps")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")

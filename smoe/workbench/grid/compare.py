@@ -35,7 +35,8 @@ from smoe.workbench.train.run_folder import hold_folder
 class CompareConfig:
     """A comparison. corruptions: None = the task's default sweep (`workbench.run.evaluate.default_sweep`), [] = none;
     capacities: test-time capacity ratios to evaluate (with BPR on and off for routers that have it); baseline: the
-    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry)."""
+    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry); entry_seeds:
+    label -> seeds of that entry where it runs fewer than `seeds` (a sequential comparison's plan)."""
 
     task: str
     entries: list[Entry]
@@ -49,6 +50,7 @@ class CompareConfig:
     capacities: list[float] = field(default_factory=list)
     bpr: str = "both"
     baseline: str | None = None
+    entry_seeds: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         get_task(self.task)
@@ -63,6 +65,14 @@ class CompareConfig:
             self.baseline = labels[0]
         elif self.baseline not in labels:
             raise ValueError(f"baseline must be the label of an entry ({', '.join(labels)}); got {self.baseline!r}")
+        for label, seeds in self.entry_seeds.items():
+            if label not in labels:
+                raise ValueError(f"entry_seeds must name entries ({', '.join(labels)}); got {label!r}")
+            check_int(f"entry_seeds[{label!r}]", seeds, low=1, high=self.seeds)
+
+    def seeds_of(self, label: str) -> int:
+        """Seeds 0..n-1 of entry `label`: its entry_seeds, else `seeds`."""
+        return self.entry_seeds.get(label, self.seeds)
 
     def schedule_overrides(self) -> list[str]:
         """--steps N as overrides (`compressed_schedule`); none without --steps."""
@@ -104,7 +114,7 @@ def grid_runs(config: CompareConfig) -> list[GridRun]:
     is trained or written."""
     out = Path(config.out)
     grid = [GridRun(config, entry, seed, config.run_config(entry, seed), out / "runs" / f"{entry.folder}-s{seed}")
-            for seed in range(config.seeds) for entry in config.entries]
+            for seed in range(config.seeds) for entry in config.entries if seed < config.seeds_of(entry.label)]
     for one in grid:
         if (one.run_dir / "config.yaml").exists():
             check_same_config(one.run, one.run_dir)
@@ -138,23 +148,24 @@ class CompareResult:
 
 
 def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
-                grid: GridConfig | None = None) -> CompareResult:
+                grid: GridConfig | None = None, report: bool = True) -> CompareResult:
     """Train, evaluate and analyse every (entry, seed) of `config` on the executor `grid` says (default: one run
     after another in this process; `smoe.workbench.grid.jobs`), then write results.json and the report. results.json is
     rewritten as runs end. A run that raises is recorded as failed and the grid goes on; an interrupted grid
     (SIGINT/SIGTERM: running trainings checkpoint and stop) records the runs not done as skipped. The comparison
-    folder is held (one writer) throughout, each run folder by the process that runs it."""
+    folder is held (one writer) throughout, each run folder by the process that runs it. report=False: no report
+    (a sequential comparison writes it after its last look)."""
 
     runs = grid_runs(config)
     done = [min(steps_done(t.run_dir), t.run.train.steps) for t in runs]
     left = [t for t, d in zip(runs, done) if d < t.run.train.steps]
     executor = make_executor(grid or GridConfig(), len(left), lambda: step_flops(left[0].run))
     with hold_folder(config.out):
-        return _run_grid(config, command, progress, runs, done, executor)
+        return _run_grid(config, command, progress, runs, done, executor, report)
 
 
 def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[GridRun], done: list[int],
-              executor) -> CompareResult:
+              executor, report: bool) -> CompareResult:
     out = Path(config.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     metric_key = get_task(config.task).metric_key
@@ -180,8 +191,8 @@ def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[Gr
         records.setdefault(i, collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "skipped",
                                           "not finished: the comparison was interrupted"))
     path = _write(config, [records[i] for i in sorted(records)], command)
-    report = None if executor.interrupted is not None else write_report(out).html
-    return CompareResult(results=path, report=report, failed=failed, interrupted=executor.interrupted)
+    page = None if executor.interrupted is not None or not report else write_report(out).html
+    return CompareResult(results=path, report=page, failed=failed, interrupted=executor.interrupted)
 
 
 def _write(config: CompareConfig, records: list[dict], command: str) -> Path:

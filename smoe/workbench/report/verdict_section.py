@@ -54,6 +54,30 @@ def verdict_table(results: Mapping, key: str) -> Table:
     return Table(header, body)
 
 
+STOPS = {"decided": "decided", "max seeds": "max seeds reached", "budget": "budget spent",
+         "diverged": "a run diverged or failed", "zero variance": "zero variance"}
+
+
+def sequential_blocks(results: Mapping) -> list[Block]:
+    """How a sequential comparison (`--seeds auto`) stopped: per entry its seeds, looks, stop reason and verdict
+    with the repeated confidence interval; nothing for a fixed-seed comparison."""
+    seq = results.get("sequential")
+    if not seq:
+        return []
+    budget = "" if seq.get("budget_s") is None else (
+        f"; budget {seq['budget_s'] / 3600:.2f} h of training, {seq['spent_s'] / 3600:.2f} h spent")
+    text = (f"Seeds until the answer is known: the headline verdicts above are the group-sequential rule's (looks at "
+            f"{', '.join(map(str, seq['looks']))} seeds, alpha {seq['alpha']:g} over {seq['family']} entries, "
+            f"{seq['spending']} spending{'' if seq.get('margin') is None else ', margin ' + seq['margin']}{budget}); "
+            "their intervals are repeated confidence intervals, which hold at every look together, and there is no "
+            "fixed-seed p-value. Details: docs/metrics.md.")
+    body = [[label, str(e["seeds"]), " ".join(str(look["n"]) for look in e["looks"]),
+             STOPS.get(e["stop"], str(e["stop"])), e["verdict"],
+             f"[{format_number(e['ci_low'], True)}, {format_number(e['ci_high'], True)}]"]
+            for label, e in seq["entries"].items()]
+    return [Text(text), Table(["entry", "seeds used", "looks (seeds)", "stopped", "verdict", "repeated CI"], body)]
+
+
 def routing_verdicts(results: Mapping) -> Table | None:
     """Routing columns x entries: "verdict (mean difference)"; None without routing comparisons."""
     name, higher_is_better = metric_spec(results)
@@ -108,7 +132,7 @@ def verdict_blocks(results: Mapping, out: Path, vector: bool = True) -> list[Blo
               "detect the observed difference.")
     blocks: list[Block] = [Heading(f"Verdicts against {baseline}"), Text(f"{method} {_noise_text(results)}".strip())]
     metric_title = f"{name} ({DIRECTION[higher_is_better]})"
-    blocks += [Heading(metric_title, 3), verdict_table(results, "final.metric")]
+    blocks += [Heading(metric_title, 3), verdict_table(results, "final.metric"), *sequential_blocks(results)]
     panels = [(metric_title, results["comparisons"].get("final.metric", {}))]
     corruption = strongest_corruption(results, baseline)
     if corruption is not None:

@@ -30,6 +30,7 @@ from smoe.workbench.results.schema import (
     number,
     run_label,
 )
+from smoe.workbench.results.sequential import apply_sequential
 
 UNDIRECTED = {"better": "higher", "worse": "lower", "not resolved": "not resolved"}
 
@@ -120,11 +121,13 @@ def noise(results: Mapping) -> dict[str, float | str | None]:
 
 
 def with_statistics(results: Mapping, baseline: str | None = None, alpha: float = 0.05) -> dict:
-    """results (version 1 or 2) as version 2: "entries", "baseline", "comparisons" and "noise" (re)computed."""
+    """results (version 1 or 2) as version 2: "entries", "baseline", "comparisons" and "noise" (re)computed; the
+    headline verdicts of a sequential comparison are its rule's (`results.sequential`)."""
     results = load_results(results)
     baseline = pick_baseline(results, baseline)
-    return {**results, "schema": SCHEMA_VERSION, "entries": entry_labels(results), "baseline": baseline,
-            "comparisons": paired_comparisons(results, baseline, alpha), "noise": noise(results)}
+    return apply_sequential({**results, "schema": SCHEMA_VERSION, "entries": entry_labels(results),
+                             "baseline": baseline, "comparisons": paired_comparisons(results, baseline, alpha),
+                             "noise": noise(results)})
 
 
 def beats_every_other(results: Mapping, label: str, alpha: float = 0.05) -> bool:
