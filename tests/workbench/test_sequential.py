@@ -244,3 +244,13 @@ def test_a_plan_runs_each_entry_at_its_own_seeds(tmp_path):
         CompareConfig(task="digits", entries=parse_entries("topk"), out=str(tmp_path), entry_seeds={"x": 1})
     with pytest.raises(ValueError, match=r"entry_seeds\['topk'\] must be <= 3"):
         CompareConfig(task="digits", entries=parse_entries("topk"), out=str(tmp_path), entry_seeds={"topk": 4})
+
+
+def test_the_family_wise_error_of_three_entries_sharing_a_baseline_stays_under_alpha():
+    from smoe.workbench.measure.sequential import simulate_family
+
+    design = Design(max_seeds=9, entries=3)
+    verdicts, used = simulate_family(design, [0.0, 0.0, 0.0], 6000, seed=4)
+    assert np.mean((verdicts != "not resolved").any(axis=1)) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 6000)
+    verdicts, used = simulate_family(design, [-30.0, 0.0, 0.0], 2000, seed=5)
+    assert np.all(verdicts[:, 0] == "worse") and np.all(used[:, 0] == 3)

@@ -204,26 +204,55 @@ def parse_margin(text: str) -> tuple[float, bool]:
     return (value / 100, True) if relative else (value, False)
 
 
-def simulate(design: Design, effect: float, sims: int, margin: float | None = None, distribution: str = "normal",
-             seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(verdicts (sims,), seeds used (sims,)) of one entry whose paired differences have mean `effect` and sd 1
-    (normal, or "t3": Student t with 3 degrees of freedom scaled to sd 1), higher is better."""
-    check_choice("distribution", distribution, ("normal", "t3"))
-    rng = np.random.default_rng(seed)
-    shape = (sims, design.max_seeds)
-    z = rng.standard_normal(shape) if distribution == "normal" else rng.standard_t(3, shape) / math.sqrt(3)
-    d = effect + z
-    verdicts = np.full(sims, "not resolved", dtype=object)
-    used = np.full(sims, design.max_seeds)
-    open_ = np.ones(sims, dtype=bool)
-    for k, (n, c) in enumerate(zip(design.looks(), design.bounds())):
+def run_design(design: Design, d: np.ndarray, margin: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(verdicts (R,), seeds used (R,)) of the design on R sequences of paired differences d: (R, max_seeds), in the
+    good direction (higher is better), margin in their units: each row stops at its first deciding look."""
+    rows = d.shape[0]
+    verdicts = np.full(rows, "not resolved", dtype=object)
+    used = np.full(rows, design.max_seeds)
+    open_ = np.ones(rows, dtype=bool)
+    looks = design.looks()
+    for k, (n, c) in enumerate(zip(looks, design.bounds())):
         x = d[:, :n]
-        mean, sd = x.mean(axis=1), x.std(axis=1, ddof=1)
-        half = c * sd / math.sqrt(n)
-        final = k == len(design.looks()) - 1
+        mean, half = x.mean(axis=1), c * x.std(axis=1, ddof=1) / math.sqrt(n)
+        final = k == len(looks) - 1
         said = np.array([read_interval(lo, hi, True, margin, final) for lo, hi in zip(mean - half, mean + half)],
                         dtype=object)
         stop = open_ & (np.isin(said, DECIDING) | final)
         verdicts[stop], used[stop] = said[stop], n
         open_ &= ~stop
     return verdicts, used
+
+
+def decide(design: Design, values: np.ndarray, margin: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(verdicts (R, m), seeds used (R, m)) for R simulated comparisons values: (R, m + 1, max_seeds), row 0 of each
+    the baseline, higher is better: each entry judged by the design on its differences from the baseline (the shape
+    `benchmarks/calibrate_verdicts.py`'s simulator hands a rule)."""
+    out = [run_design(design, values[:, i] - values[:, 0], margin) for i in range(1, values.shape[1])]
+    return np.stack([v for v, _ in out], axis=1), np.stack([u for _, u in out], axis=1)
+
+
+def noise(distribution: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Standard noise of sd 1: "normal", or "t3" (Student t with 3 degrees of freedom scaled to sd 1)."""
+    check_choice("distribution", distribution, ("normal", "t3"))
+    return rng.standard_normal(shape) if distribution == "normal" else rng.standard_t(3, shape) / math.sqrt(3)
+
+
+def simulate(design: Design, effect: float, sims: int, margin: float | None = None, distribution: str = "normal",
+             seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(verdicts (sims,), seeds used (sims,)) of one entry whose paired differences have mean `effect` and sd 1,
+    higher is better."""
+    d = effect + noise(distribution, (sims, design.max_seeds), np.random.default_rng(seed))
+    return run_design(design, d, margin)
+
+
+def simulate_family(design: Design, effects: Sequence[float], sims: int, margin: float | None = None,
+                    distribution: str = "normal", seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(verdicts (sims, m), seeds used (sims, m)) of m = len(effects) entries against one baseline: each run's
+    metric is a seed value common to all entries + the entry's effect + noise of sd 1 / sqrt(2), so each paired
+    difference has sd 1 and two entries' differences share the baseline's noise (correlation 1/2)."""
+    rng = np.random.default_rng(seed)
+    shift = np.concatenate([[0.0], np.asarray(effects, dtype=float)])[None, :, None]
+    shape = (sims, len(effects) + 1, design.max_seeds)
+    values = rng.standard_normal((sims, 1, design.max_seeds)) + shift + noise(distribution, shape, rng) / math.sqrt(2)
+    return decide(design, values, margin)
