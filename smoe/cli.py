@@ -15,9 +15,11 @@ from smoe.workbench.claims.claim import CLAIMS, COMPARISONS
 from smoe.workbench.claims.run import DEFAULT_OUT, judge_folder, run_claims, write_summary
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.report.export import columns_table, robustness_table, write_tables
 from smoe.workbench.report.show import show_run
+from smoe.workbench.results.verdicts import RECORDED
 from smoe.workbench.run.analysis import ANALYSIS_FILE, analyze_run, format_analysis
 from smoe.workbench.run.config import resolve_config, resolve_config_file
 from smoe.workbench.run.embed_suite import main as eval_embed
@@ -64,7 +66,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.columns or args.robustness:
             print(columns_table(args.dir, args.columns) if args.columns else robustness_table(args.dir))
             return 0
-        files = write_report(args.dir, args.out, baseline=args.baseline)
+        files = write_report(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin))
         tables = write_tables(args.dir, files.html.parent, latex=args.latex, csv_file=args.csv)
     except ValueError as err:
         print(f"smoe report: {err}", file=sys.stderr)
@@ -149,6 +151,13 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _margin(text: str | None) -> Margin | str | None:
+    """--margin of `smoe report`: None -> the recorded one, 'none' -> no margin, else `Margin.parse`."""
+    if text is None:
+        return RECORDED
+    return None if text.strip().lower() == "none" else Margin.parse(text)
+
+
 def _specs(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -164,17 +173,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seeds = int(args.seeds) if not auto and args.seeds.isdigit() else None
         if not auto and seeds is None:
             raise ValueError(f"--seeds must be a positive int or 'auto', got {args.seeds!r}")
-        if not auto and (args.max_seeds is not None or args.budget is not None or args.margin is not None):
-            raise ValueError("--max-seeds, --budget and --margin go with --seeds auto")
+        if not auto and (args.max_seeds is not None or args.budget is not None):
+            raise ValueError("--max-seeds and --budget go with --seeds auto")
         config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out,
                                seeds=(args.max_seeds or 10) if auto else seeds, preset=args.preset, steps=args.steps,
                                overrides=args.set or [], device=args.device, corruptions=args.corrupt,
-                               capacities=args.capacity or [], bpr=args.bpr, baseline=args.baseline)
+                               capacities=args.capacity or [], bpr=args.bpr, baseline=args.baseline,
+                               margin=args.margin)
         command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
         if hint := thread_hint():
             print(hint, file=sys.stderr)
         if auto:
-            seq = SequentialConfig(max_seeds=args.max_seeds or 10, margin=args.margin,
+            seq = SequentialConfig(max_seeds=args.max_seeds or 10,
                                    budget_s=None if args.budget is None else parse_budget(args.budget))
             result = run_sequential(config, seq, command=command, progress=not args.no_progress,
                                     grid=grid_config(args))
@@ -202,7 +212,11 @@ def cmd_claims(args: argparse.Namespace) -> int:
             print(f"\n{comparison}: {COMPARISONS.get(comparison).command(f'{DEFAULT_OUT}/{comparison}')}")
             for claim in (CLAIMS.get(n) for n in CLAIMS.names()):
                 if claim.comparison == comparison:
-                    print(f"  {claim.name}  [{claim.paper}]\n    {claim.statement}\n    judged: {claim.describe()}")
+                    marks = [m for m, on in (("reconstruction", claim.reconstruction),
+                                             ("exploratory", claim.exploratory)) if on]
+                    print(f"  {claim.name}  [{claim.paper}]\n    {claim.statement}\n    judged: {claim.describe()}"
+                          + (f" [{', '.join(marks)}]" if marks else "")
+                          + (f"\n    caveat: {claim.caveat}" if claim.caveat else ""))
         return 0
     if bool(args.names) == args.all:
         print("smoe claims run: error: name claims (see `smoe claims`) or give --all, not both", file=sys.stderr)
@@ -281,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only the metric at every corruption (and capacity) level instead of the report")
     p.add_argument("--baseline", metavar="LABEL", default=None,
                    help="the entry the verdicts compare every other with (default: the one results.json records)")
+    p.add_argument("--margin", metavar="M", default=None,
+                   help="judge again with this margin: '2%%' of the baseline's mean or an absolute '0.5' (equivalent, "
+                        "non-inferior, non-superior verdicts); 'none' for none (default: the one results.json records)")
     p.add_argument("--latex", action="store_true", help="also write the tables as OUT/tables.tex (booktabs)")
     p.add_argument("--csv", action="store_true",
                    help="also write the tables as OUT/tables.csv (table, router, quantity, mean, std, n)")
@@ -319,9 +336,6 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--budget", default=None, metavar="TIME",
                    help="with --seeds auto: training time the runs may take in all (90m, 2h); no batch starts that "
                         "would overrun it")
-    p.add_argument("--margin", default=None, metavar="X[%]",
-                   help="with --seeds auto: differences within +-X (or X %% of the baseline) do not matter: an entry "
-                        "may also stop as equivalent")
     p.add_argument("--preset", default="tiny", help="tiny (default); each task's presets are listed below")
     p.add_argument("--steps", type=int, default=None, help="the preset's schedule compressed to N steps")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")
@@ -333,6 +347,10 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="the comparison folder (runs/, results.json, report)")
     p.add_argument("--baseline", metavar="LABEL", default=None,
                    help="the entry every other is compared with, paired by seed (default: the first entry)")
+    p.add_argument("--margin", metavar="M", default=None,
+                   help="the difference that does not matter, '2%%' of the baseline's mean or an absolute '0.5': "
+                        "adds the verdicts equivalent, non-inferior and non-superior (default: none); with --seeds "
+                        "auto an entry may stop as equivalent")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     add_grid_arguments(p)

@@ -3,7 +3,7 @@
 For each task and preset, one paired `smoe compare` of `topk` against `xmoe` and against `topk` without the
 load-balancing loss (no corruption sweep; the headline metric only), into OUT/<task>-<preset>/ (resumable). From its
 results, per pair: the seed sd of the baseline's metric (what an unpaired comparison fights), the sd over seeds of
-the paired difference, the minimum detectable difference at 3 seeds (80 % power, paired t-test) in % of the
+the paired difference, the minimum detectable difference at 3 seeds (80 % power, the verdict rule) in % of the
 baseline's metric, the seeds that would detect a 2 % difference, and the minutes of training per run on this
 machine (the runs' recorded train time: measure on a quiet machine). Beside the paired sd, the evaluation noise of
 the difference: the two models of a seed scored again on the test samples, the bootstrap sd of their difference over
@@ -29,7 +29,8 @@ from smoe.bench import write_json
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
-from smoe.workbench.measure.stats import mdd, seeds_needed
+from smoe.workbench.measure import power
+from smoe.workbench.measure.rule import Rule
 from smoe.workbench.results.schema import get, group_runs, is_finished, load_results, number
 from smoe.workbench.results.verdicts import paired_comparisons
 from smoe.workbench.run.entry import parse_entries
@@ -40,6 +41,7 @@ ENTRIES = "topk,xmoe,topk-noaux=topk:load_balance_coef=0.0"
 BASELINE = "topk"
 TARGET = 0.02  # the difference to resolve, as a fraction of the baseline's metric
 SEEDS_AT = 3  # the seeds a claim runs with
+RULE = Rule()  # the rule `smoe compare` applies
 
 
 def _metrics(runs: Sequence[Mapping]) -> list[float]:
@@ -72,6 +74,18 @@ def difference_eval_sd(folder: str | Path, results: Mapping, label: str,
     return math.sqrt(statistics.fmean(sd * sd for sd in sds)) if sds else None
 
 
+def rule_mdd(n: int, sd: float, m: int, rule: Rule = RULE) -> float:
+    """The MDD of `rule` at n seeds in a family of m, for differences of this sd."""
+    return power.mdd(rule.test_for(n, m), n, rule.base_level(m), rule.power) * sd
+
+
+def rule_seeds(difference: float, sd: float, m: int, rule: Rule = RULE) -> int | None:
+    """The seeds at which `rule` (family of m) resolves `difference` with 80 % power, for differences of this sd."""
+    effect = abs(difference) / sd if sd > 0 else math.inf
+    return power.seeds_needed(effect, rule.base_level(m), lambda n: rule.test_for(n, m), None, rule.min_seeds,
+                              rule.power)
+
+
 def scale_rows(results: str | Path | Mapping, target: float = TARGET, folder: str | Path | None = None) -> list[dict]:
     """One row per entry against the baseline: the noise figures of the module docstring (None where undefined;
     the evaluation noise of the difference only with the comparison's `folder`, whose runs it scores again)."""
@@ -89,8 +103,8 @@ def scale_rows(results: str | Path | Mapping, target: float = TARGET, folder: st
             "task": results["task"], "preset": results["preset"], "steps": steps, "pair": f"{label} - {BASELINE}",
             "seeds": r["n"], "metric": level, "seed_sd": statistics.stdev(base) if len(base) > 1 else None,
             "difference": r["mean"], "paired_sd": r["sd"], "eval_sd": eval_sd,
-            "mdd3_percent": 100 * mdd(SEEDS_AT, sd) / abs(level) if math.isfinite(sd) else None,
-            "seeds_for_target": seeds_needed(target * abs(level), sd),
+            "mdd3_percent": 100 * rule_mdd(SEEDS_AT, sd, r["family_size"]) / abs(level) if math.isfinite(sd) else None,
+            "seeds_for_target": rule_seeds(target * abs(level), sd, r["family_size"]),
             "train_minutes": statistics.fmean(times) / 60 if times else None,
         })
     return rows

@@ -212,6 +212,13 @@ def lm_streams(corpus: TextCorpus, tokenizer: Tokenizer) -> dict[str, Tensor]:
     return streams
 
 
+def stream_documents(corpus: TextCorpus, tokenizer: Tokenizer, split: str) -> Tensor:
+    """(L,) long: the index (within the split) of the document each token of `lm_streams(...)[split]` belongs to,
+    its EOS included."""
+    lengths = [len(doc) + 1 for doc in _encode(tokenizer, corpus.documents_in(split))]
+    return torch.arange(len(lengths)).repeat_interleave(torch.tensor(lengths, dtype=torch.long))
+
+
 def stream_labels(corpus: TextCorpus, tokenizer: Tokenizer, split: str) -> Tensor | None:
     """(L,) long: the label of each token of `lm_streams(...)[split]` (its document's, EOS included); None when
     the corpus has no labels."""

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from smoe.bench.scale import main, scale_rows, table
-from smoe.workbench.measure.stats import mdd, seeds_needed
+from smoe.workbench.measure import power
+from smoe.workbench.measure.rule import Rule
 
 
 def run(label, seed, perplexity, train_time=90.0):
@@ -29,11 +30,14 @@ def test_scale_rows_on_hand_made_results():
     sd = math.sqrt(((1 ** 2) + 1 ** 2 + 0.5 ** 2 + 0.5 ** 2) / 3)
     assert x["seeds"] == 4 and x["metric"] == 295.0 and x["difference"] == pytest.approx(-5.0)
     assert x["paired_sd"] == pytest.approx(sd) and x["seed_sd"] == pytest.approx(12.9099, abs=1e-4)
-    assert x["mdd3_percent"] == pytest.approx(100 * mdd(3, sd) / 295.0)
-    assert x["seeds_for_target"] == seeds_needed(0.02 * 295.0, sd) and x["train_minutes"] == 1.5
+    # the rule of the comparison: Bonferroni over its 2 entries, the t-test at 3 seeds
+    assert x["mdd3_percent"] == pytest.approx(100 * power.mdd("t", 3, 0.025) * sd / 295.0)
+    rule = Rule()
+    assert x["seeds_for_target"] == power.seeds_needed(0.02 * 295.0 / sd, 0.025, lambda n: rule.test_for(n, 2))
+    assert x["seeds_for_target"] == 3 and x["train_minutes"] == 1.5
     assert x["steps"] == [300]
-    n = rows["topk-noaux - topk"]  # a constant difference: no noise, 2 seeds resolve it
-    assert n["paired_sd"] == 0 and n["mdd3_percent"] == 0 and n["seeds_for_target"] == 2
+    n = rows["topk-noaux - topk"]  # a constant difference: no noise, but 7 seeds before 2 / 2^n reaches 0.025
+    assert n["paired_sd"] == 0 and n["mdd3_percent"] == 0 and n["seeds_for_target"] == 7
     text = table(list(rows.values()))
     assert "| lm-bbc | tiny (300) | xmoe - topk | 4 | 295 |" in text and "MDD at 3 seeds (% of metric)" in text
     assert x["eval_sd"] is None and "| 0.913 | n/a |" in text  # paired sd, then no evaluation noise: no folder

@@ -44,7 +44,7 @@ def test_analysis_of_a_trained_run(runs):
         assert sum(layer["load"]) == pytest.approx(1.0) and len(layer["load"]) == 4
         assert layer["experts_per_token"] == 2.0 and layer["dropped_fraction"] == 0.0  # k=2, dropless
         assert all(finite(layer[k]) for k in ("load_cv", "max_over_mean", "entropy", "margin",
-                                              "effective_rank_input", "effective_rank_router"))
+                                              "effective_rank_input", "effective_rank_router", "entropy_own"))
         assert 1 <= layer["effective_rank_router"] <= 4 and 0 <= layer["specialization_nmi"]["digit"] <= 1
     # fluctuation from the trace (evals at steps 2, 4, 6), co-activation of the two layers, sensitivity per layer
     assert [f["step"] for f in a["routing"]["fluctuation"]] == [4, 6]

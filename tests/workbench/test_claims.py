@@ -10,7 +10,7 @@ import pytest
 
 from smoe.cli import main
 from smoe.workbench.claims import run as claims_run
-from smoe.workbench.claims.claim import CLAIMS, COMPARISONS, Claim, Comparison, claim_verdict, judge
+from smoe.workbench.claims.claim import CLAIMS, COMPARISONS, Claim, Comparison, judge_claims
 from smoe.workbench.claims.run import plan, select, write_summary
 from smoe.workbench.grid.compare import CompareResult
 from smoe.workbench.run.entry import parse_entries
@@ -54,6 +54,13 @@ def test_a_comparison_knows_its_corruption_columns():
     ({"column": "final.experts_per_token"}, "is not a compared column"),
     ({"entry": "topk"}, "entry and baseline are both 'topk'"),
     ({"comparison": "nope"}, "unknown comparison 'nope'"),
+    ({"kind": "non-inferiority"}, "a non-inferiority claim takes a margin, got None"),
+    ({"margin": "2%"}, "a superiority claim takes no margin"),
+    ({"kind": "equivalence", "margin": "2%"}, r"direction must be one of \['equal'\]"),
+    ({"kind": "non-inferiority", "margin": "-1"}, "margin must be a positive number"),
+    ({"kind": "non-inferiority", "margin": "2%", "column": "routing.entropy", "direction": "lower"},
+     "needs a column with a good direction"),
+    ({"kind": "causal"}, "kind must be one of"),
 ])
 def test_a_bad_claim_is_a_value_error(kwargs, match):
     fields = {"name": "c", "paper": "p", "statement": "s", "comparison": "xmoe", "column": "final.metric",
@@ -93,24 +100,6 @@ def test_overrides_follow_the_comparisons_own():
 # ---------------------------------------------------------------- verdicts
 
 
-@pytest.mark.parametrize("claimed, verdict, expected", [
-    ("better", "better", "supported"),
-    ("better", "worse", "contradicted"),
-    ("worse", "worse", "supported"),
-    ("better", "not resolved", "not resolved"),
-    ("lower", "lower", "supported"),
-    ("lower", "higher", "contradicted"),
-    ("higher", "not resolved", "not resolved"),
-])
-def test_claim_verdict(claimed, verdict, expected):
-    assert claim_verdict(claimed, verdict) == expected
-
-
-def test_claim_verdict_needs_the_columns_vocabulary():
-    with pytest.raises(ValueError, match=r"verdict must be one of \['better', 'worse', 'not resolved'\]"):
-        claim_verdict("better", "higher")
-
-
 def lm_run(label, seed, perplexity, rank, fluct):
     return {"router": label, "label": label, "seed": seed, "status": "done", "steps": 300,
             "final": {"metric": perplexity},
@@ -131,17 +120,68 @@ def lm_results():
             "metric": {"name": "perplexity", "higher_is_better": False}}
 
 
+def judge(claim, results):
+    """One claim alone, a family of one."""
+    return judge_claims([claim], {claim.comparison: results})[0]
+
+
 def test_claims_judged_on_hand_made_results():
     results = lm_results()
     quality = judge(Claim("q", "p", "s", "xmoe", "final.metric", "xmoe", "better"), results)
-    assert quality.verdict == "supported" and quality.result["n"] == 3  # the failed run is not counted
+    assert quality.verdict == "supported" and quality.result["n"] == 3  # xmoe's failed seed 3 has no partner
     assert quality.result["mean"] == pytest.approx(-9.8) and quality.result["ci_high"] < 0
     assert quality.reference_mean == pytest.approx(291.0) and quality.setting == "tiny, 300 steps"
-    assert "xmoe - topk on final.metric, claimed better; -9.800 (-3.4 %), 95 % CI [" in quality.line()
+    assert "xmoe - topk on final.metric, claimed better; -9.800 (-3.4 %), [" in quality.line()
+    assert "p (holm over 1) = " in quality.line()
     assert judge(CLAIMS.get("xmoe-collapse"), results).verdict == "contradicted"
     assert judge(CLAIMS.get("xmoe-consistency"), results).verdict == "not resolved"
     missing = judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "better"), results)
     assert missing.verdict == "missing" and missing.result is None and "routing.load_cv" in missing.note
+
+
+def two_claims_results(d1, d2):
+    """topk and two entries at 3 seeds; the entries' perplexity differences d1, d2 (one per seed)."""
+    runs = []
+    for seed, base in enumerate((280.0, 292.0, 301.0)):
+        runs += [lm_run("topk", seed, base, 20.0, 0.1), lm_run("deepseek", seed, base + d1[seed], 20.0, 0.1),
+                 lm_run("ssr", seed, base + d2[seed], 20.0, 0.1)]
+    return {"schema": 1, "task": "lm-bbc", "preset": "tiny", "runs": runs,
+            "metric": {"name": "perplexity", "higher_is_better": False}}
+
+
+def test_the_claims_are_one_family_holm_and_bh():
+    # two claims, each d = -3, -4, -5.5 (t = 5.74, p = 0.029 alone): resolved alone, not under Holm over 2 (0.058),
+    # but Benjamini-Hochberg keeps both (2 x 0.029 / 2)
+    d = (-3.0, -4.0, -5.5)
+    results = two_claims_results(d, d)
+    claims = [Claim("a", "p", "s", "deepseek", "final.metric", "deepseek", "better"),
+              Claim("b", "p", "s", "deepseek", "final.metric", "ssr", "better")]
+    comparisons = {"deepseek": results}
+    alone = [judge_claims([c], comparisons)[0] for c in claims]
+    assert [j.verdict for j in alone] == ["supported", "supported"]
+    together = judge_claims(claims, comparisons)
+    assert [j.verdict for j in together] == ["not resolved", "not resolved"]
+    assert together[0].result["family"] == "claims" and together[0].result["family_size"] == 2
+    assert [j.bh["verdict"] for j in together] == ["supported", "supported"]  # BH: both at their raw p
+    explored = judge_claims([claims[0], Claim("b", "p", "s", "deepseek", "final.metric", "ssr", "better",
+                                              exploratory=True)], comparisons)
+    assert [j.verdict for j in explored] == ["supported", "supported"]  # two families of one
+    assert explored[1].result["family"] == "exploratory claims" and explored[1].bh is None
+    assert explored[1].shown == "supported (exploratory)"
+
+
+def test_non_inferiority_and_equivalence_claims():
+    ni = Claim("ni", "p", "s", "deepseek", "final.metric", "ssr", "better", kind="non-inferiority", margin="2%",
+               reconstruction=True)
+    # ssr 0.5 perplexity worse than topk (margin 2 % of ~291 = 5.8): non-inferior; not better
+    near = two_claims_results((0.0, 0.0, 0.0), (0.4, 0.6, 0.5))
+    assert judge(ni, near).verdict == "supported" and judge(ni, near).shown == "supported (reconstruction)"
+    assert judge(Claim("sup", "p", "s", "deepseek", "final.metric", "ssr", "better"), near).verdict == "contradicted"
+    far = two_claims_results((0.0, 0.0, 0.0), (20.0, 21.0, 22.5))  # 7 % worse: beyond the margin
+    assert judge(ni, far).shown == "contradicted (reconstruction)"
+    eq = Claim("eq", "p", "s", "deepseek", "final.metric", "ssr", "equal", kind="equivalence", margin="2%")
+    assert judge(eq, near).verdict == "supported" and judge(eq, far).verdict == "contradicted"
+    assert "claimed equivalent (margin 2%)" in judge(eq, near).line()
 
 
 def capacity_run(seed, bpr, vanilla):
@@ -170,14 +210,15 @@ def test_a_claim_against_another_column_of_the_same_runs():
 
 def test_the_summary_files(tmp_path):
     results = lm_results()
-    judgments = [judge(CLAIMS.get(n), results) for n in ("xmoe-collapse", "xmoe-consistency")]
-    judgments.append(judge(Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "better"), results))
+    claims = [CLAIMS.get(n) for n in ("xmoe-collapse", "xmoe-consistency")]
+    judgments = judge_claims([*claims, Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "better")],
+                             {"xmoe": results})
     md, js = write_summary(tmp_path, judgments, "smoe claims run --all")
     text = md.read_text()
     assert "Written by `smoe claims run --all`" in text
     assert "3 claim(s), 1 contradicted, 1 not resolved, 1 missing" in text
     assert "| xmoe-collapse | Chi et al. 2022 (X-MoE) | xmoe - topk on routing.effective_rank_input" in text
-    assert "**contradicted**" in text
+    assert "**contradicted**" in text and "The 2 confirmatory claim(s) judged here are one family" in text
     data = json.loads(js.read_text())
     assert [c["name"] for c in data["claims"]] == ["xmoe-collapse", "xmoe-consistency", "m"]
     assert data["claims"][0]["comparison_result"]["n"] == 3 and data["claims"][2]["comparison_result"] is None
@@ -229,7 +270,7 @@ def test_claims_run_prints_verdicts_and_writes_the_summary(tmp_path, capsys, mon
     assert calls == [("digits", 3, f"{COMPARISONS.get('vmoe-bpr').command(tmp_path / 'vmoe-bpr')}")]
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("vmoe-bpr: supported (vmoe: robust.capacity-bpr@5 - robust.capacity-vanilla@5, "
-                             "claimed better; +0.02167 (+2.4 %), 95 % CI [")
+                             "claimed better; +0.02167 (+2.4 %), [+0.01450, +0.02884] (95 %), p (holm over 1) = ")
     assert out[0].endswith(", 3 seeds)") and out[1].startswith(f"summary of every claim with results in {tmp_path}")
     assert "| vmoe-bpr |" in (tmp_path / "claims.md").read_text()
     assert json.loads((tmp_path / "claims.json").read_text())["claims"][0]["verdict"] == "supported"

@@ -388,6 +388,9 @@ def test_routing_summary_keys_and_values():
     assert s["dropped_fraction"] == pytest.approx(float(out.stats.dropped_fraction))
     assert s["input_rank"] == pytest.approx(effective_rank(x.reshape(-1, 8), mask.reshape(-1)))
     assert s["feature_rank"] == pytest.approx(effective_rank(out.routing.logits, mask.reshape(-1)))
+    own = torch.softmax(out.routing.logits.double(), -1)
+    assert s["entropy_own"] == pytest.approx(routing_entropy(own, mask.reshape(-1)))
+    assert s["entropy_own"] == pytest.approx(s["entropy"])  # top-k: the gate's own distribution is probs
     assert all(math.isfinite(v) for v in s.values())
     bare = routing_summary(sets([[0], [0]], 1))
     assert set(bare) == {"load_cv", "load_max_over_mean", "active_experts", "entropy"}

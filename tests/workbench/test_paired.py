@@ -80,7 +80,7 @@ def test_a_a_comparison_is_bit_identical_and_not_resolved(tmp_path):
     b = results["comparisons"]["final.metric"]["b"]
     assert (b["verdict"], b["differences"], b["baseline"]) == ("not resolved", [0.0, 0.0], "a")
     assert all(c["b"]["verdict"] == "not resolved" for c in results["comparisons"].values())
-    assert (results["schema"], results["entries"], results["baseline"]) == (2, ["a", "b"], "a")
+    assert (results["schema"], results["entries"], results["baseline"]) == (3, ["a", "b"], "a")
     assert all(math.isfinite(run["eval_sd"]) and run["eval_sd"] > 0 for run in results["runs"])
     assert results["noise"]["dominant"] in ("seed", "evaluation")
     md = (tmp_path / "report.md").read_text()
@@ -100,3 +100,12 @@ def test_a_crippled_entry_comes_out_worse(tmp_path):
     run_compare(config, progress=False)
     slow = load_results(tmp_path)["comparisons"]["final.metric"]["slow"]
     assert slow["n"] == 3 and slow["verdict"] == "worse" and slow["ci_high"] < 0
+
+
+@pytest.mark.slow
+def test_a_a_comparison_with_a_margin_is_equivalent(tmp_path):
+    # A/A is bit-identical at every seed: zero variance, p = the exact floor 2 / 2^6 = 1/32 < 0.05 at 6 seeds
+    run_compare(tiny(tmp_path, "a=topk,b=topk", 6, steps=4, overrides=VIT, corruptions=[], margin="2%"),
+                progress=False)
+    b = load_results(tmp_path)["comparisons"]["final.metric"]["b"]
+    assert (b["verdict"], b["n"], b["margin_spec"], b["p_value"]) == ("equivalent", 6, "2%", 1 / 32)

@@ -288,8 +288,8 @@ def test_rerender_removes_stale_plots_and_empty_results_render(tmp_path):
 
 
 def test_bad_input_raises_value_error_naming_the_argument(tmp_path):
-    with pytest.raises(ValueError, match=r"results\['schema'\] must be one of \(1, 2\), got 3"):
-        load_results({**make_results(), "schema": 3})
+    with pytest.raises(ValueError, match=r"results\['schema'\] must be one of \(1, 2, 3\), got 4"):
+        load_results({**make_results(), "schema": 4})
     with pytest.raises(ValueError, match=r"results\['runs'\] must be a list"):
         load_results({"schema": 1, "runs": [1, 2]})
     with pytest.raises(ValueError, match="results must be a path"):

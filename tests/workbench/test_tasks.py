@@ -4,13 +4,14 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from smoe.workbench.run.config import resolve_config
 from smoe.workbench.run.runner import train_run
 from smoe.workbench.tasks import available_tasks, get_task
-from smoe.workbench.tasks.text import eval_windows, next_token_loss, unigram_perplexity
+from smoe.workbench.tasks.text import next_token_loss, unigram_perplexity, window_index, window_losses
 
 SMALL_LM = ["data.vocab_size=300", "data.seq_len=16", "data.eval_tokens=256", "model.d_model=16",
             "model.num_layers=1", "model.num_heads=2", "model.ffn_hidden=16", "train.batch_size=4"]
@@ -132,11 +133,32 @@ def test_unigram_perplexity_by_hand():
 
 
 def test_eval_windows_tile_the_stream():
-    w = eval_windows(torch.arange(10), seq_len=3, max_tokens=0)
+    w = window_index(10, seq_len=3, max_tokens=0)
     assert w.tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
-    assert eval_windows(torch.arange(10), seq_len=3, max_tokens=4).shape == (1, 4)
+    assert window_index(10, seq_len=3, max_tokens=4).shape == (1, 4)
     with pytest.raises(ValueError, match="fewer than seq_len"):
-        eval_windows(torch.arange(3), seq_len=3, max_tokens=0)
+        window_index(3, seq_len=3, max_tokens=0)
+
+
+class Uniform(torch.nn.Module):
+    """A language model whose next-token distribution is uniform over `vocab`: every target costs log(vocab)."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.anchor = vocab, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, generator=None):
+        return type("Out", (), {"logits": torch.zeros(*x.shape, self.vocab) + self.anchor})()
+
+
+def test_window_losses_sum_per_document_when_given_documents():
+    windows = window_index(10, seq_len=3, max_tokens=0)  # token = position; targets: positions 1-3, 4-6, 7-9
+    documents = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2])[windows[:, 1:]]  # docs 0: 1-4, 1: 5-7, 2: 8-9
+    by_window = window_losses(Uniform(10), windows, 2, torch.Generator())
+    by_doc = window_losses(Uniform(10), windows, 2, torch.Generator(), groups=documents)
+    assert by_window.counts.tolist() == [3, 3, 3] and by_doc.counts.tolist() == [4, 3, 2]
+    assert by_doc.totals == pytest.approx(np.array([4, 3, 2]) * math.log(10))
+    assert by_doc.metric() == pytest.approx(by_window.metric()) == pytest.approx(10.0)
 
 
 def test_text_task_errors_name_the_problem(tmp_path):

@@ -3,18 +3,22 @@
 A `Comparison` is one `smoe compare` grid (task, entries, baseline, preset, seeds, evaluation options); a `Claim`
 names its paper, the comparison that tests it, the column it reads (a compared key of
 `workbench.results.columns.run_values`: "final.metric", "robust.substitute@5", "routing.load_cv", "fluctuation.top1",
-...), the entry whose paired difference against the baseline is judged, and the direction the paper predicts: "better"
-/ "worse" for the columns with a good direction (`columns.column_direction`: the headline metric, its corrupted
-versions, load balance, fluctuation), "higher" / "lower" for the others. Claims that read the
-same comparison share its run folder, so nothing is trained twice.
+...), the entry whose paired difference against the baseline is judged, its kind and the direction the paper
+predicts: "better" / "worse" for the columns with a good direction (`columns.column_direction`: the headline
+metric, its corrupted versions, load balance, fluctuation), "higher" / "lower" for the others, "equal" for an
+equivalence claim. Claims that read the same comparison share its run folder, so nothing is trained twice.
 
-Verdict: the comparison's paired verdict for that column and entry (`workbench.results.verdicts`: Student t over seeds,
-Holm over the entries compared with one baseline) read against the claim: the claimed direction -> "supported", the
-opposite -> "contradicted", no resolved difference -> "not resolved" (no evidence either way at these seeds: the
-minimum detectable difference says how large a difference could still hide). A claim of "no worse" (the same quality
-without an aux loss) is judged as "better": a test over a few seeds cannot show equality. A claim with `against` reads
-two columns of the same runs (BPR against positional dropping on the same trained models), paired by seed, with no
-baseline entry.
+Kinds: "superiority" (the entry differs in the claimed direction), "non-inferiority" ("at least as good as": not
+worse by more than `margin`), "equivalence" ("the same quality": within plus or minus `margin`); margins as in
+`measure.rule.Margin` ("2%" of the baseline's mean, or absolute). A claim is judged by the interval of its paired
+difference at the level its family judges it at (`judge_claims`: the claims judged together are one confirmatory
+family, Holm, with Benjamini-Hochberg as a second reading; claims registered after their results were seen are
+`exploratory` and form their own family): "supported" when the interval lies on the claimed side (beyond 0, beyond
+minus the margin, inside plus or minus the margin), "contradicted" when it lies on the other side of the same
+bound, else "not resolved". A claim on a reconstructed method (`reconstruction`: no official code, the paper's
+details not verified) reads e.g. "contradicted (reconstruction)": it may test our reading, not the paper's method.
+A claim with `against` reads two columns of the same runs (BPR against positional dropping on the same trained
+models), paired by seed, with no baseline entry.
 
 The registered claims are in `workbench.claims.registered`; running and summarising them in
 `workbench.claims.run`.
@@ -30,16 +34,16 @@ from dataclasses import asdict, dataclass
 from smoe._validate import check_choice, check_int
 from smoe.registry import Registry
 from smoe.workbench.grid.compare import CompareConfig
+from smoe.workbench.measure.rule import Margin, Outcome, Pair, PairedResult, Rule, judge
 from smoe.workbench.numbers import finite_mean, format_number
 from smoe.workbench.results.columns import LATE_ROUTING, ROUTING_SCALARS, column_direction, is_compared
 from smoe.workbench.results.schema import is_finished, load_results, metric_spec
-from smoe.workbench.results.verdicts import compare_column, paired_comparisons, seed_values
+from smoe.workbench.results.verdicts import diverged_seeds, seed_values, series
 from smoe.workbench.run.entry import parse_entries
 from smoe.workbench.run.evaluate import default_sweep
 from smoe.workbench.tasks import get_task
 
-DIRECTIONS = ("better", "worse", "higher", "lower")
-OPPOSITE = {"better": "worse", "worse": "better", "higher": "lower", "lower": "higher"}
+KINDS = ("superiority", "non-inferiority", "equivalence")
 CLAIM_VERDICTS = ("supported", "contradicted", "not resolved", "missing")
 
 
@@ -123,6 +127,9 @@ class Claim:
 
     against: another column of the same runs; the judged difference is then column - against, per seed, within
     `entry` (e.g. BPR against positional dropping at one test-time capacity), and `baseline` is unused.
+    kind / margin: see the module docstring (a margin for non-inferiority and equivalence only); reconstruction: the
+    method is our reconstruction; exploratory: registered after its results were seen; caveat: what the column
+    cannot show (printed with the verdict).
     """
 
     name: str
@@ -134,15 +141,32 @@ class Claim:
     direction: str
     baseline: str | None = None
     against: str | None = None
+    kind: str = "superiority"
+    margin: str | None = None
+    reconstruction: bool = False
+    exploratory: bool = False
+    caveat: str = ""
 
     def __post_init__(self):
         comparison = COMPARISONS.get(self.comparison)
+        check_choice("kind", self.kind, KINDS)
+        if (self.margin is None) != (self.kind == "superiority"):
+            raise ValueError(f"claim {self.name!r}: a {self.kind} claim takes "
+                             f"{'no margin' if self.kind == 'superiority' else 'a margin'}, got {self.margin!r}")
+        if self.margin is not None:
+            Margin.parse(self.margin)
         for column in (self.column, self.against):
             if column is not None and not comparison.has_column(column):
                 raise ValueError(f"claim {self.name!r}: column {column!r} is not a compared column of comparison "
                                  f"{self.comparison!r} (its corruption columns: {comparison.robust_columns()})")
         good = column_direction(self.column, get_task(comparison.task).higher_is_better)
-        check_choice("direction", self.direction, ("higher", "lower") if good is None else ("better", "worse"))
+        if self.kind == "equivalence":
+            check_choice("direction", self.direction, ("equal",))
+        else:
+            check_choice("direction", self.direction, ("higher", "lower") if good is None else ("better", "worse"))
+        if self.kind != "superiority" and good is None:
+            raise ValueError(f"claim {self.name!r}: a {self.kind} claim needs a column with a good direction, "
+                             f"not {self.column!r}")
         labels = [e.label for e in parse_entries(comparison.entries)]
         for role, label in (("entry", self.entry), ("baseline", self.baseline)):
             if label is not None and label not in labels:
@@ -158,23 +182,27 @@ class Claim:
         return self.baseline or COMPARISONS.get(self.comparison).baseline
 
     def describe(self) -> str:
-        """What is judged: 'xmoe - topk on routing.effective_rank_input, claimed higher'."""
+        """What is judged: 'xmoe - topk on routing.effective_rank_input, claimed higher'; 'ssr - topk on
+        final.metric, claimed non-inferior (margin 2%)'."""
+        claimed = {"superiority": self.direction, "non-inferiority": f"non-inferior (margin {self.margin})",
+                   "equivalence": f"equivalent (margin {self.margin})"}[self.kind]
         if self.against is not None:
-            return f"{self.entry}: {self.column} - {self.against}, claimed {self.direction}"
-        return f"{self.entry} - {self.reference} on {self.column}, claimed {self.direction}"
+            return f"{self.entry}: {self.column} - {self.against}, claimed {claimed}"
+        return f"{self.entry} - {self.reference} on {self.column}, claimed {claimed}"
+
+    def outcomes(self) -> tuple[Outcome, ...]:
+        """"supported" and "contradicted" as statements on the interval (`measure.rule`), in the column's good
+        direction (higher for a column without one)."""
+        if self.kind == "equivalence":
+            return (("supported", ((">", -1), ("<", 1))), ("contradicted", ((">", 1),)),
+                    ("contradicted", (("<", -1),)))
+        up = self.direction in ("better", "higher")
+        bound = 0 if self.kind == "superiority" else -1 if up else 1
+        return ("supported", ((">" if up else "<", bound),)), ("contradicted", (("<" if up else ">", bound),))
 
 
 COMPARISONS: Registry[Comparison] = Registry("comparison")
 CLAIMS: Registry[Claim] = Registry("claim")
-
-
-def claim_verdict(direction: str, verdict: str) -> str:
-    """The claim's verdict from the comparison's (same vocabulary: better / worse, or higher / lower for a column
-    without a good direction): the claimed direction -> "supported", the opposite -> "contradicted", "not resolved"
-    -> "not resolved"."""
-    check_choice("direction", direction, DIRECTIONS)
-    check_choice("verdict", verdict, (direction, OPPOSITE[direction], "not resolved"))
-    return {direction: "supported", OPPOSITE[direction]: "contradicted"}.get(verdict, "not resolved")
 
 
 # ---------------------------------------------------------------- judging
@@ -182,8 +210,9 @@ def claim_verdict(direction: str, verdict: str) -> str:
 
 @dataclass(frozen=True)
 class Judgment:
-    """A claim read from its comparison's results: verdict, and the paired comparison behind it (the
-    `PairedResult.to_dict()` fields, with "direction" and "baseline"); None and a note when data is missing."""
+    """A claim read from its comparison's results: its verdict in its family (Holm), the paired comparison behind
+    it (`PairedResult.to_dict()`), and for a confirmatory claim the Benjamini-Hochberg reading ("verdict",
+    "p_adjusted"); result None and a note when data is missing."""
 
     claim: Claim
     verdict: str
@@ -191,53 +220,92 @@ class Judgment:
     reference_mean: float | None  # mean over seeds of the value the difference is taken from
     setting: str  # "tiny, 300 steps": the preset and training steps of the comparison's runs
     note: str = ""
+    bh: dict | None = None
+
+    @property
+    def shown(self) -> str:
+        """The verdict as printed: 'contradicted (reconstruction)', 'not resolved (exploratory)'."""
+        marks = [m for m, on in (("reconstruction", self.claim.reconstruction and self.verdict in (
+            "supported", "contradicted")), ("exploratory", self.claim.exploratory)) if on]
+        return self.verdict + (f" ({', '.join(marks)})" if marks else "")
 
     def line(self) -> str:
-        """'xmoe-collapse: supported (xmoe - topk on ..., claimed higher; +2.64 (+14 %), 95 % CI [...], ...)'."""
-        head = f"{self.claim.name}: {self.verdict}"
+        """'xmoe-collapse: supported (xmoe - topk on ..., claimed higher; +2.64 (+14.0 %), [...] ...)'."""
+        head = f"{self.claim.name}: {self.shown}"
         if self.result is None:
             return f"{head} ({self.note})"
-        return f"{head} ({self.claim.describe()}; {difference_text(self.result, self.reference_mean)})"
+        return f"{head} ({self.claim.describe()}; {difference_text(self.result)})"
 
     def to_dict(self) -> dict:
-        return {**asdict(self.claim), "verdict": self.verdict, "setting": self.setting, "note": self.note,
-                "reference_mean": self.reference_mean, "comparison_result": self.result}
+        return {**asdict(self.claim), "verdict": self.verdict, "shown": self.shown, "setting": self.setting,
+                "note": self.note, "reference_mean": self.reference_mean, "comparison_result": self.result,
+                "bh": self.bh}
 
 
-def difference_text(result: Mapping, reference_mean: float | None) -> str:
-    """'+2.64 (+1.4 %), 95 % CI [0.12, 5.16], p = 0.031, MDD 3.1, 3 seeds'."""
-    mean, low, high = (result.get(k) for k in ("mean", "ci_low", "ci_high"))
-
-    p = result.get("p_adjusted", result.get("p_value"))
-    return (f"{format_number(mean, signed=True)}{relative(mean, reference_mean)}, "
-            f"95 % CI [{format_number(low)}, {format_number(high)}], p = {format_number(p)}, "
-            f"MDD {format_number(result.get('mdd'))}, {result.get('n', 0)} seeds")
+def interval_text(result: Mapping) -> str:
+    """'[+0.12, +5.16] (98.3 %)': the interval at the level the claim was judged at, with its confidence."""
+    low, high = result.get("ci_low"), result.get("ci_high")
+    if low is None or high is None:
+        return "unbounded"
+    return f"[{format_number(low, True)}, {format_number(high, True)}] ({100 * (1 - result['level']):.3g} %)"
 
 
-def relative(mean: float | None, reference: float | None) -> str:
-    """' (+1.4 %)': mean in % of the reference; '' when either is missing or the reference is 0."""
-    return f" ({100 * mean / reference:+.1f} %)" if mean is not None and reference else ""
+def difference_text(result: Mapping) -> str:
+    """'+2.64 (+1.4 %), [+0.12, +5.16] (99.8 %), p (Holm over 24) = 0.031, MDD 3.1, 3 seeds'."""
+    rel = result.get("relative")
+    return (f"{format_number(result.get('mean'), signed=True)}{'' if rel is None else f' ({rel:+.1f} %)'}, "
+            f"{interval_text(result)}, p ({result['adjustment']} over {result['family_size']}) = "
+            f"{format_number(result.get('p_adjusted'))}, MDD {format_number(result.get('mdd'))}, "
+            f"{result.get('n', 0)} seeds" + (f"; {result['note']}" if result.get("note") else ""))
 
 
-def judge(claim: Claim, results: str | os.PathLike | Mapping, alpha: float = 0.05) -> Judgment:
-    """The claim's verdict from its comparison's results (a results dict, results.json or its folder)."""
+def claim_pair(claim: Claim, results: str | os.PathLike | Mapping) -> tuple[Pair | None, float | None]:
+    """The claim's per-seed values from its comparison's results (diverged and failed runs count against their
+    entry, `verdicts.diverged_seeds`) and the mean of the values the difference is taken from; None when no seed
+    has both."""
     results = load_results(results)
+    values, diverged = seed_values(results), diverged_seeds(results)
+    seeds = sorted({s for runs in values.values() for s in runs} | {s for d in diverged.values() for s in d})
+    entry = series(values, diverged, claim.entry, claim.column, seeds)
+    base = series(values, diverged, claim.reference, claim.against or claim.column, seeds)
+    reference = finite_mean(base)
+    if not any(e is not None and b is not None for e, b in zip(entry, base)):
+        return None, reference
+    margin = None if claim.margin is None else Margin.parse(claim.margin)
+    return Pair(entry, base, column_direction(claim.column, metric_spec(results)[1]), claim.outcomes(),
+                margin), reference
+
+
+def _setting(results: Mapping) -> str:
     steps = {run.get("steps") for run in results["runs"] if is_finished(run)} - {None}
-    setting = f"{results.get('preset', '?')}, {'/'.join(map(str, sorted(steps))) or '?'} steps"
-    values = seed_values(results)
-    if claim.against is None:
-        result = paired_comparisons(results, claim.reference, alpha).get(claim.column, {}).get(claim.entry)
-        reference = finite_mean(v.get(claim.column) for v in values.get(claim.reference, {}).values())
-    else:  # the two columns of the entry's runs as two entries, paired by seed
-        runs = values.get(claim.entry, {})
-        pair = {role: {seed: {claim.column: v[key]} for seed, v in runs.items() if key in v}
-                for role, key in (("column", claim.column), ("against", claim.against))}
-        direction = column_direction(claim.column, metric_spec(results)[1])
-        result = compare_column(pair, claim.column, "against", direction, alpha).get("column")
-        result = None if result is None else {**result, "baseline": f"{claim.entry} {claim.against}"}
-        reference = finite_mean(v.get(claim.against) for v in runs.values())
-    if result is None or not result.get("n"):
-        return Judgment(claim, "missing", None, reference, setting,
-                        f"no finished runs of {claim.entry} recorded {claim.column}"
-                        + (f" and {claim.against}" if claim.against else f" together with {claim.reference}"))
-    return Judgment(claim, claim_verdict(claim.direction, result["verdict"]), result, reference, setting)
+    return f"{results.get('preset', '?')}, {'/'.join(map(str, sorted(steps))) or '?'} steps"
+
+
+def judge_claims(claims: Sequence[Claim], results: Mapping[str, str | os.PathLike | Mapping],
+                 alpha: float = 0.05) -> list[Judgment]:
+    """Every claim's verdict, from the results of its comparison (results: comparison name -> results dict,
+    results.json or its folder; a claim whose comparison is missing there is skipped). The confirmatory claims are
+    one family (Holm; Benjamini-Hochberg as a second reading), the exploratory ones another (Holm)."""
+    loaded = {name: load_results(r) for name, r in results.items()}
+    present = [c for c in claims if c.comparison in loaded]
+    pairs = {c.name: claim_pair(c, loaded[c.comparison]) for c in present}
+    judged: dict[str, PairedResult] = {}
+    bh: dict[str, PairedResult] = {}
+    for exploratory, family in ((False, "claims"), (True, "exploratory claims")):
+        members = {c.name: pairs[c.name][0] for c in present
+                   if c.exploratory == exploratory and pairs[c.name][0] is not None}
+        judged.update(judge(members, Rule(alpha=alpha, adjustment="holm", family=family)))
+        if not exploratory:
+            bh.update(judge(members, Rule(alpha=alpha, adjustment="bh", family=f"{family} (BH)")))
+    out = []
+    for c in present:
+        setting, reference = _setting(loaded[c.comparison]), pairs[c.name][1]
+        if c.name not in judged:
+            what = f" and {c.against}" if c.against else f" together with {c.reference}"
+            out.append(Judgment(c, "missing", None, reference, setting,
+                                f"no finished runs of {c.entry} recorded {c.column}{what}"))
+            continue
+        other = bh.get(c.name)
+        out.append(Judgment(c, judged[c.name].verdict, judged[c.name].to_dict(), reference, setting, c.caveat,
+                            None if other is None else {"verdict": other.verdict, "p_adjusted": other.p_adjusted}))
+    return out

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smoe._files import atomic_write
-from smoe.workbench.claims.claim import CLAIM_VERDICTS, CLAIMS, COMPARISONS, Claim, Judgment, judge, relative
+from smoe.workbench.claims.claim import (
+    CLAIM_VERDICTS,
+    CLAIMS,
+    COMPARISONS,
+    Claim,
+    Judgment,
+    interval_text,
+    judge_claims,
+)
 from smoe.workbench.document import Table, Text, render_markdown
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import GridConfig
@@ -85,10 +93,11 @@ def run_claims(names: Sequence[str], out: str | os.PathLike = DEFAULT_OUT, seeds
 
 
 def judge_folder(out: str | os.PathLike, claims: Sequence[Claim] | None = None) -> list[Judgment]:
-    """Judgments of the claims (default: every registered one) whose comparison has results in out/<comparison>/."""
+    """Judgments of the claims (default: every registered one) whose comparison has results in out/<comparison>/,
+    judged together (`judge_claims`: the confirmatory ones one family)."""
     claims = select([]) if claims is None else claims
-    return [judge(claim, Path(out) / claim.comparison / RESULTS_FILE) for claim in claims
-            if (Path(out) / claim.comparison / RESULTS_FILE).exists()]
+    found = {c.comparison: path for c in claims if (path := Path(out) / c.comparison / RESULTS_FILE).exists()}
+    return judge_claims(claims, found)
 
 
 # ---------------------------------------------------------------- the summary
@@ -98,20 +107,38 @@ def summary_table(judgments: Sequence[Judgment]) -> tuple[list[str], list[list[s
     """Header and rows of the table of OUT/claims.md: one row per claim."""
     body = []
     for j in judgments:
-        r = j.result or {}
-        mean, low, high = r.get("mean"), r.get("ci_low"), r.get("ci_high")
+        r, bh = j.result or {}, j.bh or {}
+        rel = r.get("relative")
+        verdict = f"**{j.shown}**" if j.verdict in ("supported", "contradicted") else j.shown
         body.append([
             j.claim.name, j.claim.paper, j.claim.describe(), j.setting,
-            "" if mean is None else f"{format_number(mean)}{relative(mean, j.reference_mean)}",
-            "" if low is None or high is None else f"[{format_number(low)}, {format_number(high)}]",
-            "" if r.get("p_adjusted") is None else format_number(r["p_adjusted"]),
+            "" if r.get("mean") is None else format_number(r["mean"], True) + (
+                "" if rel is None else f" ({rel:+.1f} %)"),
+            interval_text(r) if r else "", "" if not r else format_number(r["p_adjusted"]),
+            verdict + (f" ({j.note})" if j.note else ""),
+            "" if not bh else f"{format_number(bh['p_adjusted'])}: {bh['verdict']}",
             "" if r.get("mdd") is None else format_number(r["mdd"]), str(r.get("n", "")),
-            f"**{j.verdict}**" if j.verdict in ("supported", "contradicted") else j.verdict + (
-                f" ({j.note})" if j.note else ""),
         ])
-    header = ["claim", "paper", "judged (entry - baseline on column)", "setting", "difference", "95 % CI",
-              "p (Holm)", "MDD (80 %)", "seeds", "verdict"]
+    header = ["claim", "paper", "judged (entry - baseline on column)", "setting", "difference",
+              "interval (confidence)", "p (Holm)", "verdict (Holm)", "p: verdict (BH, FDR)", "MDD (80 %)", "seeds"]
     return header, body
+
+
+def legend(judgments: Sequence[Judgment]) -> str:
+    """How the claims were judged, with the family sizes."""
+    confirmatory = sum(not j.claim.exploratory and j.result is not None for j in judgments)
+    exploratory = sum(j.claim.exploratory and j.result is not None for j in judgments)
+    return (f"The {confirmatory} confirmatory claim(s) judged here are one family: each claim's paired difference "
+            "(entry - baseline, per seed; a diverged or failed run counts against its entry) gets the interval of "
+            "the paired t-test (or the exact sign-flip test where it is fine enough) at the level Holm's step-down "
+            "procedure judges it at, so the chance of any false supported / contradicted among them is at most "
+            "0.05. supported / contradicted: the interval lies on the claimed / the other side of the claim's bound "
+            "(0 for superiority, minus the margin for non-inferiority, plus or minus the margin for equivalence); "
+            "not resolved: neither (no evidence either way at these seeds; the MDD says what could still hide). "
+            "The BH column reads the same family with Benjamini-Hochberg, which bounds the expected share of false "
+            f"verdicts instead (a second, more lenient reading). {exploratory} exploratory claim(s) (registered after "
+            "their results were seen) form their own family. (reconstruction): the method is our reconstruction, "
+            "so the verdict may test our reading of the paper, not the paper's method.")
 
 
 def write_summary(out: str | os.PathLike, judgments: Sequence[Judgment], command: str) -> tuple[Path, Path]:
@@ -120,13 +147,10 @@ def write_summary(out: str | os.PathLike, judgments: Sequence[Judgment], command
     out.mkdir(parents=True, exist_ok=True)
     counts = ", ".join(f"{sum(j.verdict == v for j in judgments)} {v}" for v in CLAIM_VERDICTS
                        if any(j.verdict == v for j in judgments))
-    legend = (f"Written by `{command}` (`smoe.workbench.claims`) from every comparison with results in {out}: "
-              f"{len(judgments)} claim(s), {counts}. difference: mean over seeds of the per-seed paired difference "
-              "entry - baseline (in % of the baseline's mean); 95 % CI: Student t over seeds; p: the paired test, "
-              "Holm-adjusted over the entries compared with the same baseline; MDD: the smallest |difference| these "
-              "seeds detect with 80 % power. supported / contradicted: a resolved difference (p < 0.05) in / against "
-              "the claimed direction; not resolved: no evidence either way at these seeds.")
+    head = (f"Written by `{command}` (`smoe.workbench.claims`) from every comparison with results in {out}: "
+            f"{len(judgments)} claim(s), {counts}. difference: mean over seeds of the per-seed paired difference "
+            "(in % of the baseline's mean).")
     md, js = out / SUMMARY_MD, out / SUMMARY_JSON
-    atomic_write(md, render_markdown([Text(legend), Table(*summary_table(judgments))]).encode())
+    atomic_write(md, render_markdown([Text(head), Text(legend(judgments)), Table(*summary_table(judgments))]).encode())
     atomic_write(js, json.dumps({"command": command, "claims": [j.to_dict() for j in judgments]}, indent=1).encode())
     return md, js

@@ -21,6 +21,7 @@ from pathlib import Path
 from smoe._validate import check_choice, check_int
 from smoe.workbench.grid.executors import GridProgress, Outcome, StepCallback
 from smoe.workbench.grid.jobs import GridConfig, describe, make_executor, step_flops
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.results.record import collect_run, write_results
 from smoe.workbench.run.config import RunConfig, compressed_schedule, resolve_config
@@ -35,8 +36,10 @@ from smoe.workbench.train.run_folder import hold_folder
 class CompareConfig:
     """A comparison. corruptions: None = the task's default sweep (`workbench.run.evaluate.default_sweep`), [] = none;
     capacities: test-time capacity ratios to evaluate (with BPR on and off for routers that have it); baseline: the
-    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry); entry_seeds:
-    label -> seeds of that entry where it runs fewer than `seeds` (a sequential comparison's plan)."""
+    label every other entry is compared with (`workbench.results.verdicts`; None: the first entry); margin: the
+    difference that does not matter, "2%" of the baseline or an absolute "0.5" (`measure.rule.Margin`), for the
+    equivalence and non-inferiority verdicts; entry_seeds: label -> seeds of that entry where it runs fewer than
+    `seeds` (a sequential comparison's plan)."""
 
     task: str
     entries: list[Entry]
@@ -50,10 +53,13 @@ class CompareConfig:
     capacities: list[float] = field(default_factory=list)
     bpr: str = "both"
     baseline: str | None = None
+    margin: str | None = None
     entry_seeds: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         get_task(self.task)
+        if self.margin is not None:
+            Margin.parse(self.margin)
         check_int("seeds", self.seeds, low=1)
         if self.steps is not None:
             check_int("steps", self.steps, low=1)
@@ -191,10 +197,11 @@ def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[Gr
         records.setdefault(i, collect_run(one.entry, one.seed, one.run_dir, out, metric_key, "skipped",
                                           "not finished: the comparison was interrupted"))
     path = _write(config, [records[i] for i in sorted(records)], command)
-    page = None if executor.interrupted is not None or not report else write_report(out).html
-    return CompareResult(results=path, report=page, failed=failed, interrupted=executor.interrupted)
+    page = None if executor.interrupted is not None or not report else write_report(out).html  # the margin
+    return CompareResult(results=path, report=page, failed=failed, interrupted=executor.interrupted)  # recorded
 
 
 def _write(config: CompareConfig, records: list[dict], command: str) -> Path:
     return write_results(config.out, config.task, config.preset, config.device,
-                         [entry.label for entry in config.entries], config.baseline, records, command)
+                         [entry.label for entry in config.entries], config.baseline, records, command,
+                         None if config.margin is None else Margin.parse(config.margin))

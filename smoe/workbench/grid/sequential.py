@@ -26,7 +26,8 @@ from smoe._files import atomic_write
 from smoe._validate import check_float, check_int
 from smoe.workbench.grid.compare import CompareConfig, CompareResult, run_compare
 from smoe.workbench.grid.jobs import GridConfig
-from smoe.workbench.measure.sequential import SPENDING_DEFAULT, Design, Look, judge_look, parse_margin
+from smoe.workbench.measure.rule import Margin
+from smoe.workbench.measure.sequential import SPENDING_DEFAULT, Design, Look, judge_look
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.results.schema import RESULTS_FILE, get, is_finished, load_results, number
 from smoe.workbench.results.verdicts import with_statistics
@@ -36,14 +37,13 @@ from smoe.workbench.tasks import get_task
 @dataclass
 class SequentialConfig:
     """max_seeds: the most seeds an entry gets; first: seeds of the first look; batch: seeds added per look;
-    budget_s: training time the comparison may spend (None: no limit); margin: "2%" or "0.5" (equivalence
-    verdicts; None: better / worse only); alpha: the family's error rate; spending: `Design.spending`."""
+    budget_s: training time the comparison may spend (None: no limit); alpha: the family's error rate; spending:
+    `Design.spending`. The margin (equivalence verdicts) is the comparison's (`CompareConfig.margin`)."""
 
     max_seeds: int
     first: int = 3
     batch: int = 2
     budget_s: float | None = None
-    margin: str | None = None
     alpha: float = 0.05
     spending: str = SPENDING_DEFAULT
 
@@ -51,8 +51,6 @@ class SequentialConfig:
         check_int("max_seeds", self.max_seeds, low=self.first)
         if self.budget_s is not None:
             check_float("budget_s", self.budget_s, low=0.0, low_open=True)
-        if self.margin is not None:
-            parse_margin(self.margin)
 
     def design(self, entries: int) -> Design:
         return Design(self.max_seeds, self.first, self.batch, self.alpha, entries, self.spending)
@@ -84,6 +82,7 @@ def run_sequential(config: CompareConfig, seq: SequentialConfig, command: str = 
     design = seq.design(len(others))
     looks = design.looks()
     higher = get_task(config.task).higher_is_better
+    margin = None if config.margin is None else Margin.parse(config.margin)
     seeds = dict.fromkeys(labels, 0)
     history: dict[str, list[Look]] = {label: [] for label in others}
     open_ = list(others)
@@ -95,7 +94,7 @@ def run_sequential(config: CompareConfig, seq: SequentialConfig, command: str = 
         if k and seq.budget_s is not None and not _fits(config.out, plan, seq.budget_s):
             for label in open_:  # the previous look was the last: read it as such
                 history[label][-1] = _judge(design, history[label][-1].n, _values(config.out), label, baseline,
-                                            higher, seq.margin, last=True)
+                                            higher, margin, last=True)
             break
         seeds = plan
         result = run_compare(planned, command, progress, grid, report=False)
@@ -103,7 +102,7 @@ def run_sequential(config: CompareConfig, seq: SequentialConfig, command: str = 
             return result
         values = _values(config.out)
         for label in open_:
-            history[label].append(_judge(design, n, values, label, baseline, higher, seq.margin, last=False))
+            history[label].append(_judge(design, n, values, label, baseline, higher, margin, last=False))
         if progress:
             said = ", ".join(f"{label} {history[label][-1].verdict}" for label in open_)
             print(f"smoe compare: look {k + 1} of {len(looks)} at {n} seeds: {said}", file=sys.stderr)
@@ -112,12 +111,13 @@ def run_sequential(config: CompareConfig, seq: SequentialConfig, command: str = 
             break
     path = Path(config.out) / RESULTS_FILE
     results = load_results(path)
-    results["sequential"] = section(design, seq, history, _spent(config.out))
+    results["sequential"] = section(design, seq, margin, history, _spent(config.out))
     atomic_write(path, json.dumps(with_statistics(results, baseline), indent=1).encode())
     return dataclasses.replace(result, results=path, report=write_report(config.out).html)
 
 
-def section(design: Design, seq: SequentialConfig, history: Mapping[str, list[Look]], spent_s: float) -> dict:
+def section(design: Design, seq: SequentialConfig, margin: Margin | None, history: Mapping[str, list[Look]],
+            spent_s: float) -> dict:
     """results.json's "sequential": the design and, per entry, its seeds, stop reason, verdict, RCI and looks."""
     entries = {}
     for label, looks in history.items():
@@ -128,20 +128,18 @@ def section(design: Design, seq: SequentialConfig, history: Mapping[str, list[Lo
     return {"rule": "group-sequential paired t, repeated confidence intervals", "alpha": design.alpha,
             "spending": design.spending, "family": design.entries, "first": design.first, "batch": design.batch,
             "max_seeds": design.max_seeds, "looks": list(design.looks()), "bounds": list(design.bounds()),
-            "margin": seq.margin, "budget_s": seq.budget_s, "spent_s": spent_s, "entries": entries}
+            "margin": None if margin is None else str(margin), "budget_s": seq.budget_s, "spent_s": spent_s,
+            "entries": entries}
 
 
 def _judge(design: Design, n: int, values: Mapping[str, dict[int, float]], label: str, baseline: str,
-           higher: bool, margin: str | None, last: bool) -> Look:
+           higher: bool, margin: Margin | None, last: bool) -> Look:
     """The look at n seeds of `label`: a seed without a finished run (failed, diverged) is a nan difference."""
     base = [values[baseline].get(s, float("nan")) for s in range(n)]
     entry = [values[label].get(s, float("nan")) for s in range(n)]
     finite = [b for b in base if b == b]
     level = statistics.fmean(finite) if finite else float("nan")
-    delta = None
-    if margin is not None:
-        value, relative = parse_margin(margin)
-        delta = value * abs(level) if relative else value
+    delta = None if margin is None or level != level else float(margin.absolute(level))
     return judge_look(design, [e - b for e, b in zip(entry, base)], higher, delta,
                       scale=abs(level) if level == level else 1.0, last=last)
 

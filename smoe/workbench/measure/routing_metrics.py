@@ -350,7 +350,9 @@ def drop_top_expert(routing: Routing, renormalize: bool = True) -> Routing:
 
 def routing_summary(routing: Routing, stats: MoEStats | Sequence[MoEStats] | None = None,
                     inputs: Tensor | None = None) -> dict[str, float]:
-    """The per-layer scalars for a metrics log: load imbalance, active experts, entropy, margin, drops, ranks.
+    """The per-layer scalars for a metrics log: load imbalance, active experts, entropy, margin, drops, ranks;
+    "entropy_own": the entropy of the softmax of the router's logits, its own gate before anything mixes or
+    rescales it (where the router has logits; the graph routers' `probs` are the mixed distribution).
 
     Load is taken from `stats` (what the experts processed) when given, else from the routing. `inputs`: the
     router inputs (N, d) for `input_rank`; `feature_rank` uses routing.logits when the router provides them.
@@ -370,4 +372,5 @@ def routing_summary(routing: Routing, stats: MoEStats | Sequence[MoEStats] | Non
         out["input_rank"] = effective_rank(inputs, routing.mask)
     if routing.logits is not None:
         out["feature_rank"] = effective_rank(routing.logits, routing.mask)
+        out["entropy_own"] = routing_entropy(torch.softmax(routing.logits.double(), dim=-1), routing.mask)
     return out

@@ -191,19 +191,6 @@ def read_interval(low: float, high: float, higher_is_better: bool, margin: float
     return "not resolved"
 
 
-def parse_margin(text: str) -> tuple[float, bool]:
-    """--margin: "2%" (of the baseline's mean) -> (0.02, True); "0.5" (in the metric's units) -> (0.5, False)."""
-    body = str(text).strip()
-    relative = body.endswith("%")
-    try:
-        value = float(body[:-1] if relative else body)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"margin must be a positive number, optionally with % (of the baseline's mean), got {text!r}")
-    return (value / 100, True) if relative else (value, False)
-
-
 def run_design(design: Design, d: np.ndarray, margin: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(verdicts (R,), seeds used (R,)) of the design on R sequences of paired differences d: (R, max_seeds), in the
     good direction (higher is better), margin in their units: each row stops at its first deciding look."""

@@ -17,8 +17,10 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from smoe.workbench.document import Block, Bullets, Code, Heading, Image, Table, Text, render_html, render_markdown
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.numbers import NOT_FINITE, format_number, format_spread
 from smoe.workbench.report import plots
 from smoe.workbench.report.routing_plots import report_pictures
@@ -34,7 +36,7 @@ from smoe.workbench.results.schema import (
     records,
     run_label,
 )
-from smoe.workbench.results.verdicts import beats_every_other, with_statistics
+from smoe.workbench.results.verdicts import RECORDED, beats_every_other, with_statistics
 from smoe.workbench.tasks import available_tasks, get_task
 
 MISSING = "missing"
@@ -358,14 +360,17 @@ class ReportFiles:
 
 
 def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLike | None = None,
-                 baseline: str | None = None, vector: bool = True) -> ReportFiles:
+                 baseline: str | None = None, vector: bool = True,
+                 margin: Margin | Literal["recorded"] | None = RECORDED) -> ReportFiles:
     """Write out_dir/report.md, out_dir/report.html and out_dir/plots/ (PNG, and PDF unless vector=False) from a
     comparison's results, with the routing pictures of each router's first seed (read from its run folder,
     `routing_view.json`).
 
     results: a results dict, a results.json path or the directory holding it; out_dir defaults to that
     directory (required for a dict, whose run folders are then read relative to out_dir). The report opens with
-    the verdicts against `baseline` (default: the recorded one, else the first entry), recomputed from the runs.
+    the verdicts against `baseline` (default: the recorded one, else the first entry) with `margin` (default: the
+    recorded one), read from results.json when it was judged that way, else judged again from the runs
+    (`verdicts.with_statistics`: version 1 and 2 files always are).
     """
     if isinstance(results, (str, os.PathLike)):
         base = Path(results) if Path(results).is_dir() else Path(results).parent
@@ -374,7 +379,7 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     else:
         base = Path(out_dir)
     out = Path(out_dir) if out_dir is not None else base
-    results = with_statistics(results, baseline)
+    results = with_statistics(results, baseline, margin=margin)
     rows = summarize(results)
     by_label = group_runs(results)
     finished = {row.label: [run for run in by_label[row.label] if is_finished(run)] for row in rows}

@@ -6,13 +6,15 @@ from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "higher": "tab:blue", "lower": "tab:blue"}
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "higher": "tab:blue", "lower": "tab:blue",
+                  "equivalent": "tab:purple", "non-inferior": "tab:olive", "non-superior": "tab:orange"}
 
 
 def forest(panels: Sequence[tuple[str, Mapping[str, Mapping]]], baseline: str) -> Figure | None:
-    """One panel per (title, label -> comparison of `verdicts.compare_column`): per entry, top to bottom, the mean
-    difference (entry - baseline) with its 95 % interval and a zero line; green better, red worse, grey not resolved.
-    None when no panel has an entry with a finite mean."""
+    """One panel per (title, label -> comparison of `verdicts.judge_columns`): per entry, top to bottom, the mean
+    difference (entry - baseline) with its interval at the level it was judged at, a zero line and the margins
+    (dashed) where there are; green better, red worse, purple equivalent, olive non-inferior, orange non-superior,
+    grey not resolved. None when no panel has an entry with a finite mean."""
     panels = [(title, {label: c for label, c in entries.items() if c.get("mean") is not None})
               for title, entries in panels]
     panels = [(title, entries) for title, entries in panels if entries]
@@ -29,8 +31,11 @@ def forest(panels: Sequence[tuple[str, Mapping[str, Mapping]]], baseline: str) -
                 ax.plot([low, high], [y, y], color=color, linewidth=2)
             ax.plot([c["mean"]], [y], "o", color=color)
         ax.axvline(0.0, color="black", linewidth=0.8)
+        for margin in {c["margin"] for c in entries.values() if c.get("margin")}:
+            for side in (-margin, margin):
+                ax.axvline(side, color="black", linewidth=0.6, linestyle="--")
         ax.set_yticks(range(len(entries)), list(reversed(entries)))
         ax.set_ylim(-0.7, len(entries) - 0.3)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel(f"difference vs {baseline} (95 % CI)")
+        ax.set_xlabel(f"difference vs {baseline} (interval at the judged level)")
     return fig

@@ -22,7 +22,8 @@ from smoe.workbench.results.schema import get, number, numbers, records
 
 # routing.layers[*] scalars, averaged over layers -> column title
 ROUTING_SCALARS = {
-    "load_cv": "load CV", "max_over_mean": "max/mean load", "entropy": "entropy", "margin": "margin",
+    "load_cv": "load CV", "max_over_mean": "max/mean load", "entropy": "entropy", "entropy_own": "entropy (own gate)",
+    "margin": "margin",
     "active_experts": "active experts", "dropped_fraction": "dropped", "effective_rank_input": "eff. rank input",
     "effective_rank_router": "eff. rank router",
 }

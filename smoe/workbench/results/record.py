@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from smoe._files import atomic_write
+from smoe.workbench.measure.rule import Margin
 from smoe.workbench.results.schema import RESULTS_FILE, SCHEMA_VERSION
 from smoe.workbench.results.verdicts import with_statistics
 from smoe.workbench.run.analysis import ANALYSIS_FILE
@@ -24,7 +25,7 @@ from smoe.workbench.train.run_folder import DamagedFileError, read_json, read_js
 
 def collect_run(entry: Entry, seed: int, run_dir: Path, out: Path, metric_key: str, status: str,
                 error: str | None) -> dict:
-    """The run's record in results.json (schema v2), from the files in its folder; a damaged file makes it a
+    """The run's record in results.json (`schema`), from the files in its folder; a damaged file makes it a
     failed run (the error names the file and line)."""
     record: dict = {"router": entry.router, "label": entry.label, "seed": seed, "options": entry.describe(),
                     "run_dir": str(run_dir.relative_to(out)), "status": status, "error": error}
@@ -82,15 +83,15 @@ def machine(device: str) -> dict:
 
 
 def write_results(out: str | Path, task: str, preset: str, device: str, entries: Sequence[str], baseline: str,
-                  records: list[dict], command: str) -> Path:
+                  records: list[dict], command: str, margin: Margin | None = None) -> Path:
     """Write out/results.json (schema `SCHEMA_VERSION`): the run records of `entries` (labels, in order) with the
-    paired statistics against `baseline`."""
+    verdicts against `baseline` (with `margin`, `verdicts.with_statistics`)."""
     spec = get_task(task)
     results = {"schema": SCHEMA_VERSION, "task": task, "preset": preset, "command": command,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "metric": {"name": spec.metric_key, "higher_is_better": spec.higher_is_better},
                "machine": machine(device), "runs": records, "entries": list(entries)}
-    results = with_statistics(results, baseline)
+    results = with_statistics(results, baseline, margin=margin)
     path = Path(out) / RESULTS_FILE
     atomic_write(path, json.dumps(results, indent=1).encode())  # NaN / inf stay numbers, as the schema allows
     return path

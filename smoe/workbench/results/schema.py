@@ -1,9 +1,9 @@
 """The `results.json` of a comparison (`smoe compare`): schema, loading, and field access that tolerates gaps.
 
-Schema version 2 (every field of a run may be missing: a router without aux loss, a task without labels, a
+Schema version 3 (every field of a run may be missing: a router without aux loss, a task without labels, a
 failed run; readers show what is there and say what is missing):
 
-    {"schema": 2, "task": str, "preset": str, "command": str, "created": str (ISO 8601),
+    {"schema": 3, "task": str, "preset": str, "command": str, "created": str (ISO 8601),
      "metric": {"name": str, "higher_is_better": bool},            # the task's headline metric
      "machine": {"cpu": str, "threads": int, "torch": str, "device": str},
      "runs": [{
@@ -13,7 +13,7 @@ failed run; readers show what is there and say what is missing):
         "curve": [{"step": int, "valid_loss": float, "metric": float}, ...],      # validation over training
         "final": {"metric": float, "valid_loss": float, ...},                    # extra keys: extra columns
         "routing": {
-          "layers": [{"layer": int, "load": [E floats], "load_cv", "max_over_mean", "entropy", "margin",
+          "layers": [{"layer": int, "load": [E floats], "load_cv", "max_over_mean", "entropy", "entropy_own", "margin",
                       "active_experts", "dropped_fraction", "effective_rank_input", "effective_rank_router": float,
                       "specialization_nmi": {label_name: float}}],
           "fluctuation": [{"step": int, "top1": [per-layer floats], "topk_set": [per-layer floats]}],
@@ -22,18 +22,27 @@ failed run; readers show what is there and say what is missing):
         "robustness": [{"corruption": str, "level": int, "severity": float, "metric": float}],
         "eval_sd": float,                     # bootstrap sd of final.metric over the run's test samples
         "latent": {"points": [[x, y], ...], "expert": [int, ...], "label": [int, ...]}}],   # optional (VAE)
-     # paired statistics against the baseline (`smoe.workbench.results.verdicts`), new in version 2:
+     # verdicts against the baseline (`smoe.workbench.results.verdicts`; version 2 had comparisons and noise only):
      "entries": [label, ...],                 # the comparison's entries, in order
      "baseline": label,                       # what every other entry is compared with (default: the first)
-     "comparisons": {column key: {label: {"n", "differences", "mean", "sd", "ci_low", "ci_high", "p_value", "test",
-                     "p_t", "p_sign_flip", "p_adjusted", "verdict", "mdd", "seeds_needed", "seeds", "direction",
-                     "baseline"}}},           # every entry but the baseline; keys: `smoe.workbench.results.columns`
-     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation"}}   # of the headline metric
+     "alpha": float, "margin": "2%" | "0.5" | null,     # the level and the margin (of the baseline, or absolute)
+     "families": {"headline" | "robustness" | "routing": {"columns": [key, ...], "size": int, "adjustment": str,
+                  "alpha": float, "margin": str | null, "rule": str}},   # each family's rule, stated
+     "comparisons": {column key: {label: {
+        "n", "differences", "seeds",          # the paired seeds where both finished with a finite value
+        "diverged_seeds", "baseline_diverged_seeds",      # seeds where the entry / the baseline diverged or failed
+        "mean", "sd", "test" ("t" | "sign-flip"), "p_value" (raw), "p_adjusted", "level" (judged at),
+        "ci_low", "ci_high",                  # the interval at confidence 1 - level, of the test that decides
+        "verdict", "family", "family_size", "adjustment", "alpha", "margin" (metric units), "margin_spec",
+        "d_z", "relative" (% of the baseline), "prob_improvement", "prob_improvement_low", "prob_improvement_high",
+        "mdd", "seeds_needed", "note", "direction", "baseline"}}},   # every entry but the baseline
+     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation", "comparable": bool}}
 
 `label` tells apart runs of one router with different options; runs are grouped by label (router name when
 there is no label). Only runs with status "done" (or no status) enter tables and plots. NaN and infinities
 may appear (a diverged run); they are kept as floats so that readers can show them as "n/a". Version 1 files (no
-entries, baseline, comparisons, noise, eval_sd) still load; `verdicts.with_statistics` computes what they lack.
+entries, baseline, comparisons, noise, eval_sd) and version 2 files (verdicts by an older rule) still load;
+`verdicts.with_statistics` judges them again.
 """
 
 from __future__ import annotations
@@ -44,8 +53,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 RESULTS_FILE = "results.json"
 NOT_FINISHED = ("failed", "skipped")
 

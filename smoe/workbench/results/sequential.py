@@ -12,8 +12,9 @@ RULE = "group-sequential"
 
 def apply_sequential(results: Mapping) -> dict:
     """results with comparisons["final.metric"][label] taken from sequential["entries"][label]: the seeds of its last
-    look (0..n-1), their differences, mean and sd, the verdict and its interval; no p-value, MDD or seeds needed
-    (the rule has none at a fixed n). Unchanged without a "sequential" section."""
+    look (0..n-1), their differences, mean and sd, the verdict and its interval (at level alpha / entries, holding
+    over every look); no p-value, MDD or seeds needed (the rule has none at a fixed n). Unchanged without a
+    "sequential" section."""
     section = results.get("sequential")
     headline = (results.get("comparisons") or {}).get("final.metric")
     if not section or not headline:
@@ -30,5 +31,7 @@ def apply_sequential(results: Mapping) -> dict:
         column[label] = {**c, "n": len(keep), "seeds": [c["seeds"][i] for i in keep], "differences": differences,
                          "mean": last["mean"], "sd": last["sd"], "ci_low": e["ci_low"], "ci_high": e["ci_high"],
                          "verdict": e["verdict"], "test": RULE, "p_value": None, "p_adjusted": None, "mdd": None,
-                         "seeds_needed": None, "stop": e["stop"]}
+                         "seeds_needed": None, "level": section["alpha"] / section["family"],
+                         "adjustment": "bonferroni", "family_size": section["family"], "stop": e["stop"],
+                         "note": f"stopped: {e['stop']}"}
     return {**results, "comparisons": {**results["comparisons"], "final.metric": column}}

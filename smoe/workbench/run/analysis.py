@@ -50,7 +50,8 @@ ANALYSIS_FILE = "analysis.json"
 # routing_summary key -> results.json schema key
 SCHEMA_KEYS = {"load_cv": "load_cv", "load_max_over_mean": "max_over_mean", "entropy": "entropy", "margin": "margin",
                "active_experts": "active_experts", "dropped_fraction": "dropped_fraction",
-               "input_rank": "effective_rank_input", "feature_rank": "effective_rank_router"}
+               "input_rank": "effective_rank_input", "feature_rank": "effective_rank_router",
+               "entropy_own": "entropy_own"}
 
 
 def layer_metrics(index: int, routing: Routing, stats: list[MoEStats], inputs: torch.Tensor,

@@ -14,7 +14,15 @@ from smoe._validate import check_choice, check_int
 from smoe.data.batches import lm_batches, tensor_batches
 from smoe.data.bbc import load_bbc
 from smoe.data.corrupt import corrupt, corrupt_tokens
-from smoe.data.text import TextCorpus, classification_tensors, get_tokenizer, lm_streams, load_text, stream_labels
+from smoe.data.text import (
+    TextCorpus,
+    classification_tensors,
+    get_tokenizer,
+    lm_streams,
+    load_text,
+    stream_documents,
+    stream_labels,
+)
 from smoe.models import LM, LMConfig
 from smoe.workbench.measure.probe import Probe, probe_batches, spread
 from smoe.workbench.tasks.base import (
@@ -78,31 +86,41 @@ def unigram_perplexity(train: Tensor, target: Tensor, vocab_size: int) -> float:
     return math.exp(-float(logp[target].mean()))
 
 
-def eval_windows(stream: Tensor, seq_len: int, max_tokens: int) -> Tensor:
-    """Non-overlapping windows (n, seq_len + 1) of the stream (consecutive windows share one token)."""
-    n = (stream.numel() - 1) // seq_len
+def window_index(length: int, seq_len: int, max_tokens: int) -> Tensor:
+    """(n, seq_len + 1) positions of the non-overlapping windows over a stream of `length` tokens (consecutive
+    windows share one token), at most max_tokens // seq_len of them when max_tokens."""
+    n = (length - 1) // seq_len
     if max_tokens:
         n = min(n, max(max_tokens // seq_len, 1))
     if n < 1:
-        raise ValueError(f"the evaluation stream has {stream.numel()} tokens, fewer than seq_len + 1 = {seq_len + 1}")
-    idx = torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)
-    return stream[idx]
+        raise ValueError(f"the evaluation stream has {length} tokens, fewer than seq_len + 1 = {seq_len + 1}")
+    return torch.arange(n)[:, None] * seq_len + torch.arange(seq_len + 1)
+
 
 
 @torch.no_grad()
 def window_losses(model: nn.Module, windows: Tensor, batch_size: int, generator: torch.Generator,
-                  scored: Tensor | None = None) -> SampleScores:
+                  scored: Tensor | None = None, groups: Tensor | None = None) -> SampleScores:
     """Per window of windows: (n, T + 1), on the CPU: the summed next-token cross-entropy of the targets where
-    scored: (n, T) is True, and their number; their exp(sum / count) is the perplexity."""
+    scored: (n, T) is True, and their number; their exp(sum / count) is the perplexity. groups: (n, T) long, the
+    sample each target belongs to (its document): the sums per group instead, so that a bootstrap over the
+    samples resamples documents, not windows (tokens of one document are not independent)."""
     device, totals, counts = model_device(model), [], []
     scored = torch.ones_like(windows[:, 1:], dtype=torch.bool) if scored is None else scored
     for w, keep in tensor_batches(windows, scored, batch_size=batch_size, shuffle=False):
         w, keep = w.to(device), keep.to(device)
         logits = model(w[:, :-1], generator=generator).logits.float()
         ce = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten(), reduction="none").view_as(keep)
-        totals.append(torch.where(keep, ce.double(), 0.0).sum(1).cpu())  # an unscored inf never leaks in
-        counts.append(keep.sum(1).double().cpu())
-    return SampleScores(torch.cat(totals).numpy(), torch.cat(counts).numpy(), exp=True)
+        totals.append(torch.where(keep, ce.double(), 0.0).cpu())  # an unscored inf never leaks in
+        counts.append(keep.double().cpu())
+    total, count = torch.cat(totals), torch.cat(counts)
+    if groups is None:
+        return SampleScores(total.sum(1).numpy(), count.sum(1).numpy(), exp=True)
+    _, group = torch.unique(groups.flatten(), return_inverse=True)
+    size = int(group.max()) + 1
+    return SampleScores(torch.zeros(size, dtype=torch.float64).index_add_(0, group, total.flatten()).numpy(),
+                        torch.zeros(size, dtype=torch.float64).index_add_(0, group, count.flatten()).numpy(),
+                        exp=True)
 
 
 def next_token_loss(model: nn.Module, windows: Tensor, batch_size: int, generator: torch.Generator,
@@ -118,7 +136,8 @@ def build_language_model(run, corpus: TextCorpus) -> TaskSetup:
     streams = lm_streams(corpus, tokenizer)
     config = run.model_config(vocab_size=tokenizer.get_vocab_size(), max_len=data.seq_len)
     model = LM(config)
-    windows = {s: eval_windows(streams[s], data.seq_len, data.eval_tokens) for s in ("valid", "test")}
+    index = {s: window_index(streams[s].numel(), data.seq_len, data.eval_tokens) for s in ("valid", "test")}
+    windows = {s: streams[s][i] for s, i in index.items()}
     unigram = {s: unigram_perplexity(streams["train"], w[:, 1:].reshape(-1), config.vocab_size)
                for s, w in windows.items()}
     probe = None
@@ -154,7 +173,9 @@ def build_language_model(run, corpus: TextCorpus) -> TaskSetup:
         return {"loss": ce, "perplexity": math.exp(ce), "unigram_perplexity": unigram[split]}
 
     def scores(model: nn.Module, split: str, generator: torch.Generator) -> SampleScores:
-        return window_losses(model, windows[split], data.eval_batch_size, generator)
+        """Per document (article) of the split: its windows' targets summed."""
+        documents = stream_documents(corpus, tokenizer, split)[index[split][:, 1:]]
+        return window_losses(model, windows[split], data.eval_batch_size, generator, groups=documents)
 
     return TaskSetup(model, config, train_batches, loss, evaluate, probe, scores)
 
