@@ -15,6 +15,7 @@ from smoe.workbench.claims.claim import CLAIMS, COMPARISONS
 from smoe.workbench.claims.run import DEFAULT_OUT, judge_folder, run_claims, write_summary
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
+from smoe.workbench.grid.sequential import SequentialConfig, parse_budget, run_sequential
 from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.comparison import write_report
 from smoe.workbench.report.export import columns_table, robustness_table, write_tables
@@ -165,8 +166,6 @@ def _specs(text: str) -> list[str]:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train, evaluate and analyse entries x seeds on one task; write results.json and the report."""
     import shlex
-
-    from smoe.workbench.grid.sequential import SequentialConfig, parse_budget, run_sequential
 
     try:
         auto = args.seeds == "auto"
