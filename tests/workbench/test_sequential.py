@@ -21,7 +21,7 @@ from smoe.workbench.measure.sequential import (
     simulate,
     spent,
 )
-from smoe.workbench.report.verdict_section import sequential_blocks
+from smoe.workbench.report.verdict_section import sequential_blocks, verdict_table
 from smoe.workbench.results.record import write_results
 from smoe.workbench.results.schema import load_results
 from smoe.workbench.run.entry import parse_entries
@@ -173,6 +173,7 @@ def test_a_crippled_entry_resolves_worse_in_the_first_batch_and_a_null_one_runs_
     assert headline["crippled"]["verdict"] == "worse" and headline["crippled"]["test"] == "group-sequential"
     assert headline["crippled"]["n"] == 3 and headline["crippled"]["p_adjusted"] is None
     assert headline["crippled"]["ci_low"] == seq["crippled"]["ci_low"]
+    assert verdict_table(results, "final.metric").rows[0][-1] == "n/a"  # no fixed-n seeds needed
     text, table = sequential_blocks(results)
     assert "repeated confidence intervals" in text.text and table.rows[0][:5] == ["crippled", "3", "3",
                                                                                   "decided", "worse"]

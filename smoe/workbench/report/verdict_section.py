@@ -56,6 +56,8 @@ def _improvement(c: Mapping) -> str:
 
 
 def _seeds_needed(c: Mapping) -> str:
+    if c.get("test") == "group-sequential":  # the sequential rule adds seeds itself
+        return "n/a"
     if c.get("seeds_needed") is not None:
         return str(c["seeds_needed"])
     return "n/a" if c.get("sd") is None else "> 1000"
@@ -93,7 +95,8 @@ def sequential_blocks(results: Mapping) -> list[Block]:
     budget = "" if seq.get("budget_s") is None else (
         f"; budget {seq['budget_s'] / 3600:.2f} h of training, {seq['spent_s'] / 3600:.2f} h spent")
     text = (f"Seeds until the answer is known: the headline verdicts above are the group-sequential rule's (looks at "
-            f"{', '.join(map(str, seq['looks']))} seeds, alpha {seq['alpha']:g} over {seq['family']} entries, "
+            f"{', '.join(map(str, seq['looks']))} seeds, alpha {seq['alpha']:g} over {seq['family']} "
+            f"{'entry' if seq['family'] == 1 else 'entries'}, "
             f"{seq['spending']} spending{'' if seq.get('margin') is None else ', margin ' + seq['margin']}{budget}); "
             "their intervals are repeated confidence intervals, which hold at every look together, and there is no "
             "fixed-seed p-value. Details: docs/metrics.md.")
