@@ -28,6 +28,7 @@ from smoe.workbench.claims.run import run_claims, write_claims_across, write_sum
 from smoe.workbench.claims.table import CLAIMS_END, CLAIMS_START, DEFAULT_DOC, update_doc
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
+from smoe.workbench.grid.sequential import SequentialConfig, parse_budget, run_sequential
 from smoe.workbench.grid.tune import TUNE_SEED_START, parse_tune
 from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.across_tasks import write_across
@@ -176,15 +177,28 @@ def _specs(text: str) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train, evaluate and analyse entries x seeds on one task; write results.json and the report."""
-    config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
-                           preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
-                           corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
-                           baseline=args.baseline, margin=args.margin,
+    auto = args.seeds == "auto"
+    seeds = int(args.seeds) if not auto and args.seeds.isdigit() else None
+    if not auto and (seeds is None or seeds < 1):
+        raise ValueError(f"--seeds must be a positive int or 'auto', got {args.seeds!r}")
+    if not auto and (args.max_seeds is not None or args.budget is not None):
+        raise ValueError("--max-seeds and --budget go with --seeds auto")
+    if auto and args.tune:
+        raise ValueError("--tune goes with a fixed --seeds (tune first, then compare with --seeds auto)")
+    config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out,
+                           seeds=(args.max_seeds or 10) if auto else seeds, preset=args.preset, steps=args.steps,
+                           overrides=args.set or [], device=args.device, corruptions=args.corrupt,
+                           capacities=args.capacity or [], bpr=args.bpr, baseline=args.baseline, margin=args.margin,
                            tune=parse_tune(args.tune, args.tune_seeds) if args.tune else None)
     command = recorded_command("compare", args.argv)
     if hint := thread_hint():
         print(hint, file=sys.stderr)
-    result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
+    if auto:
+        seq = SequentialConfig(max_seeds=args.max_seeds or 10,
+                               budget_s=None if args.budget is None else parse_budget(args.budget))
+        result = run_sequential(config, seq, command=command, progress=not args.no_progress, grid=grid_config(args))
+    else:
+        result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
     if result.interrupted is not None:
         print(f"interrupted; {result.results} holds the runs so far; run the same command again to resume",
               file=sys.stderr)
@@ -346,7 +360,13 @@ def add_compare_parser(sub) -> None:
                    help="one of: " + ", ".join(available_tasks()))
     p.add_argument("--routers", required=True, metavar="ENTRIES",
                    help="comma-separated entries, e.g. topk,xmoe,ssr:p=0.1,topk+rule=momentum (syntax below)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every entry (default 3)")
+    p.add_argument("--seeds", default="3", metavar="N|auto",
+                   help="seeds 0..N-1 of every entry (default 3); auto: 3 seeds, then 2 more at a time to the entries "
+                        "not yet decided, under a group-sequential rule (docs/metrics.md)")
+    p.add_argument("--max-seeds", type=int, default=None, metavar="N", help="with --seeds auto: at most N (default 10)")
+    p.add_argument("--budget", default=None, metavar="TIME",
+                   help="with --seeds auto: training time the runs may take in all (90m, 2h); no batch starts that "
+                        "would overrun it")
     p.add_argument("--preset", default="tiny", help="tiny (default); each task's presets are listed below")
     p.add_argument("--steps", type=int, default=None, help="the preset's schedule compressed to N steps")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")
@@ -366,7 +386,8 @@ def add_compare_parser(sub) -> None:
                    help=f"tuning seeds per value ({TUNE_SEED_START}..; default 1); the pick has the best mean")
     p.add_argument("--margin", metavar="M", default=None,
                    help="the difference that does not matter, '2%%' of the baseline's mean or an absolute '0.5': "
-                        "adds the verdicts equivalent, non-inferior and non-superior (default: none)")
+                        "adds the verdicts equivalent, non-inferior and non-superior (default: none); with --seeds "
+                        "auto an entry may stop as equivalent")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     add_grid_arguments(p)

@@ -43,7 +43,7 @@ def test_run_config_serialises_to_yaml():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"task": "nope"}, "unknown task 'nope'; available tasks: cls-bbc, digits"),
-    ({"task": "digits", "preset": "huge"}, "preset must be one of \\['tiny', 'medium', 'small'\\]"),
+    ({"task": "digits", "preset": "huge"}, "preset must be one of \\['tiny', 'medium', 'small', 'decisive'\\]"),
     ({"task": "digits", "router": "nope"}, "router must be one of"),
     ({"task": "digits", "device": "tpu"}, "device"),
     ({"task": "digits", "seed": -1}, "seed must be >= 0"),

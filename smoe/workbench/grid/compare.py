@@ -46,7 +46,8 @@ class CompareConfig:
     label every other entry is compared with (`workbench.results.verdicts`; None: the first entry); margin: the
     difference that does not matter, "2%" of the baseline or an absolute "0.5" (`measure.rule.Margin`), for the
     equivalence and non-inferiority verdicts; tune: what each entry picks on the validation split before the
-    comparison runs (`workbench.grid.tune`; None: nothing)."""
+    comparison runs (`workbench.grid.tune`; None: nothing); entry_seeds: label -> seeds of that entry where it
+    runs fewer than `seeds` (a sequential comparison's plan)."""
 
     task: str
     entries: list[Entry]
@@ -62,6 +63,7 @@ class CompareConfig:
     baseline: str | None = None
     margin: str | None = None
     tune: Tuning | None = None
+    entry_seeds: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         task = get_task(self.task)
@@ -83,6 +85,14 @@ class CompareConfig:
             self.baseline = labels[0]
         elif self.baseline not in labels:
             raise ValueError(f"baseline must be the label of an entry ({', '.join(labels)}); got {self.baseline!r}")
+        for label, seeds in self.entry_seeds.items():
+            if label not in labels:
+                raise ValueError(f"entry_seeds must name entries ({', '.join(labels)}); got {label!r}")
+            check_int(f"entry_seeds[{label!r}]", seeds, low=1, high=self.seeds)
+
+    def seeds_of(self, label: str) -> int:
+        """Seeds 0..n-1 of entry `label`: its entry_seeds, else `seeds`."""
+        return self.entry_seeds.get(label, self.seeds)
 
     def schedule_overrides(self) -> list[str]:
         """--steps N as overrides (`compressed_schedule`); none without --steps."""
@@ -124,7 +134,7 @@ def grid_runs(config: CompareConfig) -> list[GridRun]:
     is trained or written."""
     out = Path(config.out)
     grid = [GridRun(config, entry, seed, config.run_config(entry, seed), out / "runs" / f"{entry.folder}-s{seed}")
-            for seed in range(config.seeds) for entry in config.entries]
+            for seed in range(config.seeds) for entry in config.entries if seed < config.seeds_of(entry.label)]
     for one in grid:
         if (one.run_dir / "config.yaml").exists():
             check_same_config(one.run, one.run_dir)
@@ -177,12 +187,13 @@ class CompareResult:
 
 
 def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
-                grid: GridConfig | None = None) -> CompareResult:
+                grid: GridConfig | None = None, report: bool = True) -> CompareResult:
     """Train, evaluate and analyse every (entry, seed) of `config` on the executor `grid` says (default: one run
     after another in this process; `smoe.workbench.grid.jobs`), then write results.json and the report. results.json is
     rewritten as runs end. A run that raises is recorded as failed and the grid goes on; an interrupted grid
     (SIGINT/SIGTERM: running trainings checkpoint and stop) records the runs not done as skipped. The comparison
-    folder is held (one writer) throughout, each run folder by the process that runs it.
+    folder is held (one writer) throughout, each run folder by the process that runs it. report=False: no report
+    (a sequential comparison writes it after its last look).
 
     With `config.tune`, the tuning runs come first (`workbench.grid.tune.run_tuning`, on the same executor); an
     interrupted tuning returns with DIR/tune/tuning.json as its results, and the comparison runs at the picks."""
@@ -199,13 +210,13 @@ def run_compare(config: CompareConfig, command: str = "", progress: bool = True,
                 return CompareResult(tuning.path, None, tuning.failed, tuning.interrupted)
             config = tuning.apply(config)
             runs = grid_runs(config)
-        result = _run_grid(config, command, progress, runs, grid, tuning and tuning.record)
+        result = _run_grid(config, command, progress, runs, grid, tuning and tuning.record, report)
         result.failed[:0] = tuning.failed if tuning is not None else []
         return result
 
 
 def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[GridRun], grid: GridConfig,
-              tuning: dict | None) -> CompareResult:
+              tuning: dict | None, report: bool) -> CompareResult:
     out = Path(config.out)
     metric_key = get_task(config.task).metric_key
 
@@ -218,8 +229,8 @@ def _run_grid(config: CompareConfig, command: str, progress: bool, runs: list[Gr
     for i in range(len(runs)):  # what the executor did not finish: the grid was interrupted
         ran.records.setdefault(i, record(i, "skipped", "not finished: the comparison was interrupted"))
     path = _write(config, [ran.records[i] for i in sorted(ran.records)], command, tuning, ran.jobs, code)
-    report = None if ran.interrupted is not None else write_report(out).html  # the margin results.json records
-    return CompareResult(results=path, report=report, failed=ran.failed, interrupted=ran.interrupted)
+    page = None if ran.interrupted is not None or not report else write_report(out).html  # the margin recorded
+    return CompareResult(results=path, report=page, failed=ran.failed, interrupted=ran.interrupted)
 
 
 def _write(config: CompareConfig, records: list[dict], command: str, tuning: dict | None, jobs: int | str,

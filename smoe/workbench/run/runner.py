@@ -15,6 +15,7 @@ from smoe.plugins import provenance
 from smoe.workbench.measure.probe import TRACE_FILE, RoutingTrace
 from smoe.workbench.run.config import RunConfig, check_device, run_config_from_dict
 from smoe.workbench.tasks import TaskSetup, get_task
+from smoe.workbench.train.averaging import load_averaged
 from smoe.workbench.train.checkpoint import checkpoint_path, load_checkpoint, load_module_tensors, reading_state
 from smoe.workbench.train.data_parallel import ParallelConfig, prepare_model, process_group, run_world_size
 from smoe.workbench.train.run_folder import hold_folder, read_yaml
@@ -94,8 +95,9 @@ def load_run(run_dir: str | Path, device: str | None = None,
              step: int | None = None) -> tuple[RunConfig, TaskSetup, int]:
     """(run config, task set-up, checkpoint step) of a run folder of `smoe train` or `smoe compare`.
 
-    The set-up's model has the weights of checkpoint `step` (default: the latest) and is in eval mode on `device`
-    (default: the run's); data, loss and evaluation are the task's.
+    The set-up's model has the weights of checkpoint `step` (default: the latest; their moving average where the
+    run's final metric reads it, `train.eval_weights="ema"`) and is in eval mode on `device` (default: the run's);
+    data, loss and evaluation are the task's.
     """
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
@@ -111,6 +113,9 @@ def load_run(run_dir: str | Path, device: str | None = None,
     with reading_state(checkpoint_path(run_dir / "checkpoints", state["step"])):
         load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                             state["aliases"])
+        if run.train.eval_weights == "ema":
+            load_averaged(setup.model, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")},
+                          run.train.ema_decay, state["step"])
     setup.model.to(run.device).eval()
     return run, setup, state["step"]
 

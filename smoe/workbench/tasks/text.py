@@ -236,9 +236,13 @@ _LM_SMALL = {
     "train": {"steps": 5000, "schedule_steps": 5000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 200,
               "eval_every": 500, "checkpoint_every": 1000},
 }
+_LM_DECISIVE = {  # the noise study's choice (docs/results.md, "Noise study"): medium, read from the weight average
+    **_LM_MEDIUM, "train": {**_LM_MEDIUM["train"], "ema_decay": 0.99, "eval_weights": "ema"},
+}
 _LM_TASK = {"data_config": TextDataConfig, "model_config": LMConfig,
             "metric": "perplexity (valid/test) against the unigram perplexity",
-            "presets": {"tiny": _LM_TINY, "medium": _LM_MEDIUM, "small": _LM_SMALL}, "build": build_language_model,
+            "presets": {"tiny": _LM_TINY, "medium": _LM_MEDIUM, "small": _LM_SMALL, "decisive": _LM_DECISIVE},
+            "build": build_language_model,
             "derived": {"vocab_size": 2, "max_len": 2, "num_classes": None},
             "metric_key": "perplexity", "higher_is_better": False, "corruptions": ("substitute", "insert"),
             "trivial_key": "unigram_perplexity"}

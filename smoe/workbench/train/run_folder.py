@@ -10,6 +10,7 @@
 - **JSON and YAML files** (`final.json`, `eval.json`, `analysis.json`, `config.yaml`): `read_json` / `read_yaml`
   raise `DamagedFileError` naming the file (and line) instead of a parser's traceback; so do all three readers
   for a file that is a folder, not UTF-8 or unreadable.
+- **The metrics log**: `RunLog` appends to `metrics.jsonl` and TensorBoard (`NoLog` on ranks that write nothing).
 - **Temporary files** of an interrupted atomic write (`.<name>.tmp-<pid>`) are removed by `remove_temp_files` when
   the next writer starts: `hold_folder` removes those in the folder itself, the Trainer those of a run folder's
   sub-folders (checkpoints/).
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from smoe._files import read_text
+from smoe._files import atomic_write, read_text
 
 LOCK_FILE = ".smoe.lock"
 TEMP_GLOB = ".*.tmp-*"  # the temporary names of `smoe.workbench.train.checkpoint.atomic_write`
@@ -184,3 +185,44 @@ def _where(e: Exception) -> str:
     if isinstance(e, json.JSONDecodeError):
         return f"line {e.lineno} column {e.colno}: {e.msg}"
     return str(e)
+
+
+class RunLog:
+    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb_dir`, default `folder/tb`).
+
+    Starting at `start_step`, the log is cut back to what it held when that step's checkpoint was written: its
+    first `records` records (the checkpoint's count), or without a count every record up to start_step. `count` is
+    the number of records in the log."""
+
+    def __init__(self, folder: Path, start_step: int, records: int | None = None, tb_dir: Path | None = None):
+        self.path = folder / "metrics.jsonl"
+        self.count = 0
+        if self.path.exists():  # a torn last line is dropped with a warning
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step][:records]
+            atomic_write(self.path, jsonl_bytes(kept))
+            self.count = len(kept)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(tb_dir or folder / "tb"), purge_step=start_step + 1)
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.count += 1
+        for name, value in values.items():
+            self.tb.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+class NoLog:
+    """RunLog's interface on ranks other than 0, which write no files (and outside training)."""
+
+    count = 0
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

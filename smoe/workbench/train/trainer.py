@@ -32,7 +32,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -41,10 +41,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from smoe._files import atomic_write
-from smoe._validate import check_bool, check_float, check_int
+from smoe._validate import check_bool, check_choice, check_float, check_int
 from smoe.data.batches import map_tensors
 from smoe.layer import MoEOutput, moe_layers
 from smoe.models.common import aux_losses
+from smoe.workbench.train.averaging import WeightAverage, mean_of, tail_steps
 from smoe.workbench.train.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -59,20 +60,15 @@ from smoe.workbench.train.checkpoint import (
     reading_state,
 )
 from smoe.workbench.train.data_parallel import DataParallel, SingleProcess
-from smoe.workbench.train.run_folder import (
-    hold_folder,
-    jsonl_bytes,
-    read_json,
-    read_jsonl,
-    read_yaml,
-    remove_temp_files,
-)
+from smoe.workbench.train.run_folder import NoLog, RunLog, hold_folder, read_json, read_yaml, remove_temp_files
 from smoe.workbench.train.signals import StopSignals
 
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
 MAX_RATE = 1e3  # the largest lr and weight_decay (far above any useful value)
 # paths of the run config a resume may change: the steps (extending a run), the provenance (which code ran)
 MAY_CHANGE_ON_RESUME = frozenset({("train", "steps"), ("provenance",)})
+SCHEDULES = ("cosine", "wsd")
+EVAL_WEIGHTS = ("last", "ema")
 
 
 def derived_seed(seed: int, stream: int) -> int:
@@ -83,11 +79,19 @@ def derived_seed(seed: int, stream: int) -> int:
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping. `steps` is where training stops; the learning-rate schedule runs over
-    `schedule_steps` (warm-up, cosine to min_lr_ratio * lr, then flat) whatever `steps` is, so that a run can be
-    extended exactly with resume. 0 for eval_every / checkpoint_every: only at the end; grad_clip 0: off.
-    lr and weight_decay at most MAX_RATE, beta1 and beta2 in [0, 1) (AdamW's update stays finite).
-    compile: run the training steps' forward under torch.compile (evaluation, hooks and checkpoints use the
-    uncompiled module: the same parameters, the same state dict keys)."""
+    `schedule_steps` whatever `steps` is, so that a run can be extended exactly with resume: linear warm-up, then
+    `schedule` "cosine" (cosine to min_lr_ratio * lr) or "wsd" (warmup-stable-decay: lr until the last
+    decay_fraction of the steps after warm-up, then linear to min_lr_ratio * lr), then flat. 0 for eval_every /
+    checkpoint_every: only at the end; grad_clip 0: off. compile: run the training steps' forward under
+    torch.compile (evaluation, hooks and checkpoints use the uncompiled module: the same parameters, the same
+    state dict keys). lr and weight_decay at most MAX_RATE, beta1 and beta2 in [0, 1) (AdamW's update stays
+    finite).
+
+    The final metric (final.json, and so a comparison's headline): ema_decay > 0 keeps an exponential moving
+    average of the weights (`workbench.train.averaging`, checkpointed); eval_weights "last" or "ema" says which
+    weights are evaluated (and what `load_run` loads); tail_evals > 1 makes it the mean of the last tail_evals
+    evaluations (the final one and the periodic ones before it, each on valid and test). With the defaults
+    (0, "last", 1) a run is what it was before these options existed."""
 
     steps: int = 1000
     schedule_steps: int = 1000
@@ -105,6 +109,11 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     compile: bool = False
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
+    ema_decay: float = 0.0
+    eval_weights: str = "last"
+    tail_evals: int = 1
 
     def __post_init__(self):
         for name in ("steps", "schedule_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -121,15 +130,34 @@ class TrainConfig:
         check_bool("compile", self.compile)
         for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip"):
             setattr(self, name, float(getattr(self, name)))  # beta1: 0 from a YAML file is a float to AdamW
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_float("decay_fraction", self.decay_fraction, low=0.0, high=1.0, low_open=True)
+        check_float("ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
+        check_choice("eval_weights", self.eval_weights, EVAL_WEIGHTS)
+        if self.eval_weights == "ema" and not self.ema_decay:
+            raise ValueError("eval_weights='ema' needs an average of the weights: set ema_decay in (0, 1)")
+        check_int("tail_evals", self.tail_evals, low=1)
+        periodic = (self.steps - 1) // self.eval_every if self.eval_every else 0
+        if self.tail_evals - 1 > periodic:
+            raise ValueError(f"tail_evals={self.tail_evals} needs {self.tail_evals - 1} periodic evaluations before "
+                             f"the final one; steps={self.steps} with eval_every={self.eval_every} has {periodic}")
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based): linear warm-up, cosine decay, then min."""
+        """Learning rate of optimizer step `step` (0-based): linear warm-up, the schedule's decay, then min."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         span = max(self.schedule_steps - self.warmup_steps, 1)
-        progress = min((step - self.warmup_steps) / span, 1.0)
         floor = self.min_lr_ratio * self.lr
+        if self.schedule == "wsd":
+            decay = max(self.decay_fraction * span, 1.0)
+            progress = min(max((step - self.schedule_steps + decay) / decay, 0.0), 1.0)
+            return floor + (self.lr - floor) * (1 - progress)
+        progress = min((step - self.warmup_steps) / span, 1.0)
         return floor + 0.5 * (self.lr - floor) * (1 + math.cos(math.pi * progress))
+
+    def tail_steps(self) -> list[int]:
+        """The steps whose evaluations the final metric is the mean of (the last: `steps`)."""
+        return tail_steps(self.steps, self.eval_every, self.tail_evals)
 
 
 @dataclass
@@ -157,35 +185,6 @@ class TrainResult:
     step: int
     final: dict = field(default_factory=dict)  # {"valid": {...}, "test": {...}} when done
     signal: int | None = None  # the signal that interrupted the run
-
-
-class RunLog:
-    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb_dir`, default `folder/tb`).
-
-    Starting at `start_step`, the log is cut back to what it held when that step's checkpoint was written: its
-    first `records` records (the checkpoint's count), or without a count every record up to start_step. `count` is
-    the number of records in the log."""
-
-    def __init__(self, folder: Path, start_step: int, records: int | None = None, tb_dir: Path | None = None):
-        self.path = folder / "metrics.jsonl"
-        self.count = 0
-        if self.path.exists():  # a torn last line is dropped with a warning
-            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step][:records]
-            atomic_write(self.path, jsonl_bytes(kept))
-            self.count = len(kept)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(tb_dir or folder / "tb"), purge_step=start_step + 1)
-
-    def write(self, step: int, split: str, values: dict[str, float]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        self.count += 1
-        for name, value in values.items():
-            self.tb.add_scalar(f"{split}/{name}", value, step)
-
-    def close(self) -> None:
-        self.tb.close()
 
 
 class Trainer:
@@ -224,8 +223,10 @@ class Trainer:
             dropout_seed = derived_seed(dropout_seed, self.parallel.rank)
         torch.manual_seed(dropout_seed)  # not where the model's construction left it: the same for every router
         self.noise = torch.Generator(self.device).manual_seed(noise_seed)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
+        self.tail: list[dict] = []  # the evaluations the final metric is the mean of, so far: {"step", read: ...}
         self.step = 0
-        self.log: RunLog | _NoLog = _NoLog()  # while training
+        self.log: RunLog | NoLog = NoLog()  # while training
         self.saved_step: int | None = None  # the step of the latest checkpoint written or restored
         self.saved_records: int | None = None  # the number of metrics.jsonl records it recorded (None: unknown)
 
@@ -281,19 +282,25 @@ class Trainer:
         path = self.out_dir / "config.yaml"
         if not path.exists():
             return
-        mismatch = config_differences(read_yaml(path), self.run_config, ignore=MAY_CHANGE_ON_RESUME)
+        mismatch = config_differences(with_train_defaults(read_yaml(path)), self.run_config,
+                                      ignore=MAY_CHANGE_ON_RESUME)
         if mismatch:
             raise CheckpointError(f"{path} was written with another configuration (only train.steps may change on "
                                   f"resume): " + "; ".join(mismatch))
 
     # ------------------------------------------------------------ checkpoints
 
-    def save(self) -> Path:
+    def save(self, log_records: int | None = None) -> Path:
+        """Checkpoint this step; log_records: the metrics.jsonl records a resume keeps (default: all so far)."""
         model_t, aliases = module_tensors(self.model)
         optim_t, optim_meta = optimizer_tensors(self.optimizer)
         tensors = {**{f"model.{k}": v for k, v in model_t.items()}, **{f"optim.{k}": v for k, v in optim_t.items()}}
+        if self.average is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.average.state().items()})
         state = {
-            "config": self.run_config, "aliases": aliases, "optimizer": optim_meta, "log_records": self.log.count,
+            "config": self.run_config, "aliases": aliases, "optimizer": optim_meta,
+            "log_records": self.log.count if log_records is None else log_records,
+            **({"tail": self.tail} if self.config.tail_evals > 1 else {}),
             "rng": {"global": encode_bytes(torch.get_rng_state()), "data": encode_bytes(self.data_rng.get_state()),
                     "noise": encode_bytes(self.noise.get_state()),
                     **({"cuda": encode_bytes(torch.cuda.get_rng_state(self.device))}
@@ -308,7 +315,8 @@ class Trainer:
         tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
         path = checkpoint_path(self.checkpoint_dir, state["step"])
         with reading_state(path):
-            mismatch = config_differences(state["config"], self.run_config, ignore=MAY_CHANGE_ON_RESUME)
+            mismatch = config_differences(with_train_defaults(state["config"]), self.run_config,
+                                          ignore=MAY_CHANGE_ON_RESUME)
             if mismatch:
                 raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another "
                                       f"configuration (only train.steps may change on resume): " + "; ".join(mismatch))
@@ -320,6 +328,10 @@ class Trainer:
             if taken is not None and taken != state["step"]:
                 raise CheckpointError(f"checkpoint state {path} says step {state['step']}, but its optimizer state "
                                       f"took {taken} steps: the file was edited or belongs to another step")
+            if self.average is not None:
+                self.average.load({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, state["step"])
+            if self.config.tail_evals > 1:
+                self.tail = list(state["tail"])
             rng = state["rng"]
             torch.set_rng_state(decode_bytes(rng["global"]))
             self.data_rng.set_state(decode_bytes(rng["data"]))
@@ -346,7 +358,7 @@ class Trainer:
     def _train(self) -> TrainResult:
         batches = iter(self.train_batches(self.data_rng))
         self.log = log = RunLog(self.out_dir, self.step, self.saved_records, self.tb_dir) if self.parallel.is_main \
-            else _NoLog()
+            else NoLog()
         with StopSignals() as stops:  # first SIGINT/SIGTERM: finish the step, checkpoint, stop
             bar = tqdm(total=self.config.steps, initial=self.step, unit="step",
                        disable=not (self.progress and self.parallel.is_main))
@@ -367,7 +379,7 @@ class Trainer:
                     bar.update(1)
                     if self._due(self.config.eval_every) and self.step < self.config.steps:
                         bar.set_description("evaluating")
-                        log.write(self.step, "valid", self._evaluate("valid"))
+                        self._periodic_evaluation(log)
                         bar.set_description("")
                     if self._due(self.config.checkpoint_every) or stop is not None:
                         self.save()
@@ -376,9 +388,10 @@ class Trainer:
                 if self.saved_step != self.step:  # before the final evaluation: killed from here on, a run resumes
                     self.save()                   # at this step with the log as it is now, and evaluates again
                 bar.set_description("final evaluation")
-                final = {split: self._evaluate(split) for split in ("valid", "test")} if self.evaluate else {}
-                for split, values in final.items():
-                    log.write(self.step, split, values)
+                logged = self.log.count  # the final records are not in the checkpoint: a resume evaluates again
+                final = self._final_evaluation(log)
+                if self.config.tail_evals > 1:  # the final evaluation joins the tail a longer run reads
+                    self.save(log_records=logged)
                 if self.parallel.is_main:
                     final_json = json.dumps({"step": self.step, **final}, indent=1).encode()
                     atomic_write(self.out_dir / "final.json", final_json)
@@ -386,7 +399,7 @@ class Trainer:
             finally:
                 bar.close()
                 log.close()
-                self.log = _NoLog()
+                self.log = NoLog()
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -418,6 +431,8 @@ class Trainer:
         self.optimizer.step()
         for i, layer in enumerate(moe_layers(model)):
             layer.after_step(self.parallel.layer_stats(layer, [out.moe[i].stats for out in outputs]))
+        if self.average is not None:
+            self.average.update(model)
         sums["lr"] = torch.tensor(lr, dtype=torch.float64)
         return outputs, sums
 
@@ -433,21 +448,53 @@ class Trainer:
         finally:
             self.model.train()
 
+    def _reads(self, splits: tuple[str, ...]) -> dict[str, dict[str, dict[str, float]]]:
+        """{"last": {split: metrics}} and, with an average of the weights, {"ema": ...} of its evaluation."""
+        reads = {"last": {split: self._evaluate(split) for split in splits}}
+        if self.average is not None:
+            with self.average.swapped_in(self.model):
+                reads["ema"] = {split: self._evaluate(split) for split in splits}
+        return reads
+
+    def _log_reads(self, log, reads: dict) -> None:
+        """The last weights' metrics as split "valid" / "test", the average's as "valid_ema" / "test_ema"."""
+        for weights, by_split in reads.items():
+            for split, values in by_split.items():
+                log.write(self.step, split if weights == "last" else f"{split}_{weights}", values)
+
+    def _periodic_evaluation(self, log) -> None:
+        """The valid split; on test too where the evaluation is one of the final metric's tail."""
+        in_tail = self.step in self.config.tail_steps()
+        reads = self._reads(("valid", "test") if in_tail else ("valid",))
+        self._log_reads(log, reads)
+        if in_tail:
+            self.tail = [t for t in self.tail if t["step"] < self.step] + [{"step": self.step, **reads}]
+
+    def _final_evaluation(self, log) -> dict:
+        """final.json's fields: "valid" and "test" of the chosen read (`TrainConfig.eval_weights`, mean over
+        `tail_evals`); with an average or a tail also "read" (its name), "reads" (every read: last, ema and their
+        *_tail_mean) and "tail_steps" (the evaluations averaged)."""
+        if self.evaluate is None:
+            return {}
+        cfg = self.config
+        reads = self._reads(("valid", "test"))
+        self._log_reads(log, reads)
+        if cfg.ema_decay == 0 and cfg.tail_evals == 1:
+            return reads["last"]
+        tail = [t for t in self.tail if t["step"] in cfg.tail_steps() and t["step"] < self.step]
+        tail.append({"step": self.step, **reads})
+        self.tail = tail  # checkpointed: a run extended past this step finds this evaluation if it is in its tail
+        every = dict(reads)
+        if cfg.tail_evals > 1:
+            for weights in reads:
+                every[f"{weights}_tail_mean"] = {split: mean_of([t[weights][split] for t in tail])
+                                                 for split in ("valid", "test")}
+        name = cfg.eval_weights + ("_tail_mean" if cfg.tail_evals > 1 else "")
+        return {**every[name], "read": name, "reads": every, "tail_steps": [t["step"] for t in tail]}
+
 
 def _to_device(batch, device: torch.device):
     return map_tensors(lambda t: t.to(device), batch)
-
-
-class _NoLog:
-    """RunLog's interface on ranks other than 0, which write no files (and outside training)."""
-
-    count = 0
-
-    def write(self, step: int, split: str, values: dict[str, float]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def config_differences(old: dict, new: dict, ignore: set[tuple[str, ...]] = frozenset(), prefix=()) -> list[str]:
@@ -463,3 +510,13 @@ def config_differences(old: dict, new: dict, ignore: set[tuple[str, ...]] = froz
         elif a != b:
             out.append(f"{'.'.join(map(str, path))}: {a!r} -> {b!r}")
     return out
+
+
+def with_train_defaults(config: dict) -> dict:
+    """A saved run config with the `TrainConfig` fields it lacks (written before they existed) at their defaults,
+    which are what such a run did."""
+    train = config.get("train")
+    if not isinstance(train, dict):
+        return config
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {**config, "train": {**defaults, **train}}
