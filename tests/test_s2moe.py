@@ -144,7 +144,8 @@ def test_same_generator_same_numbers_and_gradcheck():
 def test_selected_by_name_wherever_an_moe_is_built():
     assert "s2moe" in available_layers() and "s2moe" in smoe.available_layers()
     layer = build_moe(8, 4, 16, router="s2moe", k=2, load_balance_coef=0.1)
-    assert isinstance(layer, S2MoE) and layer.router.load_balance_coef == 0.1 and layer.router.eval_k == 1
+    assert isinstance(layer, S2MoE) and layer.router.options.load_balance_coef == 0.1
+    assert layer.router.options.eval_k == 1
     assert isinstance(build_moe(8, 4, 16, router="topk"), MoE)
     block = Block(BlockConfig(d_model=8, num_heads=2, ffn_hidden=16, moe={"router": "s2moe", "num_experts": 4}))
     out = block(torch.randn(2, 5, 8), {})

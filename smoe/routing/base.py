@@ -205,8 +205,9 @@ class Router(nn.Module):
     Subclasses implement `forward(x: (N, d), ctx) -> Routing`. State that changes between steps is updated by
     `after_step` (called by the Trainer once per optimizer step), never inside `forward`.
     `Router(d_model, num_experts, **options)`: options are the fields of the class's `Options` dataclass,
-    validated there (an unknown one is a ValueError listing the valid ones); `self.options` holds them and each
-    is also an attribute (`self.k`).
+    validated there (an unknown one is a ValueError listing the valid ones); `self.options` holds them, the one
+    place a router reads them from (`self.options.k`). An option that sizes tensors under torch.compile is also
+    a `StaticFloat` class attribute (set here from the option).
     A router that reads `ctx.attn_probs` sets `needs_attn_probs = True` so blocks compute them eagerly.
     A router that pools over the tokens of every rank when `ctx.gather` is given sets `supports_global_view = True`.
     """
@@ -227,11 +228,13 @@ class Router(nn.Module):
         self.options = self.Options(**options)
         self.d_model, self.num_experts = d_model, num_experts
         for name in valid:
-            setattr(self, name, getattr(self.options, name))
+            if isinstance(getattr(type(self), name, None), StaticFloat):
+                setattr(self, name, getattr(self.options, name))
 
     def check_k_fits(self) -> None:
-        if self.k > self.num_experts:
-            raise ValueError(f"k={self.k} must be <= num_experts={self.num_experts} for a token-choice router")
+        k = self.options.k
+        if k > self.num_experts:
+            raise ValueError(f"k={k} must be <= num_experts={self.num_experts} for a token-choice router")
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -81,6 +81,16 @@ class SinkhornRouter(Router):
         self.check_k_fits()
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
+    @property
+    def weights(self) -> str:
+        """The `weights` option (a subclass may fix it as a class attribute: ssr)."""
+        return self.options.weights
+
+    @property
+    def sinkhorn_in_eval(self) -> bool:
+        """The `sinkhorn_in_eval` option (a subclass may fix it as a class attribute: ssr)."""
+        return self.options.sinkhorn_in_eval
+
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
         """x: (N, d) -> Routing with k pairs per real token."""
         return self.route(x, ctx, use_plan=self.training or self.sinkhorn_in_eval)
@@ -90,14 +100,16 @@ class SinkhornRouter(Router):
         logits = gate_logits(x, self.gate.weight)
         probs = torch.softmax(logits, dim=-1)
         scores = self.plan(logits, ctx) if use_plan else probs
-        top, index = scores.topk(self.k, dim=-1)
+        opt = self.options
+        top, index = scores.topk(opt.k, dim=-1)
         if self.weights == "plan":
-            weight = top / top.sum(-1, keepdim=True).clamp_min(torch.finfo(top.dtype).tiny) if self.normalize else top
+            weight = top / top.sum(-1, keepdim=True).clamp_min(torch.finfo(top.dtype).tiny) if opt.normalize else top
         else:
-            weight = torch.sigmoid(logits.gather(1, index)) if self.k == 1 else probs.gather(1, index)
+            weight = torch.sigmoid(logits.gather(1, index)) if opt.k == 1 else probs.gather(1, index)
         return Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
 
     def plan(self, logits: Tensor, ctx: RoutingContext) -> Tensor:
         """(N, E) balanced plan of this call's real tokens (rows sum to 1, columns to N_real / E)."""
-        grad = self.plan_grad and self.weights == "plan"
-        return balanced_plan(logits, ctx.mask, self.cost, self.eps, self.max_iter, self.tol, grad=grad)
+        opt = self.options
+        return balanced_plan(logits, ctx.mask, opt.cost, opt.eps, opt.max_iter, opt.tol,
+                             grad=opt.plan_grad and self.weights == "plan")

@@ -86,4 +86,4 @@ def test_every_residual_rule_in_the_lm(rule):
 
 def test_lm_hands_its_vocabulary_to_routers_that_route_by_token_id():
     model = LM(LMConfig(vocab_size=11, max_len=8, router="hash", k=1, **STACK))
-    assert all(layer.router.vocab_size == 11 for layer in model.moe_layers())
+    assert all(layer.router.options.vocab_size == 11 for layer in model.moe_layers())
