@@ -108,7 +108,7 @@ def run_case(spec: dict) -> dict:
     loss_of(out, spec["grads"][rank]).backward()
     return {"y": out.y.detach(), "aux": out.aux_loss.detach(), "x_grad": x.grad, "counts": out.stats.counts,
             "router_grads": grads(layer.router), "expert_grads": grads(layer.experts),
-            "local_experts": layer.local_experts, "backend": layer.experts.resolve_backend(x)}
+            "local_experts": layer.local_experts, "backend": layer.experts.active_backend}
 
 
 def block_model() -> nn.ModuleList:
