@@ -183,7 +183,9 @@ class Routing:
 @dataclass
 class RouterOptions:
     """The options every router takes. A router declares its own as a subclass (inherited fields are not
-    repeated, except to change a default) validated in `__post_init__`; the registry lists these fields."""
+    repeated, except to change a default) validated in `__post_init__`; the registry lists these fields.
+    `__post_init__` validates and never resolves an "auto" value (None) in place: it stays None, so a saved config
+    keeps meaning "auto" when another option changes; a property resolves it (`SoftmaxTopKOptions.renormalize`)."""
 
     k: int = 1
 

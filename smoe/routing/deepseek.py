@@ -39,15 +39,25 @@ class DeepSeekOptions(RouterOptions):
     def __post_init__(self):
         super().__post_init__()
         check_int("n_group", self.n_group, low=1)
-        if self.topk_group is None:
-            self.topk_group = self.n_group
-        check_int("topk_group", self.topk_group, low=1, high=self.n_group)
-        if self.group_score_topk is None:
-            self.group_score_topk = 1 if self.bias_rate is None else 2
-        check_int("group_score_topk", self.group_score_topk, low=1)
+        if self.topk_group is not None:
+            check_int("topk_group", self.topk_group, low=1, high=self.n_group)
+        if self.group_score_topk is not None:
+            check_int("group_score_topk", self.group_score_topk, low=1)
         check_bool("normalize", self.normalize)
         check_float("routed_scaling_factor", self.routed_scaling_factor, low=0.0, low_open=True)
         check_float("seq_aux_coef", self.seq_aux_coef, low=0.0)
+
+    @property
+    def kept_groups(self) -> int:
+        """`topk_group` resolved: None means n_group (every group eligible)."""
+        return self.n_group if self.topk_group is None else self.topk_group
+
+    @property
+    def group_score_k(self) -> int:
+        """`group_score_topk` resolved: None means 2 with the expert bias, 1 (the group maximum) without it."""
+        if self.group_score_topk is not None:
+            return self.group_score_topk
+        return 1 if self.bias_rate is None else 2
 
 
 @register_router("deepseek")
@@ -80,8 +90,8 @@ class DeepSeekRouter(BiasBalancing, Router):
             raise ValueError(f"n_group={self.options.n_group} must divide num_experts={num_experts}")
         group_size = num_experts // self.options.n_group
         if self.options.n_group > 1:
-            check_int("group_score_topk", self.options.group_score_topk, high=group_size)
-        reachable = self.options.topk_group * group_size
+            check_int("group_score_topk", self.options.group_score_k, high=group_size)
+        reachable = self.options.kept_groups * group_size
         if self.options.k > reachable:
             raise ValueError(f"k={self.options.k} must be <= topk_group * experts per group = {reachable}")
         self.gate = nn.Linear(d_model, num_experts, bias=False)
@@ -89,11 +99,11 @@ class DeepSeekRouter(BiasBalancing, Router):
 
     def limit_groups(self, choice: Tensor) -> Tensor:
         """choice: (N, E) selection scores -> the same with every expert outside the best topk_group groups -inf."""
-        if self.options.topk_group == self.options.n_group:
+        if self.options.kept_groups == self.options.n_group:
             return choice
         grouped = choice.view(choice.shape[0], self.options.n_group, -1)  # (N, G, E / G)
-        group_score = grouped.topk(self.options.group_score_topk, dim=-1).values.sum(-1)  # (N, G)
-        best = group_score.topk(self.options.topk_group, dim=-1).indices
+        group_score = grouped.topk(self.options.group_score_k, dim=-1).values.sum(-1)  # (N, G)
+        best = group_score.topk(self.options.kept_groups, dim=-1).indices
         allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best, True)
         return grouped.masked_fill(~allowed.unsqueeze(-1), float("-inf")).view_as(choice)
 

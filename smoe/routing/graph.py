@@ -102,7 +102,7 @@ class GraphOfTokensRouter(SoftmaxTopKRouter):
             graph = graph.detach()
         neighbours = probs if self.options.neighbour_probs == "full" else sparse_top_k(probs, self.options.k)
         mixed = torch.lerp(probs, mix_over_graph(neighbours, graph), self.options.mix)
-        weight, index = top_k_probs(mixed, self.options.k, self.options.normalize)
+        weight, index = top_k_probs(mixed, self.options.k, self.options.renormalize)
         routing = Routing.from_token_choice(index, weight, mixed, ctx, logits=logits)
         scored = routing if self.options.balance_on == "mixed" else routing.replace(probs=probs)
         routing.aux.update(self.losses(scored, logits, ctx, index))

@@ -49,7 +49,12 @@ class SoftmaxTopKOptions(RouterOptions):
         check_float("load_balance_coef", self.load_balance_coef, low=0.0)
         check_choice("load_balance_counts", self.load_balance_counts, ("pairs", "first"))
         check_float("z_loss_coef", self.z_loss_coef, low=0.0)
-        self.normalize = auto_normalize(self.normalize, self.k)
+        auto_normalize(self.normalize, self.k)  # validates it
+
+    @property
+    def renormalize(self) -> bool:
+        """`normalize` resolved: None (auto) means True when k > 1."""
+        return auto_normalize(self.normalize, self.k)
 
 
 @dataclass
@@ -158,10 +163,10 @@ class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
         scores = self.noisy_logits(x, logits, ctx)
         probs = torch.softmax(scores, dim=-1)
         if self.options.softmax == "before":
-            weight, index = top_k_probs(probs, self.active_k, self.options.normalize, select=self.biased(probs))
+            weight, index = top_k_probs(probs, self.active_k, self.options.renormalize, select=self.biased(probs))
         else:
             index = self.biased(scores).topk(self.active_k, dim=-1).indices
-            weight = (torch.softmax(scores.gather(1, index), dim=-1) if self.options.normalize
+            weight = (torch.softmax(scores.gather(1, index), dim=-1) if self.options.renormalize
                       else probs.gather(1, index))
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         routing.aux.update(self.losses(routing, logits, ctx, index))

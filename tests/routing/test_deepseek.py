@@ -68,8 +68,8 @@ def test_without_the_bias_a_group_scores_its_maximum_as_the_release_does():
     out = make(6, k=2, n_group=3, topk_group=2, bias_rate=None)(logit(S6), RoutingContext())
     assert out.expert.tolist() == [0, 5]
     assert torch.allclose(out.weight, torch.tensor([9 / 17, 8 / 17], dtype=F64))
-    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=None).options.group_score_topk == 1
-    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=0.0).options.group_score_topk == 2
+    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=None).options.group_score_k == 1
+    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=0.0).options.group_score_k == 2
     # the choice stays open: the top-2 sum without a bias ([1.0, 1.25, 1.4] -> groups 1, 2 -> experts 5, 2)
     out = make(6, k=2, n_group=3, topk_group=2, bias_rate=None, group_score_topk=2)(logit(S6), RoutingContext())
     assert out.expert.tolist() == [5, 2]

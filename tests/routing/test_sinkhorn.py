@@ -104,8 +104,8 @@ def test_bad_options(opts, match):
 
 
 def test_cost_probs_uses_its_own_eps_default():
-    assert build_router("sinkhorn", d_model=2, num_experts=2, cost="probs").options.eps == 0.05
-    assert build_router("sinkhorn", d_model=2, num_experts=2).options.eps == 1.0
+    assert build_router("sinkhorn", d_model=2, num_experts=2, cost="probs").options.epsilon == 0.05
+    assert build_router("sinkhorn", d_model=2, num_experts=2).options.epsilon == 1.0
 
 
 def test_layer_with_capacity_runs():
