@@ -113,7 +113,7 @@ def run_case(spec: dict) -> dict:
 
 def block_model() -> nn.ModuleList:
     torch.manual_seed(1)
-    moe = {"num_experts": E, "router": "topk", "k": 2}
+    moe = {"num_experts": E, "router": "topk", "router_options": {"k": 2}}
     return nn.ModuleList(Block(BlockConfig(D, 2, H, causal=True, moe=moe)) for _ in range(2)).double()
 
 

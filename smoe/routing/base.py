@@ -192,6 +192,12 @@ class RouterOptions:
     def __post_init__(self):
         check_int("k", self.k, low=1)
 
+    def check_experts(self, num_experts: int) -> None:
+        """The checks that need the number of experts E (ValueError naming the option): k <= E, as a token-choice
+        router picks k distinct experts per token."""
+        if self.k > num_experts:
+            raise ValueError(f"k={self.k} must be <= num_experts={num_experts} for a token-choice router")
+
 
 def auto_normalize(normalize: object, k: int) -> bool:
     """A `normalize` option: True or False as given, None (auto) meaning True when k > 1."""
@@ -228,15 +234,11 @@ class Router(nn.Module):
             name = getattr(type(self), "router_name", type(self).__name__)
             raise ValueError(f"unknown option(s) {unknown} for router {name!r}; valid options: {', '.join(valid)}")
         self.options = self.Options(**options)
+        self.options.check_experts(num_experts)
         self.d_model, self.num_experts = d_model, num_experts
         for name in valid:
             if isinstance(getattr(type(self), name, None), StaticFloat):
                 setattr(self, name, getattr(self.options, name))
-
-    def check_k_fits(self) -> None:
-        k = self.options.k
-        if k > self.num_experts:
-            raise ValueError(f"k={k} must be <= num_experts={self.num_experts} for a token-choice router")
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:  # pragma: no cover - abstract
         raise NotImplementedError

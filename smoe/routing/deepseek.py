@@ -47,6 +47,17 @@ class DeepSeekOptions(RouterOptions):
         check_float("routed_scaling_factor", self.routed_scaling_factor, low=0.0, low_open=True)
         check_float("seq_aux_coef", self.seq_aux_coef, low=0.0)
 
+    def check_experts(self, num_experts: int) -> None:
+        super().check_experts(num_experts)
+        if num_experts % self.n_group:
+            raise ValueError(f"n_group={self.n_group} must divide num_experts={num_experts}")
+        group_size = num_experts // self.n_group
+        if self.n_group > 1:
+            check_int("group_score_topk", self.group_score_k, high=group_size)
+        reachable = self.kept_groups * group_size
+        if self.k > reachable:
+            raise ValueError(f"k={self.k} must be <= topk_group * experts per group = {reachable}")
+
     @property
     def kept_groups(self) -> int:
         """`topk_group` resolved: None means n_group (every group eligible)."""
@@ -85,15 +96,6 @@ class DeepSeekRouter(BiasBalancing, Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
-        if num_experts % self.options.n_group:
-            raise ValueError(f"n_group={self.options.n_group} must divide num_experts={num_experts}")
-        group_size = num_experts // self.options.n_group
-        if self.options.n_group > 1:
-            check_int("group_score_topk", self.options.group_score_k, high=group_size)
-        reachable = self.options.kept_groups * group_size
-        if self.options.k > reachable:
-            raise ValueError(f"k={self.options.k} must be <= topk_group * experts per group = {reachable}")
         self.gate = nn.Linear(d_model, num_experts, bias=False)
         self.init_bias_balancing(self.options.bias_rate)
 

@@ -26,6 +26,9 @@ class ExpertChoiceOptions(RouterOptions):
         check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
         check_float("z_loss_coef", self.z_loss_coef, low=0.0)
 
+    def check_experts(self, num_experts: int) -> None:
+        """Any k: it scales the capacity, and each expert takes at most every token."""
+
 
 @register_router("expert_choice")
 class ExpertChoiceRouter(Router):

@@ -69,7 +69,6 @@ class HashRouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
         self.register_buffer("table", self._build([1.0] * self.options.vocab_size))
 
     def _build(self, weights: list[float]) -> Tensor:

@@ -87,7 +87,6 @@ class SinkhornRouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     @property

@@ -75,6 +75,11 @@ class TopKOptions(SoftmaxTopKOptions):
         check_choice("noise", self.noise, ("none", "learned", "fixed"))
         check_float("noise_std", self.noise_std, low=0.0)
 
+    def check_experts(self, num_experts: int) -> None:
+        super().check_experts(num_experts)
+        if self.eval_k is not None:
+            check_int("eval_k", self.eval_k, high=num_experts)
+
 
 class SoftmaxTopKRouter(Router):
     """The gate and the aux losses of softmax top-k routers (`topk`, and the graph-of-tokens routers):
@@ -88,7 +93,6 @@ class SoftmaxTopKRouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     def losses(self, routing: Routing, logits: Tensor, ctx: RoutingContext, index: Tensor) -> dict[str, Tensor]:
@@ -131,8 +135,6 @@ class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        if self.options.eval_k is not None:
-            check_int("eval_k", self.options.eval_k, high=num_experts)
         self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if self.options.noise == "learned" else None
         self.init_bias_balancing(self.options.bias_rate)
         self.reset_parameters()

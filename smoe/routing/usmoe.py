@@ -33,6 +33,10 @@ class USMoEOptions(RouterOptions):
         check_choice("pool", self.pool, POOLS)
         check_float("budget_factor", self.budget_factor, low=0.0, low_open=True)
 
+    def check_experts(self, num_experts: int) -> None:
+        super().check_experts(num_experts)
+        check_float("budget_factor", self.budget_factor, high=num_experts / self.k)
+
 
 @register_router("usmoe")
 class USMoERouter(Router):
@@ -56,8 +60,6 @@ class USMoERouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
-        check_float("budget_factor", self.budget_factor, high=num_experts / self.options.k)
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     def unified_score(self, logits: Tensor) -> Tensor:

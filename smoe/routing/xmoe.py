@@ -95,7 +95,6 @@ class XMoERouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
         self.proj = nn.Linear(d_model, self.options.dim, bias=False)
         self.expert_emb = nn.Parameter(torch.empty(num_experts, self.options.dim))
         temperature = self.options.temperature  # the initial value; the module state tau is `self.temperature`

@@ -6,8 +6,9 @@ DIR/report.md and DIR/report.html (`smoe.workbench.report.write_report`).
 
 Entry syntax (entries are comma-separated):  [LABEL=]NAME[:OPTION=VALUE...][+KEY=VALUE...]
   NAME            a router or a layer-level method (`smoe routers`)
-  :OPTION=VALUE   a router option, as `smoe bench layer --router` (values are Python literals, else strings)
-  +KEY=VALUE      a config override of this entry only, as --set (`+rule=momentum`, `+model.k=1`, `+data.x=...`)
+  :OPTION=VALUE   a router option (of a layer-level method: its own option, else its router's), as
+                  `smoe bench layer --router` (values are Python literals, else strings): `topk:k=1`
+  +KEY=VALUE      a config override of this entry only, as --set (`+rule=momentum`, `+model.moe.num_experts=8`)
   LABEL=          the entry's name in tables and run folders (letters, digits, `_ . -`); default: the entry text
 e.g. `topk`, `ssr:p=0.1`, `topk+rule=momentum`, `adam=topk+rule=adam`, `s2moe`, `sup=topk+supervised=true`.
 
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 
 from smoe._validate import check_choice, check_int
-from smoe.layer import available_layers
+from smoe.layer import available_layers, layer_options
 from smoe.routing import available_routers, router_options
 from smoe.routing.registry import parse_router_spec
 from smoe.workbench.analysis import ANALYSIS_FILE, analyze
@@ -72,9 +73,11 @@ class Entry:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "-", self.label).strip("-") or "entry"
 
     def config_overrides(self) -> list:
-        """Overrides for `resolve_config`: the router options as (key, value) pairs (option k is the model's k),
-        then the +KEY=VALUE ones."""
-        options = [("model.k" if k == "k" else f"model.router_options.{k}", v) for k, v in self.options.items()]
+        """Overrides for `resolve_config`: the options as (key, value) pairs (`model.moe.router_options.<option>`,
+        or `model.moe.method_options.<option>` for a layer-level method's own), then the +KEY=VALUE ones."""
+        own = layer_options(self.router) if self.router in available_layers() else {}
+        options = [(f"model.moe.{'method_options' if k in own else 'router_options'}.{k}", v)
+                   for k, v in self.options.items()]
         return [*options, *self.overrides]
 
     def describe(self) -> dict:

@@ -1,10 +1,15 @@
 """A run's configuration: a `RunConfig` resolved from a task preset, a router and `--set key=value` overrides.
 
 Sections: `data` (the task's data config), `model` (the task's model config, less the fields derived from the
-data) and `train` (`TrainConfig`). Override keys are `section.field` (`model.num_experts=16`, `train.lr=3e-4`),
-a bare `field` when exactly one section has it, or `section.field.key` inside a dict field
-(`model.router_options.noise=learned`). Values are parsed as YAML (`1e-3`, `true`, `[16, 32, 64]`, `null`).
-`resolve_config_file` starts from a YAML file instead of a preset (a run folder's config.yaml is one).
+data) and `train` (`TrainConfig`). The model section holds the MoE layer's config as the mapping `moe` (a
+`smoe.MoEConfig`: `num_experts`, `router_options` with `k`, ...). Override keys are `section.field`
+(`train.lr=3e-4`), a bare `field` when exactly one section has it, or `section.field.key...` inside a nested field
+(`model.moe.num_experts=16`, `model.moe.router_options.k=1`, `model.moe.router_options.noise=learned`,
+`model.moe.method_options.noise_scale=0.5`). The router (or layer-level method) is chosen by `router`, never by a
+key. Values are parsed as YAML (`1e-3`, `true`, `[16, 32, 64]`, `null`).
+`resolve_config_file` starts from a YAML file instead of a preset (a run folder's config.yaml is one); a config
+written before the MoE config was nested (flat `num_experts`, `k`, `router_options` in the model section) is read
+in today's spelling (`upgrade_run_config`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import yaml
 
 from smoe._validate import check_choice, check_int
 from smoe.layer import available_layers
+from smoe.moe_config import MoEConfig, nest_flat_moe
 from smoe.routing import available_routers
+from smoe.routing.base import RouterOptions
 from smoe.workbench.tasks import Task, get_task
 from smoe.workbench.trainer import TrainConfig
 
@@ -93,8 +100,8 @@ def apply_override(sections: dict[str, dict], task: Task, key: str, value) -> No
                              f"{list(SECTIONS)}")
         path = [owners[0], *path]
     section, name, rest = path[0], ".".join(path[1:2]), path[2:]
-    if section == "model" and name == "router":
-        raise ValueError("--set model.router: choose the router with --router")
+    if section == "model" and name == "moe" and rest[:1] in (["router"], ["method"]):
+        raise ValueError(f"--set {key}: choose the router (or layer-level method) with --router")
     valid = [f for f in _field_names(classes[section]) if not (section == "model" and f in task.derived)]
     if name not in valid:
         hint = " (derived from the data)" if name in task.derived else ""
@@ -104,10 +111,14 @@ def apply_override(sections: dict[str, dict], task: Task, key: str, value) -> No
         return
     container = copy.deepcopy(sections[section].get(name) or {})
     if not isinstance(container, dict):
-        raise ValueError(f"--set {key}: {section}.{name} is not a dict")
+        raise ValueError(f"--set {key}: {section}.{name} is not a mapping")
     node = container
     for part in rest[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or null in a config file (method_options: null)
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {part} is not a mapping")
     _assign(node, rest[-1], value)
     sections[section][name] = container
 
@@ -137,7 +148,8 @@ def resolve_config_file(path: str | Path, router: str | None = None, seed: int |
     """The RunConfig a YAML file describes (a run folder's config.yaml, or a file with its keys: task, preset,
     router, seed, device and the data / model / train sections), with router, seed, device (when given), steps and
     overrides applied as in `resolve_config`. Sections and fields the file leaves out come from its preset; a
-    router other than the file's starts from the task's options for that router."""
+    router other than the file's keeps the options every router has (k) and starts from the task's options for
+    that router otherwise."""
     path = Path(path)
     try:
         config = yaml.safe_load(path.read_text())
@@ -153,15 +165,26 @@ def resolve_config_file(path: str | Path, router: str | None = None, seed: int |
         given = config.get(name) or {}
         if not isinstance(given, dict):
             raise ValueError(f"config {str(path)!r}: section {name!r} must be a mapping, got {given!r}")
-        sections[name] = {**t.presets[preset].get(name, {}), **given}
+        sections[name] = _merge(t.presets[preset].get(name, {}), nest_flat_moe(given) if name == "model" else given)
     model = sections["model"]
-    for key in [*t.derived, "router"]:
+    for key in t.derived:
         model.pop(key, None)
     saved_router = config.get("router", "topk")
-    if router is not None and router != saved_router:
-        model.pop("router_options", None)
+    if router is not None and router != saved_router and isinstance(model.get("moe"), dict):
+        common = {f.name for f in dataclasses.fields(RouterOptions)}
+        moe = {k: v for k, v in model["moe"].items() if k not in ("router", "method", "method_options")}
+        moe["router_options"] = {k: v for k, v in (moe.get("router_options") or {}).items() if k in common}
+        model["moe"] = moe
     return _resolve(t, preset, router or saved_router, config.get("seed", 0) if seed is None else seed,
                     config.get("device", "cpu") if device is None else device, steps, overrides, sections)
+
+
+def _merge(base: dict, given: dict) -> dict:
+    """base with given's values, mapping into mapping key by key (a nested field given in part keeps the rest)."""
+    out = dict(base)
+    for key, value in given.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
 
 
 def _resolve(t: Task, preset: str, router: str, seed: int, device: str, steps: int | None,
@@ -170,9 +193,7 @@ def _resolve(t: Task, preset: str, router: str, seed: int, device: str, steps: i
     check_choice("router", router, tuple(available_routers() + available_layers()))
     check_int("seed", seed, low=0)
     check_device(device)
-    sections["model"] = {**sections["model"], "router": router,
-                         "router_options": dict(sections["model"].get("router_options")
-                                                or t.router_options.get(router, {}))}
+    sections["model"] = {**sections["model"], "moe": _select_router(t, router, sections["model"].get("moe"))}
     for item in overrides:
         apply_override(sections, t, *(item if isinstance(item, tuple) else parse_override(item)))
     if steps is not None:
@@ -184,6 +205,38 @@ def _resolve(t: Task, preset: str, router: str, seed: int, device: str, steps: i
     _build(t.model_config, {**sections["model"], **t.derived}, "model")  # validate before loading any data
     return RunConfig(task=t.name, preset=preset, router=router, seed=seed, device=device, data=data,
                      model=sections["model"], train=train)
+
+
+def _select_router(t: Task, router: str, moe: object) -> object:
+    """The model section's `moe` mapping with `router` selected (a layer-level method: `method`, around the
+    router the section names or the default one), its router options the task's for that router, then the
+    section's own. Anything but a mapping is left to the model config to refuse."""
+    if moe is not None and not isinstance(moe, dict):
+        return moe
+    moe = dict(moe or {})
+    if router in available_layers():
+        moe["method"] = router
+    else:
+        moe["router"] = router
+        moe.pop("method", None)
+        moe.pop("method_options", None)
+    chosen = moe.get("router", MoEConfig.__dataclass_fields__["router"].default)
+    given = moe.get("router_options") or {}
+    task_options = dataclasses.asdict(t.router_options[chosen]) if chosen in t.router_options else {}
+    moe["router_options"] = {**task_options, **given} if isinstance(given, dict) else given
+    return moe
+
+
+def upgrade_run_config(config: dict) -> dict:
+    """A run config (config.yaml, a checkpoint's) written by an older smoe in today's spelling: a model section
+    with flat MoE fields (num_experts, k, router_options, ...) nested as `moe` (`smoe.moe_config.nest_flat_moe`)
+    and written out in full, as a run of today writes it (every field of the task's model config). Anything else
+    comes back as it is."""
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or nest_flat_moe(model) == model or "task" not in config:
+        return config
+    task = get_task(config["task"])
+    return {**config, "model": dataclasses.asdict(_build(task.model_config, nest_flat_moe(model), "model"))}
 
 
 def check_finite_floats(name: str, value) -> None:
@@ -218,7 +271,7 @@ def run_config_from_dict(config: dict, source: str | Path = "config") -> RunConf
     `source` (the file) names it in errors."""
     try:
         task = get_task(config["task"])
-        model = {k: v for k, v in config["model"].items() if k not in task.derived}
+        model = {k: v for k, v in nest_flat_moe(config["model"]).items() if k not in task.derived}
         return RunConfig(task=config["task"], preset=config["preset"], router=config["router"],
                          seed=config["seed"], device=config["device"], data=_build(task.data_config, config["data"],
                                                                                    "data"),

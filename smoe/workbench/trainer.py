@@ -173,13 +173,15 @@ class Trainer:
     run's configuration (saved as YAML, compared on resume except train.steps). data_parallel: train on every
     rank of the initialised default process group (see `workbench.data_parallel`); model already prepared for it.
     tb_dir: where the TensorBoard events go instead of out_dir/tb (TensorBoard names a run by its folder).
+    read_config: maps a run configuration read back from the folder or a checkpoint (one written by an older
+    smoe) to today's spelling before it is compared with run_config (default: as it is).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, loss_fn: LossFn,
                  train_batches: Callable[[torch.Generator], Iterator], evaluate: EvalFn | None = None,
                  out_dir: str | Path, run_config: dict | None = None, seed: int = 0, device: str = "cpu",
                  hooks: list[Hook] | None = None, progress: bool = True, data_parallel: bool = False,
-                 tb_dir: str | Path | None = None):
+                 tb_dir: str | Path | None = None, read_config: Callable[[dict], dict] | None = None):
         self.model, self.config = model.to(device), config
         # the training forward; evaluation, hooks (forward hooks added later would not be seen by a compiled
         # model) and checkpoints use the module itself
@@ -188,6 +190,7 @@ class Trainer:
         self.out_dir, self.seed, self.device = Path(out_dir), seed, torch.device(device)
         # JSON round trip: the config is compared with the one read back from a checkpoint
         self.run_config = json.loads(json.dumps(run_config if run_config is not None else {"train": asdict(config)}))
+        self.read_config = read_config or (lambda config: config)
         self.hooks, self.progress = list(hooks or []), progress
         self.tb_dir = None if tb_dir is None else Path(tb_dir)
         self.optimizer = self._build_optimizer()
@@ -254,7 +257,7 @@ class Trainer:
         path = self.out_dir / "config.yaml"
         if not path.exists():
             return
-        mismatch = config_differences(read_yaml(path), self.run_config, ignore={("train", "steps")})
+        mismatch = config_differences(self.read_config(read_yaml(path)), self.run_config, ignore={("train", "steps")})
         if mismatch:
             raise CheckpointError(f"{path} was written with another configuration (only train.steps may change on "
                                   f"resume): " + "; ".join(mismatch))
@@ -278,7 +281,8 @@ class Trainer:
     def _restore(self) -> None:
         tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
         with reading_state(checkpoint_path(self.checkpoint_dir, state["step"])):
-            mismatch = config_differences(state["config"], self.run_config, ignore={("train", "steps")})
+            mismatch = config_differences(self.read_config(state["config"]), self.run_config,
+                                          ignore={("train", "steps")})
             if mismatch:
                 raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another "
                                       f"configuration (only train.steps may change on resume): " + "; ".join(mismatch))

@@ -7,8 +7,8 @@ from smoe.models import LM, LMConfig
 
 def tiny_lm(**kw):
     torch.manual_seed(0)
-    cfg = LMConfig(vocab_size=50, max_len=16, d_model=16, num_layers=2, num_heads=2, ffn_hidden=32, num_experts=4,
-                   k=2, **kw)
+    cfg = LMConfig(vocab_size=50, max_len=16, d_model=16, num_layers=2, num_heads=2, ffn_hidden=32,
+                   moe={"num_experts": 4, "router_options": {"k": 2}}, **kw)
     return LM(cfg).eval()
 
 
