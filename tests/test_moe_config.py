@@ -49,7 +49,7 @@ def test_auto_options_stay_auto_in_the_saved_config():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"router": "nope"}, "unknown router 'nope'; available routers: attention"),
+    ({"router": "nope"}, "unknown router 'nope'; available routers: .*attention, deepseek"),
     ({"router": "s2moe"}, "router='s2moe' is a layer-level method, not a router: set method='s2moe'"),
     ({"router_options": {"bogus": 1}}, r"router_options \(router 'topk'\): unknown option\(s\) \['bogus'\]; valid"),
     ({"router_options": {"k": 5}}, r"router_options \(router 'topk'\): k=5 must be <= num_experts=4"),

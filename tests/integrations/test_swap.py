@@ -3,6 +3,7 @@ import torch
 
 from smoe.integrations.swap import swap_router
 from smoe.models import LM, LMConfig
+from smoe.routing.usmoe import USMoEOptions
 
 
 def tiny_lm(**kw):
@@ -28,7 +29,7 @@ def test_usmoe_swap_reuses_the_gate_and_changes_routing_by_definition():
     x = torch.randint(0, 50, (2, 8))
     out = model(x)
     for moe, gate, layer_out in zip(model.moe_layers(), gates, out.moe):
-        assert moe.config.router == "usmoe" and moe.config.router_options == {"pool": "sequence"}
+        assert moe.config.router == "usmoe" and moe.config.router_options == USMoEOptions(pool="sequence")
         assert torch.equal(moe.router.gate.weight, gate)
         r = layer_out.routing
         assert r.num_pairs == 2 * 8 * 2  # budget: T * k per sequence

@@ -4,10 +4,13 @@ import pytest
 import yaml
 
 from smoe.cli import main
-from smoe.workbench.compare import comparable
+from smoe.layer import MoEConfig
+from smoe.workbench.checkpoint import load_checkpoint, save_checkpoint
+from smoe.workbench.compare import check_same_config, comparable
 from smoe.workbench.hints import thread_hint
 from smoe.workbench.run_config import parse_value, resolve_config, resolve_config_file
-from smoe.workbench.runner import train_run
+from smoe.workbench.run_folder import read_yaml
+from smoe.workbench.runner import load_model, train_run
 from smoe.workbench.trainer import TrainConfig
 
 
@@ -162,3 +165,32 @@ def test_cli_routers_lists_options_with_defaults(capsys):
     out = capsys.readouterr().out
     assert "noise = 'none'" in out and "infonce_coef = 0.1" in out  # a router's and a layer-level method's
     assert main(["routers", "nope"]) == 2 and "unknown router 'nope'" in capsys.readouterr().err
+
+
+def flat_spelling(config: dict) -> dict:
+    """A run config as smoe wrote it before the MoE layer's config was nested: its fields flat in the model section
+    (num_experts, k, router, router_options holding only the options given, ...)."""
+    model = dict(config["model"])
+    moe = model.pop("moe")
+    model.update(expert=moe["expert"], num_experts=moe["num_experts"], k=moe["router_options"]["k"],
+                 router=moe["router"], router_options={}, capacity_factor=moe["capacity_factor"],
+                 num_shared_experts=moe["num_shared_experts"], shared_gate=moe["shared_gate"])
+    return {**config, "model": model}
+
+
+def test_a_run_written_in_the_flat_spelling_loads_and_resumes(tmp_path):
+    sets = ["model.d_model=16", "model.num_heads=2", "model.ffn_hidden=16", "model.num_layers=2",
+            "train.batch_size=8", "data.probe_tokens=0", "train.checkpoint_every=2", "train.eval_every=0"]
+    folder = tmp_path / "run"
+    train_run(resolve_config("digits", steps=2, overrides=sets), folder, progress=False)
+    (folder / "config.yaml").write_text(yaml.safe_dump(flat_spelling(read_yaml(folder / "config.yaml"))))
+    tensors, state = load_checkpoint(folder / "checkpoints")
+    kept = {k: v for k, v in state.items() if k not in ("step", "tensors_file", "tensors_sha256", "state_sha256")}
+    save_checkpoint(folder / "checkpoints", 2, tensors, {**kept, "config": flat_spelling(state["config"])}, keep=2)
+    assert "moe" not in read_yaml(folder / "config.yaml")["model"]
+    assert load_model(folder).config.moe == MoEConfig(num_experts=4, router_options={"k": 2})
+    longer = resolve_config("digits", steps=3, overrides=sets)
+    check_same_config(longer, folder)  # the grid sees the same configuration
+    assert train_run(longer, folder, resume=True, progress=False).status == "done"
+    with pytest.raises(ValueError, match="another configuration"):
+        check_same_config(resolve_config("digits", steps=3, overrides=[*sets, "model.moe.router_options.k=1"]), folder)
