@@ -14,7 +14,7 @@ from smoe.routing import (
     register_router,
     router_options,
 )
-from smoe.s2moe import S2MoE  # registers the layer-level method "s2moe"
+from smoe.s2moe import S2MoE, S2MoEOptions  # registers the layer-level method "s2moe"
 
 __version__ = "0.1.0"
 
@@ -48,6 +48,7 @@ __all__ = [
     "Routing",
     "RoutingContext",
     "S2MoE",
+    "S2MoEOptions",
     "SMoEVAE",
     "TrainConfig",
     "Trainer",

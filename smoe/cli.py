@@ -144,7 +144,8 @@ def train_help(steps_note: bool = True) -> str:
     lines.append("routers: " + ", ".join(available_routers() + available_layers())
                  + "  (`smoe routers` gives their papers)")
     lines.append("--set keys: section.field with section data, model or train (a bare field when unambiguous), "
-                 "e.g. --set model.num_experts=16 --set train.lr=3e-4 --set model.router_options.noise=learned")
+                 "e.g. --set model.moe.num_experts=16 --set model.moe.router_options.k=1 --set train.lr=3e-4 "
+                 "--set model.moe.router_options.noise=learned")
     if steps_note:
         lines.append("--steps N is where training stops; the learning-rate schedule runs over train.schedule_steps, "
                      "so `--steps n` then `--steps 2n --resume` equals `--steps 2n` exactly")

@@ -34,8 +34,9 @@ def test_an_output_that_is_a_file_or_not_writable(tmp_path, capsys):
 @pytest.mark.parametrize("item, message", [
     ("train.lr=.inf", "train.lr must be a finite number, got inf"),
     ("train.lr=.nan", "train.lr must be a finite number, got nan"),
-    ("model.router_options.noise_std=-.inf", "model.router_options.noise_std must be a finite number, got -inf"),
-    ("model.k=[1", "--set model.k=[1: '[1' is not a YAML value"),
+    ("model.moe.router_options.noise_std=-.inf",
+     "model.moe.router_options.noise_std must be a finite number, got -inf"),
+    ("model.moe.num_experts=[1", "--set model.moe.num_experts=[1: '[1' is not a YAML value"),
     ("train.lr=@x", "is not a YAML value"),
 ])
 def test_non_finite_floats_and_yaml_errors_in_set(tmp_path, capsys, item, message):

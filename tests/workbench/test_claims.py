@@ -104,8 +104,9 @@ def test_a_preset_applies_where_the_task_has_it():
 def test_overrides_follow_the_comparisons_own():
     configs, _ = plan(select(["vmoe-bpr"]), "out", seeds=1, steps=20, overrides=["train.lr=1e-3"])
     config = configs["vmoe-bpr"]
-    assert (config.seeds, config.steps, config.overrides) == (1, 20, ["model.capacity_factor=1.05", "train.lr=1e-3"])
-    assert "--seeds 1 --steps 20 --set model.capacity_factor=1.05 --set train.lr=1e-3 " in COMPARISONS.get(
+    assert (config.seeds, config.steps) == (1, 20)
+    assert config.overrides == ["model.moe.capacity_factor=1.05", "train.lr=1e-3"]
+    assert "--seeds 1 --steps 20 --set model.moe.capacity_factor=1.05 --set train.lr=1e-3 " in COMPARISONS.get(
         "vmoe-bpr").command("out", 1, 20, overrides=["train.lr=1e-3"])
     with pytest.raises(ValueError, match="entry 'vmoe'"):  # a key the task lacks fails before anything runs
         plan(select(["vmoe-bpr"]), "out", overrides=["data.eval_tokens=64"])
@@ -244,7 +245,7 @@ def test_smoe_claims_lists_every_claim(capsys, monkeypatch):
     assert main(["claims"]) == 0
     out = capsys.readouterr().out
     assert all(f"\n  {name}  [" in out for name in CLAIMS.names())
-    assert "smoe compare --task digits --routers vmoe --baseline vmoe --seeds 3 --set model.capacity_factor=1.05 " \
+    assert "smoe compare --task digits --routers vmoe --baseline vmoe --seeds 3 --set model.moe.capacity_factor=1.05 " \
            "--corrupt '' --capacity 0.1,0.25,0.5,0.75,1 --out /the/store/vmoe-bpr" in out
 
 

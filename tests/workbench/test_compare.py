@@ -38,10 +38,11 @@ def test_entry_with_router_options_overrides_and_label():
     assert (e.label, e.router, e.options, e.overrides) == ("mom", "topk", {}, ("rule=momentum", "rule_options.mu=0.5"))
     assert e.config_overrides() == ["rule=momentum", "rule_options.mu=0.5"]
     assert e.describe() == {"rule": "momentum", "rule_options.mu": "0.5"}
-    e = parse_entry("s2moe:eval_k=1")  # a layer-level method takes options too
-    assert (e.router, e.options, e.config_overrides()) == ("s2moe", {"eval_k": 1}, [("model.router_options.eval_k", 1)])
+    e = parse_entry("s2moe:eval_k=1:k=1")  # a layer-level method: its own options, the rest its router's
+    assert (e.router, e.options) == ("s2moe", {"eval_k": 1, "k": 1})
+    assert e.config_overrides() == [("model.moe.method_options.eval_k", 1), ("model.moe.router_options.k", 1)]
     assert parse_entry("topk+k=1").label == "topk+k=1"
-    assert parse_entry("topk:k=1").config_overrides() == [("model.k", 1)]  # k is the model's, for every router
+    assert parse_entry("topk:k=1").config_overrides() == [("model.moe.router_options.k", 1)]  # k: a router option
 
 
 @pytest.mark.parametrize("text, match", [
@@ -142,7 +143,7 @@ def test_pipeline_on_a_tiny_grid_skip_and_resume(tmp_path, monkeypatch):
 
     # another configuration in the same folder is refused
     with pytest.raises(ValueError, match="another configuration"):
-        run_compare(tiny_config(out, overrides=[*TINY, "model.k=1"]), progress=False)
+        run_compare(tiny_config(out, overrides=[*TINY, "model.moe.router_options.k=1"]), progress=False)
 
 
 def test_an_interrupted_grid_resumes_exactly(tmp_path, monkeypatch):

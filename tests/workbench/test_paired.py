@@ -45,7 +45,7 @@ def test_batches_and_dropout_do_not_depend_on_the_router(tmp_path):
     """topk with fixed noise and xmoe (random second expert) draw router noise differently; the data stream and
     the dropout stream (0.1 here) must not notice."""
     seen = {}
-    for router, options in (("topk", ["model.router_options.noise=fixed"]), ("xmoe", [])):
+    for router, options in (("topk", ["model.moe.router_options.noise=fixed"]), ("xmoe", [])):
         run = resolve_config("digits", router=router, seed=1, steps=3, overrides=[*VIT, "model.dropout=0.1", *options])
         setup = task_setup(run)
         batches, masks = [], []

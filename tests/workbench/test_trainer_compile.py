@@ -27,7 +27,7 @@ def make_trainer(out_dir, steps, compile=False):
     from the Trainer's generator."""
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=13, max_len=12, d_model=8, num_layers=2, num_heads=2, ffn_hidden=8,
-                        num_experts=4, k=2, router_options={"noise": "fixed"}))
+                        moe={"num_experts": 4, "router_options": {"k": 2, "noise": "fixed"}}))
     cfg = TrainConfig(steps=steps, schedule_steps=12, batch_size=4, warmup_steps=2, eval_every=0, log_every=1,
                       compile=compile)
     return Trainer(model, cfg, loss_fn=lm_loss, train_batches=lambda g: lm_batches(STREAM, 4, 12, g),

@@ -14,7 +14,8 @@ LM_TUNE = ("train.lr=1e-3,3e-3,1e-2",)
 MOMENTUM_ENTRIES = ("residual=topk,momentum=topk+rule=momentum,adam=topk+rule=adam,"
                     "momentum-official=topk+rule=momentum+rule_options.form=official,"
                     "adam-official=topk+rule=adam+rule_options.form=official")
-VAE_DATA_ENTRIES = ",".join(f"e{e}-n{n}=topk+num_experts={e}+num_per_class={n}" for n in (200, 2000) for e in (3, 8))
+VAE_DATA_ENTRIES = ",".join(f"e{e}-n{n}=topk+model.moe.num_experts={e}+num_per_class={n}"
+                            for n in (200, 2000) for e in (3, 8))
 
 for _comparison in (
     Comparison("deepseek", LM, "topk,deepseek,ssr", "topk", tune=LM_TUNE),
@@ -26,8 +27,9 @@ for _comparison in (
     Comparison("s2moe", LM, "topk,s2moe,topk-eval1=topk:eval_k=1", "topk", tune=LM_TUNE),
     Comparison("usmoe", LM, "topk,expert_choice,usmoe,usmoe-batch=usmoe:pool=batch", "topk", tune=LM_TUNE),
     Comparison("vmoe-bpr", "digits", "vmoe", "vmoe", corruptions=(), capacities=(0.1, 0.25, 0.5, 0.75, 1.0),
-               overrides=("model.capacity_factor=1.05",)),
-    Comparison("vae", "sketch-vae", "unsup=topk,sup=topk+supervised=true,unsup-e8=topk+num_experts=8", "sup"),
+               overrides=("model.moe.capacity_factor=1.05",)),
+    Comparison("vae", "sketch-vae", "unsup=topk,sup=topk+supervised=true,unsup-e8=topk+model.moe.num_experts=8",
+               "sup"),
     Comparison("vae-data", "sketch-vae", VAE_DATA_ENTRIES, "e3-n2000"),
 ):
     COMPARISONS.add(_comparison.name, _comparison)

@@ -150,11 +150,11 @@ def check_routers(runs: Sequence) -> None:
         first.setdefault(one.entry.label, one)
     failed = []
     for one in first.values():
-        model = one.run.model
+        moe = one.run.model.get("moe") or {}
         checks = [c for c in CHECKS if c != "compile" or one.run.train.compile]
-        options = {**(model.get("router_options") or {}), **({"k": model["k"]} if "k" in model else {})}
-        results = check_router(one.run.router, options, model.get("num_experts", 4), checks)
-        failed += [f"  {one.entry.label} ({one.run.router}): {r.name}: {r.reason}" for r in failures(results)]
+        router, options = moe.get("router", "topk"), moe.get("router_options") or {}
+        results = check_router(router, options, moe.get("num_experts", 4), checks)
+        failed += [f"  {one.entry.label} ({router}): {r.name}: {r.reason}" for r in failures(results)]
     if failed:
         raise ValueError("entries fail the router conformance checks (`smoe check-router NAME` shows every check); "
                          "nothing was trained:\n" + "\n".join(failed))

@@ -2,8 +2,9 @@
 
 Entry syntax (entries are comma-separated):  [LABEL=]NAME[:OPTION=VALUE...][+KEY=VALUE...]
   NAME            a router or a layer-level method (`smoe routers`)
-  :OPTION=VALUE   a router option, as `smoe bench layer --router` (values are Python literals, else strings)
-  +KEY=VALUE      a config override of this entry only, as --set (`+rule=momentum`, `+model.k=1`, `+data.x=...`)
+  :OPTION=VALUE   a router option (of a layer-level method: its own option, else its router's), as
+                  `smoe bench layer --router` (values are Python literals, else strings): `topk:k=1`
+  +KEY=VALUE      a config override of this entry only, as --set (`+rule=momentum`, `+model.moe.num_experts=8`)
   LABEL=          the entry's name in tables and run folders (letters, digits, `_ . -`; at most 100
                   characters); default: the entry text
 e.g. `topk`, `ssr:p=0.1`, `topk+rule=momentum`, `adam=topk+rule=adam`, `s2moe`, `sup=topk+supervised=true`.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from smoe.layer import available_layers
+from smoe.layer import available_layers, layer_options
 from smoe.routing import available_routers
 from smoe.routing.registry import check_router_options, parse_router_spec
 
@@ -43,9 +44,11 @@ class Entry:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "-", self.label).strip("-") or "entry"
 
     def config_overrides(self) -> list:
-        """Overrides for `resolve_config`: the router options as (key, value) pairs (option k is the model's k),
-        then the +KEY=VALUE ones."""
-        options = [("model.k" if k == "k" else f"model.router_options.{k}", v) for k, v in self.options.items()]
+        """Overrides for `resolve_config`: the options as (key, value) pairs (`model.moe.router_options.<option>`,
+        or `model.moe.method_options.<option>` for a layer-level method's own), then the +KEY=VALUE ones."""
+        own = layer_options(self.router) if self.router in available_layers() else {}
+        options = [(f"model.moe.{'method_options' if k in own else 'router_options'}.{k}", v)
+                   for k, v in self.options.items()]
         return [*options, *self.overrides]
 
     def describe(self) -> dict:

@@ -69,11 +69,11 @@ def eval_file(eval_k: int | None) -> str:
     return "eval.json" if eval_k is None else f"eval-k{eval_k}.json"
 
 
-def _routers_with(model: nn.Module, attribute: str, what: str) -> list[nn.Module]:
-    routers = [layer.router for layer in moe_layers(model) if hasattr(layer.router, attribute)]
+def _routers_with(model: nn.Module, option: str, what: str) -> list[nn.Module]:
+    routers = [layer.router for layer in moe_layers(model) if hasattr(layer.router.options, option)]
     if not routers:
         names = sorted({type(layer.router).__name__ for layer in moe_layers(model)})
-        raise ValueError(f"{what} needs a router with a {attribute} option; this model's routers: {', '.join(names)}")
+        raise ValueError(f"{what} needs a router with a {option} option; this model's routers: {', '.join(names)}")
     return routers
 
 
@@ -88,12 +88,12 @@ def inference_settings(model: nn.Module, capacity: float | None = None, bpr: boo
         check_float("capacity", capacity, low=0.0, low_open=True)
         changes += [(layer.dispatcher, "capacity_factor", capacity) for layer in moe_layers(model)]
     if bpr is not None:
-        changes += [(r, "batch_priority", "eval" if bpr else "never")
+        changes += [(r.options, "batch_priority", "eval" if bpr else "never")
                     for r in _routers_with(model, "batch_priority", "--bpr")]
     if eval_k is not None:
         for r in _routers_with(model, "eval_k", "--eval-k"):
             check_int("eval_k", eval_k, low=1, high=r.num_experts)
-            changes.append((r, "eval_k", eval_k))
+            changes.append((r.options, "eval_k", eval_k))
     previous = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
     try:
         for obj, name, value in changes:
@@ -177,7 +177,7 @@ def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better
 
 
 def _has_bpr(model: nn.Module) -> bool:
-    return any(hasattr(layer.router, "batch_priority") for layer in moe_layers(model))
+    return any(hasattr(layer.router.options, "batch_priority") for layer in moe_layers(model))
 
 
 def _capacity_modes(model: nn.Module, bpr: str) -> list[bool]:

@@ -13,7 +13,7 @@ from smoe.collectives import collective
 from smoe.init import init_keyed
 from smoe.plugins import provenance
 from smoe.workbench.measure.probe import TRACE_FILE, RoutingTrace
-from smoe.workbench.run.config import RunConfig, check_device, run_config_from_dict
+from smoe.workbench.run.config import RunConfig, check_device, run_config_from_dict, upgrade_run_config
 from smoe.workbench.tasks import TaskSetup, get_task
 from smoe.workbench.train.averaging import load_averaged
 from smoe.workbench.train.checkpoint import checkpoint_path, load_checkpoint, load_module_tensors, reading_state
@@ -87,7 +87,8 @@ def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, ho
     trainer = Trainer(setup.model, run.train, loss_fn=setup.loss, train_batches=setup.train_batches,
                       evaluate=setup.evaluate, out_dir=out_dir, run_config=run_config, seed=run.seed,
                       device=device or run.device, hooks=[*trace, expert_load_log, *(hooks or [])],
-                      progress=progress, data_parallel=parallel is not None, tb_dir=tb_dir)
+                      progress=progress, data_parallel=parallel is not None, tb_dir=tb_dir,
+                      read_config=upgrade_run_config)
     return trainer.fit(resume=resume)
 
 

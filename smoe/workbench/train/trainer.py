@@ -197,13 +197,15 @@ class Trainer:
     run's configuration (saved as YAML, compared on resume except train.steps). data_parallel: train on every
     rank of the initialised default process group (see `workbench.train.data_parallel`); model already prepared for it.
     tb_dir: where the TensorBoard events go instead of out_dir/tb (TensorBoard names a run by its folder).
+    read_config: maps a run configuration read back from the folder or a checkpoint (one written by an older
+    smoe) to today's spelling before it is compared with run_config (default: as it is).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, loss_fn: LossFn,
                  train_batches: Callable[[torch.Generator], Iterator], evaluate: EvalFn | None = None,
                  out_dir: str | Path, run_config: dict | None = None, seed: int = 0, device: str = "cpu",
                  hooks: list[Hook] | None = None, progress: bool = True, data_parallel: bool = False,
-                 tb_dir: str | Path | None = None):
+                 tb_dir: str | Path | None = None, read_config: Callable[[dict], dict] | None = None):
         self.model, self.config = model.to(device), config
         # the training forward; evaluation, hooks (forward hooks added later would not be seen by a compiled
         # model) and checkpoints use the module itself
@@ -212,6 +214,7 @@ class Trainer:
         self.out_dir, self.seed, self.device = Path(out_dir), seed, torch.device(device)
         # JSON round trip: the config is compared with the one read back from a checkpoint
         self.run_config = json.loads(json.dumps(run_config if run_config is not None else {"train": asdict(config)}))
+        self.read_config = read_config or (lambda config: config)
         self.hooks, self.progress = list(hooks or []), progress
         self.tb_dir = None if tb_dir is None else Path(tb_dir)
         self.optimizer = self._build_optimizer()
@@ -282,7 +285,7 @@ class Trainer:
         path = self.out_dir / "config.yaml"
         if not path.exists():
             return
-        mismatch = config_differences(with_train_defaults(read_yaml(path)), self.run_config,
+        mismatch = config_differences(with_train_defaults(self.read_config(read_yaml(path))), self.run_config,
                                       ignore=MAY_CHANGE_ON_RESUME)
         if mismatch:
             raise CheckpointError(f"{path} was written with another configuration (only train.steps may change on "
@@ -315,7 +318,7 @@ class Trainer:
         tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
         path = checkpoint_path(self.checkpoint_dir, state["step"])
         with reading_state(path):
-            mismatch = config_differences(with_train_defaults(state["config"]), self.run_config,
+            mismatch = config_differences(with_train_defaults(self.read_config(state["config"])), self.run_config,
                                           ignore=MAY_CHANGE_ON_RESUME)
             if mismatch:
                 raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another "
