@@ -170,8 +170,8 @@ def run_cell(cell: Cell, out: Path, extra: Sequence[str], cost: dict, steps: int
     if result.interrupted is not None:
         raise KeyboardInterrupt
     trained = sum(is_finished(r) for r in _runs(folder)) - before
-    if trained == len(config.entries) * SEEDS:  # the whole cell ran in this process: its CPU time is known
-        cost[cell.name] = (_cpu_seconds() - started) / trained
+    if trained and (cell.name not in cost or trained == len(config.entries) * SEEDS):  # per run this process
+        cost[cell.name] = (_cpu_seconds() - started) / trained  # finished (a resumed run counts as one)
     return cell_rows(cell, folder, cost.get(cell.name))
 
 
