@@ -38,8 +38,11 @@ def test_an_output_that_is_a_file_or_not_writable(tmp_path, capsys):
      "model.moe.router_options.noise_std must be a finite number, got -inf"),
     ("model.moe.num_experts=[1", "--set model.moe.num_experts=[1: '[1' is not a YAML value"),
     ("train.lr=@x", "is not a YAML value"),
+    ("train.lr=1e308", "train: lr must be <= 1000.0, got 1e+308"),  # AdamW's update would overflow
+    ("train.beta1=1", "train: beta1 must be < 1.0, got 1"),
+    ("train.beta2=1.0", "train: beta2 must be < 1.0, got 1.0"),
 ])
-def test_non_finite_floats_and_yaml_errors_in_set(tmp_path, capsys, item, message):
+def test_non_finite_or_overflowing_floats_and_yaml_errors_in_set(tmp_path, capsys, item, message):
     assert main(["train", "--task", "digits", "--set", item, "--out", str(tmp_path / "run")]) == 2
     err = error(capsys)
     assert message in err and err.count("\n") == 1
@@ -115,18 +118,6 @@ def test_debug_shows_the_traceback_of_an_error(tmp_path, capsys):
     assert err.startswith("smoe train: error: ") and "unknown model key 'bogus'" in err and err.count("\n") == 1
     with pytest.raises(ValueError, match="unknown model key 'bogus'"):
         main([*args, "--debug"])
-
-
-@pytest.mark.parametrize("item, message", [
-    ("train.lr=1e308", "train: lr must be <= 1000.0, got 1e+308"),
-    ("train.beta1=1", "train: beta1 must be < 1.0, got 1"),
-    ("train.beta2=1.0", "train: beta2 must be < 1.0, got 1.0"),
-])
-def test_a_learning_rate_or_beta_that_overflows_the_update_is_refused(tmp_path, capsys, item, message):
-    assert main(["train", "--task", "digits", "--set", item, "--out", str(tmp_path / "run")]) == 2
-    err = error(capsys)
-    assert message in err and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
 
 
 def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
