@@ -504,9 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    command = " ".join(argv[:1])
+    command = ""
     try:
         argv, imports = split_imports(argv)
+        command = " ".join(argv[:1])
         load_all(imports)
         if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
             return eval_embed(argv[1:])
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         message = user_error(e)
         if debug or message is None:
             raise
-        print(f"smoe {command}: error: {message}", file=sys.stderr)
+        print(f"{f'smoe {command}' if command else 'smoe'}: error: {message}", file=sys.stderr)
         return 2
 
 

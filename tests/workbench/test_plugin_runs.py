@@ -200,6 +200,8 @@ def test_a_plugin_that_fails_to_import_is_one_clear_line(tmp_path, capsys):
     path.write_text("from smoe.routing import no_such_name\n")
     assert main(["--import", str(path), "routers"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"smoe: error: plugin {path} (from --import) could not be imported: ImportError: cannot "
-                          f"import name 'no_such_name' from 'smoe.routing'") and err.count("\n") == 1
+    assert err.startswith(f"smoe routers: error: plugin {path} (from --import) could not be imported: ImportError: "
+                          f"cannot import name 'no_such_name' from 'smoe.routing'") and err.count("\n") == 1
+    assert main(["show", "--import"]) == 2
+    assert capsys.readouterr().err == "smoe: error: --import needs a value: a module name or a .py file\n"
 
