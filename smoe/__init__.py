@@ -18,7 +18,7 @@ from smoe.s2moe import S2MoE, S2MoEOptions  # registers the layer-level method "
 
 __version__ = "0.1.0"
 
-_WORKBENCH = {"TrainConfig": "smoe.workbench.train.trainer", "Trainer": "smoe.workbench.train.trainer",
+_WORKBENCH = {"TrainConfig": "smoe.workbench.train.config", "Trainer": "smoe.workbench.train.trainer",
               "load_model": "smoe.workbench.run.runner"}
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from smoe.workbench.train.averaging import WeightAverage, load_averaged, mean_of, tail_steps
 from smoe.workbench.train.checkpoint import load_checkpoint
-from smoe.workbench.train.trainer import TrainConfig
+from smoe.workbench.train.config import TrainConfig
 from tests.workbench.test_trainer import make_trainer, records, same, state
 
 OPTIONS = {"ema_decay": 0.5, "eval_weights": "ema", "tail_evals": 2}

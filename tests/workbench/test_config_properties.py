@@ -19,7 +19,7 @@ from smoe.workbench.grid.compare import CompareConfig
 from smoe.workbench.run.config import SECTIONS, resolve_config, resolve_config_file
 from smoe.workbench.run.entry import parse_entries
 from smoe.workbench.tasks import available_tasks, get_task
-from smoe.workbench.train.trainer import TrainConfig
+from smoe.workbench.train.config import TrainConfig
 
 TASKS = available_tasks()
 EXTREMES = [0, -1, 1, 2**31, 2**63, -(2**63), 10**30, 10**400, 1e-320, 1e308, -1e308, 1.5, 0.5, -0.0, math.inf,

@@ -32,8 +32,9 @@ from smoe.models import LM, LMConfig
 from smoe.workbench.run.config import resolve_config
 from smoe.workbench.run.runner import train_run
 from smoe.workbench.train.checkpoint import CheckpointError, checkpoint_steps
+from smoe.workbench.train.config import TrainConfig
 from smoe.workbench.train.data_parallel import DataParallel, ParallelConfig, prepare_model, use_expert_parallel
-from smoe.workbench.train.trainer import StepOutput, TrainConfig, Trainer
+from smoe.workbench.train.trainer import StepOutput, Trainer
 
 W, BATCH, SEQ, VOCAB = 2, 4, 12, 13
 STREAM = torch.randint(0, VOCAB, (3000,), generator=torch.Generator().manual_seed(0))

@@ -9,9 +9,9 @@ from smoe.workbench.run.config import parse_value, resolve_config, resolve_confi
 from smoe.workbench.run.lifecycle import check_same_config, comparable
 from smoe.workbench.run.runner import load_model, train_run
 from smoe.workbench.train.checkpoint import load_checkpoint, save_checkpoint
+from smoe.workbench.train.config import TrainConfig
 from smoe.workbench.train.hints import thread_hint
 from smoe.workbench.train.run_folder import read_yaml
-from smoe.workbench.train.trainer import TrainConfig
 
 
 def test_values_parse_as_yaml_with_exponent_floats():

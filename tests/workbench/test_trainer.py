@@ -11,7 +11,8 @@ import yaml
 from smoe.data.batches import lm_batches
 from smoe.models import LM, LMConfig
 from smoe.workbench.train.checkpoint import CheckpointError, checkpoint_steps
-from smoe.workbench.train.trainer import StepOutput, TrainConfig, Trainer, config_differences
+from smoe.workbench.train.config import TrainConfig
+from smoe.workbench.train.trainer import StepOutput, Trainer, config_differences
 
 STREAM = torch.randint(0, 13, (2000,), generator=torch.Generator().manual_seed(0))
 

@@ -11,7 +11,8 @@ from safetensors import safe_open
 from smoe.cli import main
 from smoe.data.batches import lm_batches
 from smoe.models import LM, LMConfig
-from smoe.workbench.train.trainer import TrainConfig, Trainer
+from smoe.workbench.train.config import TrainConfig
+from smoe.workbench.train.trainer import Trainer
 from tests.workbench.test_trainer import STREAM, lm_loss, records, state
 
 

@@ -39,7 +39,7 @@ from smoe.routing.base import RouterOptions
 from smoe.routing.registry import ROUTERS
 from smoe.workbench.tasks import Task, get_task
 from smoe.workbench.tasks.base import TASKS
-from smoe.workbench.train.trainer import TrainConfig
+from smoe.workbench.train.config import TrainConfig
 
 SECTIONS = ("data", "model", "train")
 # the top-level keys of a config file: RunConfig's fields, the plugins it imports, the parallel section a torchrun
