@@ -14,11 +14,11 @@ from smoe.routing import (
     register_router,
     router_options,
 )
-from smoe.s2moe import S2MoE  # registers the layer-level method "s2moe"
+from smoe.s2moe import S2MoE, S2MoEOptions  # registers the layer-level method "s2moe"
 
 __version__ = "0.1.0"
 
-_WORKBENCH = {"TrainConfig": "smoe.workbench.train.trainer", "Trainer": "smoe.workbench.train.trainer",
+_WORKBENCH = {"TrainConfig": "smoe.workbench.train.config", "Trainer": "smoe.workbench.train.trainer",
               "load_model": "smoe.workbench.run.runner"}
 
 
@@ -48,6 +48,7 @@ __all__ = [
     "Routing",
     "RoutingContext",
     "S2MoE",
+    "S2MoEOptions",
     "SMoEVAE",
     "TrainConfig",
     "Trainer",

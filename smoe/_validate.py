@@ -23,6 +23,10 @@ def check_float(name: str, value: object, low: float | None = None, high: float 
     """A real number within the bounds; NaN and +-inf are refused unless finite=False (then NaN still is)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        float(value)
+    except OverflowError:  # an int no float holds
+        raise ValueError(f"{name} must be a finite number, got an int of {value.bit_length()} bits") from None
     if math.isnan(value) or (finite and math.isinf(value)):
         raise ValueError(f"{name} must be a finite number, got {value}")
     if low is not None and (value < low or (low_open and value == low)):

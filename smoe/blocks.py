@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float, check_int
-from smoe.layer import MoEOutput, build_moe
+from smoe.layer import MoEConfig, MoEOutput, build_moe
 from smoe.residual import PlainResidual, ResidualRule, available_rules, build_rule, register_rule
 
 __all__ = ["Attention", "Block", "BlockConfig", "BlockOutput", "DenseFFN", "PlainResidual", "ResidualRule",
@@ -95,7 +95,8 @@ class DenseFFN(nn.Module):
 
 @dataclass
 class BlockConfig:
-    """One transformer block. `moe` is None for a dense block (hidden = ffn_hidden).
+    """One transformer block: an MoE FFN with the layer config `moe` (a MoEConfig, or a mapping of its fields;
+    its widths are this block's d_model and ffn_hidden), or, with moe None, a dense FFN of kind `expert`.
 
     rule, rule_options: the residual rule (`smoe/residual.py`) built for this block, with d_model filled in.
     """
@@ -106,7 +107,7 @@ class BlockConfig:
     causal: bool = True
     dropout: float = 0.0
     expert: str = "swiglu"
-    moe: dict | None = field(default=None)  # keyword arguments of build_moe besides d_model / hidden / expert
+    moe: MoEConfig | None = None
     rule: str = "residual"
     rule_options: dict = field(default_factory=dict)
 
@@ -116,6 +117,8 @@ class BlockConfig:
         check_int("ffn_hidden", self.ffn_hidden, low=1)
         check_float("dropout", self.dropout, low=0.0, high=1.0)
         check_choice("rule", self.rule, tuple(available_rules()))
+        if self.moe is not None:
+            self.moe = MoEConfig.of(self.moe, "moe").sized(self.d_model, self.ffn_hidden)
 
 
 @dataclass
@@ -139,8 +142,7 @@ class Block(nn.Module):
         self.attn = Attention(config.d_model, config.num_heads, config.causal, config.dropout)
         self.ln2 = nn.LayerNorm(config.d_model)
         if config.moe is not None:
-            self.ffn: nn.Module = build_moe(config.d_model, hidden=config.ffn_hidden, expert=config.expert,
-                                            **config.moe)
+            self.ffn: nn.Module = build_moe(config.moe)
         else:
             self.ffn = DenseFFN(config.d_model, config.ffn_hidden, config.expert)
         self.rule = rule if rule is not None else build_rule(config.rule, d_model=config.d_model,

@@ -1,4 +1,13 @@
-"""The `smoe` command line. Each subcommand lives in its own function; heavy imports happen inside them."""
+"""The `smoe` command line. Each subcommand lives in its own function; heavy imports happen inside them.
+
+Errors a user's input causes (`USER_ERRORS`: a bad value, a busy or damaged run folder, an unusable checkpoint, a
+missing optional package, an unusable path) end the command with one line on stderr, `smoe CMD: error: ...`, and
+exit status 2; `--debug` anywhere on the command line shows the traceback instead.
+
+Plugins (`smoe.plugins`) are imported before the parser is built, so their routers and tasks are valid choices:
+the entry points of `smoe.plugins`, then SMOE_PLUGINS, then every `--import MODULE_OR_FILE.py` (taken from
+anywhere on the command line, for every subcommand).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +17,16 @@ import sys
 from smoe.bench.layer import main as bench_layer
 from smoe.bench.parallel import main as bench_parallel
 from smoe.bench.train import main as bench_train
+from smoe.claims_cli import add_claims_parser
 from smoe.data.corrupt import available_corruptions
 from smoe.layer import available_layers, layer_options, layer_summary
+from smoe.plugin_cli import add_import_argument, add_plugin_parsers, recorded_command
+from smoe.plugins import load_all, split_imports
 from smoe.routing import available_routers, router_options, router_summary
-from smoe.workbench.claims.claim import CLAIMS, COMPARISONS
-from smoe.workbench.claims.run import DEFAULT_OUT, judge_folder, run_claims, write_claims_across, write_summary
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.jobs import add_grid_arguments, grid_config
+from smoe.workbench.grid.sequential import SequentialConfig, parse_budget, run_sequential
+from smoe.workbench.grid.tune import TUNE_SEED_START, parse_tune
 from smoe.workbench.measure.rule import Margin
 from smoe.workbench.report.across_tasks import write_across
 from smoe.workbench.report.comparison import write_report
@@ -38,8 +50,7 @@ def cmd_routers(args: argparse.Namespace) -> int:
     --options, also each router's options and their defaults."""
     names = sorted(available_routers() + available_layers())
     if args.name is not None and args.name not in names:
-        print(f"smoe routers: unknown router {args.name!r}; available: {', '.join(names)}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unknown router {args.name!r}; available: {', '.join(names)}")
     width = max(map(len, names))
     for name in [args.name] if args.name else names:
         layer = name in available_layers()
@@ -64,25 +75,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """Re-render report.md, report.html and plots/ from DIR/results.json (or print a compact table); with several
     DIRs, the report across their tasks into --out."""
-    try:
-        if len(args.dir) > 1:
-            if args.out is None or args.columns or args.robustness:
-                raise ValueError("several DIRs make a report across tasks: give --out DIR (and no --columns or "
-                                 "--robustness)")
-            files = write_across(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin),
-                                 latex=args.latex, csv_file=args.csv)
-            tables = files.tables
-        elif args.columns or args.robustness:
-            print(columns_table(args.dir[0], args.columns) if args.columns else robustness_table(args.dir[0]))
-            return 0
-        else:
-            margin = _margin(args.margin)
-            files = write_report(args.dir[0], args.out, baseline=args.baseline, margin=margin)
-            tables = write_tables(args.dir[0], files.html.parent, latex=args.latex, csv_file=args.csv,
-                                  baseline=args.baseline, margin=margin)
-    except ValueError as err:
-        print(f"smoe report: {err}", file=sys.stderr)
-        return 2
+    if len(args.dir) > 1:
+        if args.out is None or args.columns or args.robustness:
+            raise ValueError("several DIRs make a report across tasks: give --out DIR (and no --columns or "
+                             "--robustness)")
+        files = write_across(args.dir, args.out, baseline=args.baseline, margin=_margin(args.margin),
+                             latex=args.latex, csv_file=args.csv)
+        tables = files.tables
+    elif args.columns or args.robustness:
+        print(columns_table(args.dir[0], args.columns) if args.columns else robustness_table(args.dir[0]))
+        return 0
+    else:
+        margin = _margin(args.margin)
+        files = write_report(args.dir[0], args.out, baseline=args.baseline, margin=margin)
+        tables = write_tables(args.dir[0], files.html.parent, latex=args.latex, csv_file=args.csv,
+                              baseline=args.baseline, margin=margin)
     print(f"wrote {files.markdown} and {files.html} ({len(files.plots)} plots)")
     for path in tables:
         print(f"wrote {path}")
@@ -91,11 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Routing pictures of one trained run (and of --text) as PNG files and an HTML page."""
-    try:
-        files = show_run(args.run_dir, text=args.text, out=args.out, device=args.device)
-    except ValueError as e:
-        print(f"smoe show: error: {e}", file=sys.stderr)
-        return 2
+    files = show_run(args.run_dir, text=args.text, out=args.out, device=args.device)
     print(f"wrote {len(files.pictures)} pictures and {files.html}")
     return 0
 
@@ -107,25 +110,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
     if (args.task is None) == (args.config is None) or (args.config and args.preset):
-        print("smoe train: error: give --task (and --preset) or --config FILE.yaml (e.g. a run's config.yaml, which "
-              "names its task and preset)", file=sys.stderr)
-        return 2
-    try:
-        if args.config is not None:
-            run = resolve_config_file(args.config, router=args.router, seed=args.seed, device=args.device,
-                                      steps=args.steps, overrides=args.set or [])
-        else:
-            run = resolve_config(args.task, preset=args.preset or "tiny", router=args.router or "topk",
-                                 seed=args.seed or 0, device=args.device or "cpu", steps=args.steps,
-                                 overrides=args.set or [])
-        parallel = ParallelConfig(expert_parallel=args.expert_parallel, global_view=args.global_view,
-                                  timeout_s=args.dist_timeout)
-        if hint := thread_hint():  # once the configuration is valid: an error stays one line
-            print(hint, file=sys.stderr)
-        result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress, parallel=parallel)
-    except ValueError as e:  # bad configuration or data, unusable checkpoint (CheckpointError)
-        print(f"smoe train: error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError("give --task (and --preset) or --config FILE.yaml (e.g. a run's config.yaml, which names "
+                         "its task and preset)")
+    if args.config is not None:
+        run = resolve_config_file(args.config, router=args.router, seed=args.seed, device=args.device,
+                                  steps=args.steps, overrides=args.set or [])
+    else:
+        run = resolve_config(args.task, preset=args.preset or "tiny", router=args.router or "topk",
+                             seed=args.seed or 0, device=args.device or "cpu", steps=args.steps,
+                             overrides=args.set or [])
+    parallel = ParallelConfig(expert_parallel=args.expert_parallel, global_view=args.global_view,
+                              timeout_s=args.dist_timeout)
+    if hint := thread_hint():  # once the configuration is valid: an error stays one line
+        print(hint, file=sys.stderr)
+    result = train_run(run, args.out, resume=args.resume, progress=not args.no_progress, parallel=parallel)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for all
         pass
     elif result.status == "interrupted":
@@ -143,7 +141,8 @@ def train_help(steps_note: bool = True) -> str:
     lines.append("routers: " + ", ".join(available_routers() + available_layers())
                  + "  (`smoe routers` gives their papers)")
     lines.append("--set keys: section.field with section data, model or train (a bare field when unambiguous), "
-                 "e.g. --set model.num_experts=16 --set train.lr=3e-4 --set model.router_options.noise=learned")
+                 "e.g. --set model.moe.num_experts=16 --set model.moe.router_options.k=1 --set train.lr=3e-4 "
+                 "--set model.moe.router_options.noise=learned")
     if steps_note:
         lines.append("--steps N is where training stops; the learning-rate schedule runs over train.schedule_steps, "
                      "so `--steps n` then `--steps 2n --resume` equals `--steps 2n` exactly")
@@ -176,21 +175,28 @@ def _specs(text: str) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Train, evaluate and analyse entries x seeds on one task; write results.json and the report."""
-    import shlex
-
-
-    try:
-        config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out, seeds=args.seeds,
-                               preset=args.preset, steps=args.steps, overrides=args.set or [], device=args.device,
-                               corruptions=args.corrupt, capacities=args.capacity or [], bpr=args.bpr,
-                               baseline=args.baseline, margin=args.margin)
-        command = "smoe compare " + " ".join(shlex.quote(a) for a in args.argv)
-        if hint := thread_hint():
-            print(hint, file=sys.stderr)
+    auto = args.seeds == "auto"
+    seeds = int(args.seeds) if not auto and args.seeds.isdigit() else None
+    if not auto and (seeds is None or seeds < 1):
+        raise ValueError(f"--seeds must be a positive int or 'auto', got {args.seeds!r}")
+    if not auto and (args.max_seeds is not None or args.budget is not None):
+        raise ValueError("--max-seeds and --budget go with --seeds auto")
+    if auto and args.tune:
+        raise ValueError("--tune goes with a fixed --seeds (tune first, then compare with --seeds auto)")
+    config = CompareConfig(task=args.task, entries=parse_entries(args.routers), out=args.out,
+                           seeds=(args.max_seeds or 10) if auto else seeds, preset=args.preset, steps=args.steps,
+                           overrides=args.set or [], device=args.device, corruptions=args.corrupt,
+                           capacities=args.capacity or [], bpr=args.bpr, baseline=args.baseline, margin=args.margin,
+                           tune=parse_tune(args.tune, args.tune_seeds) if args.tune else None)
+    command = recorded_command("compare", args.argv)
+    if hint := thread_hint():
+        print(hint, file=sys.stderr)
+    if auto:
+        seq = SequentialConfig(max_seeds=args.max_seeds or 10,
+                               budget_s=None if args.budget is None else parse_budget(args.budget))
+        result = run_sequential(config, seq, command=command, progress=not args.no_progress, grid=grid_config(args))
+    else:
         result = run_compare(config, command=command, progress=not args.no_progress, grid=grid_config(args))
-    except (ValueError, ImportError) as e:  # ImportError: --cluster without smoe[cluster]
-        print(f"smoe compare: error: {e}", file=sys.stderr)
-        return 2
     if result.interrupted is not None:
         print(f"interrupted; {result.results} holds the runs so far; run the same command again to resume",
               file=sys.stderr)
@@ -201,57 +207,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def cmd_claims(args: argparse.Namespace) -> int:
-    """`smoe claims`: list the paper claims; `smoe claims run NAME... | --all`: run their comparisons and judge."""
-    if args.what is None:
-        print(f"{len(CLAIMS.names())} paper claims in {len(COMPARISONS.names())} comparisons; `smoe claims run NAME` "
-              f"runs one (its comparison into {DEFAULT_OUT}/<comparison>/), `--all` every one:")
-        for comparison in COMPARISONS.names():
-            print(f"\n{comparison}: {COMPARISONS.get(comparison).command(f'{DEFAULT_OUT}/{comparison}')}")
-            for claim in (CLAIMS.get(n) for n in CLAIMS.names()):
-                if claim.comparison == comparison:
-                    marks = [m for m, on in (("reconstruction", claim.reconstruction),
-                                             ("exploratory", claim.exploratory)) if on]
-                    print(f"  {claim.name}  [{claim.paper}]\n    {claim.statement}\n    judged: {claim.describe()}"
-                          + (f" [{', '.join(marks)}]" if marks else "")
-                          + (f"\n    caveat: {claim.caveat}" if claim.caveat else ""))
-        return 0
-    if bool(args.names) == args.all:
-        print("smoe claims run: error: name claims (see `smoe claims`) or give --all, not both", file=sys.stderr)
-        return 2
-    if hint := thread_hint():
-        print(hint, file=sys.stderr)
-    try:
-        run = run_claims(args.names, args.out, seeds=args.seeds, steps=args.steps, preset=args.preset,
-                         overrides=args.set or [], progress=not args.no_progress, grid=grid_config(args),
-                         device=args.device)
-    except (ValueError, ImportError) as e:  # ImportError: --cluster without smoe[cluster]
-        print(f"smoe claims run: error: {e}", file=sys.stderr)
-        return 2
-    for note in run.notes:
-        print(f"note: {note}", file=sys.stderr)
-    for judgment in run.judgments:
-        print(judgment.line())
-    judged = judge_folder(args.out)
-    markdown, _ = write_summary(args.out, judged, "smoe claims " + " ".join(args.argv))
-    print(f"summary of every claim with results in {args.out}: {markdown} (and claims.json beside it)")
-    if across := write_claims_across(args.out, judged):
-        print(f"their comparisons read together: {across}")
-    for line in run.failed:
-        print(f"failed: {line}", file=sys.stderr)
-    if run.interrupted is not None:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 128 + run.interrupted
-    return 1 if run.failed else 0
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Routing analytics of a trained run on its probe set; prints tables and writes RUN_DIR/analysis.json."""
-    try:
-        analysis = analyze_run(args.run_dir, args.device)
-    except ValueError as e:
-        print(f"smoe analyze: error: {e}", file=sys.stderr)
-        return 2
+    analysis = analyze_run(args.run_dir, args.device)
     print(format_analysis(analysis))
     print(f"wrote {args.run_dir}/{ANALYSIS_FILE}")
     return 0
@@ -259,12 +217,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Task metric of a trained run, clean and corrupted, at test-time capacities, with eval_k experts."""
-    try:
-        result = evaluate_run(args.run_dir, args.device, split=args.split, corruptions=args.corrupt,
-                              capacities=args.capacity or [], bpr=args.bpr, eval_k=args.eval_k)
-    except ValueError as e:
-        print(f"smoe eval: error: {e}", file=sys.stderr)
-        return 2
+    result = evaluate_run(args.run_dir, args.device, split=args.split, corruptions=args.corrupt,
+                          capacities=args.capacity or [], bpr=args.bpr, eval_k=args.eval_k)
     print(format_eval(result))
     print(f"wrote {args.run_dir}/{eval_file(args.eval_k)}")
     return 0
@@ -274,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoe",
         description="Sparse mixture-of-experts workbench. Routers: "
-        + ", ".join(sorted(available_routers() + available_layers())),
+        + ", ".join(sorted(available_routers() + available_layers()))
+        + ". Your own router: --import MODULE_OR_FILE.py on any command (or SMOE_PLUGINS, or a 'smoe.plugins' "
+          "entry point); docs/writing-a-router.md.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of its one line (anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("routers", help="list the routers and their papers (with NAME or --options: their options)")
     p.add_argument("name", nargs="?", metavar="NAME", help="show this router's options and their defaults")
@@ -283,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_routers)
     p = sub.add_parser("bench", help="benchmarks: `smoe bench layer --help`, `smoe bench parallel --help`, "
                                      "`smoe bench train --help`", add_help=False)
+    p.add_argument("-h", "--help", action="help", help="show this help (each benchmark's: smoe bench NAME --help)")
     p.add_argument("what", choices=["layer", "parallel", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
@@ -325,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_claims_parser(sub)
     add_analysis_parsers(sub)
+    add_plugin_parsers(sub)
+    for name in ("report", "show", "train", "compare", "claims", "analyze", "eval"):
+        add_import_argument(sub.choices[name])
     return parser
 
 
@@ -337,7 +299,13 @@ def add_compare_parser(sub) -> None:
                    help="one of: " + ", ".join(available_tasks()))
     p.add_argument("--routers", required=True, metavar="ENTRIES",
                    help="comma-separated entries, e.g. topk,xmoe,ssr:p=0.1,topk+rule=momentum (syntax below)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every entry (default 3)")
+    p.add_argument("--seeds", default="3", metavar="N|auto",
+                   help="seeds 0..N-1 of every entry (default 3); auto: 3 seeds, then 2 more at a time to the entries "
+                        "not yet decided, under a group-sequential rule (docs/metrics.md)")
+    p.add_argument("--max-seeds", type=int, default=None, metavar="N", help="with --seeds auto: at most N (default 10)")
+    p.add_argument("--budget", default=None, metavar="TIME",
+                   help="with --seeds auto: training time the runs may take in all (90m, 2h); no batch starts that "
+                        "would overrun it")
     p.add_argument("--preset", default="tiny", help="tiny (default); each task's presets are listed below")
     p.add_argument("--steps", type=int, default=None, help="the preset's schedule compressed to N steps")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value of every run")
@@ -349,34 +317,20 @@ def add_compare_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="the comparison folder (runs/, results.json, report)")
     p.add_argument("--baseline", metavar="LABEL", default=None,
                    help="the entry every other is compared with, paired by seed (default: the first entry)")
+    p.add_argument("--tune", action="append", metavar="KEY=V1,V2,...",
+                   help="pick each entry's value of KEY on the validation split first (tuning runs in DIR/tune/ at "
+                        f"seeds {TUNE_SEED_START}.., disjoint from --seeds), then compare every entry at its pick; "
+                        "repeat for a grid over several keys, e.g. --tune train.lr=3e-4,1e-3,3e-3")
+    p.add_argument("--tune-seeds", type=int, default=1, metavar="N",
+                   help=f"tuning seeds per value ({TUNE_SEED_START}..; default 1); the pick has the best mean")
     p.add_argument("--margin", metavar="M", default=None,
                    help="the difference that does not matter, '2%%' of the baseline's mean or an absolute '0.5': "
-                        "adds the verdicts equivalent, non-inferior and non-superior (default: none)")
+                        "adds the verdicts equivalent, non-inferior and non-superior (default: none); with --seeds "
+                        "auto an entry may stop as equivalent")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     add_grid_arguments(p)
     p.set_defaults(fn=cmd_compare)
-
-
-def add_claims_parser(sub) -> None:
-    p = sub.add_parser("claims", help="paper claims as data: list them; `smoe claims run` tests them")
-    p.set_defaults(fn=cmd_claims, what=None)
-    r = p.add_subparsers(dest="what").add_parser(
-        "run", help="run the claims' comparisons (resumable) and print supported / contradicted / not resolved")
-    r.add_argument("names", nargs="*", metavar="NAME", help="claims to run (see `smoe claims`)")
-    r.add_argument("--all", action="store_true", help="every claim")
-    r.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: each comparison's, 3)")
-    r.add_argument("--steps", type=int, default=None, help="every preset's schedule compressed to N steps")
-    r.add_argument("--preset", default=None,
-                   help="run at this preset where the task has it (default: each comparison's, tiny)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value of every run, after the comparison's own (repeatable)")
-    r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                   help=f"comparisons go to DIR/<comparison>/; DIR/claims.md and claims.json summarise every claim "
-                        f"with results there (default {DEFAULT_OUT})")
-    r.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
-    add_grid_arguments(r)
-    r.add_argument("--no-progress", action="store_true", help="no progress line")
 
 
 def add_analysis_parsers(sub) -> None:
@@ -431,13 +385,47 @@ def add_train_parser(sub) -> None:
     p.set_defaults(fn=cmd_train)
 
 
+USER_ERRORS = (ValueError, ImportError, OSError)  # ValueError: also FolderBusyError, DamagedFileError, CheckpointError
+EXTRAS = {"transformers": "hf", "dask": "cluster", "distributed": "cluster"}  # optional packages -> smoe[extra]
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one-line message of an error the user's input caused, None for any other (a bug: its traceback shows).
+    ImportError: of an optional package, not of smoe itself; OSError: of a path (a user's file or folder)."""
+    if not isinstance(e, USER_ERRORS):
+        return None
+    if isinstance(e, ImportError):
+        if (e.name or "").split(".")[0] == "smoe":
+            return None
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        return f"{e}; pip install 'smoe[{extra}]'" if extra else str(e)
+    if isinstance(e, OSError) and e.filename is None:
+        return None
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
-        return eval_embed(argv[1:])
-    args = build_parser().parse_args(argv)
-    args.argv = argv[1:]
-    return args.fn(args)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    command = ""
+    try:
+        argv, imports = split_imports(argv)
+        command = " ".join(argv[:1])
+        load_all(imports)
+        if argv[:1] == ["eval-embed"]:  # its own parser: argparse's REMAINDER would not take a leading -h or --option
+            return eval_embed(argv[1:])
+        args = build_parser().parse_args(argv)
+        args.argv = argv[1:]
+        what = getattr(args, "what", None)  # claims run, claims table, bench layer
+        command = f"{args.command} {what}" if isinstance(what, str) else args.command
+        return args.fn(args)
+    except USER_ERRORS as e:
+        message = user_error(e)
+        if debug or message is None:
+            raise
+        print(f"{f'smoe {command}' if command else 'smoe'}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def rows_by_local_expert(received_counts: Tensor) -> Tensor:
 class ExpertParallelMoE(MoE):
     """An `MoE` whose experts are sharded over the ranks of an expert-parallel process group.
 
-    ExpertParallelMoE(d_model, num_experts, hidden, ..., group=None, global_view=False) takes `MoE`'s arguments;
+    ExpertParallelMoE(config, group=None, global_view=False) takes `MoE`'s arguments (or its keywords);
     `from_moe(moe)` converts a built layer and `to_expert_parallel(model)` every layer of a model. `group` is
     the expert-parallel process group (None: the default group); num_experts must be divisible by its size.
     Rank r keeps experts r E/W .. (r+1) E/W - 1 as `experts`; the router is replicated. Built with the same seed
@@ -147,7 +147,7 @@ class ExpertParallelMoE(MoE):
         if not isinstance(moe, MoE) or isinstance(moe, ExpertParallelMoE):
             raise ValueError(f"moe must be a single-process MoE layer, got {type(moe).__name__}")
         with torch.random.fork_rng(devices=[]):  # the placeholder weights drawn here must not move the caller's RNG
-            layer = cls.from_config(moe.config, group=group, global_view=global_view)
+            layer = cls(moe.config, group=group, global_view=global_view)
         layer.router = moe.router
         layer.experts = shard_experts(moe.experts, layer.rank, layer.world_size)
         return layer

@@ -11,7 +11,10 @@ Two backends compute the same function:
   `unbind` views would copy all of them once more when stacking). Every expert runs, even with zero rows, so
   the weight gradients are complete whatever the routing did.
 "auto" takes "loop" on CPU in float32 (measured faster there, docs/benchmarks.md) and "grouped" wherever
-grouped_mm supports the dtype, device and shapes; "loop" otherwise (e.g. float64).
+grouped_mm supports the dtype, device and shapes; "loop" otherwise (e.g. float64). The choice (`active_backend`) is
+made once, at construction, and again whenever the weights change dtype or device (`.to()`, `.half()`, loading a
+state dict with assign=True), never per call; under torch.autocast the experts run in the autocast dtype, and the
+backend is the one for that dtype.
 "grouped" never waits for the device and compiles with torch.compile(fullgraph=True) (in bfloat16: torch 2.13's
 fake-tensor rule of grouped_mm accepts no other dtype); "loop" reads the E group sizes on the host once per
 call, and torch.compile runs it eagerly (a graph break).
@@ -175,6 +178,7 @@ class Experts(nn.Module):
         self.b_in = nn.Parameter(torch.empty(num_experts, width)) if bias else None
         self.b_out = nn.Parameter(torch.empty(num_experts, d_model)) if bias else None
         self.reset_parameters()
+        self.active_backend = self.backend_for(self.w_in.dtype, self.w_in.device)
 
     def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
         """Each expert initialised like nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); parameter `name` drawn from
@@ -194,24 +198,31 @@ class Experts(nn.Module):
         """The hidden nonlinearity: silu(gate) * up for SwiGLU, else gelu/relu."""
         return activate(self.kind, h)
 
-    def resolve_backend(self, x: Tensor, weight_dtype: torch.dtype | None = None) -> str:
-        """The backend used for input x (fixed for a given dtype and device); weight_dtype: that of the weights
-        used (default: the parameters')."""
+    def backend_for(self, dtype: torch.dtype, device: torch.device) -> str:
+        """The backend that runs inputs and weights of `dtype` on `device`: `backend` unless it is "auto"."""
         if self.backend != "auto":
             return self.backend
-        if not self.grouped_supported(x, weight_dtype) or (x.device.type == "cpu" and x.dtype == torch.float32):
+        if not self.grouped_supported(dtype, device) or (device.type == "cpu" and dtype == torch.float32):
             return "loop"
         return "grouped"
 
-    def grouped_supported(self, x: Tensor, weight_dtype: torch.dtype | None = None) -> bool:
-        """Whether grouped_mm accepts these dtypes and widths (rows must be 16-byte aligned)."""
-        weight_dtype = self.w_in.dtype if weight_dtype is None else weight_dtype
-        if not hasattr(F, "grouped_mm") or x.dtype not in _GROUPED_DTYPES or weight_dtype != x.dtype:
+    def grouped_supported(self, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether grouped_mm accepts this dtype, device and these widths (rows must be 16-byte aligned)."""
+        if not hasattr(F, "grouped_mm") or dtype not in _GROUPED_DTYPES:
             return False
-        if x.device.type == "cuda" and not _grouped_mm_device(x.device):
+        if device.type == "cuda" and not _grouped_mm_device(device):
             return False
-        align = 16 // x.element_size()
+        align = 16 // (torch.finfo(dtype).bits // 8)
         return all(n % align == 0 for n in (self.d_model, self.hidden, self.w_in.shape[2]))
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.active_backend = self.backend_for(self.w_in.dtype, self.w_in.device)
+        return out
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)  # with assign=True the weights may change dtype or device
+        self.active_backend = self.backend_for(self.w_in.dtype, self.w_in.device)
 
     def forward(self, x: Tensor, counts: Tensor) -> Tensor:
         """x: (A, d) rows grouped by expert, counts: (E,) rows per expert -> (A, d) (rows past counts.sum():
@@ -225,15 +236,15 @@ class Experts(nn.Module):
         if torch.is_autocast_enabled(device):
             dtype = torch.get_autocast_dtype(device)
             with torch.autocast(device, enabled=False):
-                return self._run(x.to(dtype), counts, *(None if w is None else w.to(dtype) for w in weights))
-        return self._run(x, counts, *weights)
+                return self._run(self.backend_for(dtype, x.device), x.to(dtype), counts,
+                                 *(None if w is None else w.to(dtype) for w in weights))
+        return self._run(self.active_backend, x, counts, *weights)
 
-    def _run(self, x: Tensor, counts: Tensor, w_in: Tensor, w_out: Tensor, b_in: Tensor | None,
+    def _run(self, backend: str, x: Tensor, counts: Tensor, w_in: Tensor, w_out: Tensor, b_in: Tensor | None,
              b_out: Tensor | None) -> Tensor:
-        backend = self.resolve_backend(x, w_in.dtype)
         if backend == "loop":
             return _loop(x, counts, w_in, w_out, b_in, b_out, self.kind)
-        if not self.grouped_supported(x, w_in.dtype):
+        if x.dtype != w_in.dtype or not self.grouped_supported(w_in.dtype, w_in.device):
             raise ValueError(f"backend='grouped' needs float32/bfloat16/float16 weights and inputs of one dtype "
                              f"with widths aligned to 16 bytes; got x {x.dtype}, w_in {w_in.dtype}")
         offsets = torch.cumsum(counts, 0).to(torch.int32)

@@ -5,63 +5,20 @@ Legend: N tokens after flattening the leading dims, E experts, d model width.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
-from smoe._validate import check_bool, check_choice, check_float, check_int
 from smoe.dispatch import Dispatcher, DispatchPlan
-from smoe.experts import BACKENDS, EXPERT_KINDS, Experts, check_expert_sizes
-from smoe.registry import Registry
-from smoe.routing import Routing, RoutingContext, available_routers, build_router
-from smoe.routing import router_options as router_options_of
+from smoe.experts import Experts
+from smoe.moe_config import LAYERS, MoEConfig, available_layers, layer_options, option_values, register_layer
+from smoe.routing import Routing, RoutingContext, build_router
 
-
-@dataclass
-class MoEConfig:
-    """Everything that defines an MoE layer; serialises with `asdict` (YAML/JSON)."""
-
-    d_model: int
-    num_experts: int
-    hidden: int
-    router: str = "topk"
-    k: int = 2
-    capacity_factor: float | None = None
-    capacity_rounding: str = "ceil"
-    capacity_multiple: int = 1
-    expert: str = "swiglu"
-    bias: bool = False
-    backend: str = "auto"
-    check_finite: bool = False
-    num_shared_experts: int = 0
-    shared_gate: bool = False
-    router_options: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        for name in ("d_model", "num_experts", "hidden", "k", "capacity_multiple"):
-            check_int(name, getattr(self, name), low=1)
-        check_int("num_shared_experts", self.num_shared_experts, low=0)
-        if self.router not in LAYERS and self.router not in available_routers():
-            raise ValueError(f"unknown router {self.router!r}; available routers: {', '.join(available_routers())}; "
-                             f"layer-level methods: {', '.join(LAYERS.names())}")
-        if self.capacity_factor is not None:
-            check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
-        check_choice("capacity_rounding", self.capacity_rounding, ("ceil", "round"))
-        check_choice("expert", self.expert, EXPERT_KINDS)
-        check_choice("backend", self.backend, BACKENDS)
-        for name in ("bias", "check_finite", "shared_gate"):
-            check_bool(name, getattr(self, name))
-        if self.shared_gate and not self.num_shared_experts:
-            raise ValueError("shared_gate=True needs num_shared_experts >= 1")
-        if not isinstance(self.router_options, dict):
-            raise ValueError(f"router_options must be a dict of the router's options, got {self.router_options!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["LAYERS", "MoE", "MoEConfig", "MoELayer", "MoEOutput", "MoEStats", "as_config", "available_layers",
+           "build_moe", "layer_options", "layer_summary", "moe_layers", "register_layer"]
 
 
 @dataclass
@@ -132,14 +89,37 @@ def moe_layers(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def as_config(config: MoEConfig | int | None, num_experts: int | None, hidden: int | None, keywords: dict,
+              method: str | None = None) -> MoEConfig:
+    """The config of a layer built as `Layer(config)` or `Layer(d_model, num_experts, hidden, **keywords)` (the
+    keyword convenience, `MoEConfig.from_keywords`; d_model may be passed by name); method: the layer-level method
+    the class implements."""
+    if config is None:
+        config = keywords.pop("d_model", None)
+    if isinstance(config, MoEConfig):
+        if num_experts is not None or hidden is not None or keywords:
+            raise ValueError("pass a MoEConfig alone, or d_model, num_experts, hidden and keywords, not both")
+    else:
+        if num_experts is None or hidden is None:
+            raise ValueError("a layer needs a MoEConfig, or d_model, num_experts and hidden")
+        if method is not None and keywords.setdefault("method", method) != method:
+            raise ValueError(f"method={keywords['method']!r}, but this layer is the method {method!r}")
+        config = MoEConfig.from_keywords(config, num_experts, hidden, **keywords)
+    if config.d_model is None or config.hidden is None:
+        raise ValueError("a layer's MoEConfig needs d_model and hidden (a model's config leaves them to the model: "
+                         "MoEConfig.sized)")
+    return config
+
+
 class MoE(nn.Module):
     """Sparse mixture-of-experts layer.
 
+    MoE(config: MoEConfig), or the keyword convenience that builds the same config (`MoEConfig.from_keywords`):
     MoE(d_model, num_experts, hidden, router="topk", k=2, capacity_factor=None, expert="swiglu", **router_options)
 
     forward(x: (..., d_model), mask: (...) bool or None) -> MoEOutput. Masked tokens are never routed and get
-    output 0. capacity_factor sets the dispatcher's per-expert capacity, except for routers that own capacity
-    (those with a capacity_factor option, e.g. expert_choice), which receive it while dispatch stays dropless.
+    output 0. capacity_factor sets the dispatcher's per-expert capacity; a router that owns capacity (an option
+    capacity_factor, e.g. expert_choice) takes it instead and dispatch stays dropless.
     Extra routing context (attention probabilities, token ids, the step, a generator) is passed as
     keyword arguments and reaches the router through `RoutingContext`.
     `routing_transform` (None by default) is applied to the router's Routing before dispatch; analyses use it
@@ -152,57 +132,22 @@ class MoE(nn.Module):
     with the grouped backend.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        hidden: int,
-        router: str = "topk",
-        k: int = 2,
-        capacity_factor: float | None = None,
-        expert: str = "swiglu",
-        *,
-        bias: bool = False,
-        backend: str = "auto",
-        capacity_rounding: str = "ceil",
-        capacity_multiple: int = 1,
-        check_finite: bool = False,
-        num_shared_experts: int = 0,
-        shared_gate: bool = False,
-        **router_options,
-    ):
+    def __init__(self, config: MoEConfig | int | None = None, num_experts: int | None = None,
+                 hidden: int | None = None, **keywords):
         super().__init__()
-        self.config = MoEConfig(
-            d_model=d_model, num_experts=num_experts, hidden=hidden, router=router, k=k,
-            capacity_factor=capacity_factor, capacity_rounding=capacity_rounding,
-            capacity_multiple=capacity_multiple, expert=expert, bias=bias, backend=backend,
-            check_finite=check_finite, num_shared_experts=num_shared_experts, shared_gate=shared_gate,
-            router_options=dict(router_options),
-        )
-        if router in LAYERS:
-            raise ValueError(f"{router!r} is a layer-level method, not a router: build it with "
-                             f"smoe.build_moe(..., router={router!r})")
-        if "capacity_factor" in router_options:
-            raise ValueError("capacity_factor is an argument of MoE itself; pass it once")
-        check_expert_sizes(num_experts, d_model, hidden, expert, bias)  # before the router allocates its (E, d) gate
-        if capacity_factor is not None and "capacity_factor" in router_options_of(router):
-            # the router owns capacity (expert choice): it receives the factor and dispatch is dropless
-            router_options = {**router_options, "capacity_factor": capacity_factor}
-            capacity_factor = None
-        self.router = build_router(router, d_model=d_model, num_experts=num_experts, k=k, **router_options)
-        self.dispatcher = Dispatcher(num_experts, capacity_factor, capacity_rounding, capacity_multiple)
-        self.experts = Experts(num_experts, d_model, hidden, kind=expert, bias=bias, backend=backend)
+        config = as_config(config, num_experts, hidden, keywords)
+        if config.method is not None:
+            raise ValueError(f"{config.method!r} is a layer-level method, not a router: build it with "
+                             f"smoe.build_moe(...) (method={config.method!r})")
+        self.config = config
+        d, e, h = config.d_model, config.num_experts, config.hidden
+        self.router = build_router(config.router, d_model=d, num_experts=e, **option_values(config.router_options))
+        self.dispatcher = Dispatcher(e, config.capacity_factor, config.capacity_rounding, config.capacity_multiple)
+        self.experts = Experts(e, d, h, kind=config.expert, bias=config.bias, backend=config.backend)
         self.routing_transform: Callable[[Routing], Routing] | None = None
-        self.shared = (Experts(1, d_model, num_shared_experts * hidden, kind=expert, bias=bias, backend=backend)
-                       if num_shared_experts else None)
-        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
-
-    @classmethod
-    def from_config(cls, config: MoEConfig, **layer_options) -> MoE:
-        """The layer `config` describes; `layer_options` are further constructor arguments (a subclass's own)."""
-        kwargs = config.to_dict()
-        options = kwargs.pop("router_options")
-        return cls(**kwargs, **options, **layer_options)
+        self.shared = (Experts(1, d, config.num_shared_experts * h, kind=config.expert, bias=config.bias,
+                               backend=config.backend) if config.num_shared_experts else None)
+        self.shared_gate = nn.Linear(d, 1, bias=False) if config.shared_gate else None
 
     @property
     def d_model(self) -> int:
@@ -295,29 +240,14 @@ class MoE(nn.Module):
 
 # ---------------------------------------------------------------- layer-level methods
 
-LAYERS: Registry[type[nn.Module]] = Registry("layer-level method", name_attr="layer_name")
-# `@register_layer(name)` on a method that changes the whole layer, not only the routing (S2MoE): a drop-in for
-# `MoE` (built with MoE's arguments and `router=name`, forward(x, mask, **context) -> MoEOutput, with `router`,
-# `dispatcher`, `experts`, `after_step`), selected by `build_moe(router=name)`.
-register_layer = LAYERS.register
-
-
-def available_layers() -> list[str]:
-    """Names of the layer-level methods, usable wherever a router name is (`build_moe(router=name)`)."""
-    return LAYERS.names()
-
-
 def layer_summary(name: str) -> str:
     """First line of a layer-level method's docstring (its paper), for `smoe routers`."""
     return LAYERS.summary(name)
 
 
-def layer_options(name: str) -> dict[str, object]:
-    """A layer-level method's own options (its keyword-only arguments) with their defaults, for `smoe routers`."""
-    params = inspect.signature(LAYERS.get(name).__init__).parameters.values()  # an unknown name: a clear error
-    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
-
-
-def build_moe(d_model: int, num_experts: int, hidden: int, router: str = "topk", **kwargs) -> nn.Module:
-    """The MoE layer for `router`: a registered layer-level method of that name, else `MoE` with that router."""
-    return (LAYERS.get(router) if router in LAYERS else MoE)(d_model, num_experts, hidden, router=router, **kwargs)
+def build_moe(config: MoEConfig | int | None = None, num_experts: int | None = None, hidden: int | None = None,
+              **keywords) -> nn.Module:
+    """The layer of `config` (or of the keyword convenience, as `MoE` takes it): its layer-level method when
+    `method` is set (`router=<a method's name>` selects it too, with the default router), else `MoE`."""
+    config = as_config(config, num_experts, hidden, keywords)
+    return (MoE if config.method is None else LAYERS.get(config.method))(config)

@@ -6,7 +6,7 @@ from smoe.blocks import Attention, Block, BlockConfig, build_rule, run_blocks
 
 
 def cfg(**kw):
-    base = {"d_model": 16, "num_heads": 2, "ffn_hidden": 32, "moe": {"num_experts": 4, "k": 2}}
+    base = {"d_model": 16, "num_heads": 2, "ffn_hidden": 32, "moe": {"num_experts": 4, "router_options": {"k": 2}}}
     return BlockConfig(**{**base, **kw})
 
 

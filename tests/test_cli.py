@@ -34,11 +34,15 @@ def test_an_output_that_is_a_file_or_not_writable(tmp_path, capsys):
 @pytest.mark.parametrize("item, message", [
     ("train.lr=.inf", "train.lr must be a finite number, got inf"),
     ("train.lr=.nan", "train.lr must be a finite number, got nan"),
-    ("model.router_options.noise_std=-.inf", "model.router_options.noise_std must be a finite number, got -inf"),
-    ("model.k=[1", "--set model.k=[1: '[1' is not a YAML value"),
+    ("model.moe.router_options.noise_std=-.inf",
+     "model.moe.router_options.noise_std must be a finite number, got -inf"),
+    ("model.moe.num_experts=[1", "--set model.moe.num_experts=[1: '[1' is not a YAML value"),
     ("train.lr=@x", "is not a YAML value"),
+    ("train.lr=1e308", "train: lr must be <= 1000.0, got 1e+308"),  # AdamW's update would overflow
+    ("train.beta1=1", "train: beta1 must be < 1.0, got 1"),
+    ("train.beta2=1.0", "train: beta2 must be < 1.0, got 1.0"),
 ])
-def test_non_finite_floats_and_yaml_errors_in_set(tmp_path, capsys, item, message):
+def test_non_finite_or_overflowing_floats_and_yaml_errors_in_set(tmp_path, capsys, item, message):
     assert main(["train", "--task", "digits", "--set", item, "--out", str(tmp_path / "run")]) == 2
     err = error(capsys)
     assert message in err and err.count("\n") == 1
@@ -96,3 +100,73 @@ def test_two_smoe_train_on_one_folder(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+# ---------------------------------------------------------------- one error wrapper (issue: reliability, third round)
+
+
+def test_bench_help_exits_0(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "-h"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("usage: smoe bench")
+
+
+def test_debug_shows_the_traceback_of_an_error(tmp_path, capsys):
+    args = ["train", "--task", "digits", "--set", "model.bogus=1", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = error(capsys)
+    assert err.startswith("smoe train: error: ") and "unknown model key 'bogus'" in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match="unknown model key 'bogus'"):
+        main([*args, "--debug"])
+
+
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "digits", "--steps", "1", "--out", "", *TINY]) == 2
+    assert "--out must name a folder, got ''" in error(capsys)
+    assert main(["compare", "--task", "digits", "--routers", "topk", "--steps", "1", "--out", " "]) == 2
+    assert "--out must name a folder, got ' '" in error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_top_level_keys_of_a_config_file_are_refused(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("task: digits\nmodle: {num_experts: 16}\n")
+    assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = error(capsys)
+    assert "unknown key 'modle'" in err and "valid keys: task, preset, router, seed, device, data, model, train" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_that_is_not_a_small_regular_file_is_refused_without_reading_it(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe")  # opening it would block
+    (tmp_path / "big.yaml").write_text("task: digits\n" + "#" * 2**20 + "\n")
+    for path, message in (("/dev/zero", "not a regular file"), (tmp_path / "pipe", "not a regular file"),
+                          (tmp_path, "not a regular file"), (tmp_path / "big.yaml", "larger than 1 MiB"),
+                          (tmp_path / "missing.yaml", "No such file")):
+        assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+        err = error(capsys)
+        assert message in err and str(path) in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/model"], "MODEL '/nonexistent/model' is neither a run directory"),
+    (["hf-tiny:bogus"], "ARCH must be one of ['mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe'], got 'bogus'"),
+    (["hf-tiny:mixtral", "--router", "bogus"], "unknown router 'bogus'"),
+    (["hf-tiny:mixtral", "--router", "topk:nope=1"], "unknown option(s) ['nope'] for router 'topk'"),
+    (["hf-tiny:mixtral", "--max-len", "0"], "max_len must be >= 1, got 0"),
+    (["hf-tiny:mixtral", "--max-train", "0"], "max_train must be >= 1, got 0"),
+    (["hf-tiny:mixtral", "--batch-size", "0"], "batch_size must be >= 1, got 0"),
+])
+def test_eval_embed_errors_are_one_line_before_any_model_is_loaded(capsys, args, message):
+    assert main(["eval-embed", *args]) == 2
+    err = error(capsys)
+    assert err.startswith("smoe eval-embed: error: ") and message in err and err.count("\n") == 1
+
+
+def test_eval_embed_of_a_run_of_another_task(tmp_path, capsys):
+    args = ["train", "--task", "digits", "--steps", "1", "--out", str(tmp_path), "--no-progress", *TINY,
+            "--set", "model.num_layers=2", "--set", "data.num_samples=200"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["eval-embed", str(tmp_path)]) == 2
+    assert "eval-embed needs a language-model run (lm-bbc or text), got task 'digits'" in error(capsys)

@@ -72,7 +72,7 @@ def test_grouped_mm_and_loop_backends_agree_in_bf16(kind):
         outs.append((y.float(), xi.grad.float(), module.w_in.grad.float(), module.w_out.grad.float()))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
-    assert grouped.resolve_backend(x) == "grouped"
+    assert grouped.active_backend == "grouped"
 
 
 def test_trainer_runs_and_resumes_on_cuda(tmp_path):

@@ -108,12 +108,12 @@ def run_case(spec: dict) -> dict:
     loss_of(out, spec["grads"][rank]).backward()
     return {"y": out.y.detach(), "aux": out.aux_loss.detach(), "x_grad": x.grad, "counts": out.stats.counts,
             "router_grads": grads(layer.router), "expert_grads": grads(layer.experts),
-            "local_experts": layer.local_experts, "backend": layer.experts.resolve_backend(x)}
+            "local_experts": layer.local_experts, "backend": layer.experts.active_backend}
 
 
 def block_model() -> nn.ModuleList:
     torch.manual_seed(1)
-    moe = {"num_experts": E, "router": "topk", "k": 2}
+    moe = {"num_experts": E, "router": "topk", "router_options": {"k": 2}}
     return nn.ModuleList(Block(BlockConfig(D, 2, H, causal=True, moe=moe)) for _ in range(2)).double()
 
 

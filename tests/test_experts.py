@@ -71,12 +71,21 @@ def test_single_expert_equals_plain_swiglu_mlp():
     assert torch.allclose(ex(x, torch.tensor([5])), expected)
 
 
-def test_auto_backend_choice():
+def test_auto_backend_is_chosen_at_construction_and_on_dtype_changes():
     ex = Experts(2, 8, 8)
-    assert ex.resolve_backend(torch.zeros(1, 8, dtype=torch.float64)) == "loop"  # grouped_mm has no float64
-    assert ex.to(torch.bfloat16).resolve_backend(torch.zeros(1, 8, dtype=torch.bfloat16)) == "grouped"
+    assert ex.active_backend == "loop"  # CPU float32: the loop (measured faster there)
+    assert ex.to(torch.bfloat16).active_backend == "grouped"
+    assert ex.double().active_backend == "loop"  # grouped_mm has no float64
+    assert Experts(2, 8, 8, backend="grouped").double().active_backend == "grouped"  # an explicit choice stays
     odd = Experts(2, 5, 7)  # widths not 16-byte aligned
-    assert odd.resolve_backend(torch.zeros(1, 5)) == "loop"
+    assert odd.to(torch.bfloat16).active_backend == "loop"
+    with torch.device("meta"):
+        meta = Experts(2, 8, 8).to(torch.bfloat16)
+    assert meta.active_backend == "grouped"
+    meta.load_state_dict(Experts(2, 8, 8).state_dict(), assign=True)  # float32 CPU weights replace the meta ones
+    assert meta.active_backend == "loop"
+    # under torch.autocast the experts run in the autocast dtype, with that dtype's backend
+    assert ex.float().backend_for(torch.bfloat16, torch.device("cpu")) == "grouped"
     with pytest.raises(ValueError, match="backend='grouped' needs"):
         Experts(2, 5, 7, backend="grouped")(torch.zeros(1, 5), torch.tensor([1, 0]))
 

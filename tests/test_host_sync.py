@@ -1,14 +1,15 @@
 """The hot path never waits for the device: one forward + backward of the layer (grouped backend) dispatches no
 operator that reads device data on the host or whose output shape depends on the data (issue 17).
 
-The operators are recorded with a TorchDispatchMode on the CPU (`benchmarks/count_ops.py`: `OpRecorder`), which
+The operators are recorded with a TorchDispatchMode on the CPU (`smoe.host_sync.OpRecorder`), which
 sees what a GPU would be asked to run, backward included.
 """
 
 import pytest
 import torch
 
-from benchmarks.count_ops import ROUTERS, SETTINGS, OpRecorder, count
+from benchmarks.count_ops import ROUTERS, SETTINGS, count
+from smoe.host_sync import OpRecorder
 
 
 def test_the_recorder_flags_every_kind_of_sync():

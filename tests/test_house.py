@@ -1,7 +1,11 @@
 """The house rules of the package, checked on its source: two wings with one-way imports, no import cycle, no
-function-level smoe import, modules under 500 lines, one registry."""
+function-level smoe import, modules under 500 lines, one registry, one typed config per MoE layer (no untyped
+options dict in a config, `k` defaulted only by the routers' options)."""
 
 import ast
+import dataclasses
+import importlib
+import inspect
 from pathlib import Path
 
 import pytest
@@ -9,13 +13,16 @@ import pytest
 from smoe.layer import LAYERS
 from smoe.registry import Registry
 from smoe.residual import RULES
+from smoe.routing.base import RouterOptions
 from smoe.routing.registry import ROUTERS
 from smoe.workbench.tasks.base import TASKS
 
 ROOT = Path(__file__).resolve().parents[1] / "smoe"
-LIBRARY = ("smoe.routing", "smoe.dispatch", "smoe.experts", "smoe.layer", "smoe.s2moe", "smoe.residual",
+LIBRARY = ("smoe.routing", "smoe.dispatch", "smoe.experts", "smoe.layer", "smoe.moe_config", "smoe.s2moe",
+           "smoe.residual",
            "smoe.blocks", "smoe.models", "smoe.expert_parallel", "smoe.integrations", "smoe._validate",
-           "smoe.collectives", "smoe.registry", "smoe.data", "smoe.launch_local")
+           "smoe.collectives", "smoe.registry", "smoe.data", "smoe.launch_local", "smoe.plugins", "smoe.host_sync",
+           "smoe.conformance")
 
 
 def modules() -> dict[str, Path]:
@@ -103,7 +110,7 @@ def test_registry_decorator_duplicates_wildcards_and_errors():
     assert Alpha.widget_name == "alpha" and reg.get("alpha") is Alpha and "beta" in reg
     assert reg.names() == ["alpha", "beta"] and reg.names("a*") == ["alpha"] and list(reg) == ["alpha", "beta"]
     assert reg.summary("alpha") == "Alpha widget (a paper, 2025)."
-    with pytest.raises(ValueError, match="widget 'alpha' is already registered"):
+    with pytest.raises(ValueError, match=r"widget 'alpha' is registered twice: by Alpha .* and by Other"):
         reg.add("alpha", type("Other", (), {}))
     with pytest.raises(ValueError, match="unknown widget 'gamma'; available widgets: alpha, beta"):
         reg.get("gamma")
@@ -133,3 +140,48 @@ def test_the_workbench_root_holds_only_its_face_and_shared_helpers():
     assert root == WORKBENCH_ROOT
     shared = [(m, t) for m in WORKBENCH_ROOT for t in graph()[m] if t.startswith("smoe.workbench")]
     assert shared == []  # a shared helper imports no workbench room
+
+
+def package_dataclasses() -> list[type]:
+    """Every dataclass defined in a module of the package."""
+    found = []
+    for name in modules():
+        module = importlib.import_module(name)
+        found += [c for _, c in inspect.getmembers(module, inspect.isclass)
+                  if dataclasses.is_dataclass(c) and c.__module__ == name]
+    return found
+
+
+def test_no_config_holds_an_untyped_options_dict():
+    """The options of a router or layer-level method, and a model's MoE layer, are typed dataclasses (MoEConfig,
+    the router's Options), never a dict: a dict hides unknown keys and re-declares defaults."""
+    configs = package_dataclasses()
+    assert any(c.__name__ == "LMConfig" for c in configs) and any(c.__name__ == "SkewedStream" for c in configs)
+    untyped = [(c.__qualname__, f.name, str(f.type)) for c in configs for f in dataclasses.fields(c)
+               if f.name in ("router_options", "method_options", "moe") and "dict" in str(f.type)
+               and "Options]" not in str(f.type)]  # {router: its Options} is typed
+    assert untyped == []
+    moe_fields = {c.__name__: str(f.type) for c in configs for f in dataclasses.fields(c) if f.name == "moe"}
+    assert all(moe_fields[c] == "MoEConfig" for c in ("StackConfig", "LMConfig", "ViTConfig", "VAEConfig"))
+
+
+def test_k_is_defaulted_only_by_the_routers_options():
+    """A dataclass field or a parameter named `k` with a default exists only in a router's Options (subclasses of
+    `RouterOptions`): every other place takes k from there."""
+    defaulted = []
+    for name, path in modules().items():
+        module = importlib.import_module(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                fields = [s for s in node.body if isinstance(s, ast.AnnAssign) and s.value is not None
+                          and isinstance(s.target, ast.Name) and s.target.id == "k"]
+                cls = getattr(module, node.name, None)
+                if fields and not (isinstance(cls, type) and issubclass(cls, RouterOptions)):
+                    defaulted.append(f"{name}.{node.name}")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                positional = [*args.posonlyargs, *args.args]
+                with_default = positional[len(positional) - len(args.defaults):]
+                with_default += [a for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+                defaulted += [f"{name}.{node.name}()" for a in with_default if a.arg == "k"]
+    assert defaulted == []

@@ -11,16 +11,22 @@ from smoe.models import LM, LMConfig, SMoEVAE, VAEConfig, ViT, ViTConfig
 from smoe.routing import available_routers
 
 METHODS = available_routers() + available_layers()
-STACK = {"d_model": 16, "num_layers": 2, "num_heads": 2, "ffn_hidden": 8, "num_experts": 4, "moe_every": 1}
+STACK = {"d_model": 16, "num_layers": 2, "num_heads": 2, "ffn_hidden": 8, "moe_every": 1}
+
+
+def moe(name: str, num_experts: int = 4, **router_options) -> dict:
+    """The `moe` mapping of a model config that uses router or layer-level method `name`."""
+    select = {"method": name} if name in available_layers() else {"router": name}
+    return {"num_experts": num_experts, **select, "router_options": router_options}
 
 
 def lm(router, **options):
-    return LM(LMConfig(vocab_size=11, max_len=8, router=router, router_options=options, **STACK))
+    return LM(LMConfig(vocab_size=11, max_len=8, moe=moe(router, **options), **STACK))
 
 
 def vit(router, **options):
-    return ViT(ViTConfig(patch_dim=4, num_patches=5, num_classes=3, router=router,
-                         router_options={"vocab_size": 7, **options} if router == "hash" else options, **STACK))
+    return ViT(ViTConfig(patch_dim=4, num_patches=5, num_classes=3,
+                         moe=moe(router, **({"vocab_size": 7, **options} if router == "hash" else options)), **STACK))
 
 
 def params(model):
@@ -53,7 +59,7 @@ def test_each_parameter_keeps_its_modules_init_distribution(router, options):
     experts U(+-1/sqrt(fan_in)), orthogonal expert embeddings)."""
     builds = [lambda: lm(router, **options), lambda: vit(router, **options)]
     if router in available_routers() and router != "hash":  # the VAE routes latents, which have no token ids
-        builds.append(lambda: SMoEVAE(VAEConfig(image_size=8, router=router, router_options=options)))
+        builds.append(lambda: SMoEVAE(VAEConfig(image_size=8, moe=moe(router, num_experts=5, k=1, **options))))
     for build in builds:
         torch.manual_seed(0)
         plain = params(build())

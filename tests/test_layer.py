@@ -124,9 +124,9 @@ def test_same_seed_same_numbers():
 
 def test_config_round_trip():
     m = MoE(16, 4, 32, router="topk", k=1, capacity_factor=1.25, z_loss_coef=0.001)
-    cfg = MoEConfig(**m.config.to_dict())
-    m2 = MoE.from_config(cfg)
-    assert m2.config == m.config and m2.router.z_loss_coef == 0.001 and m2.dispatcher.capacity_factor == 1.25
+    cfg = MoEConfig.from_dict(m.config.to_dict())
+    m2 = MoE(cfg)
+    assert m2.config == m.config and m2.router.options.z_loss_coef == 0.001 and m2.dispatcher.capacity_factor == 1.25
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -21,7 +21,7 @@ def stack(rule="residual", kinds=("moe", "dense", "moe"), **rule_options):
     blocks = []
     for kind in kinds:
         cfg = BlockConfig(d_model=8, num_heads=2, ffn_hidden=16, rule=rule, rule_options=dict(rule_options),
-                          moe={"num_experts": 4, "k": 2} if kind == "moe" else None)
+                          moe={"num_experts": 4, "router_options": {"k": 2}} if kind == "moe" else None)
         blocks.append(Block(cfg))
     return nn.ModuleList(blocks).double()
 
@@ -144,7 +144,8 @@ def test_robust_shifts_the_dense_ffn_input():
 def test_gradcheck_through_the_state(rule):
     torch.manual_seed(0)
     blocks = nn.ModuleList(
-        Block(BlockConfig(d_model=4, num_heads=1, ffn_hidden=4, rule=rule, moe={"num_experts": 2, "k": 1}))
+        Block(BlockConfig(d_model=4, num_heads=1, ffn_hidden=4, rule=rule,
+                          moe={"num_experts": 2, "router_options": {"k": 1}}))
         for _ in range(2)
     ).double()
     x = torch.randn(1, 3, 4, dtype=F64, requires_grad=True)

@@ -144,9 +144,10 @@ def test_same_generator_same_numbers_and_gradcheck():
 def test_selected_by_name_wherever_an_moe_is_built():
     assert "s2moe" in available_layers() and "s2moe" in smoe.available_layers()
     layer = build_moe(8, 4, 16, router="s2moe", k=2, load_balance_coef=0.1)
-    assert isinstance(layer, S2MoE) and layer.router.load_balance_coef == 0.1 and layer.router.eval_k == 1
+    assert isinstance(layer, S2MoE) and layer.router.options.load_balance_coef == 0.1
+    assert layer.router.options.eval_k == 1
     assert isinstance(build_moe(8, 4, 16, router="topk"), MoE)
-    block = Block(BlockConfig(d_model=8, num_heads=2, ffn_hidden=16, moe={"router": "s2moe", "num_experts": 4}))
+    block = Block(BlockConfig(d_model=8, num_heads=2, ffn_hidden=16, moe={"method": "s2moe", "num_experts": 4}))
     out = block(torch.randn(2, 5, 8), {})
     assert block.is_moe and out.moe.y.shape == (2, 5, 8)
     (out.x.sum() + out.moe.aux_loss).backward()
@@ -159,14 +160,14 @@ def test_plain_moe_refuses_a_layer_level_name():
 
 
 def test_register_layer_rejects_a_second_class_for_a_name():
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match=r"'s2moe' is registered twice: by S2MoE from module smoe\.s2moe"):
         register_layer("s2moe")(type("Other", (nn.Module,), {}))
 
 
 @pytest.mark.parametrize(
     "opts, match",
     [
-        ({"router": "topk"}, "router must be one of"),
+        ({"method": "other"}, "method='other', but this layer is the method 's2moe'"),
         ({"noise_scale": -1.0}, "noise_scale must be >= 0"),
         ({"noise_stats": "batch"}, "noise_stats must be one of"),
         ({"route_noisy": "none"}, "route_noisy must be one of"),
@@ -174,8 +175,9 @@ def test_register_layer_rejects_a_second_class_for_a_name():
         ({"infonce_tokens": 1}, "infonce_tokens must be >= 2"),
         ({"infonce_on": "logits"}, "infonce_on must be one of"),
         ({"detach_stats": 1}, "detach_stats must be True or False"),
-        ({"eval_k": 5}, "eval_k must be <= 4"),
-        ({"base_router": "usmoe"}, r"unknown option\(s\) \['eval_k'\]"),
+        ({"eval_k": 5}, "method_options.eval_k must be <= 4"),
+        ({"router": "usmoe"}, "method_options.eval_k=1 needs a router with an eval_k option"),
+        ({"eval_k": 1, "router_options": {"eval_k": 2}}, "eval_k is set twice"),
         ({"bogus": 1}, r"unknown option\(s\) \['bogus'\]"),
     ],
 )
@@ -185,5 +187,15 @@ def test_bad_options(opts, match):
 
 
 def test_other_base_router_without_eval_k():
-    layer = S2MoE(6, 4, 8, base_router="usmoe", eval_k=None).eval()
+    layer = S2MoE(6, 4, 8, router="usmoe", eval_k=None).eval()
     assert layer(torch.randn(3, 6)).y.shape == (3, 6)
+
+
+@pytest.mark.parametrize("noise_stats", ["tokens", "features"])
+def test_an_empty_batch_in_training(noise_stats):
+    m = build_moe(16, 4, 32, router="s2moe", noise_stats=noise_stats).train()
+    x = torch.randn(0, 8, 16, requires_grad=True)
+    out = m(x, generator=torch.Generator().manual_seed(0))
+    assert out.y.shape == (0, 8, 16) and torch.isfinite(out.aux_loss)
+    (out.y.sum() + out.aux_loss).backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())

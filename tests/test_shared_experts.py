@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ F64 = torch.float64
 
 def routed_and_dense_twins(m: MoE, n_shared: int, hidden: int) -> tuple[MoE, DenseFFN]:
     """The routed MoE and a dense SwiGLU FFN of hidden n_shared * hidden built from m's weights."""
-    routed = MoE(m.d_model, m.num_experts, hidden, router=m.config.router, k=m.config.k).double()
+    routed = MoE(replace(m.config, hidden=hidden, num_shared_experts=0, shared_gate=False)).double()
     routed.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("shared")})
     dense = DenseFFN(m.d_model, n_shared * hidden).double()
     with torch.no_grad():
@@ -65,7 +67,7 @@ def test_gradcheck_through_shared_experts_and_gate():
 def test_empty_batch_and_config_round_trip():
     m = MoE(8, 4, 12, num_shared_experts=2, shared_gate=True)
     assert m(torch.zeros(0, 8)).y.shape == (0, 8)
-    m2 = MoE.from_config(MoEConfig(**m.config.to_dict()))
+    m2 = MoE(MoEConfig.from_dict(m.config.to_dict()))
     assert m2.config == m.config and m2.shared.hidden == 24 and m2.shared_gate is not None
     assert MoE(8, 4, 12).shared is None
 

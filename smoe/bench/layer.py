@@ -33,7 +33,7 @@ impls:
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import json
 import math
 import os
@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe import MoE, build_moe
+from smoe import MoEConfig, build_moe
 from smoe.bench import write_json
 from smoe.layer import available_layers
 from smoe.routing import Routing, available_routers, router_options
@@ -56,7 +56,8 @@ from smoe.routing.registry import parse_router_spec
 IMPLS = ("smoe", "smoe-uniform", "experts-only", "dense", "hf-eager", "hf-grouped_mm", "einsum")
 ROUTED = ("smoe", "experts-only")  # the impls that run once per --router spec (smoe-uniform replaces the router)
 FULL = {"N": 8192, "T": 512, "d": 512, "h": 1024, "k": 2, "experts": (8, 32, 64)}
-LAYER_SIZE_ARGUMENTS = ("d_model", "num_experts", "hidden", "router", "router_options")  # set by the benchmark
+LAYER_SIZE_ARGUMENTS = ("d_model", "num_experts", "hidden", "router", "router_options", "method",
+                        "method_options")  # set by the benchmark
 QUICK = {"N": 512, "T": 128, "d": 64, "h": 128, "k": 2, "experts": (4, 8)}
 
 
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # the layer's own keyword arguments are accepted in a spec too: topk:backend=grouped, topk:capacity_factor=1.25
-    layer_options = [n for n in inspect.signature(MoE).parameters if n not in LAYER_SIZE_ARGUMENTS]
+    layer_options = [f.name for f in dataclasses.fields(MoEConfig) if f.name not in LAYER_SIZE_ARGUMENTS]
     routers = [r.strip() for r in args.router.split(",") if r.strip()]
     for spec in routers:
         try:

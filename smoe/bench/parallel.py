@@ -89,9 +89,9 @@ def measure_lm(impl: str, router: str, repeats: int, overrides: list[str]) -> di
         step()  # warm-up
         times = [step() for _ in range(repeats)]
     return {"impl": impl, "world_size": dist.get_world_size(), "threads": torch.get_num_threads(),
-            "tokens": trainer.config.batch_size * config.max_len, "d": config.d_model, "E": config.num_experts,
-            "k": config.k, "layers": config.num_layers, "router": router, "median_s": statistics.median(times),
-            "runs_s": times}
+            "tokens": trainer.config.batch_size * config.max_len, "d": config.d_model, "E": config.moe.num_experts,
+            "k": config.moe.router_options.k, "layers": config.num_layers, "router": router,
+            "median_s": statistics.median(times), "runs_s": times}
 
 
 def markdown_table(records: list[dict], base_impl: str = "moe") -> str:

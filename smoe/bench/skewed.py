@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from smoe._validate import check_float, check_int
-from smoe.layer import MoE
+from smoe.layer import MoE, MoEConfig
 from smoe.routing.losses import cv_squared
 
+SHAPE = {"num_experts": 8, "d_model": 16, "hidden": 32}
 RUNS = {  # name: (router, router options); no run has an aux loss
     "deepseek + bias": ("deepseek", {"bias_rate": 0.001, "seq_aux_coef": 0.0}),
     "deepseek, no bias": ("deepseek", {"bias_rate": None, "seq_aux_coef": 0.0}),
@@ -32,26 +33,22 @@ RUNS = {  # name: (router, router options); no run has an aux loss
 
 @dataclass
 class SkewedStream:
-    """One run: router + options, MoE shape, stream skew, optimizer steps and micro-batches per step."""
+    """One run: the MoE layer (its router and options), stream skew, optimizer steps and micro-batches per step."""
 
-    router: str = "deepseek"
-    router_options: dict = field(default_factory=dict)
+    moe: MoEConfig = field(default_factory=lambda: MoEConfig(**SHAPE, router="deepseek"))
     steps: int = 400
     tokens: int = 1024
     micro_batches: int = 1
-    d_model: int = 16
-    num_experts: int = 8
-    hidden: int = 32
-    k: int = 2
     hot: int = 2
     skew: float = 1.0
     lr: float = 3e-3
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "tokens", "micro_batches", "d_model", "num_experts", "hidden", "k", "hot"):
+        for name in ("steps", "tokens", "micro_batches", "hot"):
             check_int(name, getattr(self, name), low=1)
-        check_int("hot", self.hot, high=self.num_experts)
+        self.moe = MoEConfig.of(self.moe, "moe")
+        check_int("hot", self.hot, high=self.moe.num_experts)
         check_int("seed", self.seed, low=0)
         check_float("skew", self.skew, low=0.0)
         check_float("lr", self.lr, low=0.0, low_open=True)
@@ -66,18 +63,19 @@ def run(cfg: SkewedStream) -> list[float]:
     """Train on the skewed stream; the load CV of every optimizer step (before its bias update)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    moe = MoE(cfg.d_model, cfg.num_experts, cfg.hidden, router=cfg.router, k=cfg.k, **cfg.router_options)
+    moe = MoE(cfg.moe)
+    d, hidden = cfg.moe.d_model, cfg.moe.hidden
     with torch.no_grad():
         hot = moe.router.gate.weight[: cfg.hot].sum(0)
         mu = cfg.skew * hot / hot.norm()
-    a = torch.randn(cfg.d_model, cfg.hidden, generator=gen) / cfg.d_model**0.5
-    b = torch.randn(cfg.hidden, cfg.d_model, generator=gen) / cfg.hidden**0.5
+    a = torch.randn(d, hidden, generator=gen) / d**0.5
+    b = torch.randn(hidden, d, generator=gen) / hidden**0.5
     opt = torch.optim.Adam(moe.parameters(), lr=cfg.lr)
     curve = []
     for _ in range(cfg.steps):
         stats = []
         for _ in range(cfg.micro_batches):
-            x = mu + torch.randn(cfg.tokens, cfg.d_model, generator=gen)
+            x = mu + torch.randn(cfg.tokens, d, generator=gen)
             out = moe(x)
             loss = F.mse_loss(out.y, torch.tanh(x @ a) @ b) + out.aux_loss
             (loss / cfg.micro_batches).backward()
@@ -104,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=10, help="steps averaged into each printed CV")
     args = p.parse_args(argv)
     curves = {
-        name: [run(SkewedStream(router=router, router_options=opts, steps=args.steps, tokens=args.tokens,
-                                micro_batches=args.micro_batches, seed=seed)) for seed in args.seeds]
+        name: [run(SkewedStream(moe=MoEConfig(**SHAPE, router=router, router_options=opts), steps=args.steps,
+                                tokens=args.tokens, micro_batches=args.micro_batches, seed=seed))
+               for seed in args.seeds]
         for name, (router, opts) in RUNS.items()
     }
     print(f"load CV (mean over seeds {args.seeds} of the mean over the last {args.window} steps)\n")

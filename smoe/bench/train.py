@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -25,7 +26,6 @@ from smoe.bench import write_json
 from smoe.data.batches import lm_batches
 from smoe.models import LM, LMConfig
 from smoe.workbench.run.config import check_device, resolve_config
-from smoe.workbench.tasks import get_task
 from smoe.workbench.train.data_parallel import ParallelConfig, prepare_model
 from smoe.workbench.train.trainer import StepOutput, Trainer
 
@@ -38,11 +38,10 @@ def build_trainer(impl: str, preset: str, router: str, device: str, out_dir: str
     """The Trainer of `impl` on uniform random tokens; with `parallel`, on every rank of the initialised process
     group (the preset's batch is the global batch)."""
     run = resolve_config("lm-bbc", preset, router=router, device=device, overrides=overrides or [])
-    fields = dict(run.model)
-    if impl == "dense":
-        fields.update(moe_every=0, ffn_hidden=run.model.get("k", 2) * run.model["ffn_hidden"])
+    config = run.model_config(vocab_size=run.data.vocab_size, max_len=run.data.seq_len)
+    if impl == "dense":  # the same active FLOPs: one FFN of k times the experts' hidden width
+        config = replace(config, moe_every=0, ffn_hidden=config.moe.router_options.k * config.ffn_hidden)
     torch.manual_seed(0)
-    config = get_task("lm-bbc").model_config(**fields, vocab_size=run.data.vocab_size, max_len=run.data.seq_len)
     stream = torch.randint(0, config.vocab_size, (1 << 20,), generator=torch.Generator().manual_seed(0))
 
     def loss(model, batch, step, generator) -> StepOutput:
@@ -117,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         "tokens_per_s": statistics.median(rates[impl]), "rounds": rates[impl]})
     dense = records[1]["tokens_per_s"]
     cfg = built["moe"][1]
-    print(f"lm-bbc {args.preset}: d={cfg.d_model} layers={cfg.num_layers} E={cfg.num_experts} k={cfg.k} "
+    print(f"lm-bbc {args.preset}: d={cfg.d_model} layers={cfg.num_layers} E={cfg.moe.num_experts} "
+          f"k={cfg.moe.router_options.k} "
           f"h={cfg.ffn_hidden} vocab={cfg.vocab_size} T={cfg.max_len} batch={built['moe'][0].config.batch_size} "
           f"{args.device} threads={torch.get_num_threads()} steps={args.steps} rounds={args.rounds}")
     print("| impl | params | FFN hidden | MoE layers | tokens/s (median) | ÷ dense |")

@@ -55,6 +55,12 @@ class Corruption:
     def summary(self) -> str:
         return (inspect.getdoc(self.fn) or "").splitlines()[0]
 
+    @property
+    def needs(self) -> frozenset[str]:
+        """What `corrupt` must be given besides x (the context without a default: vocab_size, foreign)."""
+        params = list(inspect.signature(self.fn).parameters.values())[1:]
+        return frozenset(p.name for p in params if p.default is p.empty and p.name != self.parameter)
+
 
 CORRUPTIONS: dict[str, Corruption] = {}
 

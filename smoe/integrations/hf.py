@@ -20,7 +20,10 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from smoe._validate import check_choice
 from smoe.routing import Router, Routing, RoutingContext, build_router, router_options
+
+TINY_ARCHS = ("mixtral", "olmoe", "qwen2_moe", "qwen3_moe")  # the architectures of `tiny_hf_model`
 
 __all__ = ["SUPPORTED_BLOCKS", "SmoeGate", "moe_blocks", "record_router_logits", "routing_to_topk",
            "swap_hf_router", "tiny_hf_model"]
@@ -185,6 +188,7 @@ def tiny_hf_model(arch: str, seed: int = 0, **overrides) -> nn.Module:
 
     arch: "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe". For tests and the offline embedding suite.
     """
+    check_choice("arch", arch, TINY_ARCHS)
     import transformers as tf
 
     common = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -202,8 +206,6 @@ def tiny_hf_model(arch: str, seed: int = 0, **overrides) -> nn.Module:
         "olmoe": lambda: (tf.OlmoeForCausalLM, {"config": tf.OlmoeConfig, "num_experts": 8,
                                                 "norm_topk_prob": False}),
     }
-    if arch not in builders:
-        raise ValueError(f"arch must be one of {sorted(builders)}, got {arch!r}")
     cls, kw = builders[arch]()
     config_cls = kw.pop("config")
     torch.manual_seed(seed)

@@ -7,14 +7,14 @@ the trained gate weights where its parameters allow it (a linear `gate` of the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from smoe.integrations.hf import swap_hf_router
 from smoe.layer import MoE
-from smoe.routing import build_router, router_options
+from smoe.routing import build_router
 
 
 @dataclass
@@ -30,17 +30,16 @@ def swap_router(model: nn.Module, router: str, reuse_gate: bool = True, **option
     """Replace the router of every MoE layer of `model` with `router`, in place.
 
     smoe models: each `MoE` layer gets `build_router(router, d_model, num_experts, k=<the layer's k>, **options)`
-    (its config records the new router). HF models: see `smoe.integrations.hf.swap_hf_router`.
+    (its config records the new router and its options). HF models: see `smoe.integrations.hf.swap_hf_router`.
     """
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, MoE)]
     if not layers:
         swapped = swap_hf_router(model, router, reuse_gate=reuse_gate, **options)
         return SwapReport(router=router, layers=[name for name, _ in swapped],
                           reused_gate=[name for name, reused in swapped if reused])
-    accepted = router_options(router)
     report = SwapReport(router=router, layers=[], reused_gate=[])
     for name, moe in layers:
-        opts = {"k": moe.config.k, **options} if "k" in accepted else dict(options)
+        opts = {"k": moe.config.router_options.k, **options}
         old = moe.router
         new = build_router(router, d_model=moe.d_model, num_experts=moe.num_experts, **opts)
         new = new.to(device=next(old.parameters(), torch.empty(0)).device)
@@ -48,7 +47,6 @@ def swap_router(model: nn.Module, router: str, reuse_gate: bool = True, **option
         if reuse_gate and isinstance(old_gate, nn.Linear) and new.load_gate(old_gate.weight):
             report.reused_gate.append(name)
         moe.router = new.train(old.training)
-        moe.config.router = router
-        moe.config.router_options = {k: v for k, v in opts.items() if k != "k"}
+        moe.config = replace(moe.config, router=router, router_options=replace(new.options))
         report.layers.append(name)
     return report

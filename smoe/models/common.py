@@ -14,8 +14,9 @@ from torch import Tensor, nn
 
 from smoe._validate import check_choice, check_float, check_int
 from smoe.blocks import Block, BlockConfig, available_rules
-from smoe.layer import MoEOutput, available_layers
-from smoe.routing import available_routers, router_options
+from smoe.layer import MoEConfig, MoEOutput
+
+MAX_LAYERS = 1024  # far deeper than any model smoe trains; a deeper config is refused before lists of its layers
 
 
 def moe_positions(num_layers: int, every: int, last: int | None = None) -> list[int]:
@@ -24,7 +25,7 @@ def moe_positions(num_layers: int, every: int, last: int | None = None) -> list[
     every=n: blocks n-1, 2n-1, ... (V-MoE's "Every n"; 1 = every block, 2 = every other block: 1, 3, 5, ...);
     last=m keeps only the last m of those (V-MoE's "Last m"); every=0: none (a dense model).
     """
-    check_int("num_layers", num_layers, low=1)
+    check_int("num_layers", num_layers, low=1, high=MAX_LAYERS)
     check_int("moe_every", every, low=0)
     if last is not None:
         check_int("moe_last", last, low=1)
@@ -34,66 +35,45 @@ def moe_positions(num_layers: int, every: int, last: int | None = None) -> list[
     return positions if last is None else positions[-last:]
 
 
+def default_moe() -> MoEConfig:
+    """The MoE layers of a model config that names none: 8 experts, the default router with its own options."""
+    return MoEConfig(num_experts=8)
+
+
 @dataclass(kw_only=True)
 class StackConfig:
     """A stack of pre-norm transformer blocks with MoE FFNs at chosen positions, any router and residual rule.
 
-    ffn_hidden is the hidden width of each expert and of the dense FFNs of non-MoE blocks. The MoE fields
-    (num_experts, k, router, capacity_factor, num_shared_experts, shared_gate) are those of `smoe.MoEConfig`;
-    router_options holds the router's own options only (`smoe.routing.router_options(router)`; for a
-    layer-level method such as s2moe, its constructor's options); `rule` and `rule_options` select the residual
-    rule of `smoe/residual.py` by name (built by each block, one per block).
+    moe: the config of every MoE layer (`smoe.MoEConfig`, or a mapping of its fields), without widths: the
+    experts' are d_model and ffn_hidden. ffn_hidden is also the hidden width of the dense FFNs of non-MoE blocks,
+    whose kind is moe.expert. `rule` and `rule_options` select the residual rule of `smoe/residual.py` by name
+    (built by each block, one per block).
     """
 
     d_model: int = 128
     num_layers: int = 4
     num_heads: int = 4
     ffn_hidden: int = 256
-    expert: str = "swiglu"
     dropout: float = 0.0
-    num_experts: int = 8
-    k: int = 2
-    router: str = "topk"
-    router_options: dict = field(default_factory=dict)
-    capacity_factor: float | None = None
-    num_shared_experts: int = 0
-    shared_gate: bool = False
+    moe: MoEConfig = field(default_factory=default_moe)
     moe_every: int = 1
     moe_last: int | None = None
     rule: str = "residual"
     rule_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("d_model", "num_layers", "num_heads", "ffn_hidden", "num_experts", "k"):
+        for name in ("d_model", "num_layers", "num_heads", "ffn_hidden"):
             check_int(name, getattr(self, name), low=1)
         check_float("dropout", self.dropout, low=0.0, high=1.0)
-        check_choice("router", self.router, tuple(available_routers() + available_layers()))
+        self.moe = MoEConfig.of(self.moe, "moe")
+        self.moe.sized(self.d_model, self.ffn_hidden)  # widths unset, or the model's
         check_choice("rule", self.rule, tuple(available_rules()))
-        if self.capacity_factor is not None:
-            check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
-        for name in ("router_options", "rule_options"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a dict of keyword arguments, got {getattr(self, name)!r}")
-        if self.router in available_routers():
-            valid = router_options(self.router)
-            unknown = sorted(set(self.router_options) - set(valid) - {"k"})
-            if unknown or "k" in self.router_options:
-                raise ValueError(f"router_options {unknown or ['k']} are not options of router {self.router!r} "
-                                 f"(k is a field of its own); valid: {', '.join(o for o in valid if o != 'k')}")
-        check_int("num_shared_experts", self.num_shared_experts, low=0)
-        if not isinstance(self.shared_gate, bool) or (self.shared_gate and not self.num_shared_experts):
-            raise ValueError(f"shared_gate must be True or False, and True needs num_shared_experts >= 1, got "
-                             f"{self.shared_gate!r}")
+        if not isinstance(self.rule_options, dict):
+            raise ValueError(f"rule_options must be a dict of keyword arguments, got {self.rule_options!r}")
         moe_positions(self.num_layers, self.moe_every, self.moe_last)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def moe_kwargs(self) -> dict:
-        """Keyword arguments of `smoe.MoE` besides d_model / hidden / expert."""
-        return {"num_experts": self.num_experts, "k": self.k, "router": self.router,
-                "capacity_factor": self.capacity_factor, "num_shared_experts": self.num_shared_experts,
-                "shared_gate": self.shared_gate, **self.router_options}
 
 
 def build_blocks(config: StackConfig, causal: bool) -> nn.ModuleList:
@@ -101,8 +81,8 @@ def build_blocks(config: StackConfig, causal: bool) -> nn.ModuleList:
     positions = set(moe_positions(config.num_layers, config.moe_every, config.moe_last))
     return nn.ModuleList(
         Block(BlockConfig(d_model=config.d_model, num_heads=config.num_heads, ffn_hidden=config.ffn_hidden,
-                          causal=causal, dropout=config.dropout, expert=config.expert,
-                          moe=config.moe_kwargs() if i in positions else None,
+                          causal=causal, dropout=config.dropout, expert=config.moe.expert,
+                          moe=config.moe if i in positions else None,
                           rule=config.rule, rule_options=dict(config.rule_options)))
         for i in range(config.num_layers)
     )

@@ -9,6 +9,7 @@ Legend: B batch, T sequence length, V vocabulary, d model width, C classes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from smoe._validate import check_int
 from smoe.blocks import run_blocks
 from smoe.init import ParamGenerators, global_rng
-from smoe.layer import MoE
+from smoe.layer import MoE, MoEConfig
 from smoe.models.common import ModelOutput, StackConfig, build_blocks, init_embedding
 from smoe.routing import available_routers, router_options
 
@@ -25,7 +26,8 @@ from smoe.routing import available_routers, router_options
 @dataclass(kw_only=True)
 class LMConfig(StackConfig):
     """The LM: vocab_size and max_len (longest sequence), causal attention (False gives an encoder for
-    classification), num_classes=None for next-token logits or C for a topic-classification head."""
+    classification), num_classes=None for next-token logits or C for a topic-classification head. A router with a
+    `vocab_size` option (routing by token id: hash) gets the LM's where moe leaves it unset."""
 
     vocab_size: int
     max_len: int = 256
@@ -34,20 +36,26 @@ class LMConfig(StackConfig):
     tie_embeddings: bool = True
 
     def __post_init__(self):
-        super().__post_init__()
         check_int("vocab_size", self.vocab_size, low=1)
+        self.moe = with_vocab_size(self.moe, self.vocab_size)
+        super().__post_init__()
         check_int("max_len", self.max_len, low=1)
         if self.num_classes is not None:
             check_int("num_classes", self.num_classes, low=2)
         if not isinstance(self.causal, bool) or not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"causal and tie_embeddings must be bools, got {self.causal!r}, {self.tie_embeddings!r}")
 
-    def moe_kwargs(self) -> dict:
-        """MoE options; a router with a `vocab_size` option (routing by token id) gets the LM's unless set."""
-        kwargs = super().moe_kwargs()
-        if self.router in available_routers() and "vocab_size" in router_options(self.router):
-            kwargs.setdefault("vocab_size", self.vocab_size)
-        return kwargs
+
+def with_vocab_size(moe: object, vocab_size: int) -> object:
+    """moe (a MoEConfig or a mapping of its fields) whose router, if it has a `vocab_size` option left unset,
+    routes over `vocab_size` token ids."""
+    if not isinstance(moe, Mapping) or not isinstance(moe.get("router_options") or {}, Mapping):
+        return moe  # a MoEConfig is complete; a bad mapping fails in MoEConfig
+    router = moe.get("router", MoEConfig.__dataclass_fields__["router"].default)
+    options = moe.get("router_options") or {}
+    if router in available_routers() and "vocab_size" in router_options(router) and options.get("vocab_size") is None:
+        return {**moe, "router_options": {**options, "vocab_size": vocab_size}}
+    return moe
 
 
 class LM(nn.Module):

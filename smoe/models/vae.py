@@ -28,27 +28,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoe._validate import check_choice, check_float, check_int
+from smoe._validate import check_float, check_int
 from smoe.dispatch import Dispatcher
-from smoe.layer import MoEOutput, MoEStats, aux_total
-from smoe.routing import Routing, RoutingContext, available_routers, build_router
+from smoe.layer import MoEConfig, MoEOutput, MoEStats, aux_total
+from smoe.moe_config import option_values
+from smoe.routing import Routing, RoutingContext, build_router
+
+# the MoEConfig fields of a layer with MLP experts, which the SMoE-VAE (decoders as experts) has no use for
+UNUSED_MOE_FIELDS = ("method", "expert", "bias", "backend", "check_finite", "num_shared_experts", "shared_gate")
+
+
+def release_moe() -> MoEConfig:
+    """The release's gate: 5 experts, top-1 (the paper's hard routing at eval)."""
+    return MoEConfig(num_experts=5, router_options={"k": 1})
 
 
 @dataclass(kw_only=True)
 class VAEConfig:
     """SMoE-VAE. encoder_channels: conv3x3 widths with strides 1, 2, 2; decoder_channels: the "lite" decoder's
-    two conv widths; gate_hidden: the gate MLP before the router's linear gate."""
+    two conv widths; gate_hidden: the gate MLP before the router's linear gate. moe: the gate's MoEConfig (or a
+    mapping of its fields): num_experts decoders, the router and its options, capacity; no widths (the router's
+    input is the gate MLP's output) and none of the MLP-expert fields (UNUSED_MOE_FIELDS)."""
 
     image_size: int = 28
     latent_dim: int = 32
     encoder_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     decoder_channels: list[int] = field(default_factory=lambda: [8, 16])
     gate_hidden: list[int] = field(default_factory=lambda: [64, 32])
-    num_experts: int = 5
-    router: str = "topk"
-    k: int = 1
-    router_options: dict = field(default_factory=dict)
-    capacity_factor: float | None = None
+    moe: MoEConfig = field(default_factory=release_moe)
     dense_train: bool = True
     supervised: bool = False
     beta: float = 0.01
@@ -60,17 +67,18 @@ class VAEConfig:
         check_int("image_size", self.image_size, low=4)
         if self.image_size % 4:
             raise ValueError(f"image_size must be divisible by 4 (two stride-2 convolutions), got {self.image_size}")
-        for name in ("latent_dim", "num_experts", "k"):
-            check_int(name, getattr(self, name), low=1)
+        check_int("latent_dim", self.latent_dim, low=1)
         for name, length in (("encoder_channels", 3), ("decoder_channels", 2), ("gate_hidden", None)):
             value = getattr(self, name)
             if not isinstance(value, list) or (length is not None and len(value) != length):
                 raise ValueError(f"{name} must be a list of {length or 'any number of'} ints, got {value!r}")
             for c in value:
                 check_int(name, c, low=1)
-        check_choice("router", self.router, tuple(available_routers()))
-        if self.capacity_factor is not None:
-            check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
+        self.moe = MoEConfig.of(self.moe, "moe")
+        defaults = MoEConfig.__dataclass_fields__
+        unused = [n for n in ("d_model", "hidden", *UNUSED_MOE_FIELDS) if getattr(self.moe, n) != defaults[n].default]
+        if unused:
+            raise ValueError(f"moe: the SMoE-VAE's experts are its decoders; leave {unused} at their defaults")
         for name in ("beta", "balance_coef", "entropy_coef", "label_coef"):
             check_float(name, getattr(self, name), low=0.0)
         for name in ("dense_train", "supervised"):
@@ -132,10 +140,12 @@ class DecoderMoE(nn.Module):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
         self.gate_mlp = nn.Sequential(*layers)
-        self.router = build_router(config.router, d_model=width, num_experts=config.num_experts, k=config.k,
-                                   **config.router_options)
-        self.dispatcher = Dispatcher(config.num_experts, config.capacity_factor)
-        self.decoders = nn.ModuleList(Decoder(config) for _ in range(config.num_experts))
+        moe = config.moe
+        self.router = build_router(moe.router, d_model=width, num_experts=moe.num_experts,
+                                   **option_values(moe.router_options))
+        self.dispatcher = Dispatcher(moe.num_experts, moe.capacity_factor, moe.capacity_rounding,
+                                     moe.capacity_multiple)
+        self.decoders = nn.ModuleList(Decoder(config) for _ in range(moe.num_experts))
         self.routing_transform: Callable[[Routing], Routing] | None = None
 
     def forward(self, z: Tensor, *, dense: bool, unit_weights: bool = False, step: int | None = None,
@@ -227,11 +237,12 @@ class SMoEVAE(nn.Module):
         if cfg.supervised:
             if labels is None:
                 raise ValueError("the supervised SMoE-VAE needs labels (B,) long")
-            target = labels % cfg.num_experts
+            target = labels % cfg.moe.num_experts
             terms["label"] = cfg.label_coef * F.nll_loss(probs.clamp_min(1e-12).log(), target, reduction="sum")
         else:
             usage = probs.mean(0)
-            terms["balance"] = cfg.balance_coef * cfg.num_experts * (usage - 1 / cfg.num_experts).pow(2).sum()
+            e = cfg.moe.num_experts
+            terms["balance"] = cfg.balance_coef * e * (usage - 1 / e).pow(2).sum()
             entropy = -(probs * torch.log(probs + 1e-8)).sum(-1)
             terms["entropy"] = cfg.entropy_coef * entropy.mean()
         return terms

@@ -183,12 +183,20 @@ class Routing:
 @dataclass
 class RouterOptions:
     """The options every router takes. A router declares its own as a subclass (inherited fields are not
-    repeated, except to change a default) validated in `__post_init__`; the registry lists these fields."""
+    repeated, except to change a default) validated in `__post_init__`; the registry lists these fields.
+    `__post_init__` validates and never resolves an "auto" value (None) in place: it stays None, so a saved config
+    keeps meaning "auto" when another option changes; a property resolves it (`SoftmaxTopKOptions.renormalize`)."""
 
     k: int = 1
 
     def __post_init__(self):
         check_int("k", self.k, low=1)
+
+    def check_experts(self, num_experts: int) -> None:
+        """The checks that need the number of experts E (ValueError naming the option): k <= E, as a token-choice
+        router picks k distinct experts per token."""
+        if self.k > num_experts:
+            raise ValueError(f"k={self.k} must be <= num_experts={num_experts} for a token-choice router")
 
 
 def auto_normalize(normalize: object, k: int) -> bool:
@@ -205,15 +213,21 @@ class Router(nn.Module):
     Subclasses implement `forward(x: (N, d), ctx) -> Routing`. State that changes between steps is updated by
     `after_step` (called by the Trainer once per optimizer step), never inside `forward`.
     `Router(d_model, num_experts, **options)`: options are the fields of the class's `Options` dataclass,
-    validated there (an unknown one is a ValueError listing the valid ones); `self.options` holds them and each
-    is also an attribute (`self.k`).
+    validated there (an unknown one is a ValueError listing the valid ones); `self.options` holds them, the one
+    place a router reads them from (`self.options.k`). An option that sizes tensors under torch.compile is also
+    a `StaticFloat` class attribute (set here from the option).
     A router that reads `ctx.attn_probs` sets `needs_attn_probs = True` so blocks compute them eagerly.
     A router that pools over the tokens of every rank when `ctx.gather` is given sets `supports_global_view = True`.
+    `example_options`: options that make a working router where the defaults do not (hash needs a vocabulary);
+    `smoe check-router` builds it with them. `host_sync_in_training`: why its training forward reads the device
+    on the host (None: it never does; `smoe check-router` then checks it in eval mode only).
     """
 
     Options: ClassVar[type[RouterOptions]] = RouterOptions
     needs_attn_probs: bool = False
     supports_global_view: bool = False
+    example_options: ClassVar[dict[str, object]] = {}
+    host_sync_in_training: ClassVar[str | None] = None
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__()
@@ -225,13 +239,11 @@ class Router(nn.Module):
             name = getattr(type(self), "router_name", type(self).__name__)
             raise ValueError(f"unknown option(s) {unknown} for router {name!r}; valid options: {', '.join(valid)}")
         self.options = self.Options(**options)
+        self.options.check_experts(num_experts)
         self.d_model, self.num_experts = d_model, num_experts
         for name in valid:
-            setattr(self, name, getattr(self.options, name))
-
-    def check_k_fits(self) -> None:
-        if self.k > self.num_experts:
-            raise ValueError(f"k={self.k} must be <= num_experts={self.num_experts} for a token-choice router")
+            if isinstance(getattr(type(self), name, None), StaticFloat):
+                setattr(self, name, getattr(self.options, name))
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:  # pragma: no cover - abstract
         raise NotImplementedError

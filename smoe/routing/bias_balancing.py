@@ -32,7 +32,6 @@ class BiasBalancing:
     def init_bias_balancing(self, rate: float | None) -> None:
         if rate is not None:
             check_float("bias_rate", rate, low=0.0)
-        self.bias_rate = rate
         bias = None if rate is None else torch.zeros(self.num_experts, dtype=torch.float32)
         self.register_buffer("expert_bias", bias)
 
@@ -55,7 +54,7 @@ class BiasBalancing:
                 "micro-batch]) once per optimizer step"
             )
         load = torch.stack([s.routed for s in routing_stats]).sum(0).to(self.expert_bias)
-        self.expert_bias.add_(self.bias_rate * torch.sign(load.mean() - load))
+        self.expert_bias.add_(self.options.bias_rate * torch.sign(load.mean() - load))
 
     def _apply(self, fn, recurse=True):
         kept = self.expert_bias

@@ -39,15 +39,36 @@ class DeepSeekOptions(RouterOptions):
     def __post_init__(self):
         super().__post_init__()
         check_int("n_group", self.n_group, low=1)
-        if self.topk_group is None:
-            self.topk_group = self.n_group
-        check_int("topk_group", self.topk_group, low=1, high=self.n_group)
-        if self.group_score_topk is None:
-            self.group_score_topk = 1 if self.bias_rate is None else 2
-        check_int("group_score_topk", self.group_score_topk, low=1)
+        if self.topk_group is not None:
+            check_int("topk_group", self.topk_group, low=1, high=self.n_group)
+        if self.group_score_topk is not None:
+            check_int("group_score_topk", self.group_score_topk, low=1)
         check_bool("normalize", self.normalize)
         check_float("routed_scaling_factor", self.routed_scaling_factor, low=0.0, low_open=True)
         check_float("seq_aux_coef", self.seq_aux_coef, low=0.0)
+
+    def check_experts(self, num_experts: int) -> None:
+        super().check_experts(num_experts)
+        if num_experts % self.n_group:
+            raise ValueError(f"n_group={self.n_group} must divide num_experts={num_experts}")
+        group_size = num_experts // self.n_group
+        if self.n_group > 1:
+            check_int("group_score_topk", self.group_score_k, high=group_size)
+        reachable = self.kept_groups * group_size
+        if self.k > reachable:
+            raise ValueError(f"k={self.k} must be <= topk_group * experts per group = {reachable}")
+
+    @property
+    def kept_groups(self) -> int:
+        """`topk_group` resolved: None means n_group (every group eligible)."""
+        return self.n_group if self.topk_group is None else self.topk_group
+
+    @property
+    def group_score_k(self) -> int:
+        """`group_score_topk` resolved: None means 2 with the expert bias, 1 (the group maximum) without it."""
+        if self.group_score_topk is not None:
+            return self.group_score_topk
+        return 1 if self.bias_rate is None else 2
 
 
 @register_router("deepseek")
@@ -75,24 +96,16 @@ class DeepSeekRouter(BiasBalancing, Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
-        if num_experts % self.n_group:
-            raise ValueError(f"n_group={self.n_group} must divide num_experts={num_experts}")
-        group_size = num_experts // self.n_group
-        if self.n_group > 1:
-            check_int("group_score_topk", self.group_score_topk, high=group_size)
-        if self.k > self.topk_group * group_size:
-            raise ValueError(f"k={self.k} must be <= topk_group * experts per group = {self.topk_group * group_size}")
         self.gate = nn.Linear(d_model, num_experts, bias=False)
-        self.init_bias_balancing(self.bias_rate)
+        self.init_bias_balancing(self.options.bias_rate)
 
     def limit_groups(self, choice: Tensor) -> Tensor:
         """choice: (N, E) selection scores -> the same with every expert outside the best topk_group groups -inf."""
-        if self.topk_group == self.n_group:
+        if self.options.kept_groups == self.options.n_group:
             return choice
-        grouped = choice.view(choice.shape[0], self.n_group, -1)  # (N, G, E / G)
-        group_score = grouped.topk(self.group_score_topk, dim=-1).values.sum(-1)  # (N, G)
-        best = group_score.topk(self.topk_group, dim=-1).indices
+        grouped = choice.view(choice.shape[0], self.options.n_group, -1)  # (N, G, E / G)
+        group_score = grouped.topk(self.options.group_score_k, dim=-1).values.sum(-1)  # (N, G)
+        best = group_score.topk(self.options.kept_groups, dim=-1).indices
         allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best, True)
         return grouped.masked_fill(~allowed.unsqueeze(-1), float("-inf")).view_as(choice)
 
@@ -100,16 +113,16 @@ class DeepSeekRouter(BiasBalancing, Router):
         """x: (N, d) -> Routing with k pairs per real token."""
         logits = gate_logits(x, self.gate.weight)
         scores = torch.sigmoid(logits)
-        index = self.limit_groups(self.biased(scores)).topk(self.k, dim=-1).indices  # (N, k)
+        index = self.limit_groups(self.biased(scores)).topk(self.options.k, dim=-1).indices  # (N, k)
         # s / sum(s) as softmax(log s): finite when every s underflows to 0 (logits below about -104 in float32)
         log_scores = F.logsigmoid(logits)
-        weight = torch.softmax(log_scores.gather(1, index), -1) if self.normalize else scores.gather(1, index)
-        weight = weight * self.routed_scaling_factor
+        weight = torch.softmax(log_scores.gather(1, index), -1) if self.options.normalize else scores.gather(1, index)
+        weight = weight * self.options.routed_scaling_factor
         probs = torch.softmax(log_scores, dim=-1)
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
-        if self.seq_aux_coef > 0:
+        if self.options.seq_aux_coef > 0:
             seq_len = ctx.batch_shape[-1] if ctx.batch_shape is not None and len(ctx.batch_shape) > 1 else x.shape[0]
             pairs = routing.pairs
-            routing.aux["seq_balance"] = self.seq_aux_coef * sequence_balance_loss(
-                probs, pairs.token, pairs.expert, seq_len, self.k, ctx.mask, pairs.keep)
+            routing.aux["seq_balance"] = self.options.seq_aux_coef * sequence_balance_loss(
+                probs, pairs.token, pairs.expert, seq_len, self.options.k, ctx.mask, pairs.keep)
         return routing

@@ -26,6 +26,9 @@ class ExpertChoiceOptions(RouterOptions):
         check_float("capacity_factor", self.capacity_factor, low=0.0, low_open=True)
         check_float("z_loss_coef", self.z_loss_coef, low=0.0)
 
+    def check_experts(self, num_experts: int) -> None:
+        """Any k: it scales the capacity, and each expert takes at most every token."""
+
 
 @register_router("expert_choice")
 class ExpertChoiceRouter(Router):
@@ -52,7 +55,7 @@ class ExpertChoiceRouter(Router):
         """Tokens per expert: ceil(capacity_factor * N * k / E), at most N (an int, or a 0-dim long tensor for a
         0-dim long tensor N)."""
         real = num_tokens.double() if isinstance(num_tokens, Tensor) else num_tokens
-        c = integral(self.capacity_factor * real * self.k / self.num_experts)
+        c = integral(self.capacity_factor * real * self.options.k / self.num_experts)
         return torch.minimum(c, num_tokens) if isinstance(c, Tensor) else min(num_tokens, c)
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
@@ -75,6 +78,6 @@ class ExpertChoiceRouter(Router):
         if ctx.gather is not None:  # the pool spans several ranks (sizes already on the host): this call's rows
             keep &= (token >= 0) & (token < x.shape[0])
             token, expert, keep = token[keep], expert[keep], None
-        aux = {"z_loss": self.z_loss_coef * z_loss(logits, ctx.mask)} if self.z_loss_coef > 0 else {}
+        aux = {"z_loss": self.options.z_loss_coef * z_loss(logits, ctx.mask)} if self.options.z_loss_coef > 0 else {}
         return Routing(token=token, expert=expert, weight=probs[token, expert], probs=probs, num_experts=e, aux=aux,
                        logits=logits, mask=ctx.mask, keep=keep)

@@ -98,12 +98,12 @@ class GraphOfTokensRouter(SoftmaxTopKRouter):
         probs = torch.softmax(logits, dim=-1)
         batch, length = ctx.sequences(x.shape[0])
         graph = self.graph(x, ctx, batch, length, allowed_links(ctx, batch, length, x.device))
-        if self.detach_graph:
+        if self.options.detach_graph:
             graph = graph.detach()
-        neighbours = probs if self.neighbour_probs == "full" else sparse_top_k(probs, self.k)
-        mixed = torch.lerp(probs, mix_over_graph(neighbours, graph), self.mix)
-        weight, index = top_k_probs(mixed, self.k, self.normalize)
+        neighbours = probs if self.options.neighbour_probs == "full" else sparse_top_k(probs, self.options.k)
+        mixed = torch.lerp(probs, mix_over_graph(neighbours, graph), self.options.mix)
+        weight, index = top_k_probs(mixed, self.options.k, self.options.renormalize)
         routing = Routing.from_token_choice(index, weight, mixed, ctx, logits=logits)
-        scored = routing if self.balance_on == "mixed" else routing.replace(probs=probs)
+        scored = routing if self.options.balance_on == "mixed" else routing.replace(probs=probs)
         routing.aux.update(self.losses(scored, logits, ctx, index))
         return routing

@@ -8,6 +8,7 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -66,19 +67,20 @@ class HashRouter(Router):
     """
 
     Options = HashOptions
+    example_options: ClassVar[dict[str, object]] = {"vocab_size": 64}
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
-        self.register_buffer("table", self._build([1.0] * self.vocab_size))
+        self.register_buffer("table", self._build([1.0] * self.options.vocab_size))
 
     def _build(self, weights: list[float]) -> Tensor:
-        return torch.tensor(balanced_assignment(weights, self.num_experts, self.k, self.seed), dtype=torch.long)
+        table = balanced_assignment(weights, self.num_experts, self.options.k, self.options.seed)
+        return torch.tensor(table, dtype=torch.long)
 
     def balance_by_frequency(self, counts: Tensor) -> None:
         """Rebuild the table from token counts (V,) of the training data (Roller et al.'s Balanced assignment)."""
-        if tuple(counts.shape) != (self.vocab_size,) or bool((counts < 0).any()):
-            raise ValueError(f"counts must be ({self.vocab_size},) non-negative token counts, got shape "
+        if tuple(counts.shape) != (self.options.vocab_size,) or bool((counts < 0).any()):
+            raise ValueError(f"counts must be ({self.options.vocab_size},) non-negative token counts, got shape "
                              f"{tuple(counts.shape)}")
         self.table.copy_(self._build(counts.double().tolist()))
 
@@ -95,9 +97,9 @@ class HashRouter(Router):
         try:  # index_select (unlike indexing) refuses negative ids too; the range is read only on failure
             index = self.table.index_select(0, ids.long())  # (N, k)
         except (IndexError, RuntimeError) as e:
-            raise ValueError(f"token_ids must lie in [0, vocab_size={self.vocab_size}), got "
+            raise ValueError(f"token_ids must lie in [0, vocab_size={self.options.vocab_size}), got "
                              f"[{int(ids.min())}, {int(ids.max())}]") from e
         dtype = router_dtype(x)
-        weight = torch.full(index.shape, 1.0 / self.k, dtype=dtype, device=x.device)
+        weight = torch.full(index.shape, 1.0 / self.options.k, dtype=dtype, device=x.device)
         probs = torch.zeros(x.shape[0], self.num_experts, dtype=dtype, device=x.device).scatter_(1, index, weight)
         return Routing.from_token_choice(index, weight, probs, ctx)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+from collections.abc import Mapping
 
 from smoe.registry import Registry
 from smoe.routing.base import Router
@@ -28,6 +29,13 @@ def router_class(name: str) -> type[Router]:
 def router_options(name: str) -> dict[str, object]:
     """The options a router accepts (beyond d_model and num_experts) with their defaults: its `Options` fields."""
     return {f.name: f.default for f in dataclasses.fields(router_class(name).Options)}
+
+
+def check_router_options(name: str, options: Mapping[str, object]) -> None:
+    """ValueError for an unknown router `name` (listing the routers) or options it does not take (listing its)."""
+    unknown = sorted(set(options) - set(router_options(name)))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for router {name!r}; valid: {', '.join(router_options(name))}")
 
 
 def build_router(name: str, d_model: int, num_experts: int, **options) -> Router:

@@ -48,7 +48,7 @@ class SimilarityRouter(GraphOfTokensRouter):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.sim_proj = nn.Linear(d_model, d_model, bias=False) if self.similarity == "bilinear" else None
+        self.sim_proj = nn.Linear(d_model, d_model, bias=False) if self.options.similarity == "bilinear" else None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -60,11 +60,11 @@ class SimilarityRouter(GraphOfTokensRouter):
     def graph(self, x: Tensor, ctx: RoutingContext, batch: int, length: int, allowed: Tensor) -> Tensor:
         """(B, T, T) row-stochastic similarity graph over the allowed links."""
         z = x.to(router_dtype(x)).view(batch, length, x.shape[-1])
-        if self.similarity == "cosine":
+        if self.options.similarity == "cosine":
             z = F.normalize(z, dim=-1)
             scores = z @ z.transpose(1, 2)
         else:
             query = z if self.sim_proj is None else F.linear(z, self.sim_proj.weight.to(z.dtype))
             scores = query @ z.transpose(1, 2) / math.sqrt(z.shape[-1])
-        scores = (scores / self.temperature).masked_fill(~allowed, float("-inf"))
+        scores = (scores / self.options.temperature).masked_fill(~allowed, float("-inf"))
         return torch.softmax(scores, dim=-1)

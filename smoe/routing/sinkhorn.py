@@ -10,6 +10,7 @@ concrete public form matched here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -35,13 +36,22 @@ class TransportOptions(RouterOptions):
     def __post_init__(self):
         super().__post_init__()
         check_choice("cost", self.cost, ("logits", "probs"))
-        if self.eps is None:
-            self.eps = 1.0 if self.cost == "logits" else 0.05
-        check_float("eps", self.eps, low=0.0, low_open=True)
+        if self.eps is not None:
+            check_float("eps", self.eps, low=0.0, low_open=True)
         check_int("max_iter", self.max_iter, low=1)
         check_float("tol", self.tol, low=0.0)
         check_bool("plan_grad", self.plan_grad)
-        self.normalize = auto_normalize(self.normalize, self.k)
+        auto_normalize(self.normalize, self.k)  # validates it
+
+    @property
+    def renormalize(self) -> bool:
+        """`normalize` resolved: None (auto) means True when k > 1."""
+        return auto_normalize(self.normalize, self.k)
+
+    @property
+    def epsilon(self) -> float:
+        """`eps` resolved: None (auto) means 1.0 for cost="logits", 0.05 for cost="probs"."""
+        return (1.0 if self.cost == "logits" else 0.05) if self.eps is None else self.eps
 
 
 @dataclass
@@ -75,11 +85,22 @@ class SinkhornRouter(Router):
     """
 
     Options = SinkhornOptions
+    host_sync_in_training: ClassVar[str | None] = (
+        "Sinkhorn's stopping test reads the largest marginal error on the host every 10 rounds")
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
         self.gate = nn.Linear(d_model, num_experts, bias=False)
+
+    @property
+    def weights(self) -> str:
+        """The `weights` option (a subclass may fix it as a class attribute: ssr)."""
+        return self.options.weights
+
+    @property
+    def sinkhorn_in_eval(self) -> bool:
+        """The `sinkhorn_in_eval` option (a subclass may fix it as a class attribute: ssr)."""
+        return self.options.sinkhorn_in_eval
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
         """x: (N, d) -> Routing with k pairs per real token."""
@@ -90,14 +111,16 @@ class SinkhornRouter(Router):
         logits = gate_logits(x, self.gate.weight)
         probs = torch.softmax(logits, dim=-1)
         scores = self.plan(logits, ctx) if use_plan else probs
-        top, index = scores.topk(self.k, dim=-1)
+        opt = self.options
+        top, index = scores.topk(opt.k, dim=-1)
         if self.weights == "plan":
-            weight = top / top.sum(-1, keepdim=True).clamp_min(torch.finfo(top.dtype).tiny) if self.normalize else top
+            weight = top / top.sum(-1, keepdim=True).clamp_min(torch.finfo(top.dtype).tiny) if opt.renormalize else top
         else:
-            weight = torch.sigmoid(logits.gather(1, index)) if self.k == 1 else probs.gather(1, index)
+            weight = torch.sigmoid(logits.gather(1, index)) if opt.k == 1 else probs.gather(1, index)
         return Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
 
     def plan(self, logits: Tensor, ctx: RoutingContext) -> Tensor:
         """(N, E) balanced plan of this call's real tokens (rows sum to 1, columns to N_real / E)."""
-        grad = self.plan_grad and self.weights == "plan"
-        return balanced_plan(logits, ctx.mask, self.cost, self.eps, self.max_iter, self.tol, grad=grad)
+        opt = self.options
+        return balanced_plan(logits, ctx.mask, opt.cost, opt.epsilon, opt.max_iter, opt.tol,
+                             grad=opt.plan_grad and self.weights == "plan")

@@ -66,11 +66,11 @@ class SelectiveSinkhornRouter(SinkhornRouter):
 
     def selects_sinkhorn(self, ctx: RoutingContext) -> bool:
         """Whether this training call takes the Sinkhorn branch (one Bernoulli(p) draw)."""
-        if self.p in (0.0, 1.0):
-            return self.p == 1.0
-        if self.draw == "step":
+        if self.options.p in (0.0, 1.0):
+            return self.options.p == 1.0
+        if self.options.draw == "step":
             if ctx.step is None:
                 raise ValueError("ssr with draw='step' needs the training step: call the layer with step=...")
-            return random.Random(f"{self.seed}:{ctx.step}").random() < self.p
+            return random.Random(f"{self.options.seed}:{ctx.step}").random() < self.options.p
         device = ctx.generator.device if ctx.generator is not None else "cpu"
-        return float(torch.rand((), generator=ctx.generator, device=device)) < self.p
+        return float(torch.rand((), generator=ctx.generator, device=device)) < self.options.p

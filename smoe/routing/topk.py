@@ -49,7 +49,12 @@ class SoftmaxTopKOptions(RouterOptions):
         check_float("load_balance_coef", self.load_balance_coef, low=0.0)
         check_choice("load_balance_counts", self.load_balance_counts, ("pairs", "first"))
         check_float("z_loss_coef", self.z_loss_coef, low=0.0)
-        self.normalize = auto_normalize(self.normalize, self.k)
+        auto_normalize(self.normalize, self.k)  # validates it
+
+    @property
+    def renormalize(self) -> bool:
+        """`normalize` resolved: None (auto) means True when k > 1."""
+        return auto_normalize(self.normalize, self.k)
 
 
 @dataclass
@@ -70,6 +75,11 @@ class TopKOptions(SoftmaxTopKOptions):
         check_choice("noise", self.noise, ("none", "learned", "fixed"))
         check_float("noise_std", self.noise_std, low=0.0)
 
+    def check_experts(self, num_experts: int) -> None:
+        super().check_experts(num_experts)
+        if self.eval_k is not None:
+            check_int("eval_k", self.eval_k, high=num_experts)
+
 
 class SoftmaxTopKRouter(Router):
     """The gate and the aux losses of softmax top-k routers (`topk`, and the graph-of-tokens routers):
@@ -83,20 +93,20 @@ class SoftmaxTopKRouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     def losses(self, routing: Routing, logits: Tensor, ctx: RoutingContext, index: Tensor) -> dict[str, Tensor]:
         """The weighted aux losses of a routing whose per-token choices are index: (N, k), best first."""
         aux = {}
-        if self.load_balance_coef > 0:
-            if self.load_balance_counts == "pairs":
+        if self.options.load_balance_coef > 0:
+            if self.options.load_balance_counts == "pairs":
                 counted, keep = routing.pairs.expert, routing.pairs.keep
             else:
                 counted, keep = index[:, 0], ctx.mask
-            aux["load_balance"] = self.load_balance_coef * load_balance_loss(routing.probs, counted, ctx.mask, keep)
-        if self.z_loss_coef > 0:
-            aux["z_loss"] = self.z_loss_coef * z_loss(logits, ctx.mask)
+            aux["load_balance"] = (self.options.load_balance_coef
+                                   * load_balance_loss(routing.probs, counted, ctx.mask, keep))
+        if self.options.z_loss_coef > 0:
+            aux["z_loss"] = self.options.z_loss_coef * z_loss(logits, ctx.mask)
         return aux
 
 
@@ -125,10 +135,8 @@ class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        if self.eval_k is not None:
-            check_int("eval_k", self.eval_k, high=num_experts)
-        self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if self.noise == "learned" else None
-        self.init_bias_balancing(self.bias_rate)
+        self.noise_gate = nn.Linear(d_model, num_experts, bias=False) if self.options.noise == "learned" else None
+        self.init_bias_balancing(self.options.bias_rate)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -139,28 +147,29 @@ class TopKRouter(BiasBalancing, SoftmaxTopKRouter):
 
     def noisy_logits(self, x: Tensor, logits: Tensor, ctx: RoutingContext) -> Tensor:
         """logits + noise during training (the clean logits in eval or with noise='none')."""
-        if not self.training or self.noise == "none":
+        if not self.training or self.options.noise == "none":
             return logits
         eps = sample_noise(logits, ctx.generator)
-        if self.noise == "learned":
+        if self.options.noise == "learned":
             return logits + eps * F.softplus(gate_logits(x, self.noise_gate.weight))
-        return logits + eps * self.noise_std
+        return logits + eps * self.options.noise_std
 
     @property
     def active_k(self) -> int:
         """Experts per token in the current mode (eval_k in eval mode when set)."""
-        return self.k if self.training or self.eval_k is None else self.eval_k
+        return self.options.k if self.training or self.options.eval_k is None else self.options.eval_k
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
         """x: (N, d) -> Routing with k pairs per real token (eval_k in eval mode when set)."""
         logits = gate_logits(x, self.gate.weight)
         scores = self.noisy_logits(x, logits, ctx)
         probs = torch.softmax(scores, dim=-1)
-        if self.softmax == "before":
-            weight, index = top_k_probs(probs, self.active_k, self.normalize, select=self.biased(probs))
+        if self.options.softmax == "before":
+            weight, index = top_k_probs(probs, self.active_k, self.options.renormalize, select=self.biased(probs))
         else:
             index = self.biased(scores).topk(self.active_k, dim=-1).indices
-            weight = torch.softmax(scores.gather(1, index), dim=-1) if self.normalize else probs.gather(1, index)
+            weight = (torch.softmax(scores.gather(1, index), dim=-1) if self.options.renormalize
+                      else probs.gather(1, index))
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         routing.aux.update(self.losses(routing, logits, ctx, index))
         return routing

@@ -33,6 +33,10 @@ class USMoEOptions(RouterOptions):
         check_choice("pool", self.pool, POOLS)
         check_float("budget_factor", self.budget_factor, low=0.0, low_open=True)
 
+    def check_experts(self, num_experts: int) -> None:
+        super().check_experts(num_experts)
+        check_float("budget_factor", self.budget_factor, high=num_experts / self.k)
+
 
 @register_router("usmoe")
 class USMoERouter(Router):
@@ -56,19 +60,17 @@ class USMoERouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
-        check_float("budget_factor", self.budget_factor, high=num_experts / self.k)
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     def unified_score(self, logits: Tensor) -> Tensor:
         """logits: (N, E) -> U: (N, E)."""
         token_choice = torch.softmax(logits, dim=-1)
         pair_score = torch.sigmoid(logits) * (2.0 / self.num_experts)
-        return torch.lerp(token_choice, pair_score, self.score_mix)
+        return torch.lerp(token_choice, pair_score, self.options.score_mix)
 
     def pools(self, ctx: RoutingContext, num_tokens: int, device: torch.device) -> Tensor:
         """(P, L) long: the token ids of each pool."""
-        pool = self.pool if self.pool != "auto" else ("batch_position" if ctx.causal else "sequence")
+        pool = self.options.pool if self.options.pool != "auto" else ("batch_position" if ctx.causal else "sequence")
         batch, length = ctx.sequences(num_tokens)
         ids = torch.arange(num_tokens, device=device).view(batch, length)
         if pool == "sequence":
@@ -79,7 +81,7 @@ class USMoERouter(Router):
         """Pairs a pool of that many real tokens keeps: min(round(budget_factor * k * L), L * E), half to even; an
         int, or a long tensor for a long tensor of counts."""
         real = real_tokens.double() if isinstance(real_tokens, Tensor) else real_tokens
-        kept = integral(self.budget_factor * self.k * real, "round")
+        kept = integral(self.budget_factor * self.options.k * real, "round")
         cap = real_tokens * self.num_experts
         return torch.minimum(kept, cap) if isinstance(kept, Tensor) else min(kept, cap)
 

@@ -68,16 +68,15 @@ class VMoERouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
         self.gate = nn.Linear(d_model, num_experts, bias=False)
 
     @property
     def sigma(self) -> float:
         """The std of the logit noise actually used: noise_std / E."""
-        return self.noise_std / self.num_experts
+        return self.options.noise_std / self.num_experts
 
     def uses_bpr(self) -> bool:
-        return self.batch_priority == "always" or (self.batch_priority == "eval" and not self.training)
+        return self.options.batch_priority == "always" or (self.options.batch_priority == "eval" and not self.training)
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
         """x: (N, d) -> Routing with k pairs per real token."""
@@ -85,18 +84,18 @@ class VMoERouter(Router):
         noisy = self.training and self.sigma > 0
         scores = logits + self.sigma * sample_noise(logits, ctx.generator) if noisy else logits
         probs = torch.softmax(scores, dim=-1)
-        weight, index = probs.topk(self.k, dim=-1)
+        weight, index = probs.topk(self.options.k, dim=-1)
         priority = self.bpr_priority(weight) if self.uses_bpr() else None
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits, priority=priority)
         token_group = self.token_groups(x.shape[0], x.device)
         if token_group is not None:
             routing.pairs.group = token_group[routing.pairs.token]
         clean = torch.softmax(logits, dim=-1) if noisy else probs
-        if self.importance_coef > 0:
-            routing.aux["importance"] = self.importance_coef * importance_loss(clean, ctx.mask, token_group)
-        if noisy and self.load_coef > 0:
-            routing.aux["load"] = self.load_coef * noisy_load_loss(logits, scores, self.sigma, self.k, ctx.mask,
-                                                                   token_group)
+        if self.options.importance_coef > 0:
+            routing.aux["importance"] = self.options.importance_coef * importance_loss(clean, ctx.mask, token_group)
+        if noisy and self.options.load_coef > 0:
+            routing.aux["load"] = self.options.load_coef * noisy_load_loss(logits, scores, self.sigma, self.options.k,
+                                                                           ctx.mask, token_group)
         return routing
 
     @staticmethod
@@ -108,6 +107,6 @@ class VMoERouter(Router):
 
     def token_groups(self, num_tokens: int, device: torch.device) -> Tensor | None:
         """(N,) long routing group of each token, or None for one group."""
-        if self.group_size is None:
+        if self.options.group_size is None:
             return None
-        return torch.arange(num_tokens, device=device) // self.group_size
+        return torch.arange(num_tokens, device=device) // self.options.group_size

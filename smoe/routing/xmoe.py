@@ -95,16 +95,14 @@ class XMoERouter(Router):
 
     def __init__(self, d_model: int, num_experts: int, **options):
         super().__init__(d_model, num_experts, **options)
-        self.check_k_fits()
-        self.proj = nn.Linear(d_model, self.dim, bias=False)
-        self.expert_emb = nn.Parameter(torch.empty(num_experts, self.dim))
-        temperature = self.options.temperature
+        self.proj = nn.Linear(d_model, self.options.dim, bias=False)
+        self.expert_emb = nn.Parameter(torch.empty(num_experts, self.options.dim))
+        temperature = self.options.temperature  # the initial value; the module state tau is `self.temperature`
         if temperature is None:
             self.temperature = None
-        elif self.learn_temperature:
+        elif self.options.learn_temperature:
             self.temperature = nn.Parameter(torch.tensor(float(temperature)))
         else:
-            del self.temperature
             self.register_buffer("temperature", torch.tensor(float(temperature)))
         self.reset_parameters()
 
@@ -112,15 +110,15 @@ class XMoERouter(Router):
     def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
         """Expert embeddings orthogonal with gain init_gain, rescaled to expert_norm (`smoe.init`; the projection is
         nn.Linear's, the temperature its constant)."""
-        nn.init.orthogonal_(self.expert_emb, gain=self.init_gain, generator=generators("expert_emb"))
+        nn.init.orthogonal_(self.expert_emb, gain=self.options.init_gain, generator=generators("expert_emb"))
         self.rescale_expert_embeddings()
 
     @torch.no_grad()
     def rescale_expert_embeddings(self) -> None:
         """Rescale every row of the expert embeddings to norm `expert_norm` (no-op when None)."""
-        if self.expert_norm is not None:
+        if self.options.expert_norm is not None:
             emb = self.expert_emb
-            emb.mul_(self.expert_norm / emb.norm(dim=1, keepdim=True).clamp_min(NORM_EPS))
+            emb.mul_(self.options.expert_norm / emb.norm(dim=1, keepdim=True).clamp_min(NORM_EPS))
 
     @torch.no_grad()
     def after_step(self, routing_stats: list | None = None) -> None:
@@ -129,39 +127,39 @@ class XMoERouter(Router):
     def scores(self, x: Tensor) -> Tensor:
         """x: (N, d) -> routing scores s: (N, E) in float32 (float64 for float64 input)."""
         z = gate_logits(x, self.proj.weight)
-        if self.normalize_tokens:
+        if self.options.normalize_tokens:
             z = F.normalize(z, dim=-1, eps=NORM_EPS)
         experts = F.normalize(self.expert_emb.to(router_dtype(x)), dim=-1, eps=NORM_EPS)
         s = z @ experts.T
         if self.temperature is None:
             return s
-        return s / self.temperature.to(s.dtype).clamp_min(self.min_temperature)
+        return s / self.temperature.to(s.dtype).clamp_min(self.options.min_temperature)
 
     def forward(self, x: Tensor, ctx: RoutingContext) -> Routing:
         """x: (N, d) -> Routing with k pairs per real token (the second one possibly dropped, see `second_expert`)."""
         logits = self.scores(x)
         probs = torch.softmax(logits, dim=-1)
-        top, index = probs.topk(self.k, dim=-1)
-        weight = top / top.sum(-1, keepdim=True) if self.k > 1 else top
+        top, index = probs.topk(self.options.k, dim=-1)
+        weight = top / top.sum(-1, keepdim=True) if self.options.k > 1 else top
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
-        if self.load_balance_coef > 0:
-            routing.aux["load_balance"] = self.load_balance_coef * load_balance_loss(probs, index[:, 0], ctx.mask,
-                                                                                     ctx.mask)
-        policy = self.second_expert if self.training else self.eval_second_expert
-        if self.k == 2 and policy != "all":
+        if self.options.load_balance_coef > 0:
+            routing.aux["load_balance"] = (self.options.load_balance_coef
+                                           * load_balance_loss(probs, index[:, 0], ctx.mask, ctx.mask))
+        policy = self.options.second_expert if self.training else self.options.eval_second_expert
+        if self.options.k == 2 and policy != "all":
             g2 = weight[:, 1].detach()
             threshold = 0.5 if policy == "threshold" else sample_noise(g2, ctx.generator, uniform=True)
             keep = torch.stack([torch.ones_like(g2, dtype=torch.bool), 2 * g2 > threshold], 1)  # (N, 2), token-major
             routing = routing.select(keep.reshape(-1))
-        if self.capacity == "release":
+        if self.options.capacity == "release":
             routing = routing.select(self.within_release_capacity(routing, x.shape[0]))
         return routing
 
     def release_capacity(self, num_tokens: int) -> int:
         """Per-expert capacity of the release for a call of S = num_tokens tokens (see capacity="release")."""
-        if not self.training and self.eval_capacity_fraction > 0:
-            return math.ceil(self.eval_capacity_fraction * num_tokens)
-        return self.k * math.ceil(num_tokens / self.num_experts)
+        if not self.training and self.options.eval_capacity_fraction > 0:
+            return math.ceil(self.options.eval_capacity_fraction * num_tokens)
+        return self.options.k * math.ceil(num_tokens / self.num_experts)
 
     def within_release_capacity(self, routing: Routing, num_tokens: int) -> Tensor:
         """(S,) bool over `routing.pairs`: the pairs the release keeps, filling each expert's `release_capacity`

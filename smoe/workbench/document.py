@@ -1,12 +1,14 @@
 """A report as a list of blocks (heading, text, code, bullets, table, image, a collapsed paragraph) and its two
 renderings: Markdown (images linked) and one self-contained HTML file (inline CSS, images inlined as base64, no
-external reference).
+external reference). Text from a results file is shown, never run: markup is escaped in both renderings, and a
+Markdown table cell that a spreadsheet would run as a formula is quoted (`safe_cell`).
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,21 +60,36 @@ class Details:
 Block = Heading | Text | Code | Bullets | Table | Image | Details
 
 
+_FORMULA = re.compile(r"[=@\t\r]|[+-](?!\.?\d)")  # what a spreadsheet would run: =, @, or +/- before a non-number
+_TAG = re.compile(r"<(?=[A-Za-z/!?])")  # what could open an HTML tag, comment or declaration
+
+
+def safe_cell(text: str) -> str:
+    """A table cell that a spreadsheet opens as text: one starting with =, @, a tab or a carriage return, or with + or
+    - not followed by a number, gets a leading apostrophe (-0.5 and +3 stay numbers)."""
+    return "'" + text if _FORMULA.match(text) else text
+
+
+def _md_text(text: str) -> str:
+    """Text that a Markdown viewer shows as written: `<` before a letter, `/`, `!` or `?` (a tag) as `&lt;`."""
+    return _TAG.sub("&lt;", text)
+
+
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _md_text(safe_cell(text)).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(blocks: Sequence[Block]) -> str:
     out = []
     for block in blocks:
         if isinstance(block, Heading):
-            out.append(f"{'#' * block.level} {block.text}")
+            out.append(f"{'#' * block.level} {_md_text(block.text)}")
         elif isinstance(block, Text):
-            out.append(block.text)
+            out.append(_md_text(block.text))
         elif isinstance(block, Code):
             out.append(f"```\n{block.text}\n```")
         elif isinstance(block, Bullets):
-            out.append("\n".join(f"- {item}" for item in block.items))
+            out.append("\n".join(f"- {_md_text(item)}" for item in block.items))
         elif isinstance(block, Table):
             lines = ["| " + " | ".join(map(_md_cell, block.header)) + " |", "|" + "---|" * len(block.header)]
             for i, row in enumerate(block.rows):
@@ -82,9 +99,11 @@ def render_markdown(blocks: Sequence[Block]) -> str:
                 lines.append("| " + " | ".join(cells) + " |")
             out.append("\n".join(lines))
         elif isinstance(block, Image):
-            out.append(f"![{block.caption}]({block.path.as_posix()})\n\n*{block.caption}*")
+            caption = _md_text(block.caption)
+            out.append(f"![{caption}]({block.path.as_posix()})\n\n*{caption}*")
         elif isinstance(block, Details):
-            out.append(f"<details><summary>{html.escape(block.summary)}</summary>\n\n{block.text}\n\n</details>")
+            out.append(f"<details><summary>{html.escape(block.summary)}</summary>\n\n{_md_text(block.text)}\n\n"
+                       "</details>")
     return "\n\n".join(out) + "\n"
 
 

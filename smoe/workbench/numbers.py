@@ -1,7 +1,8 @@
 """Numbers in reports: which values count (`is_finite`, `finite_mean`), and one format: a spread rounded to two
 significant figures and its mean to the same decimal place ("0.65970 ± 0.00037", "20900 ± 2700"); a lone number to
 four significant figures; a shared power of ten when the numbers are very large or very small ("(3.52 ± 0.41)e-05");
-"n/a" for None, NaN and infinities."""
+"n/a" for None, NaN and infinities; durations in the largest unit that keeps them above 1 ("42 s", "3.5 min",
+"12.4 h")."""
 
 from __future__ import annotations
 
@@ -66,3 +67,14 @@ def format_spread(mean: float, spread: float | None) -> str:
         return f"({mean / 10**power:.{decimals}f} ± {spread / 10**power:.{decimals}f})e{power:+03d}"
     decimals = max(-last, 0)
     return f"{round(mean, -last):.{decimals}f} ± {round(spread, -last):.{decimals}f}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """seconds as "42 s", "3.5 min" or "12.4 h" (one decimal above a minute); "n/a" when not finite or negative."""
+    if not is_finite(seconds) or seconds < 0:
+        return NOT_FINITE
+    if round(seconds) < 60:
+        return f"{seconds:.0f} s"
+    if round(seconds / 60, 1) < 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from smoe.bench.skewed import SkewedStream, load_cv, run, window_mean
+from smoe.bench.skewed import SHAPE, SkewedStream, load_cv, run, window_mean
+from smoe.layer import MoEConfig
 
 
 def test_load_cv_by_hand():
@@ -15,7 +16,8 @@ def test_bias_balancing_fixes_the_skewed_stream_and_no_bias_does_not():
 
     def curve(rate):
         opts = {"bias_rate": rate, "seq_aux_coef": 0.0}
-        return run(SkewedStream(router="deepseek", router_options=opts, steps=30, tokens=256, micro_batches=2))
+        moe = MoEConfig(**SHAPE, router="deepseek", router_options=opts)
+        return run(SkewedStream(moe=moe, steps=30, tokens=256, micro_batches=2))
 
     balanced, skewed = curve(0.01), curve(None)
     assert balanced[0] == skewed[0] > 0.3  # same start, imbalanced

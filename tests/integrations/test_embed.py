@@ -17,7 +17,7 @@ from smoe.workbench.run.embed_suite import (
 def tiny_lm():
     torch.manual_seed(0)
     return LM(LMConfig(vocab_size=40, max_len=12, d_model=16, num_layers=2, num_heads=2, ffn_hidden=32,
-                       num_experts=4, k=2)).eval()
+                       moe={"num_experts": 4, "router_options": {"k": 2}})).eval()
 
 
 def test_last_token_index_right_and_left_padding():

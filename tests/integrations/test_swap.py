@@ -3,12 +3,13 @@ import torch
 
 from smoe.integrations.swap import swap_router
 from smoe.models import LM, LMConfig
+from smoe.routing.usmoe import USMoEOptions
 
 
 def tiny_lm(**kw):
     torch.manual_seed(0)
-    cfg = LMConfig(vocab_size=50, max_len=16, d_model=16, num_layers=2, num_heads=2, ffn_hidden=32, num_experts=4,
-                   k=2, **kw)
+    cfg = LMConfig(vocab_size=50, max_len=16, d_model=16, num_layers=2, num_heads=2, ffn_hidden=32,
+                   moe={"num_experts": 4, "router_options": {"k": 2}}, **kw)
     return LM(cfg).eval()
 
 
@@ -28,7 +29,7 @@ def test_usmoe_swap_reuses_the_gate_and_changes_routing_by_definition():
     x = torch.randint(0, 50, (2, 8))
     out = model(x)
     for moe, gate, layer_out in zip(model.moe_layers(), gates, out.moe):
-        assert moe.config.router == "usmoe" and moe.config.router_options == {"pool": "sequence"}
+        assert moe.config.router == "usmoe" and moe.config.router_options == USMoEOptions(pool="sequence")
         assert torch.equal(moe.router.gate.weight, gate)
         r = layer_out.routing
         assert r.num_pairs == 2 * 8 * 2  # budget: T * k per sequence

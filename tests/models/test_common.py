@@ -25,12 +25,15 @@ def test_moe_positions_bad_values(kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"router": "nope"}, "router must be one of"),
+    ({"moe": {"num_experts": 4, "router": "nope"}}, "unknown router 'nope'"),
     ({"rule": "nope"}, "rule must be one of"),
     ({"dropout": 1.5}, "dropout must be <= 1"),
-    ({"num_experts": 0}, "num_experts must be >= 1"),
-    ({"capacity_factor": 0.0}, "capacity_factor must be > 0"),
-    ({"router_options": "noise"}, "router_options must be a dict"),
+    ({"moe": {"num_experts": 0}}, "num_experts must be >= 1"),
+    ({"moe": {"num_experts": 4, "capacity_factor": 0.0}}, "capacity_factor must be > 0"),
+    ({"moe": {"num_experts": 4, "router_options": "noise"}}, r"\(router 'topk'\) must be a TopKOptions"),
+    ({"moe": {"num_experts": 4, "k": 2}}, r"moe: unknown key\(s\) \['k'\]"),
+    ({"moe": {"num_experts": 4, "d_model": 64}}, "moe.d_model=64 differs from the model's d_model=128"),
+    ({"moe": 4}, "moe must be a MoEConfig or a mapping"),
     ({"moe_every": -2}, "moe_every"),
 ])
 def test_stack_config_rejects_bad_values(kwargs, match):
@@ -52,3 +55,8 @@ def test_aux_losses_sum_each_name_over_layers():
     assert set(total) == {"load_balance", "z_loss"}
     assert float(total["load_balance"]) == 2.0 and float(total["z_loss"]) == 0.25
     assert aux_losses([]) == {}
+
+
+def test_a_huge_num_layers_is_refused_before_listing_the_layers():
+    with pytest.raises(ValueError, match="num_layers must be <= 1024, got 2147483648"):
+        StackConfig(num_layers=2**31)  # validating it once built a list of 2**31 block positions

@@ -9,7 +9,7 @@ from smoe.models import LM, LMConfig
 
 def small(**kw) -> LMConfig:
     base = {"vocab_size": 11, "max_len": 8, "d_model": 16, "num_layers": 3, "num_heads": 2, "ffn_hidden": 8,
-            "num_experts": 4, "k": 2}
+            "moe": {"num_experts": 4, "router_options": {"k": 2}}}
     return LMConfig(**{**base, **kw})
 
 
@@ -93,7 +93,7 @@ def test_every_parameter_gets_a_gradient_router_included():
 
 
 def test_router_receives_generator_step_and_token_ids(monkeypatch):
-    model = LM(small(num_layers=1, router_options={"noise": "fixed"}))
+    model = LM(small(num_layers=1, moe={"num_experts": 4, "router_options": {"k": 2, "noise": "fixed"}}))
     router = model.moe_layers()[0].router
     seen = []
     original = router.forward

@@ -10,7 +10,13 @@ from smoe.residual import available_rules
 from smoe.routing import available_routers
 
 METHODS = available_routers() + available_layers()
-STACK = {"d_model": 16, "num_layers": 2, "num_heads": 2, "ffn_hidden": 8, "num_experts": 4, "moe_every": 1}
+STACK = {"d_model": 16, "num_layers": 2, "num_heads": 2, "ffn_hidden": 8, "moe_every": 1}
+
+
+def moe(name: str, num_experts: int = 4, **router_options) -> dict:
+    """The `moe` mapping of a model config that uses router or layer-level method `name` (with its defaults)."""
+    select = {"method": name} if name in available_layers() else {"router": name}
+    return {"num_experts": num_experts, **select, "router_options": router_options}
 
 
 def train_once(model, loss_of):
@@ -47,15 +53,15 @@ def vae_loss(model):
 
 @pytest.mark.parametrize("router", METHODS)
 def test_causal_lm_and_classifier(router):
-    train_once(LM(LMConfig(vocab_size=11, max_len=8, router=router, **STACK)), lm_loss)
-    train_once(LM(LMConfig(vocab_size=11, max_len=8, router=router, causal=False, num_classes=3, **STACK)),
+    train_once(LM(LMConfig(vocab_size=11, max_len=8, moe=moe(router), **STACK)), lm_loss)
+    train_once(LM(LMConfig(vocab_size=11, max_len=8, moe=moe(router), causal=False, num_classes=3, **STACK)),
                classifier_loss)
 
 
 @pytest.mark.parametrize("router", METHODS)
 def test_vit(router):
-    model = ViT(ViTConfig(patch_dim=4, num_patches=5, num_classes=3, router=router,
-                          router_options={"vocab_size": 7} if router == "hash" else {}, **STACK))
+    options = {"vocab_size": 7} if router == "hash" else {}
+    model = ViT(ViTConfig(patch_dim=4, num_patches=5, num_classes=3, moe=moe(router, **options), **STACK))
     if router == "hash":  # routes by token id; patches have none
         with pytest.raises(ValueError, match="token"):
             vit_loss(model)
@@ -66,12 +72,12 @@ def test_vit(router):
 @pytest.mark.parametrize("router", METHODS)
 def test_vae(router):
     if router in available_layers():
-        with pytest.raises(ValueError, match="router must be one of"):
-            VAEConfig(router=router)
+        with pytest.raises(ValueError, match=r"experts are its decoders; leave \['method'\]"):
+            VAEConfig(moe=moe(router))
         return
     options = {"vocab_size": 7} if router == "hash" else {}
     model = SMoEVAE(VAEConfig(image_size=8, latent_dim=3, encoder_channels=[2, 3, 4], decoder_channels=[2, 3],
-                              gate_hidden=[5], num_experts=3, router=router, router_options=options))
+                              gate_hidden=[5], moe=moe(router, num_experts=3, **options)))
     if router in ("attention", "hash"):  # they need attention probabilities / token ids, which a VAE has not
         with pytest.raises(ValueError, match=r"attn_probs|token"):
             vae_loss(model)
@@ -85,5 +91,5 @@ def test_every_residual_rule_in_the_lm(rule):
 
 
 def test_lm_hands_its_vocabulary_to_routers_that_route_by_token_id():
-    model = LM(LMConfig(vocab_size=11, max_len=8, router="hash", k=1, **STACK))
-    assert all(layer.router.vocab_size == 11 for layer in model.moe_layers())
+    model = LM(LMConfig(vocab_size=11, max_len=8, moe=moe("hash", k=1), **STACK))
+    assert all(layer.router.options.vocab_size == 11 for layer in model.moe_layers())

@@ -7,9 +7,11 @@ from smoe.models import SMoEVAE, VAEConfig, VAEOutput
 from smoe.routing import Routing
 
 
-def small(**kw) -> VAEConfig:
+def small(num_experts: int = 3, k: int = 1, **kw) -> VAEConfig:
+    """A small VAE: num_experts decoders, top-k gate without load balancing (k=1: the release's)."""
     base = {"image_size": 8, "latent_dim": 3, "encoder_channels": [2, 3, 4], "decoder_channels": [2, 3],
-            "gate_hidden": [5], "num_experts": 3, "router_options": {"load_balance_coef": 0.0}}
+            "gate_hidden": [5],
+            "moe": {"num_experts": num_experts, "router_options": {"k": k, "load_balance_coef": 0.0}}}
     return VAEConfig(**{**base, **kw})
 
 
@@ -123,3 +125,5 @@ def test_moe_layers_and_bad_input():
         small(image_size=10)
     with pytest.raises(ValueError, match="encoder_channels must be a list of 3"):
         small(encoder_channels=[4, 4])
+    with pytest.raises(ValueError, match=r"experts are its decoders; leave \['expert', 'num_shared_experts'\]"):
+        small(moe={"num_experts": 3, "expert": "gelu", "num_shared_experts": 1})

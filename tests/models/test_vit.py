@@ -7,7 +7,7 @@ from smoe.models import ViT, ViTConfig
 
 def small(**kw) -> ViTConfig:
     base = {"patch_dim": 4, "num_patches": 5, "num_classes": 3, "d_model": 16, "num_layers": 4, "num_heads": 2,
-            "ffn_hidden": 8, "num_experts": 4, "k": 2}
+            "ffn_hidden": 8, "moe": {"num_experts": 4, "router_options": {"k": 2}}}
     return ViTConfig(**{**base, **kw})
 
 

@@ -70,7 +70,7 @@ def test_missing_or_misshapen_attention_probs():
 
 def block(router="attention", causal=True, **opts):
     return Block(BlockConfig(d_model=8, num_heads=2, ffn_hidden=16, causal=causal,
-                             moe={"router": router, "num_experts": 4, "k": 2, **opts})).double()
+                             moe={"router": router, "num_experts": 4, "router_options": {"k": 2, **opts}})).double()
 
 
 def test_block_hands_its_attention_probs_to_the_router():

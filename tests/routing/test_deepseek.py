@@ -68,8 +68,8 @@ def test_without_the_bias_a_group_scores_its_maximum_as_the_release_does():
     out = make(6, k=2, n_group=3, topk_group=2, bias_rate=None)(logit(S6), RoutingContext())
     assert out.expert.tolist() == [0, 5]
     assert torch.allclose(out.weight, torch.tensor([9 / 17, 8 / 17], dtype=F64))
-    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=None).group_score_topk == 1
-    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=0.0).group_score_topk == 2
+    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=None).options.group_score_k == 1
+    assert make(6, k=2, n_group=3, topk_group=2, bias_rate=0.0).options.group_score_k == 2
     # the choice stays open: the top-2 sum without a bias ([1.0, 1.25, 1.4] -> groups 1, 2 -> experts 5, 2)
     out = make(6, k=2, n_group=3, topk_group=2, bias_rate=None, group_score_topk=2)(logit(S6), RoutingContext())
     assert out.expert.tolist() == [5, 2]
@@ -140,7 +140,7 @@ def test_sequence_balance_loss_of_one_sequence_equals_switch_loss():
 
 def test_seq_aux_is_on_by_default_with_the_report_coefficient():
     r = build_router("deepseek", d_model=4, num_experts=4)
-    assert r.seq_aux_coef == 1e-4 and r.bias_rate == 0.001
+    assert r.options.seq_aux_coef == 1e-4 and r.options.bias_rate == 0.001
     out = r(torch.randn(6, 4), RoutingContext(batch_shape=(2, 3)))
     assert set(out.aux) == {"seq_balance"}
     assert make(4, seq_aux_coef=0.0)(torch.randn(3, 4, dtype=F64), RoutingContext()).aux == {}

@@ -41,7 +41,8 @@ def test_register_a_new_router_is_one_decorated_class():
 
     assert "_test_dummy" in available_routers()
     assert isinstance(build_router("_test_dummy", d_model=4, num_experts=3), Dummy)
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match=r"router '_test_dummy' is registered twice: by .*Dummy from module "
+                                         r"tests.routing.test_registry and by Other"):
         register_router("_test_dummy")(type("Other", (Router,), {}))
 
 
@@ -61,4 +62,5 @@ def test_each_router_declares_its_options_once_as_a_validated_dataclass():
     with pytest.raises(ValueError, match="k must be >= 1"):
         build_router("sinkhorn", d_model=4, num_experts=2, k=0)
     router = build_router("topk", d_model=4, num_experts=3, k=1, noise="fixed")
-    assert router.options.k == router.k == 1 and router.noise == "fixed" and router.normalize is False
+    assert router.options.k == 1 and router.options.noise == "fixed" and router.options.renormalize is False
+    assert not hasattr(router, "k")  # options are read from router.options, never copied

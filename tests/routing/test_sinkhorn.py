@@ -35,7 +35,7 @@ def test_plan_chooses_and_gate_weighs_top1_by_hand():
     assert ev.expert.tolist() == [0, 0]  # eval: greedy, no Sinkhorn
     assert torch.allclose(ev.weight, torch.tensor([sig(3.0), sig(1.0)], dtype=F64))
     assert r.train()(X, RoutingContext()).expert.tolist() == [0, 1]
-    r.sinkhorn_in_eval = True
+    r.options.sinkhorn_in_eval = True
     assert r.eval()(X, RoutingContext()).expert.tolist() == [0, 1]
 
 
@@ -104,8 +104,8 @@ def test_bad_options(opts, match):
 
 
 def test_cost_probs_uses_its_own_eps_default():
-    assert build_router("sinkhorn", d_model=2, num_experts=2, cost="probs").eps == 0.05
-    assert build_router("sinkhorn", d_model=2, num_experts=2).eps == 1.0
+    assert build_router("sinkhorn", d_model=2, num_experts=2, cost="probs").options.epsilon == 0.05
+    assert build_router("sinkhorn", d_model=2, num_experts=2).options.epsilon == 1.0
 
 
 def test_layer_with_capacity_runs():

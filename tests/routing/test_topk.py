@@ -156,7 +156,7 @@ def test_load_balance_counts_pairs_or_first_choices_by_hand():
     # choices: token 0 -> 0, 1; token 1 -> 1, 2. P = [0.3, 0.45, 0.25]
     # pairs: f = [1/4, 1/2, 1/4] -> 3 * (0.075 + 0.225 + 0.0625) = 1.0875 (HF Mixtral's loss is 2x: 2.175)
     assert torch.isclose(r(p.log(), ctx).aux["load_balance"], torch.tensor(1.0875, dtype=torch.float64))
-    r.load_balance_counts = "first"
+    r.options.load_balance_counts = "first"
     # first choices: f = [1/2, 1/2, 0] -> 3 * (0.15 + 0.225) = 1.125
     assert torch.isclose(r(p.log(), ctx).aux["load_balance"], torch.tensor(1.125, dtype=torch.float64))
     mask = torch.tensor([True, False])  # padding never counts: token 0 alone, f = [1, 0, 0], P = [0.5, 0.3, 0.2]

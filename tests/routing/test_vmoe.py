@@ -62,7 +62,7 @@ def test_bpr_only_in_eval_by_default_and_switchable():
     x = torch.eye(3, dtype=F64)
     vanilla = make(k=2, noise_std=0.0, batch_priority="never")
     assert kept(r.train()(x, RoutingContext())) == kept(vanilla(x, RoutingContext()))
-    r.batch_priority = "always"
+    r.options.batch_priority = "always"
     assert kept(r.train()(x, RoutingContext())) == kept(r.eval()(x, RoutingContext()))
 
 
@@ -87,7 +87,7 @@ def test_small_capacity_bpr_keeps_the_most_confident_tokens(factor):
     plan = m.dispatcher.plan(out.routing)
     cap = math.ceil(factor * 64 / 4)
     assert set(plan.token.tolist()) == reference_kept(top1.tolist(), expert.tolist(), cap, bpr=True)
-    m.router.batch_priority = "never"
+    m.router.options.batch_priority = "never"
     plan_vanilla = m.dispatcher.plan(m(x).routing)
     assert set(plan_vanilla.token.tolist()) == reference_kept(top1.tolist(), expert.tolist(), cap, bpr=False)
     if factor < 1:

@@ -103,9 +103,9 @@ def test_eval_second_expert_policies():
     out = [r(x, RoutingContext(generator=torch.Generator().manual_seed(s))) for s in (0, 1)]
     assert out[0].experts_per_token().tolist() == [2, 1]  # threshold: keep iff 2 g2 > 1/2
     assert torch.equal(out[0].expert, out[1].expert)
-    r.eval_second_expert = "all"
+    r.options.eval_second_expert = "all"
     assert r(x, RoutingContext()).experts_per_token().tolist() == [2, 2]
-    r.eval_second_expert = "random"  # the release: draws in eval too
+    r.options.eval_second_expert = "random"  # the release: draws in eval too
     kept = {tuple(r(x, RoutingContext(generator=torch.Generator().manual_seed(s))).experts_per_token().tolist())
             for s in range(20)}
     assert len(kept) > 1
@@ -180,7 +180,7 @@ def test_release_capacity_by_hand():
     r.eval()
     assert r.release_capacity(4) == 1  # ceil(0.25 * 4)
     assert pairs(r(g.log(), RoutingContext())) == [(0, 0), (2, 1)]
-    r.eval_capacity_fraction = 0.0  # the training rule in eval too
+    r.options.eval_capacity_fraction = 0.0  # the training rule in eval too
     assert pairs(r(g.log(), RoutingContext())) == [(0, 0), (1, 0), (2, 1), (3, 1)]
 
 
@@ -188,7 +188,7 @@ def test_release_capacity_is_computed_before_the_random_drop_unlike_the_layers()
     # every token: expert 0 (g1 = 0.8 / 0.9), expert 1 (g2 = 0.1 / 0.9, 2 g2 < 1/2: dropped in eval)
     g = torch.tensor([0.8, 0.1, 0.05, 0.05], dtype=F64).log().expand(4, 4)
     release = release_capacity_router(eval_capacity_fraction=0.0).eval()
-    release.eval_second_expert = "threshold"
+    release.options.eval_second_expert = "threshold"
     assert pairs(release(g, RoutingContext())) == [(0, 0), (1, 0)]  # C = 2 ceil(4 / 4) = 2, from S
     layer = MoE(4, 4, 8, router="xmoe", k=2, dim=4, capacity_factor=1.0, **RELEASE).double().eval()
     with torch.no_grad():

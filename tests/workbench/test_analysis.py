@@ -102,9 +102,9 @@ def test_inference_settings_set_and_restore(runs):
     model = load_run(runs / "topk")[1].model
     router = model.moe_layers()[0].router
     with inference_settings(model, capacity=0.5, eval_k=1):
-        assert model.moe_layers()[1].dispatcher.capacity_factor == 0.5 and router.eval_k == 1
+        assert model.moe_layers()[1].dispatcher.capacity_factor == 0.5 and router.options.eval_k == 1
         assert model(torch.randn(3, 16, 4)).moe[0].routing.experts_per_token().max() == 1
-    assert model.moe_layers()[1].dispatcher.capacity_factor is None and router.eval_k is None
+    assert model.moe_layers()[1].dispatcher.capacity_factor is None and router.options.eval_k is None
     with pytest.raises(ValueError, match="--bpr needs a router with a batch_priority option"), \
             inference_settings(model, bpr=True):
         pass
@@ -115,8 +115,8 @@ def test_inference_settings_set_and_restore(runs):
                                          "VMoERouter"), inference_settings(vmoe, eval_k=1):
         pass
     with inference_settings(vmoe, bpr=False):
-        assert vmoe.moe_layers()[0].router.batch_priority == "never"
-    assert vmoe.moe_layers()[0].router.batch_priority == "eval"
+        assert vmoe.moe_layers()[0].router.options.batch_priority == "never"
+    assert vmoe.moe_layers()[0].router.options.batch_priority == "eval"
 
 
 def test_cli_analyze_and_eval(runs, capsys):

@@ -13,6 +13,7 @@ from smoe.workbench.claims import run as claims_run
 from smoe.workbench.claims.claim import CLAIMS, COMPARISONS, Claim, Comparison, judge_claims
 from smoe.workbench.claims.run import plan, select, write_summary
 from smoe.workbench.grid.compare import CompareResult
+from smoe.workbench.grid.tune import tune_runs
 from smoe.workbench.run.entry import parse_entries
 from smoe.workbench.tasks import get_task
 
@@ -30,6 +31,19 @@ def test_every_claim_names_a_runnable_comparison(name):
     config = comparison.config("unused")
     for entry in config.entries:  # every entry's run configuration resolves (no data is loaded)
         config.run_config(entry, seed=0)
+    if config.tune is not None:  # and at every tuned value
+        assert len(tune_runs(config)) == len(config.entries) * len(config.tune.points())
+
+
+def test_the_language_model_comparisons_tune_the_learning_rate_per_entry():
+    tuned = {name for name in COMPARISONS.names() if COMPARISONS.get(name).tune}
+    assert tuned == {name for name in COMPARISONS.names() if COMPARISONS.get(name).task == "lm-bbc"}
+    xmoe = COMPARISONS.get("xmoe")
+    assert xmoe.config("out").tune.params == (("train.lr", ("1e-3", "3e-3", "1e-2")),)
+    assert xmoe.command("out").endswith(" --tune train.lr=1e-3,3e-3,1e-2 --out out")
+    assert COMPARISONS.get("vae").config("out").tune is None
+    with pytest.raises(ValueError, match="tune needs at least two values"):
+        Comparison("c", "lm-bbc", "topk,xmoe", "topk", tune=("train.lr=1e-3",))
 
 
 def test_every_comparison_is_read_by_a_claim():
@@ -90,8 +104,9 @@ def test_a_preset_applies_where_the_task_has_it():
 def test_overrides_follow_the_comparisons_own():
     configs, _ = plan(select(["vmoe-bpr"]), "out", seeds=1, steps=20, overrides=["train.lr=1e-3"])
     config = configs["vmoe-bpr"]
-    assert (config.seeds, config.steps, config.overrides) == (1, 20, ["model.capacity_factor=1.05", "train.lr=1e-3"])
-    assert "--seeds 1 --steps 20 --set model.capacity_factor=1.05 --set train.lr=1e-3 " in COMPARISONS.get(
+    assert (config.seeds, config.steps) == (1, 20)
+    assert config.overrides == ["model.moe.capacity_factor=1.05", "train.lr=1e-3"]
+    assert "--seeds 1 --steps 20 --set model.moe.capacity_factor=1.05 --set train.lr=1e-3 " in COMPARISONS.get(
         "vmoe-bpr").command("out", 1, 20, overrides=["train.lr=1e-3"])
     with pytest.raises(ValueError, match="entry 'vmoe'"):  # a key the task lacks fails before anything runs
         plan(select(["vmoe-bpr"]), "out", overrides=["data.eval_tokens=64"])
@@ -209,30 +224,29 @@ def test_a_claim_against_another_column_of_the_same_runs():
 
 
 def test_the_summary_files(tmp_path):
-    results = lm_results()
-    claims = [CLAIMS.get(n) for n in ("xmoe-collapse", "xmoe-consistency")]
-    judgments = judge_claims([*claims, Claim("m", "p", "s", "xmoe", "routing.load_cv", "xmoe", "better")],
-                             {"xmoe": results})
-    md, js = write_summary(tmp_path, judgments, "smoe claims run --all")
+    (tmp_path / "data" / "xmoe").mkdir(parents=True)
+    (tmp_path / "data" / "xmoe" / "results.json").write_text(json.dumps(lm_results()))
+    md, js = write_summary(tmp_path / "store", tmp_path / "data", "smoe claims run --all")
     text = md.read_text()
-    assert "Written by `smoe claims run --all`" in text
-    assert "3 claim(s), 1 contradicted, 1 not resolved, 1 missing" in text
+    assert md.parent == tmp_path / "store" and "Written by `smoe claims run --all`" in text
+    assert f"results in {tmp_path / 'data'}: 2 claim(s), 1 contradicted, 1 not resolved" in text
     assert "| xmoe-collapse | Chi et al. 2022 (X-MoE) | xmoe - topk on routing.effective_rank_input" in text
     assert "**contradicted**" in text and "The 2 confirmatory claim(s) judged here are one family" in text
     data = json.loads(js.read_text())
-    assert [c["name"] for c in data["claims"]] == ["xmoe-collapse", "xmoe-consistency", "m"]
-    assert data["claims"][0]["comparison_result"]["n"] == 3 and data["claims"][2]["comparison_result"] is None
+    assert [c["name"] for c in data["claims"]] == ["xmoe-collapse", "xmoe-consistency"]
+    assert data["claims"][0]["comparison_result"]["n"] == 3
 
 
 # ---------------------------------------------------------------- the command line
 
 
-def test_smoe_claims_lists_every_claim(capsys):
+def test_smoe_claims_lists_every_claim(capsys, monkeypatch):
+    monkeypatch.setenv("SMOE_STORE", "/the/store")
     assert main(["claims"]) == 0
     out = capsys.readouterr().out
     assert all(f"\n  {name}  [" in out for name in CLAIMS.names())
-    assert "smoe compare --task digits --routers vmoe --baseline vmoe --seeds 3 --set model.capacity_factor=1.05 " \
-           "--corrupt '' --capacity 0.1,0.25,0.5,0.75,1 --out runs/claims/vmoe-bpr" in out
+    assert "smoe compare --task digits --routers vmoe --baseline vmoe --seeds 3 --set model.moe.capacity_factor=1.05 " \
+           "--corrupt '' --capacity 0.1,0.25,0.5,0.75,1 --out /the/store/vmoe-bpr" in out
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -242,7 +256,7 @@ def test_smoe_claims_lists_every_claim(capsys):
     (["claims", "run", "xmoe-collapse", "--seeds", "0"], "seeds must be >= 1, got 0"),
 ])
 def test_claims_run_rejects_bad_requests_before_training(argv, message, tmp_path, capsys):
-    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert main([*argv, "--store", str(tmp_path / "store"), "--data", str(tmp_path / "data")]) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
@@ -266,34 +280,43 @@ def fake_compare(outcomes):
 def test_claims_run_prints_verdicts_and_writes_the_summary(tmp_path, capsys, monkeypatch):
     run_compare, calls = fake_compare([([(0.91, 0.89), (0.92, 0.895), (0.90, 0.88)], None)])
     monkeypatch.setattr(claims_run, "run_compare", run_compare)
-    assert main(["claims", "run", "vmoe-bpr", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert calls == [("digits", 3, f"{COMPARISONS.get('vmoe-bpr').command(tmp_path / 'vmoe-bpr')}")]
+    store, data = tmp_path / "store", tmp_path / "data"
+    monkeypatch.setenv("SMOE_STORE", str(store))  # where the runs go without --store
+    assert main(["claims", "run", "vmoe-bpr", "--data", str(data), "--no-progress"]) == 0
+    assert calls == [("digits", 3, f"{COMPARISONS.get('vmoe-bpr').command(store / 'vmoe-bpr')}")]
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("vmoe-bpr: supported (vmoe: robust.capacity-bpr@5 - robust.capacity-vanilla@5, "
                              "claimed better; +0.02167 (+2.4 %), [+0.01450, +0.02884] (95 %), p (holm over 1) = ")
-    assert out[0].endswith(", 3 seeds)") and out[1].startswith(f"summary of every claim with results in {tmp_path}")
-    assert "| vmoe-bpr |" in (tmp_path / "claims.md").read_text()
-    assert json.loads((tmp_path / "claims.json").read_text())["claims"][0]["verdict"] == "supported"
+    assert out[0].endswith(", 3 seeds)")
+    assert out[1] == (f"judged as one family: 1 confirmatory claim(s) with results in {data}, Holm "
+                      "(Benjamini-Hochberg as a second reading in claims.md); 0 exploratory claim(s) apart")
+    assert out[2].startswith(f"results: {data}/<comparison>/results.json")
+    assert (data / "vmoe-bpr" / "results.json").is_file()  # the compact results, beside the store's full ones
+    assert "| vmoe-bpr |" in (store / "claims.md").read_text()
+    assert json.loads((store / "claims.json").read_text())["claims"][0]["verdict"] == "supported"
 
 
 def test_an_interrupted_claims_run_stops_and_says_so(tmp_path, capsys, monkeypatch):
     run_compare, calls = fake_compare([([(0.91, 0.89)], signal.SIGINT)])
     monkeypatch.setattr(claims_run, "run_compare", run_compare)
-    argv = ["claims", "run", "vmoe-bpr", "xmoe-collapse", "--out", str(tmp_path), "--no-progress"]
+    argv = ["claims", "run", "vmoe-bpr", "xmoe-collapse", "--store", str(tmp_path / "store"), "--data",
+            str(tmp_path / "data"), "--no-progress"]
     assert main(argv) == 128 + signal.SIGINT
-    assert len(calls) == 1 and not (tmp_path / "xmoe").exists()  # vmoe-bpr was interrupted: xmoe never ran
+    assert len(calls) == 1 and not (tmp_path / "store" / "xmoe").exists()  # vmoe-bpr was interrupted: xmoe never ran
+    assert not (tmp_path / "data" / "vmoe-bpr").exists()  # an interrupted comparison writes no data
     captured = capsys.readouterr()
-    assert captured.out.startswith("vmoe-bpr: not resolved (") and "xmoe-collapse" not in captured.out
+    assert "vmoe-bpr" not in captured.out and "xmoe-collapse" not in captured.out
     assert "interrupted; run the same command again to resume" in captured.err
 
 
 @pytest.mark.slow
 def test_claims_run_end_to_end(tmp_path, capsys):
-    argv = ["claims", "run", "vmoe-bpr", "--seeds", "2", "--steps", "2", "--out", str(tmp_path), "--no-progress"]
+    argv = ["claims", "run", "vmoe-bpr", "--seeds", "2", "--steps", "2", "--store", str(tmp_path / "store"),
+            "--data", str(tmp_path / "data"), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("vmoe-bpr: ") and "claimed better;" in out and "2 seeds" in out
-    assert (tmp_path / "vmoe-bpr" / "results.json").is_file() and (tmp_path / "vmoe-bpr" / "report.md").is_file()
-    summary = json.loads((tmp_path / "claims.json").read_text())
+    assert (tmp_path / "store/vmoe-bpr/report.md").is_file() and (tmp_path / "data/vmoe-bpr/results.json").is_file()
+    summary = json.loads((tmp_path / "store" / "claims.json").read_text())
     assert [c["name"] for c in summary["claims"]] == ["vmoe-bpr"]
     assert summary["claims"][0]["setting"] == "tiny, 2 steps" and summary["claims"][0]["comparison_result"]["n"] == 2

@@ -4,6 +4,7 @@
 import json
 import math
 import os
+import re
 import signal
 
 import pytest
@@ -37,10 +38,11 @@ def test_entry_with_router_options_overrides_and_label():
     assert (e.label, e.router, e.options, e.overrides) == ("mom", "topk", {}, ("rule=momentum", "rule_options.mu=0.5"))
     assert e.config_overrides() == ["rule=momentum", "rule_options.mu=0.5"]
     assert e.describe() == {"rule": "momentum", "rule_options.mu": "0.5"}
-    e = parse_entry("s2moe:eval_k=1")  # a layer-level method takes options too
-    assert (e.router, e.options, e.config_overrides()) == ("s2moe", {"eval_k": 1}, [("model.router_options.eval_k", 1)])
+    e = parse_entry("s2moe:eval_k=1:k=1")  # a layer-level method: its own options, the rest its router's
+    assert (e.router, e.options) == ("s2moe", {"eval_k": 1, "k": 1})
+    assert e.config_overrides() == [("model.moe.method_options.eval_k", 1), ("model.moe.router_options.k", 1)]
     assert parse_entry("topk+k=1").label == "topk+k=1"
-    assert parse_entry("topk:k=1").config_overrides() == [("model.k", 1)]  # k is the model's, for every router
+    assert parse_entry("topk:k=1").config_overrides() == [("model.moe.router_options.k", 1)]  # k: a router option
 
 
 @pytest.mark.parametrize("text, match", [
@@ -141,7 +143,7 @@ def test_pipeline_on_a_tiny_grid_skip_and_resume(tmp_path, monkeypatch):
 
     # another configuration in the same folder is refused
     with pytest.raises(ValueError, match="another configuration"):
-        run_compare(tiny_config(out, overrides=[*TINY, "model.k=1"]), progress=False)
+        run_compare(tiny_config(out, overrides=[*TINY, "model.moe.router_options.k=1"]), progress=False)
 
 
 def test_an_interrupted_grid_resumes_exactly(tmp_path, monkeypatch):
@@ -173,7 +175,17 @@ def test_an_interrupted_grid_resumes_exactly(tmp_path, monkeypatch):
     assert trace == [1, 2, 3, 4]
 
 
-def test_a_failing_entry_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
+def test_an_entry_failing_the_router_checks_trains_nothing(tmp_path, capsys):
+    code = main(["compare", "--task", "digits", "--routers", "topk,s2moe:bogus=1", "--seeds", "1", "--steps", "2",
+                 "--corrupt", "", "--out", str(tmp_path), "--no-progress", *(x for o in TINY for x in ("--set", o))])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "fail the router conformance checks" in err and "s2moe:bogus=1 (s2moe): builds: raised ValueError" in err
+    assert "topk (topk)" not in err and not (tmp_path / "runs").exists()
+
+
+def test_a_failing_entry_is_recorded_and_the_grid_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("smoe.workbench.grid.compare.check_routers", lambda runs: None)  # a run that fails later
     code = main(["compare", "--task", "digits", "--routers", "topk,s2moe:bogus=1", "--seeds", "1", "--steps", "2",
                  "--corrupt", "", "--out", str(tmp_path), "--no-progress", *(x for o in TINY for x in ("--set", o))])
     assert code == 1
@@ -188,3 +200,31 @@ def test_cli_rejects_a_bad_entry_before_training(tmp_path, capsys):
     assert main(["compare", "--task", "digits", "--routers", "topk:nope=1", "--out", str(tmp_path)]) == 2
     assert "unknown option(s) ['nope'] for router 'topk'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    ("bogus:1", "unknown corruption 'bogus' in 'bogus:1'; available: blur"),
+    ("noise:9", r"NAME:LEVEL with LEVEL in 0..5, got 'noise:9'"),
+    ("substitute:1", "corruption 'substitute:1': task digits takes blur, noise, occlude"),
+])
+def test_a_bad_corruption_is_refused_before_any_run_trains(tmp_path, capsys, corrupt, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(tmp_path, corruptions=["noise:1", corrupt])
+    assert main(["compare", "--task", "digits", "--routers", "topk", "--corrupt", corrupt, "--out", str(tmp_path)]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corruptions_a_text_task_cannot_apply_are_refused():
+    with pytest.raises(ValueError, match="corruption 'foreign:1': task lm-bbc takes insert, substitute"):
+        CompareConfig(task="lm-bbc", entries=[parse_entry("topk")], out="x", corruptions=["foreign:1"])
+
+
+@pytest.mark.parametrize("label", ["x" * 101, "topk:" + ":".join(["k=1"] * 30)])
+def test_a_label_too_long_for_a_folder_name_is_refused(tmp_path, capsys, label):
+    with pytest.raises(ValueError, match=r"at most 100 characters .*set a shorter LABEL="):
+        parse_entries(f"{label}=topk" if label.startswith("x") else label)
+    parse_entries("x" * 100 + "=topk")
+    routers = "x" * 300 + "=topk"
+    assert main(["compare", "--task", "digits", "--routers", routers, "--out", str(tmp_path)]) == 2
+    assert "at most 100 characters" in capsys.readouterr().err

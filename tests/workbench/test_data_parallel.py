@@ -27,12 +27,14 @@ from torch import nn
 from smoe.data.batches import lm_batches
 from smoe.expert_parallel import ExpertParallelMoE
 from smoe.launch_local import LocalRunError, run_local
+from smoe.layer import available_layers
 from smoe.models import LM, LMConfig
 from smoe.workbench.run.config import resolve_config
 from smoe.workbench.run.runner import train_run
 from smoe.workbench.train.checkpoint import CheckpointError, checkpoint_steps
+from smoe.workbench.train.config import TrainConfig
 from smoe.workbench.train.data_parallel import DataParallel, ParallelConfig, prepare_model, use_expert_parallel
-from smoe.workbench.train.trainer import StepOutput, TrainConfig, Trainer
+from smoe.workbench.train.trainer import StepOutput, Trainer
 
 W, BATCH, SEQ, VOCAB = 2, 4, 12, 13
 STREAM = torch.randint(0, VOCAB, (3000,), generator=torch.Generator().manual_seed(0))
@@ -70,8 +72,10 @@ def shares(batches, world_size: int = W):
 
 def build_model(router: str, options: dict) -> LM:
     torch.manual_seed(0)
+    select = {"method": router} if router in available_layers() else {"router": router}
+    moe = {"num_experts": 4, **select, "router_options": {"k": 2, **options}}
     return LM(LMConfig(vocab_size=VOCAB, max_len=SEQ, d_model=8, num_layers=2, num_heads=2, ffn_hidden=8,
-                       num_experts=4, k=2, router=router, router_options=options)).double()
+                       moe=moe)).double()
 
 
 def make_trainer(out_dir, name: str, steps: int = STEPS, reference: str | None = None, **train) -> Trainer:
@@ -402,7 +406,6 @@ def test_torchrun_trains_a_task_and_a_one_process_resume_is_refused(tmp_path, ca
 
 def every_router(root: str) -> dict:
     """2 steps of the tiny LM with each registered router and layer-level method, experts sharded."""
-    from smoe.layer import available_layers
     from smoe.routing import available_routers
 
     out = {}

@@ -262,3 +262,16 @@ def test_progress_counts_runs_and_steps():
     progress.finish(1)
     assert (progress.at, progress.finished, progress.running) == ([10, 10, 0], 1, {2})
     assert progress.bar.desc.startswith("runs 1 done, 1 running, 1 left")
+
+
+def test_a_scheduler_that_cannot_be_reached_is_a_clear_error(tmp_path, capsys):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        code = main(["compare", "--task", "digits", "--routers", "topk", "--seeds", "1", "--steps", "2",
+                     "--out", str(tmp_path / "cmp"), "--cluster", "tcp://127.0.0.1:1", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert "smoe compare: error: cluster: cannot reach the Dask scheduler at tcp://127.0.0.1:1 (" in err
+    assert not any((tmp_path / "cmp" / "runs").iterdir())

@@ -351,7 +351,7 @@ def test_top_expert_sensitivity_is_zero_for_identical_experts():
 # ---------------------------------------------------------------- recording a stack and the per-layer summary
 
 def test_record_routing_on_a_block_stack():
-    cfg = BlockConfig(d_model=8, num_heads=2, ffn_hidden=16, moe={"num_experts": 4, "k": 2})
+    cfg = BlockConfig(d_model=8, num_heads=2, ffn_hidden=16, moe={"num_experts": 4, "router_options": {"k": 2}})
     blocks = torch.nn.ModuleList([Block(cfg), Block(cfg)]).eval()
     x = torch.randn(2, 5, 8)
     mask = torch.ones(2, 5, dtype=torch.bool)

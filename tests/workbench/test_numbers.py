@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from smoe.workbench.numbers import format_number, format_spread
+from smoe.workbench.numbers import format_duration, format_number, format_spread
 
 
 @pytest.mark.parametrize("mean, spread, text", [
@@ -31,3 +31,10 @@ def test_format_number():
         "4.850", "0.3000", "1234", "2", "-0.5000", "0.01000"]
     assert format_number(123456.0) == "1.235e+05" and format_number(1.234e-4) == "1.234e-04"
     assert format_number(math.inf) == format_number(-math.inf) == format_number(math.nan) == "n/a"
+
+
+@pytest.mark.parametrize("seconds, text", [(0, "0 s"), (42.4, "42 s"), (59.6, "1.0 min"), (60, "1.0 min"),
+                                           (3599, "1.0 h"), (3590, "59.8 min"), (3600, "1.0 h"), (44640, "12.4 h"),
+                                           (None, "n/a"), (math.nan, "n/a"), (-1, "n/a")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text

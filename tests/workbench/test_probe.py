@@ -66,8 +66,8 @@ def test_snapshot_fluctuation_equals_routing_fluctuation():
 def test_route_probe_records_every_layer_and_restores_the_mode():
     from smoe.models import LM, LMConfig
 
-    model = LM(LMConfig(vocab_size=11, max_len=6, d_model=8, num_layers=3, num_heads=2, ffn_hidden=8, num_experts=4,
-                        moe_every=1)).train()
+    model = LM(LMConfig(vocab_size=11, max_len=6, d_model=8, num_layers=3, num_heads=2, ffn_hidden=8,
+                        moe={"num_experts": 4}, moe_every=1)).train()
     ids = torch.randint(0, 11, (5, 6))
     probe = Probe(inputs=probe_batches(ids, batch_size=2))
     probed = route_probe(model, probe)

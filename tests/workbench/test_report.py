@@ -3,6 +3,7 @@ import copy
 import csv
 import json
 import math
+import multiprocessing
 import re
 
 import pytest
@@ -381,3 +382,56 @@ def test_latex_and_csv_tables(tmp_path, capsys):
     assert topk["final.metric"]["n"] == "2"  # raw numbers, not the rounded text
     sinkhorn = next(r for r in rows if r["router"] == "sinkhorn" and r["key"] == "robust.substitute@2")
     assert (sinkhorn["mean"], sinkhorn["n"]) == ("", "0")  # never evaluated under corruption
+
+
+# ---------------------------------------------------------------- hostile results files; one writer
+
+
+def test_labels_are_shown_never_run_in_markdown_and_csv(tmp_path):
+    results = make_results()
+    for run, label in zip(results["runs"], ["<script>alert(1)</script>", "<script>alert(1)</script>",
+                                            "=HYPERLINK(\"http://x\")", "=HYPERLINK(\"http://x\")"]):
+        run["label"] = run["router"] = label
+    results["runs"][4]["label"] = results["runs"][4]["router"] = "=HYPERLINK(\"http://x\")"
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(tmp_path), "--csv"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "<script" not in md and "&lt;script>alert(1)&lt;/script>" in md
+    assert "| =HYPERLINK" not in md and "| '=HYPERLINK(\"http://x\") |" in md
+    assert "<script" not in (tmp_path / "report.html").read_text()
+    with open(tmp_path / "tables.csv", newline="") as f:
+        labels = {row["router"] for row in csv.DictReader(f)}
+    assert "'=HYPERLINK(\"http://x\")" in labels and not any(label.startswith("=") for label in labels)
+
+
+@pytest.mark.parametrize("cell, safe", [
+    ("=1+2", "'=1+2"), ("@SUM(A1)", "'@SUM(A1)"), ("+cmd", "'+cmd"), ("-cmd|' /C calc'!A0", "'-cmd|' /C calc'!A0"),
+    ("\t=x", "'\t=x"), ("-0.5", "-0.5"), ("+3 (n=1)", "+3 (n=1)"), ("-.5", "-.5"), ("topk", "topk"), ("", ""),
+])
+def test_safe_cell(cell, safe):
+    from smoe.workbench.document import safe_cell
+
+    assert safe_cell(cell) == safe
+
+
+def test_report_refuses_a_folder_another_process_writes_and_an_out_that_is_a_file(tmp_path, capsys):
+    from tests.workbench.test_run_folder import _hold_until_killed
+
+    (tmp_path / "results.json").write_text(json.dumps(make_results()))
+    (tmp_path / "file").write_text("x")
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert f"smoe report: error: {tmp_path / 'file'} is a file, not a folder" in err and err.count("\n") == 1
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_until_killed, args=(tmp_path, ready), daemon=True)
+    holder.start()
+    try:
+        assert ready.wait(30)
+        assert main(["report", str(tmp_path)]) == 2
+        assert f"{tmp_path} is being written by another smoe process (pid {holder.pid})" in capsys.readouterr().err
+        assert not (tmp_path / "report.md").exists() and not (tmp_path / "plots").exists()
+    finally:
+        holder.kill()
+        holder.join()
+    assert main(["report", str(tmp_path)]) == 0

@@ -12,7 +12,8 @@ import pytest
 from scipy import stats as st
 
 from smoe.cli import main
-from smoe.workbench.claims.run import judge_folder, write_claims_across
+from smoe.workbench.claims.run import write_claims_across
+from smoe.workbench.claims.table import judge_data
 from smoe.workbench.report.across_tasks import load_tasks, scores, summarize_entries
 from smoe.workbench.report.caveats import contention, diverged, idle_experts, undertrained
 from smoe.workbench.report.comparison import write_report
@@ -326,8 +327,9 @@ def test_claims_read_their_comparisons_across(tmp_path):
                                         "load_cv": r["final"]["metric"]}]}
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(results))
-    html = write_claims_across(tmp_path, judge_folder(tmp_path))
+    judged = judge_data(tmp_path)[0]
+    html = write_claims_across(tmp_path, tmp_path, judged)
     md = (tmp_path / "across" / "report.md").read_text()
     assert html == tmp_path / "across" / "report.html" and "| entry | lm-bbc (deepseek) vs topk |" in md
     assert "## Critical-difference diagram\n\nNeeds two routers in every task" in md  # only topk is in both
-    assert write_claims_across(tmp_path, judge_folder(tmp_path)[:0]) is None
+    assert write_claims_across(tmp_path, tmp_path, judged[:0]) is None

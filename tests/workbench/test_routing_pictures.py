@@ -169,6 +169,14 @@ def test_smoe_show_routes_a_users_text(trained, tmp_path, capsys):
     assert "--text needs a text task" in capsys.readouterr().err
 
 
+def test_smoe_show_into_a_file_is_one_clear_line(trained, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["show", str(trained("image")), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"smoe show: error: {tmp_path / 'file'} is a file, not a folder; choose a folder for the output " \
+                  "(--out)\n"
+
+
 def test_load_model_returns_the_trained_model_in_eval_mode(trained):
     folder = trained("image")
     model = smoe.load_model(folder)

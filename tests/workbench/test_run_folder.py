@@ -141,6 +141,17 @@ def test_temporary_files_of_an_interrupted_write_are_removed_on_the_next_start(t
     assert remove_temp_files(tmp_path) == []
 
 
+def test_taking_a_folder_removes_the_temporary_files_a_dead_writer_left_in_it(tmp_path):
+    """A finished run is never trained again, so the Trainer's clean-up never sees what a kill during its analysis
+    or evaluation left; the next holder of the folder removes it (not in sub-folders: another writer's)."""
+    stale, other = tmp_path / ".eval.json.tmp-99999", tmp_path / "runs" / "a" / ".final.json.tmp-99999"
+    other.parent.mkdir(parents=True)
+    for p in (stale, other):
+        p.write_bytes(b"partial")
+    with hold_folder(tmp_path):
+        assert not stale.exists() and other.exists()
+
+
 def test_final_eval_and_analysis_files_are_written_atomically(tmp_path, monkeypatch):
     written = []
     for module in (trainer, evaluate, analysis):
@@ -292,3 +303,62 @@ def _interrupt_after(fn, calls):
         return fn(*args)
 
     return wrapped
+
+
+# ---------------------------------------------------------------- killed in the final phase; forged checkpoints
+
+
+@pytest.mark.parametrize("where", ["final-eval", "final.json"])
+def test_a_kill_after_the_last_checkpoint_leaves_one_record_per_evaluation(tmp_path, monkeypatch, where):
+    """The default presets checkpoint at their last step, then evaluate valid and test, then write final.json; a run
+    killed in between resumes to the files of a run never killed (no record twice)."""
+    make_trainer(tmp_path / "straight", 4).fit()
+    killed = make_trainer(tmp_path / "run", 4)
+    if where == "final-eval":
+        real = killed.evaluate
+        killed.evaluate = lambda model, split, g: (_ for _ in ()).throw(KeyboardInterrupt) if split == "test" \
+            else real(model, split, g)
+    else:
+        monkeypatch.setattr(trainer, "atomic_write", lambda path, data, real=trainer.atomic_write: (
+            (_ for _ in ()).throw(KeyboardInterrupt) if path.name == "final.json" else real(path, data)))
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    monkeypatch.undo()
+    assert make_trainer(tmp_path / "run", 4).fit(resume=True).status == "done"
+
+    def log(folder):
+        return [{k: v for k, v in r.items() if k != "per_s"} for r in read_jsonl(folder / "metrics.jsonl")]
+
+    assert log(tmp_path / "run") == log(tmp_path / "straight")
+    assert read_json(tmp_path / "run" / "final.json") == read_json(tmp_path / "straight" / "final.json")
+
+
+def _forge(folder, step, as_step):
+    """Checkpoint `step` renamed to `as_step`, its step field and both checksums rewritten (a deliberate forgery)."""
+    ckpt = folder / "checkpoints"
+    st = json.loads(checkpoint_path(ckpt, step).read_text())
+    name = f"step-{as_step:08d}.safetensors"
+    (ckpt / name).write_bytes((ckpt / st["tensors_file"]).read_bytes())
+    st.update(step=as_step, tensors_file=name)
+    st["state_sha256"] = state_digest(st)
+    checkpoint_path(ckpt, as_step).write_text(json.dumps(st))
+
+
+@pytest.mark.parametrize("step, as_step", [(4, 5), (2, 4)])
+def test_a_forged_checkpoint_step_contradicts_the_optimizers_step_count(tmp_path, step, as_step):
+    make_trainer(tmp_path, 4, checkpoint_every=2).fit()
+    (tmp_path / "final.json").unlink()
+    _forge(tmp_path, step, as_step)
+    with pytest.raises(CheckpointError, match=rf"says step {as_step}, but its optimizer state took {step} steps"):
+        make_trainer(tmp_path, 6, checkpoint_every=2).fit(resume=True)
+
+
+def test_a_final_json_that_is_a_folder_is_a_damaged_file(tmp_path):
+    make_trainer(tmp_path, 2).fit()
+    (tmp_path / "final.json").unlink()
+    (tmp_path / "final.json").mkdir()
+    with pytest.raises(DamagedFileError, match=r"final.json is not a regular file \(a folder\); remove it"):
+        make_trainer(tmp_path, 4).fit(resume=True)
+    for read in (read_jsonl, read_yaml):
+        with pytest.raises(DamagedFileError, match=r"final.json is not a regular file \(a folder\)"):
+            read(tmp_path / "final.json")

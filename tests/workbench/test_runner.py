@@ -4,11 +4,14 @@ import pytest
 import yaml
 
 from smoe.cli import main
+from smoe.layer import MoEConfig
 from smoe.workbench.run.config import parse_value, resolve_config, resolve_config_file
-from smoe.workbench.run.lifecycle import comparable
-from smoe.workbench.run.runner import train_run
+from smoe.workbench.run.lifecycle import check_same_config, comparable
+from smoe.workbench.run.runner import load_model, train_run
+from smoe.workbench.train.checkpoint import load_checkpoint, save_checkpoint
+from smoe.workbench.train.config import TrainConfig
 from smoe.workbench.train.hints import thread_hint
-from smoe.workbench.train.trainer import TrainConfig
+from smoe.workbench.train.run_folder import read_yaml
 
 
 def test_values_parse_as_yaml_with_exponent_floats():
@@ -19,19 +22,28 @@ def test_values_parse_as_yaml_with_exponent_floats():
 
 def test_preset_router_and_overrides_compose():
     run = resolve_config("lm-bbc", "tiny", router="topk", seed=4, steps=7,
-                         overrides=["train.lr=1", "num_experts=6", "model.router_options.noise=learned",
-                                    "model.router_options.z_loss_coef=1e-3", "data.seq_len=32"])
+                         overrides=["train.lr=1", "model.moe.num_experts=6", "model.moe.router_options.noise=learned",
+                                    "model.moe.router_options.z_loss_coef=1e-3", "data.seq_len=32"])
     assert run.train.steps == 7 and run.train.schedule_steps == 300  # --steps never moves the schedule
     assert run.train.lr == 1.0 and isinstance(run.train.lr, float)
-    assert run.model["num_experts"] == 6 and run.model["router"] == "topk"
-    assert run.model["router_options"] == {"noise": "learned", "z_loss_coef": 0.001}
+    assert run.model["moe"]["num_experts"] == 6 and run.model["moe"]["router"] == "topk"
+    assert run.model["moe"]["router_options"] == {"k": 2, "noise": "learned", "z_loss_coef": 0.001}
+    assert run.model_config(vocab_size=300, max_len=32).moe.router_options.noise == "learned"
     assert run.data.seq_len == 32 and run.seed == 4
     assert isinstance(run.train, TrainConfig)
 
 
 def test_task_router_defaults_apply_only_to_that_router():
-    assert resolve_config("sketch-vae").model["router_options"] == {"load_balance_coef": 0.0}
-    assert resolve_config("sketch-vae", router="expert_choice").model["router_options"] == {}
+    options = resolve_config("sketch-vae").model["moe"]["router_options"]
+    assert options["load_balance_coef"] == 0.0 and options["k"] == 1  # the task's topk options, the preset's k
+    assert resolve_config("sketch-vae", router="expert_choice").model["moe"]["router_options"] == {"k": 1}
+
+
+def test_a_layer_level_method_wraps_the_presets_router():
+    run = resolve_config("lm-bbc", router="s2moe", overrides=["model.moe.method_options.noise_scale=0.5"])
+    moe = run.model_config(vocab_size=300, max_len=64).moe
+    assert (moe.method, moe.router, moe.router_options.k) == ("s2moe", "topk", 2)
+    assert moe.method_options.noise_scale == 0.5 and moe.method_options.eval_k == 1
 
 
 def test_run_config_serialises_to_yaml():
@@ -43,18 +55,23 @@ def test_run_config_serialises_to_yaml():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"task": "nope"}, "unknown task 'nope'; available tasks: cls-bbc, digits"),
-    ({"task": "digits", "preset": "huge"}, "preset must be one of \\['tiny', 'medium', 'small'\\]"),
+    ({"task": "digits", "preset": "huge"}, "preset must be one of \\['tiny', 'medium', 'small', 'decisive'\\]"),
     ({"task": "digits", "router": "nope"}, "router must be one of"),
     ({"task": "digits", "device": "tpu"}, "device"),
     ({"task": "digits", "seed": -1}, "seed must be >= 0"),
     ({"task": "digits", "overrides": ["bogus=1"]}, "in no section"),
     ({"task": "digits", "overrides": ["model.bogus=1"]}, "unknown model key 'bogus'; valid keys: d_model"),
     ({"task": "digits", "overrides": ["model.num_classes=3"]}, "derived from the data"),
-    ({"task": "digits", "overrides": ["model.router=topk"]}, "choose the router with --router"),
+    ({"task": "digits", "overrides": ["model.moe.router=topk"]}, "choose the router .* with --router"),
+    ({"task": "digits", "overrides": ["model.moe.method=s2moe"]}, "choose the router .* with --router"),
+    ({"task": "digits", "overrides": ["model.k=1"]}, "unknown model key 'k'; valid keys: .*moe"),
+    ({"task": "digits", "overrides": ["model.moe.k=1"]}, r"moe: unknown key\(s\) \['k'\]"),
+    ({"task": "digits", "overrides": ["model.moe.router_options.bogus=1"]}, r"unknown option\(s\) \['bogus'\]"),
+    ({"task": "digits", "overrides": ["model.moe.router_options.k=5"]}, "k=5 must be <= num_experts=4"),
     ({"task": "digits", "overrides": ["lr"]}, "expects key=value"),
     ({"task": "digits", "overrides": ["model.d_model=1.5"]}, "model: d_model must be an int"),
     ({"task": "digits", "overrides": ["train.lr=-1"]}, "train: lr must be > 0"),
-    ({"task": "digits", "overrides": ["model.k.x=1"]}, "model.k is not a dict"),
+    ({"task": "digits", "overrides": ["model.moe.num_experts.x=1"]}, "num_experts is not a mapping"),
     ({"task": "lm-bbc", "overrides": ["data.vocab_size=10"]}, "data: vocab_size must be >= 258"),
 ])
 def test_bad_configurations_are_clear_errors(kwargs, match):
@@ -83,19 +100,20 @@ def test_cli_train_reports_bad_input(capsys, tmp_path):
 
 
 def test_a_saved_config_is_a_valid_config_file(tmp_path):
-    run = resolve_config("sketch-vae", seed=3, overrides=["model.num_experts=3", "train.lr=2e-3"])
+    run = resolve_config("sketch-vae", seed=3, overrides=["model.moe.num_experts=3", "train.lr=2e-3"])
     saved = tmp_path / "config.yaml"
     saved.write_text(yaml.safe_dump(run.to_dict(run.model_config(image_size=28))))  # as a run folder holds it
     again = resolve_config_file(saved)
     assert comparable(again) == comparable(run) and again.seed == 3
     tweaked = resolve_config_file(saved, seed=5, steps=9, overrides=["train.lr=1e-3"])
-    assert (tweaked.seed, tweaked.train.steps, tweaked.train.lr, tweaked.model["num_experts"]) == (5, 9, 1e-3, 3)
-    other = resolve_config_file(saved, router="expert_choice")  # the file's topk options do not follow
-    assert other.router == "expert_choice" and other.model["router_options"] == {}
+    assert (tweaked.seed, tweaked.train.steps, tweaked.train.lr, tweaked.model["moe"]["num_experts"]) == (5, 9, 1e-3, 3)
+    other = resolve_config_file(saved, router="expert_choice")  # the file's topk options do not follow, but k does
+    assert other.router == "expert_choice" and other.model["moe"]["router_options"] == {"k": 1}
     partial = tmp_path / "partial.yaml"
-    partial.write_text("task: digits\nmodel: {num_experts: 8}\n")  # what the file leaves out comes from its preset
+    partial.write_text("task: digits\nmodel: {moe: {num_experts: 8}}\n")  # what the file leaves out: its preset's
     run = resolve_config_file(partial)
-    assert run.model["num_experts"] == 8 and run.train == resolve_config("digits").train
+    assert run.model["moe"]["num_experts"] == 8 and run.model["moe"]["router_options"] == {"k": 2}
+    assert run.train == resolve_config("digits").train
     for text, match in [("[1, 2]", "YAML mapping with a task"), ("task: digits\ntrain: 3", "'train' must be a map"),
                         ("task: digits\nmodel: {bogus: 1}", "model: .*bogus")]:
         partial.write_text(text)
@@ -103,6 +121,30 @@ def test_a_saved_config_is_a_valid_config_file(tmp_path):
             resolve_config_file(partial)
     with pytest.raises(ValueError, match="readable YAML file"):
         resolve_config_file(tmp_path / "nowhere.yaml")
+
+
+def test_a_config_file_never_overrides_its_own_keys_silently(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: digits\nmodel: {router: expert_choice, router_options: {capacity_factor: 2.0}}\n")
+    run = resolve_config_file(path)  # the model section's router, with its options (it was topk, given these)
+    assert run.router == "expert_choice" and run.model["router_options"] == {"capacity_factor": 2.0}
+    path.write_text("task: digits\nrouter: topk\nmodel: {router: expert_choice}\n")
+    with pytest.raises(ValueError, match=r"sets the router twice, differently: router: topk \(top level\) and "
+                                         r"model.router: expert_choice; keep one"):
+        resolve_config_file(path)
+    path.write_text("task: digits\nrouter: expert_choice\nmodel: {router: expert_choice}\n")
+    assert resolve_config_file(path).router == "expert_choice"
+    path.write_text("task: digits\nsteps: 5\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['steps'\]; valid keys: task, preset, router"):
+        resolve_config_file(path)
+
+
+def test_a_config_file_imports_its_plugins(tmp_path, cosine_file):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"task: digits\nrouter: cosine\nplugins: [{cosine_file}]\n")
+    run = resolve_config_file(path)
+    assert run.router == "cosine" and run.plugins == [str(cosine_file)]
+    assert run.to_dict()["plugins"] == [str(cosine_file)] and "plugins" not in resolve_config("digits").to_dict()
 
 
 def test_cli_train_from_a_config_file(tmp_path, capsys):
@@ -147,3 +189,32 @@ def test_cli_routers_lists_options_with_defaults(capsys):
     out = capsys.readouterr().out
     assert "noise = 'none'" in out and "infonce_coef = 0.1" in out  # a router's and a layer-level method's
     assert main(["routers", "nope"]) == 2 and "unknown router 'nope'" in capsys.readouterr().err
+
+
+def flat_spelling(config: dict) -> dict:
+    """A run config as smoe wrote it before the MoE layer's config was nested: its fields flat in the model section
+    (num_experts, k, router, router_options holding only the options given, ...)."""
+    model = dict(config["model"])
+    moe = model.pop("moe")
+    model.update(expert=moe["expert"], num_experts=moe["num_experts"], k=moe["router_options"]["k"],
+                 router=moe["router"], router_options={}, capacity_factor=moe["capacity_factor"],
+                 num_shared_experts=moe["num_shared_experts"], shared_gate=moe["shared_gate"])
+    return {**config, "model": model}
+
+
+def test_a_run_written_in_the_flat_spelling_loads_and_resumes(tmp_path):
+    sets = ["model.d_model=16", "model.num_heads=2", "model.ffn_hidden=16", "model.num_layers=2",
+            "train.batch_size=8", "data.probe_tokens=0", "train.checkpoint_every=2", "train.eval_every=0"]
+    folder = tmp_path / "run"
+    train_run(resolve_config("digits", steps=2, overrides=sets), folder, progress=False)
+    (folder / "config.yaml").write_text(yaml.safe_dump(flat_spelling(read_yaml(folder / "config.yaml"))))
+    tensors, state = load_checkpoint(folder / "checkpoints")
+    kept = {k: v for k, v in state.items() if k not in ("step", "tensors_file", "tensors_sha256", "state_sha256")}
+    save_checkpoint(folder / "checkpoints", 2, tensors, {**kept, "config": flat_spelling(state["config"])}, keep=2)
+    assert "moe" not in read_yaml(folder / "config.yaml")["model"]
+    assert load_model(folder).config.moe == MoEConfig(num_experts=4, router_options={"k": 2})
+    longer = resolve_config("digits", steps=3, overrides=sets)
+    check_same_config(longer, folder)  # the grid sees the same configuration
+    assert train_run(longer, folder, resume=True, progress=False).status == "done"
+    with pytest.raises(ValueError, match="another configuration"):
+        check_same_config(resolve_config("digits", steps=3, overrides=[*sets, "model.moe.router_options.k=1"]), folder)

@@ -115,7 +115,7 @@ def test_cli_resume_is_bit_identical_on_a_real_task(tmp_path):
 
     from smoe.cli import main
 
-    sets = [*SMALL["digits"], "train.checkpoint_every=1", "model.router_options.noise=fixed", "model.dropout=0.1"]
+    sets = [*SMALL["digits"], "train.checkpoint_every=1", "model.moe.router_options.noise=fixed", "model.dropout=0.1"]
     args = ["train", "--task", "digits", "--seed", "5", "--no-progress", *(a for s in sets for a in ("--set", s))]
     assert main([*args, "--steps", "4", "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--steps", "2", "--out", str(tmp_path / "b")]) == 0

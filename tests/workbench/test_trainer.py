@@ -11,7 +11,8 @@ import yaml
 from smoe.data.batches import lm_batches
 from smoe.models import LM, LMConfig
 from smoe.workbench.train.checkpoint import CheckpointError, checkpoint_steps
-from smoe.workbench.train.trainer import StepOutput, TrainConfig, Trainer, config_differences
+from smoe.workbench.train.config import TrainConfig
+from smoe.workbench.train.trainer import StepOutput, Trainer, config_differences
 
 STREAM = torch.randint(0, 13, (2000,), generator=torch.Generator().manual_seed(0))
 
@@ -33,7 +34,8 @@ ROUTERS = {"topk": {"noise": "fixed"}, "deepseek": {"bias_rate": 0.01}}  # route
 def make_trainer(out_dir, steps, run_extra=None, hooks=None, router="topk", **train):
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=13, max_len=12, d_model=8, num_layers=2, num_heads=2, ffn_hidden=8,
-                        num_experts=4, k=2, dropout=0.1, router=router, router_options=ROUTERS[router]))
+                        dropout=0.1, moe={"num_experts": 4, "router": router,
+                                          "router_options": {"k": 2, **ROUTERS[router]}}))
     cfg = TrainConfig(**{"steps": steps, "schedule_steps": 12, "batch_size": 4, "warmup_steps": 2,
                          "eval_every": 3, "checkpoint_every": 4, "log_every": 1, **train})
     run_config = {"train": asdict(cfg), **(run_extra or {})}

@@ -11,7 +11,8 @@ from safetensors import safe_open
 from smoe.cli import main
 from smoe.data.batches import lm_batches
 from smoe.models import LM, LMConfig
-from smoe.workbench.train.trainer import TrainConfig, Trainer
+from smoe.workbench.train.config import TrainConfig
+from smoe.workbench.train.trainer import Trainer
 from tests.workbench.test_trainer import STREAM, lm_loss, records, state
 
 
@@ -27,7 +28,7 @@ def make_trainer(out_dir, steps, compile=False):
     from the Trainer's generator."""
     torch.manual_seed(0)
     model = LM(LMConfig(vocab_size=13, max_len=12, d_model=8, num_layers=2, num_heads=2, ffn_hidden=8,
-                        num_experts=4, k=2, router_options={"noise": "fixed"}))
+                        moe={"num_experts": 4, "router_options": {"k": 2, "noise": "fixed"}}))
     cfg = TrainConfig(steps=steps, schedule_steps=12, batch_size=4, warmup_steps=2, eval_every=0, log_every=1,
                       compile=compile)
     return Trainer(model, cfg, loss_fn=lm_loss, train_batches=lambda g: lm_batches(STREAM, 4, 12, g),

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from smoe._validate import check_choice, check_int
 from smoe.registry import Registry
 from smoe.workbench.grid.compare import CompareConfig
+from smoe.workbench.grid.tune import parse_tune
 from smoe.workbench.measure.rule import Margin, Outcome, Pair, PairedResult, Rule, judge
 from smoe.workbench.numbers import finite_mean, format_number
 from smoe.workbench.results.columns import LATE_ROUTING, ROUTING_SCALARS, column_direction, is_compared
@@ -52,7 +53,9 @@ class Comparison:
     """One `smoe compare` grid, trained once into OUT/<name>/ and read by every claim that names it.
 
     entries: `smoe compare --routers` syntax; baseline: the label differences are taken against; corruptions: None
-    = the task's sweep, () = none; capacities: test-time capacity ratios (V-MoE); overrides: --set of every run.
+    = the task's sweep, () = none; capacities: test-time capacity ratios (V-MoE); overrides: --set of every run;
+    tune: `--tune KEY=V1,V2,...` specs, what every entry picks on the validation split before the comparison runs
+    (`workbench.grid.tune`; () = nothing is tuned).
     """
 
     name: str
@@ -65,9 +68,12 @@ class Comparison:
     corruptions: tuple[str, ...] | None = None
     capacities: tuple[float, ...] = ()
     overrides: tuple[str, ...] = ()
+    tune: tuple[str, ...] = ()
 
     def __post_init__(self):
         task = get_task(self.task)
+        if self.tune:
+            parse_tune(self.tune)
         labels = [e.label for e in parse_entries(self.entries)]
         if self.baseline not in labels:
             raise ValueError(f"comparison {self.name!r}: baseline must be one of its entries {labels}, "
@@ -86,7 +92,8 @@ class Comparison:
                              steps=self.steps if steps is None else steps,
                              overrides=[*self.overrides, *overrides],
                              corruptions=None if self.corruptions is None else list(self.corruptions),
-                             capacities=list(self.capacities), baseline=self.baseline, **compare)
+                             capacities=list(self.capacities), baseline=self.baseline,
+                             tune=parse_tune(self.tune) if self.tune else None, **compare)
 
     def robust_columns(self) -> list[str]:
         """The "robust.<corruption>@<level>" columns its results will hold: each corruption's strongest level."""
@@ -118,6 +125,7 @@ class Comparison:
             words += ["--corrupt", ",".join(self.corruptions)]
         if self.capacities:
             words += ["--capacity", ",".join(f"{c:g}" for c in self.capacities)]
+        words += [w for spec in self.tune for w in ("--tune", spec)]
         return " ".join(shlex.quote(w) for w in [*words, "--out", str(out)])
 
 

@@ -23,6 +23,11 @@ does not yield was not finished (the grid was interrupted: `executor.interrupted
   every large tensor's pages: the tiny LM trained 1.6x slower for it. `local:N` clusters start their workers
   without it; on a remote cluster whose workers have it, the grid says so once.
 
+Plugins (`smoe.plugins`): every worker, local or Dask, imports its own entry points and SMOE_PLUGINS, then the
+plugins this process has imported (`plugins`, their specs), before it unpickles a task, so a router, task or rule
+from a plugin builds there too; a plugin that fails to import there fails the task with the plugin's error. The
+run folders and the plugin files must be where the workers see them.
+
 Results do not depend on the executor at the same number of threads per run. The number of threads changes the
 order of floating-point sums (around 1e-7 relative in one step), and training amplifies that: the demo grid's
 final perplexities differ by up to 2 % between 2-thread and 1-thread runs. A comparison's entries always run
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -50,6 +56,7 @@ import torch
 from tqdm import tqdm
 
 from smoe._validate import check_int
+from smoe.plugins import load_all
 from smoe.workbench.train.signals import StopSignals
 
 RETRIES = 2  # times a task whose local worker died is run again
@@ -194,11 +201,11 @@ class _Worker:
 class LocalProcesses:
     """`jobs` spawned worker processes on this machine, `threads` torch threads each (module docstring)."""
 
-    def __init__(self, jobs: int, threads: int, retries: int = RETRIES):
+    def __init__(self, jobs: int, threads: int, retries: int = RETRIES, plugins: Sequence[str] = ()):
         check_int("jobs", jobs, low=1)
         check_int("threads", threads, low=1)
         check_int("retries", retries, low=0)
-        self.jobs, self.threads, self.retries = jobs, threads, retries
+        self.jobs, self.threads, self.retries, self.plugins = jobs, threads, retries, tuple(plugins)
         self.interrupted: int | None = None
 
     def run(self, fn: Callable, tasks: Sequence, progress: GridProgress) -> Iterator[tuple[int, Outcome]]:
@@ -232,7 +239,8 @@ class LocalProcesses:
                 w = idle.pop()
             else:
                 parent, child = context.Pipe()
-                process = context.Process(target=_work, args=(child, fn, self.threads, os.getpid()), daemon=True,
+                process = context.Process(target=_work, args=(child, fn, self.threads, os.getpid(), self.plugins),
+                                          daemon=True,
                                           name=f"smoe-grid-{len(workers)}")
                 process.start()
                 child.close()
@@ -241,7 +249,7 @@ class LocalProcesses:
             w.task = todo.popleft()
             progress.start(w.task)
             with contextlib.suppress(OSError):  # a worker that died meanwhile: `_receive` puts the task back
-                w.conn.send((w.task, tasks[w.task]))
+                w.conn.send((w.task, pickle.dumps(tasks[w.task])))
 
     def _receive(self, w: _Worker, workers, todo, deaths, progress) -> Iterator[tuple[int, Outcome]]:
         """Every message worker w has sent; then, if it died holding a task, run that task again or fail it."""
@@ -307,8 +315,15 @@ def _shut_down(workers: list[_Worker], grace: float = 30.0) -> None:
         w.conn.close()
 
 
-def _work(conn, fn: Callable, threads: int, parent: int) -> None:
-    """A worker process: run the tasks the parent sends until it sends None (or dies)."""
+def _call(fn: Callable, plugins: Sequence[str], task: bytes, report: StepCallback) -> Outcome:
+    """fn(the pickled task, report), the plugins imported first (they may define what the task holds): the
+    worker's own entry points and SMOE_PLUGINS, as the command line does, then the parent's (`plugins`)."""
+    load_all(plugins)
+    return fn(pickle.loads(task), report)
+
+
+def _work(conn, fn: Callable, threads: int, parent: int, plugins: Sequence[str]) -> None:
+    """A worker process: run the tasks the parent sends (pickled) until it sends None (or dies)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C: the parent decides and sends SIGTERM
     torch.set_num_threads(threads)
     tqdm.set_lock(threading.RLock())  # not a semaphore, which os._exit below would leave to the resource tracker
@@ -323,7 +338,7 @@ def _work(conn, fn: Callable, threads: int, parent: int) -> None:
         while (job := conn.recv()) is not None:
             i, task = job
             try:
-                outcome = fn(task, lambda step, i=i: report(i, step))
+                outcome = _call(fn, plugins, task, lambda step, i=i: report(i, step))
             except BaseException as e:  # fn records its own failures; this is what escaped it
                 outcome = Outcome(error=f"{type(e).__name__}: {e}")
             conn.send(("done", i, outcome))
@@ -337,21 +352,26 @@ def _work(conn, fn: Callable, threads: int, parent: int) -> None:
 class DaskCluster:
     """Tasks run on the workers of a Dask distributed cluster (module docstring). Needs `smoe[cluster]`."""
 
-    def __init__(self, address: str, threads: int | None = None):
+    def __init__(self, address: str, threads: int | None = None, plugins: Sequence[str] = ()):
         try:
             import distributed
         except ImportError as e:
             raise ImportError(f"--cluster runs the grid on Dask distributed, which is not installed: "
                               f"{CLUSTER_EXTRA}") from e
         self.distributed = distributed
-        self.address, self.threads = address, threads
+        self.address, self.threads, self.plugins = address, threads, tuple(plugins)
         self.workers = local_workers(address)
         self.interrupted: int | None = None
 
     @contextlib.contextmanager
     def client(self):
         if self.workers is None:
-            with self.distributed.Client(self.address) as client:
+            try:
+                client = self.distributed.Client(self.address)
+            except OSError as e:  # refused or timed out (distributed.comm.timeouts.connect, 30 s by default)
+                raise ValueError(f"cluster: cannot reach the Dask scheduler at {self.address} ({e}); check the address "
+                                 "and that the scheduler runs, or use local:N") from e
+            with client:
                 yield client
             return
         import dask
@@ -374,8 +394,9 @@ class DaskCluster:
                 progress.write(f"smoe: {len(trimming)} Dask worker(s) run with {TRIM_ENV} set (Dask's default for "
                                f"workers under a nanny), which makes torch about 1.6x slower; start them with "
                                f"{TRIM_KEY} set to null in their Dask config (README, 'Many runs at once')")
-            futures = {i: client.submit(_dask_task, fn, task, i, self.threads, topic, key=f"{topic}-{i}",
-                                        pure=False, priority=len(tasks) - i) for i, task in enumerate(tasks)}
+            futures = {i: client.submit(_dask_task, fn, pickle.dumps(task), i, self.threads, topic, self.plugins,
+                                        key=f"{topic}-{i}", pure=False, priority=len(tasks) - i)
+                       for i, task in enumerate(tasks)}
             try:
                 while futures and stop.signum is None:
                     with contextlib.suppress(queue.Empty):
@@ -408,12 +429,13 @@ def _failure(future) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _dask_task(fn: Callable, task, i: int, threads: int | None, topic: str) -> Outcome:
-    """A task on a Dask worker: its progress goes to the client as events of `topic`."""
+def _dask_task(fn: Callable, task: bytes, i: int, threads: int | None, topic: str, plugins: Sequence[str]) -> Outcome:
+    """A task (pickled) on a Dask worker, the plugins imported first: its progress goes to the client as events of
+    `topic`."""
     from distributed import get_worker
 
     worker = get_worker()
     if threads is not None:
         torch.set_num_threads(threads)
     worker.log_event(topic, ("start", i, 0))
-    return fn(task, lambda step: worker.log_event(topic, ("step", i, step)))
+    return _call(fn, plugins, task, lambda step: worker.log_event(topic, ("step", i, step)))

@@ -1,5 +1,5 @@
-"""How a comparison grid runs: `GridConfig` (`--jobs`, `--threads`, `--cluster`), the executor it makes, and how
-`--jobs auto` sizes it.
+"""How a comparison grid runs: `GridConfig` (`--jobs`, `--threads`, `--cluster`), the executor it makes, how
+`--jobs auto` sizes it, and `run_tasks`, which drives a list of runs through it with one progress line.
 
 `--jobs auto` (`auto_jobs`): each run gets one thread per `FLOPS_PER_THREAD` of work in its training step (counted
 by torch's FlopCounterMode on the first run left, at least one thread), and the cores are shared out among as many
@@ -10,7 +10,7 @@ keeps every core busy gets the machine to itself. The executors are in `smoe.wor
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +18,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from smoe._validate import check_int
 from smoe.models.common import aux_losses
-from smoe.workbench.grid.executors import DaskCluster, LocalProcesses, Serial, local_workers
+from smoe.plugins import loaded
+from smoe.workbench.grid.executors import DaskCluster, GridProgress, LocalProcesses, Serial, local_workers
 from smoe.workbench.run.config import RunConfig
+from smoe.workbench.run.lifecycle import steps_done
 from smoe.workbench.tasks import get_task
 from smoe.workbench.train.hints import available_cores
 
@@ -109,14 +111,16 @@ def auto_jobs(cores: int, runs: int, flops: Callable[[], float]) -> int:
 
 
 def make_executor(grid: GridConfig, runs: int, flops: Callable[[], float]):
-    """The executor of `grid` for `runs` tasks left; flops() -> one training step's FLOPs, for jobs="auto"."""
+    """The executor of `grid` for `runs` tasks left; flops() -> one training step's FLOPs, for jobs="auto". Its
+    workers import every plugin this process has imported (`smoe.plugins.loaded`)."""
+    plugins = [plugin.spec for plugin in loaded()]
     if grid.cluster is not None:
-        return DaskCluster(grid.cluster, grid.threads)
+        return DaskCluster(grid.cluster, grid.threads, plugins)
     cores = available_cores()
     jobs = auto_jobs(cores, runs, flops) if grid.jobs == "auto" else grid.jobs
     if jobs == 1:
         return Serial(grid.threads)
-    return LocalProcesses(jobs, grid.threads or max(1, cores // jobs))
+    return LocalProcesses(jobs, grid.threads or max(1, cores // jobs), plugins=plugins)
 
 
 def concurrent_runs(executor) -> int | str:
@@ -133,3 +137,41 @@ def describe(executor) -> str:
     if isinstance(executor, DaskCluster):
         return f"Dask cluster {executor.address}"
     return f"one run at a time in this process ({executor.threads or torch.get_num_threads()} threads)"
+
+
+@dataclass
+class TasksRun:
+    """What `run_tasks` gave: the record of every task that ended (by index), "name: error" of the failed ones,
+    the signal that interrupted the executor (None when every task ended), and how many runs it trained at once
+    (`concurrent_runs`)."""
+
+    records: dict[int, dict]
+    failed: list[str]
+    interrupted: int | None
+    jobs: int | str
+
+
+def run_tasks(fn: Callable, tasks: Sequence, grid: GridConfig, progress: bool, title: str,
+              failure: Callable[[int, str | None], dict], save: Callable[[list[dict], int | str], object]) -> TasksRun:
+    """Run `fn(task, report) -> Outcome` over `tasks` (each with .name, .run, a RunConfig, and .run_dir) on the
+    executor of `grid`, with one progress line opened by `title`. A task's record is its outcome's value, else
+    failure(index, error) (its worker died); a record with status "failed" is reported; save(the records so far,
+    in task order, runs trained at once) after each."""
+    done = [min(steps_done(t.run_dir), t.run.train.steps) for t in tasks]
+    left = [t for t, d in zip(tasks, done) if d < t.run.train.steps]
+    executor = make_executor(grid, len(left), lambda: step_flops(left[0].run))
+    bar = GridProgress([t.name for t in tasks], [t.run.train.steps for t in tasks], done, progress)
+    if progress:
+        bar.write(f"{title}: {len(tasks)} runs, {len(left)} to train; {describe(executor)}")
+    records: dict[int, dict] = {}
+    failed = []
+    try:
+        for i, outcome in executor.run(fn, tasks, bar):
+            records[i] = outcome.value or failure(i, outcome.error)
+            if records[i]["status"] == "failed":
+                failed.append(f"{tasks[i].name}: {records[i]['error']}")
+                bar.write(f"{title}: {tasks[i].name} failed: {records[i]['error']}")
+            save([records[j] for j in sorted(records)], concurrent_runs(executor))
+    finally:
+        bar.close()
+    return TasksRun(records, failed, executor.interrupted, concurrent_runs(executor))

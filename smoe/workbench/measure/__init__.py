@@ -1,2 +1,3 @@
 """Measuring a model: routing metrics, the instrumentation hooks that record or change routing, the probe set and its
-traces, and the statistics of paired seeds. Imports `train` below it, nothing above."""
+traces, the statistics of paired seeds, the verdict rule, its power and its calibration by simulation. Imports
+`train` below it, nothing above."""

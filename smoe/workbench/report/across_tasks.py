@@ -36,6 +36,7 @@ from smoe.workbench.report.export import render_latex, write_csv
 from smoe.workbench.report.plots import interval_rows, save_or_remove
 from smoe.workbench.results.schema import entry_labels, load_results, metric_spec
 from smoe.workbench.results.verdicts import RECORDED, SeedValues, seed_values, with_statistics
+from smoe.workbench.train.run_folder import hold_folder
 
 HEADLINE = "final.metric"
 SCORE = "normalised score (% of the baseline, + = better)"
@@ -294,13 +295,13 @@ def write_across(sources: Sequence[str | os.PathLike | Mapping], out_dir: str | 
                  baseline: str | None = None, margin: Margin | Literal["recorded"] | None = RECORDED,
                  vector: bool = True, latex: bool = False, csv_file: bool = False) -> AcrossFiles:
     """Write out_dir/report.md, report.html and plots/ of the comparisons in `sources` read across tasks
-    (`load_tasks`), with latex / csv_file their tables (`_write_tables`)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (`load_tasks`), with latex / csv_file their tables (`_write_tables`); out_dir is held while they are written."""
     tasks = load_tasks(sources, baseline, margin)
-    blocks = tasks_document(tasks, out, vector)
-    files = AcrossFiles(out / "report.md", out / "report.html", [out / b.path for b in blocks if isinstance(b, Image)],
-                        _write_tables(tasks, out, latex, csv_file))
-    files.markdown.write_text(render_markdown(blocks), encoding="utf-8")
-    files.html.write_text(render_html(blocks, blocks[0].text, out), encoding="utf-8")
+    with hold_folder(out_dir) as out:
+        blocks = tasks_document(tasks, out, vector)
+        files = AcrossFiles(out / "report.md", out / "report.html",
+                            [out / b.path for b in blocks if isinstance(b, Image)], _write_tables(tasks, out, latex,
+                                                                                                   csv_file))
+        files.markdown.write_text(render_markdown(blocks), encoding="utf-8")
+        files.html.write_text(render_html(blocks, blocks[0].text, out), encoding="utf-8")
     return files

@@ -26,6 +26,7 @@ from smoe.workbench.report import plots
 from smoe.workbench.report.caveats import caveats, contention
 from smoe.workbench.report.evidence import evidence_blocks
 from smoe.workbench.report.routing_plots import report_pictures
+from smoe.workbench.report.tuning_section import tuning_blocks
 from smoe.workbench.report.verdict_section import bottom_line, verdict_blocks
 from smoe.workbench.results.columns import column_title, run_values, strongest_levels
 from smoe.workbench.results.schema import (
@@ -40,6 +41,7 @@ from smoe.workbench.results.schema import (
 )
 from smoe.workbench.results.verdicts import RECORDED, beats_every_other, with_statistics
 from smoe.workbench.tasks import available_tasks, get_task
+from smoe.workbench.train.run_folder import hold_folder
 
 MISSING = "missing"
 HEADLINE = "final.metric"
@@ -371,7 +373,8 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     directory (required for a dict, whose run folders are then read relative to out_dir). The report opens with
     the verdicts against `baseline` (default: the recorded one, else the first entry) with `margin` (default: the
     recorded one), read from results.json when it was judged that way, else judged again from the runs
-    (`verdicts.with_statistics`: version 1 and 2 files always are).
+    (`verdicts.with_statistics`: version 1 and 2 files always are). out_dir is held while the files are written (one
+    writer: a running `smoe compare` into it is a FolderBusyError).
     """
     if isinstance(results, (str, os.PathLike)):
         base = Path(results) if Path(results).is_dir() else Path(results).parent
@@ -381,6 +384,11 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
         base = Path(out_dir)
     out = Path(out_dir) if out_dir is not None else base
     results = with_statistics(results, baseline, margin=margin)
+    with hold_folder(out):
+        return _write_report(results, base, out, vector)
+
+
+def _write_report(results: Mapping, base: Path, out: Path, vector: bool) -> ReportFiles:
     rows = summarize(results)
     by_label = group_runs(results)
     finished = {row.label: [run for run in by_label[row.label] if is_finished(run)] for row in rows}
@@ -389,7 +397,8 @@ def write_report(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     first_screen = [title, *bottom_line(results),
                     *([Heading("Warnings"), Bullets(warnings, warning=True)] if warnings else []),
                     *verdict_blocks(results, out, vector)]
-    blocks = [*first_screen, *evidence_blocks(results, out, vector), Heading("The comparison"), *header,
+    blocks = [*first_screen, *evidence_blocks(results, out, vector), *tuning_blocks(results, out, vector),
+              Heading("The comparison"), *header,
               *_tables(results, rows), *_runs_table(results), *_missing(results), *_plots(results, rows, out, vector),
               *report_pictures(finished, base, out, vector)]
     files = ReportFiles(out / "report.md", out / "report.html",

@@ -6,7 +6,8 @@ seeds needed, seeds), a per-seed table of the headline metric (each run, the bas
 paired difference), then the report's tables of mean ± std, with the same numbers and text as the report.
 CSV, raw numbers for plotting elsewhere: tables.csv (one row per table, router and quantity: mean, std, seeds, not
 finite), verdicts.csv (one row per compared column and entry: the recorded comparison) and seeds.csv (one row per
-run: its headline metric, the baseline's at its seed, the difference).
+run: its headline metric, the baseline's at its seed, the difference); a text cell that a spreadsheet would run as a
+formula is quoted (`smoe.workbench.document.safe_cell`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from smoe.workbench.document import Table, render_markdown
+from smoe.workbench.document import Table, render_markdown, safe_cell
 from smoe.workbench.measure.rule import Margin
 from smoe.workbench.numbers import format_number, is_finite
 from smoe.workbench.report.comparison import MISSING, Stat, format_stat, report_tables, stat_table, summarize
@@ -33,6 +34,7 @@ from smoe.workbench.results.schema import (
     run_label,
 )
 from smoe.workbench.results.verdicts import RECORDED, seed_values, strongest_corruption, with_statistics
+from smoe.workbench.train.run_folder import hold_folder
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
@@ -104,11 +106,12 @@ VERDICT_FIELDS = ("n", "mean", "sd", "relative", "ci_low", "ci_high", "level", "
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    """path as a CSV file of header and rows (None as an empty cell); path."""
+    """path as a CSV file of header and rows (None as an empty cell, text through `safe_cell`); path."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        writer.writerows([["" if v is None else v for v in row] for row in rows])
+        writer.writerows([["" if v is None else safe_cell(v) if isinstance(v, str) else v for v in row]
+                          for row in rows])
     return path
 
 
@@ -122,33 +125,33 @@ def write_tables(results: str | os.PathLike | Mapping, out_dir: str | os.PathLik
     rows = summarize(results)
     tables = [(title, keys, stat_table(rows, keys, results, mark=i == 0))
               for i, (title, _, keys) in enumerate(report_tables(results, rows))]
-    out, written = Path(out_dir), []
-    out.mkdir(parents=True, exist_ok=True)
-    if latex:
-        written.append(out / "tables.tex")
-        captioned = [*verdict_tables(results), *((title, table) for title, _, table in tables)]
-        written[-1].write_text(render_latex(captioned), encoding="utf-8")
-    if csv_file:
-        stats = []
-        for title, keys, table in tables:
-            for row in rows:
-                for i, key in enumerate(keys):
-                    stat = row.cells.get(key)
-                    values = (["", "", 0, 0] if stat is None else
-                              [stat.mean, "" if stat.std is None else stat.std, stat.n, stat.nonfinite])
-                    stats.append([title, row.label, table.header[2 + i], key, *values])
-        written.append(write_csv(out / "tables.csv", ["table", "router", "quantity", "key", "mean", "std", "n",
-                                                       "not_finite"], stats))
-        verdicts = [[key, label, results["baseline"], confidence(c), *(relative(c) or (None, None, None))[1:],
-                     *(c.get(f) for f in VERDICT_FIELDS), " ".join(map(str, c.get("seeds") or [])),
-                     " ".join(map(str, c.get("diverged_seeds") or []))]
-                    for key, entries in results["comparisons"].items() for label, c in entries.items()]
-        written.append(write_csv(out / "verdicts.csv", ["column", "entry", "baseline", "confidence",
-                                                         "relative_low", "relative_high", *VERDICT_FIELDS, "seeds",
-                                                         "diverged_seeds"], verdicts))
-        *_, raw = seed_rows(results)
-        written.append(write_csv(out / "seeds.csv", ["entry", "seed", "status", "metric", "baseline_metric",
-                                                      "difference"], raw))
+    written = []
+    with hold_folder(out_dir) as out:
+        if latex:
+            written.append(out / "tables.tex")
+            captioned = [*verdict_tables(results), *((title, table) for title, _, table in tables)]
+            written[-1].write_text(render_latex(captioned), encoding="utf-8")
+        if csv_file:
+            stats = []
+            for title, keys, table in tables:
+                for row in rows:
+                    for i, key in enumerate(keys):
+                        stat = row.cells.get(key)
+                        values = (["", "", 0, 0] if stat is None else
+                                  [stat.mean, "" if stat.std is None else stat.std, stat.n, stat.nonfinite])
+                        stats.append([title, row.label, table.header[2 + i], key, *values])
+            written.append(write_csv(out / "tables.csv", ["table", "router", "quantity", "key", "mean", "std", "n",
+                                                           "not_finite"], stats))
+            verdicts = [[key, label, results["baseline"], confidence(c), *(relative(c) or (None, None, None))[1:],
+                         *(c.get(f) for f in VERDICT_FIELDS), " ".join(map(str, c.get("seeds") or [])),
+                         " ".join(map(str, c.get("diverged_seeds") or []))]
+                        for key, entries in results["comparisons"].items() for label, c in entries.items()]
+            written.append(write_csv(out / "verdicts.csv", ["column", "entry", "baseline", "confidence",
+                                                             "relative_low", "relative_high", *VERDICT_FIELDS, "seeds",
+                                                             "diverged_seeds"], verdicts))
+            *_, raw = seed_rows(results)
+            written.append(write_csv(out / "seeds.csv", ["entry", "seed", "status", "metric", "baseline_metric",
+                                                          "difference"], raw))
     return written
 
 

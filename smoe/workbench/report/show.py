@@ -13,6 +13,7 @@ from smoe.workbench.report.plots import save_figure
 from smoe.workbench.report.routing_plots import picture_set
 from smoe.workbench.run.routing_view import routing_view, text_samples
 from smoe.workbench.run.runner import load_run
+from smoe.workbench.train.run_folder import make_folder
 
 
 @dataclass
@@ -35,8 +36,7 @@ def show_run(run_dir: str | Path, text: str | None = None, out: str | Path | Non
     if text is not None:
         view.update(text_samples(setup.model, setup.probe, text))
         source = "the given text (text and weight pictures) and its probe set"
-    out = Path(out) if out is not None else Path(run_dir) / "show"
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out if out is not None else Path(run_dir) / "show")
     pictures = picture_set({run.router: view}, what=f"{run.router}, seed {run.seed}, step {step}")
     title = f"Routing of {run.router} on {run.task}"
     blocks = [Heading(title, 1), Text(f"Run {run_dir} at step {step} (seed {run.seed}), routing {source}.")]

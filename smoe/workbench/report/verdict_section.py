@@ -63,6 +63,10 @@ def sentence(results: Mapping, label: str, key: str = HEADLINE) -> str:
     else:
         value, low, high = number(c.get("mean")), number(c.get("ci_low")), number(c.get("ci_high"))
         show, unit = format_number, ""
+    diverged = len(c.get("diverged_seeds") or c.get("diverged") or [])
+    if value is None or not is_finite(value):
+        return (f"{label}: no finite paired difference with {baseline} ({c['verdict']}; {diverged} seed(s) "
+                "diverged or failed).")
     word = "higher" if value >= 0 else "lower"
     if value < 0:
         value, low, high = -value, None if high is None else -high, None if low is None else -low
@@ -70,7 +74,6 @@ def sentence(results: Mapping, label: str, key: str = HEADLINE) -> str:
     margin = ""
     if is_finite(number(c.get("margin"))):
         margin = f" within a margin of ±{c.get('margin_spec') or format_number(c['margin'])}"
-    diverged = len(c.get("diverged_seeds") or c.get("diverged") or [])
     seeds = f"{c.get('n')} seed{'s' if c.get('n') != 1 else ''}" + (f", {diverged} diverged" if diverged else "")
     return f"{label}: {show(value)}{unit} {word} {name} than {baseline}{interval}, {c['verdict']}{margin}, {seeds}."
 
@@ -141,6 +144,8 @@ def _improvement(c: Mapping) -> str:
 
 
 def _seeds_needed(c: Mapping) -> str:
+    if c.get("test") == "group-sequential":  # the sequential rule adds seeds itself
+        return "n/a"
     if c.get("seeds_needed") is not None:
         return str(c["seeds_needed"])
     return "n/a" if c.get("sd") is None else "> 1000"
@@ -165,6 +170,31 @@ def verdict_table(results: Mapping, key: str) -> Table:
                      f"{format_number(c['p_adjusted'])} ({c['test']})", _verdict(c), format_number(c.get("d_z")),
                      _improvement(c), format_number(c.get("mdd")), _seeds_needed(c)])
     return Table(header, body)
+
+
+STOPS = {"decided": "decided", "max seeds": "max seeds reached", "budget": "budget spent",
+         "diverged": "a run diverged or failed", "zero variance": "zero variance"}
+
+
+def sequential_blocks(results: Mapping) -> list[Block]:
+    """How a sequential comparison (`--seeds auto`) stopped: per entry its seeds, looks, stop reason and verdict
+    with the repeated confidence interval; nothing for a fixed-seed comparison."""
+    seq = results.get("sequential")
+    if not seq:
+        return []
+    budget = "" if seq.get("budget_s") is None else (
+        f"; budget {seq['budget_s'] / 3600:.2f} h of training, {seq['spent_s'] / 3600:.2f} h spent")
+    text = (f"Seeds until the answer is known: the headline verdicts above are the group-sequential rule's (looks at "
+            f"{', '.join(map(str, seq['looks']))} seeds, alpha {seq['alpha']:g} over {seq['family']} "
+            f"{'entry' if seq['family'] == 1 else 'entries'}, "
+            f"{seq['spending']} spending{'' if seq.get('margin') is None else ', margin ' + seq['margin']}{budget}); "
+            "their intervals are repeated confidence intervals, which hold at every look together, and there is no "
+            "fixed-seed p-value. Details: docs/metrics.md.")
+    body = [[label, str(e["seeds"]), " ".join(str(look["n"]) for look in e["looks"]),
+             STOPS.get(e["stop"], str(e["stop"])), e["verdict"],
+             f"[{format_number(e['ci_low'], True)}, {format_number(e['ci_high'], True)}]"]
+            for label, e in seq["entries"].items()]
+    return [Text(text), Table(["entry", "seeds used", "looks (seeds)", "stopped", "verdict", "repeated CI"], body)]
 
 
 def compact_verdicts(results: Mapping, keys: list[str]) -> Table:
@@ -242,7 +272,7 @@ def verdict_blocks(results: Mapping, out: Path, vector: bool = True) -> list[Blo
         blocks += [Heading(heading, 3), verdict_table(results, key)]
         title = name if key == HEADLINE else column_title(key, name, higher_is_better)
         panels.append((f"{title} ({DIRECTION[higher_is_better]})", results["comparisons"].get(key, {})))
-    blocks += [t for t in [_family_text(results, "headline")] if t]
+    blocks += [*sequential_blocks(results), *[t for t in [_family_text(results, "headline")] if t]]
     for family, heading, note in (
             ("robustness", "Other corruptions", "Verdict (mean difference vs the baseline, in the metric's units) "
              "per corruption column."),

@@ -93,15 +93,19 @@ def machine(device: str, jobs: int | str = 1) -> dict:
 
 
 def write_results(out: str | Path, task: str, preset: str, device: str, entries: Sequence[str], baseline: str,
-                  records: list[dict], command: str, margin: Margin | None = None, jobs: int | str = 1) -> Path:
+                  records: list[dict], command: str, margin: Margin | None = None, tuning: dict | None = None,
+                  jobs: int | str = 1, code: dict | None = None) -> Path:
     """Write out/results.json (schema `SCHEMA_VERSION`): the run records of `entries` (labels, in order) with the
-    verdicts against `baseline` (with `margin`, `verdicts.with_statistics`); jobs: runs trained at once
-    (`machine`)."""
+    verdicts against `baseline` (with `margin`, `verdicts.with_statistics`), the record of the entries' tuning
+    (`workbench.grid.tune`) if any; jobs: runs trained at once (`machine`); `code`: the provenance
+    (`smoe.plugins.provenance`), recorded with the directory `command` was run in."""
     spec = get_task(task)
     results = {"schema": SCHEMA_VERSION, "task": task, "preset": preset, "command": command,
+               **({"provenance": {**code, "cwd": os.getcwd()}} if code is not None else {}),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "metric": {"name": spec.metric_key, "higher_is_better": spec.higher_is_better},
-               "machine": machine(device, jobs), "runs": records, "entries": list(entries)}
+               "machine": machine(device, jobs), "runs": records, "entries": list(entries),
+               **({"tuning": tuning} if tuning is not None else {})}
     results = with_statistics(results, baseline, margin=margin)
     path = Path(out) / RESULTS_FILE
     atomic_write(path, json.dumps(results, indent=1).encode())  # NaN / inf stay numbers, as the schema allows

@@ -8,6 +8,8 @@ failed run; readers show what is there and say what is missing):
      "machine": {"cpu": str, "threads": int, "torch": str, "device": str, "python": str,
                  "jobs": int | "cluster",              # runs trained at once on this machine
                  "cores": int, "load_average": [1, 5, 15-minute floats]},   # as results.json was written
+     "provenance": {"smoe": str, "commit": str | null, "dirty": bool | null, "torch": str, "python": str,
+                    "plugins": [{"spec", "module", "file", "sha256", "found"}], "cwd": str},   # which code ran
      "runs": [{
         "router": str, "label": str, "seed": int, "options": {...}, "run_dir": str,
         "status": "done" | "failed" | "skipped", "error": str | null,
@@ -40,7 +42,9 @@ failed run; readers show what is there and say what is missing):
         "verdict", "family", "family_size", "adjustment", "alpha", "margin" (metric units), "margin_spec",
         "d_z", "relative" (% of the baseline), "prob_improvement", "prob_improvement_low", "prob_improvement_high",
         "mdd", "seeds_needed", "note", "direction", "baseline"}}},   # every entry but the baseline
-     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation", "comparable": bool}}
+     "noise": {"eval_sd": float, "seed_sd": float, "dominant": "seed" | "evaluation", "comparable": bool},
+     "tuning": {...}}                         # optional: each entry's pick on the validation split, its runs
+                                              # (`smoe.workbench.grid.tune`); the runs above are at the picks
 
 `label` tells apart runs of one router with different options; runs are grouped by label (router name when
 there is no label). Only runs with status "done" (or no status) enter tables and plots. NaN and infinities

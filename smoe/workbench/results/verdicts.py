@@ -39,6 +39,7 @@ from smoe.workbench.results.schema import (
     number,
     run_label,
 )
+from smoe.workbench.results.sequential import apply_sequential
 
 SeedValues = dict[str, dict[int, dict[str, float]]]  # label -> seed -> column key -> value
 RECORDED = "recorded"  # with_statistics: keep the margin the results record
@@ -188,18 +189,19 @@ def with_statistics(results: Mapping, baseline: str | None = None, alpha: float 
                     margin: Margin | Literal["recorded"] | None = RECORDED) -> dict:
     """results (version 1, 2 or 3) as version 3 with the verdicts against `baseline` (None: the recorded one) at
     `alpha` with `margin` (RECORDED: the one the results record, else none). A version 3 file already judged that
-    way is returned as it is."""
+    way is returned as it is. The headline verdicts of a sequential comparison are its rule's
+    (`results.sequential.apply_sequential`)."""
     results = load_results(results)
     baseline = pick_baseline(results, baseline)
     recorded = results.get("margin") if results.get("schema") == SCHEMA_VERSION else None
     margin = (Margin.parse(recorded) if recorded else None) if margin == RECORDED else margin
     if (results.get("schema") == SCHEMA_VERSION and results.get("baseline") == baseline
             and results.get("alpha") == alpha and recorded == (None if margin is None else str(margin))):
-        return results
+        return apply_sequential(results)
     comparisons, described = ({}, {}) if baseline is None else _statistics(results, baseline, alpha, margin)
-    return {**results, "schema": SCHEMA_VERSION, "entries": entry_labels(results), "baseline": baseline,
-            "alpha": alpha, "margin": None if margin is None else str(margin), "families": described,
-            "comparisons": comparisons, "noise": noise(results)}
+    return apply_sequential({**results, "schema": SCHEMA_VERSION, "entries": entry_labels(results),
+                             "baseline": baseline, "alpha": alpha, "margin": None if margin is None else str(margin),
+                             "families": described, "comparisons": comparisons, "noise": noise(results)})
 
 
 def beats_every_other(results: Mapping, label: str, alpha: float = 0.05) -> bool:

@@ -16,13 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from smoe._files import atomic_write
+from smoe._validate import check_choice, check_int
 from smoe.data.bbc import load_bbc
 from smoe.data.text import PAD, get_tokenizer, special_id
 from smoe.integrations import hf
 from smoe.integrations.embed import KINDS, Embedder, embed_all, hf_embedder, smoe_lm_embedder
 from smoe.integrations.swap import swap_router
 from smoe.models import LM
-from smoe.routing.registry import parse_router_spec
+from smoe.routing.registry import check_router_options, parse_router_spec
 from smoe.workbench.run.runner import load_run
 from smoe.workbench.tasks import get_task
 
@@ -150,8 +151,10 @@ def load_model(spec: str, max_len: int) -> tuple[nn.Module, Callable[[nn.Module]
         return setup.model, smoe_lm_embedder, _run_tokenizer(run), min(max_len, setup.model.config.max_len)
 
     if spec.startswith("hf-tiny:"):
+        arch = spec.split(":", 1)[1]
+        check_choice("ARCH", arch, hf.TINY_ARCHS)  # before the tokenizer is built
         tokenizer = get_tokenizer(load_bbc(), 2048)
-        model = hf.tiny_hf_model(spec.split(":", 1)[1], vocab_size=tokenizer.get_vocab_size(),
+        model = hf.tiny_hf_model(arch, vocab_size=tokenizer.get_vocab_size(),
                                  max_position_embeddings=max(max_len, 256))
         return model, hf_embedder, tokenizer, max_len
     if (path / "config.json").is_file():
@@ -160,7 +163,7 @@ def load_model(spec: str, max_len: int) -> tuple[nn.Module, Callable[[nn.Module]
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
         return model, hf_embedder, AutoTokenizer.from_pretrained(path, local_files_only=True), max_len
     raise ValueError(f"MODEL {spec!r} is neither a run directory (config.yaml), 'hf-tiny:ARCH' "
-                     f"(ARCH in mixtral, qwen2_moe, qwen3_moe, olmoe) nor a local HF model directory (config.json)")
+                     f"(ARCH in {', '.join(hf.TINY_ARCHS)}) nor a local HF model directory (config.json)")
 
 
 def _run_tokenizer(run) -> object:
@@ -170,15 +173,20 @@ def _run_tokenizer(run) -> object:
 
 def evaluate_routers(spec: str, routers: list[str], max_len: int = 128, max_train: int = 600, batch_size: int = 32,
                      seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
-    """{routing label: {kind: {task: score}}} for the model's own routing and each router swapped in."""
+    """{routing label: {kind: {task: score}}} for the model's own routing and each router swapped in (router specs
+    `name[:option=value...]`). Every argument is checked before a model or data is loaded."""
     import copy
 
-
+    for name, value in (("max_len", max_len), ("max_train", max_train), ("batch_size", batch_size)):
+        check_int(name, value, low=1)
+    check_int("seed", seed, low=0)
+    swaps = {router: parse_router_spec(router) for router in routers}
+    for name, options in swaps.values():
+        check_router_options(name, options)
     model, embedder, tokenizer, max_len = load_model(spec, max_len)
     data = bbc_suite_data(lambda texts: encode_with(tokenizer, texts, max_len), max_train=max_train, seed=seed)
     results = {"original": run_suite(embedder(model), data, batch_size, seed)}
-    for router in routers:
-        name, options = parse_router_spec(router)
+    for router, (name, options) in swaps.items():
         swapped = copy.deepcopy(model)
         swap_router(swapped, name, **options)
         results[router] = run_suite(embedder(swapped), data, batch_size, seed)

@@ -2,9 +2,11 @@
 
 Entry syntax (entries are comma-separated):  [LABEL=]NAME[:OPTION=VALUE...][+KEY=VALUE...]
   NAME            a router or a layer-level method (`smoe routers`)
-  :OPTION=VALUE   a router option, as `smoe bench layer --router` (values are Python literals, else strings)
-  +KEY=VALUE      a config override of this entry only, as --set (`+rule=momentum`, `+model.k=1`, `+data.x=...`)
-  LABEL=          the entry's name in tables and run folders (letters, digits, `_ . -`); default: the entry text
+  :OPTION=VALUE   a router option (of a layer-level method: its own option, else its router's), as
+                  `smoe bench layer --router` (values are Python literals, else strings): `topk:k=1`
+  +KEY=VALUE      a config override of this entry only, as --set (`+rule=momentum`, `+model.moe.num_experts=8`)
+  LABEL=          the entry's name in tables and run folders (letters, digits, `_ . -`; at most 100
+                  characters); default: the entry text
 e.g. `topk`, `ssr:p=0.1`, `topk+rule=momentum`, `adam=topk+rule=adam`, `s2moe`, `sup=topk+supervised=true`.
 """
 
@@ -13,20 +15,28 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from smoe.layer import available_layers
-from smoe.routing import available_routers, router_options
-from smoe.routing.registry import parse_router_spec
+from smoe.layer import available_layers, layer_options
+from smoe.routing import available_routers
+from smoe.routing.registry import check_router_options, parse_router_spec
 
 LABEL = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_LABEL = 100  # characters: a label names run folders (<label>-s<seed>), and a file name holds at most 255 bytes
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One comparison entry: label, router (or layer-level method), router options, config overrides."""
+    """One comparison entry: label (1 to MAX_LABEL characters), router (or layer-level method), router options,
+    config overrides."""
     label: str
     router: str
     options: dict = field(default_factory=dict)
     overrides: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.label, str) or not 0 < len(self.label) <= MAX_LABEL:
+            shown = self.label[:40] + "..." if isinstance(self.label, str) and len(self.label) > 40 else self.label
+            raise ValueError(f"entry label {shown!r}: labels name run folders, so 1 to at most {MAX_LABEL} characters "
+                             "are accepted (set a shorter LABEL=)")
 
     @property
     def folder(self) -> str:
@@ -34,9 +44,11 @@ class Entry:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "-", self.label).strip("-") or "entry"
 
     def config_overrides(self) -> list:
-        """Overrides for `resolve_config`: the router options as (key, value) pairs (option k is the model's k),
-        then the +KEY=VALUE ones."""
-        options = [("model.k" if k == "k" else f"model.router_options.{k}", v) for k, v in self.options.items()]
+        """Overrides for `resolve_config`: the options as (key, value) pairs (`model.moe.router_options.<option>`,
+        or `model.moe.method_options.<option>` for a layer-level method's own), then the +KEY=VALUE ones."""
+        own = layer_options(self.router) if self.router in available_layers() else {}
+        options = [(f"model.moe.{'method_options' if k in own else 'router_options'}.{k}", v)
+                   for k, v in self.options.items()]
         return [*options, *self.overrides]
 
     def describe(self) -> dict:
@@ -58,10 +70,10 @@ def parse_entry(text: str) -> Entry:
     if name not in names:
         raise ValueError(f"entry {text!r}: unknown router {name!r}; available: {', '.join(sorted(names))}")
     if name in available_routers():
-        unknown = sorted(set(options) - set(router_options(name)))
-        if unknown:
-            raise ValueError(f"entry {text!r}: unknown option(s) {unknown} for router {name!r}; valid: "
-                             f"{', '.join(router_options(name))}")
+        try:
+            check_router_options(name, options)
+        except ValueError as e:
+            raise ValueError(f"entry {text!r}: {e}") from None
     for item in overrides:
         key, eq, _ = item.partition("=")
         if not eq or not key:

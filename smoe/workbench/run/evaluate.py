@@ -29,17 +29,18 @@ from torch import nn
 
 from smoe._files import atomic_write
 from smoe._validate import check_choice, check_float, check_int
-from smoe.data.corrupt import CORRUPTIONS, parse_corruption, severity
+from smoe.data.corrupt import CORRUPTIONS, available_corruptions, parse_corruption, severity
 from smoe.layer import moe_layers
 from smoe.workbench.document import Table, render_markdown
 from smoe.workbench.measure.routing_metrics import dropped_fraction
 from smoe.workbench.run.runner import load_run
-from smoe.workbench.tasks import get_task
+from smoe.workbench.tasks import Task, get_task
 from smoe.workbench.train.run_folder import hold_folder
 
 CORRUPTION_SEED = 0
 BOOTSTRAP_RESAMPLES = 1000
 BPR_CHOICES = ("both", "on", "off")
+TASK_CONTEXT = frozenset({"vocab_size"})  # what the tasks' evaluations give a corruption besides the inputs
 
 
 def default_sweep(corruptions: Sequence[str]) -> list[str]:
@@ -47,15 +48,32 @@ def default_sweep(corruptions: Sequence[str]) -> list[str]:
     return [f"{name}:{level}" for name in corruptions for level in range(1, len(CORRUPTIONS[name].levels) + 1)]
 
 
+def task_corruptions(task: Task) -> list[str]:
+    """The corruptions a task's evaluation applies: those of the kinds of its default sweep (text, image) that need
+    nothing beyond what it passes (`TASK_CONTEXT`)."""
+    kinds = {CORRUPTIONS[name].kind for name in task.corruptions}
+    return [name for name in available_corruptions() if CORRUPTIONS[name].kind in kinds
+            and CORRUPTIONS[name].needs <= TASK_CONTEXT]
+
+
+def check_corruptions(task: Task, specs: Sequence[str]) -> None:
+    """ValueError naming the first spec that is not "NAME:LEVEL" of a corruption the task applies."""
+    accepted = task_corruptions(task)
+    for spec in specs:
+        c, _ = parse_corruption(spec)
+        if c.name not in accepted:
+            raise ValueError(f"corruption {spec!r}: task {task.name} takes {', '.join(accepted)}")
+
+
 def eval_file(eval_k: int | None) -> str:
     return "eval.json" if eval_k is None else f"eval-k{eval_k}.json"
 
 
-def _routers_with(model: nn.Module, attribute: str, what: str) -> list[nn.Module]:
-    routers = [layer.router for layer in moe_layers(model) if hasattr(layer.router, attribute)]
+def _routers_with(model: nn.Module, option: str, what: str) -> list[nn.Module]:
+    routers = [layer.router for layer in moe_layers(model) if hasattr(layer.router.options, option)]
     if not routers:
         names = sorted({type(layer.router).__name__ for layer in moe_layers(model)})
-        raise ValueError(f"{what} needs a router with a {attribute} option; this model's routers: {', '.join(names)}")
+        raise ValueError(f"{what} needs a router with a {option} option; this model's routers: {', '.join(names)}")
     return routers
 
 
@@ -70,12 +88,12 @@ def inference_settings(model: nn.Module, capacity: float | None = None, bpr: boo
         check_float("capacity", capacity, low=0.0, low_open=True)
         changes += [(layer.dispatcher, "capacity_factor", capacity) for layer in moe_layers(model)]
     if bpr is not None:
-        changes += [(r, "batch_priority", "eval" if bpr else "never")
+        changes += [(r.options, "batch_priority", "eval" if bpr else "never")
                     for r in _routers_with(model, "batch_priority", "--bpr")]
     if eval_k is not None:
         for r in _routers_with(model, "eval_k", "--eval-k"):
             check_int("eval_k", eval_k, low=1, high=r.num_experts)
-            changes.append((r, "eval_k", eval_k))
+            changes.append((r.options, "eval_k", eval_k))
     previous = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
     try:
         for obj, name, value in changes:
@@ -159,7 +177,7 @@ def evaluate_model(model: nn.Module, evaluate, metric_key: str, higher_is_better
 
 
 def _has_bpr(model: nn.Module) -> bool:
-    return any(hasattr(layer.router, "batch_priority") for layer in moe_layers(model))
+    return any(hasattr(layer.router.options, "batch_priority") for layer in moe_layers(model))
 
 
 def _capacity_modes(model: nn.Module, bpr: str) -> list[bool]:
@@ -181,6 +199,7 @@ def evaluate_run(run_dir: str | Path, device: str | None = None, **options) -> d
         task = get_task(run.task)
         if options.get("corruptions") is None:
             options["corruptions"] = default_sweep(task.corruptions)
+        check_corruptions(task, options["corruptions"])
         result = {"step": step, **evaluate_model(setup.model, setup.evaluate, task.metric_key, task.higher_is_better,
                                                  scores=setup.scores, **options)}
         atomic_write(Path(run_dir, eval_file(options.get("eval_k"))), json.dumps(result, indent=1).encode())

@@ -11,9 +11,11 @@ from torch import Tensor, nn
 
 from smoe.collectives import collective
 from smoe.init import init_keyed
+from smoe.plugins import provenance
 from smoe.workbench.measure.probe import TRACE_FILE, RoutingTrace
-from smoe.workbench.run.config import RunConfig, check_device, run_config_from_dict
+from smoe.workbench.run.config import RunConfig, check_device, run_config_from_dict, upgrade_run_config
 from smoe.workbench.tasks import TaskSetup, get_task
+from smoe.workbench.train.averaging import load_averaged
 from smoe.workbench.train.checkpoint import checkpoint_path, load_checkpoint, load_module_tensors, reading_state
 from smoe.workbench.train.data_parallel import ParallelConfig, prepare_model, process_group, run_world_size
 from smoe.workbench.train.run_folder import hold_folder, read_yaml
@@ -74,17 +76,19 @@ def _train(run: RunConfig, out_dir: str | Path, resume: bool, progress: bool, ho
            tb_dir: str | Path | None = None) -> TrainResult:
     if parallel is None:
         setup = task_setup(run)
-        run_config = run.to_dict(setup.model_config)
+        run_config = {**run.to_dict(setup.model_config), "provenance": provenance(run.plugins)}
     else:
         world_size = dist.get_world_size()
         setup = _setup_rank_zero_first(run)
-        run_config = {**run.to_dict(setup.model_config), "parallel": prepare_model(setup.model, parallel, world_size)}
+        run_config = {**run.to_dict(setup.model_config), "parallel": prepare_model(setup.model, parallel, world_size),
+                      "provenance": provenance(run.plugins)}
     trace = [] if setup.probe is None else [
         RoutingTrace(setup.model, setup.probe, Path(out_dir) / TRACE_FILE, run.train.eval_every, run.train.steps)]
     trainer = Trainer(setup.model, run.train, loss_fn=setup.loss, train_batches=setup.train_batches,
                       evaluate=setup.evaluate, out_dir=out_dir, run_config=run_config, seed=run.seed,
                       device=device or run.device, hooks=[*trace, expert_load_log, *(hooks or [])],
-                      progress=progress, data_parallel=parallel is not None, tb_dir=tb_dir)
+                      progress=progress, data_parallel=parallel is not None, tb_dir=tb_dir,
+                      read_config=upgrade_run_config)
     return trainer.fit(resume=resume)
 
 
@@ -92,8 +96,9 @@ def load_run(run_dir: str | Path, device: str | None = None,
              step: int | None = None) -> tuple[RunConfig, TaskSetup, int]:
     """(run config, task set-up, checkpoint step) of a run folder of `smoe train` or `smoe compare`.
 
-    The set-up's model has the weights of checkpoint `step` (default: the latest) and is in eval mode on `device`
-    (default: the run's); data, loss and evaluation are the task's.
+    The set-up's model has the weights of checkpoint `step` (default: the latest; their moving average where the
+    run's final metric reads it, `train.eval_weights="ema"`) and is in eval mode on `device` (default: the run's);
+    data, loss and evaluation are the task's.
     """
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
@@ -109,6 +114,9 @@ def load_run(run_dir: str | Path, device: str | None = None,
     with reading_state(checkpoint_path(run_dir / "checkpoints", state["step"])):
         load_module_tensors(setup.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
                             state["aliases"])
+        if run.train.eval_weights == "ema":
+            load_averaged(setup.model, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")},
+                          run.train.ema_decay, state["step"])
     setup.model.to(run.device).eval()
     return run, setup, state["step"]
 

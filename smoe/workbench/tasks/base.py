@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from smoe.data.batches import tensor_batches
 from smoe.registry import Registry
+from smoe.routing.base import RouterOptions
 from smoe.workbench.measure.probe import Probe, probe_batches, spread
 from smoe.workbench.measure.stats import bootstrap_sd
 from smoe.workbench.train.trainer import StepOutput
@@ -72,7 +73,8 @@ class Task:
     """A registered task.
 
     data_config / model_config: the dataclasses of the `data` and `model` sections; presets: {name: {"data":
-    {...}, "model": {...}, "train": {...}}}; router_options: {router: options} applied when that router is chosen;
+    {...}, "model": {...}, "train": {...}}}; router_options: {router: that router's Options} applied when that
+    router is chosen (the model's `moe.router_options` start from them, then the preset's own);
     derived: model fields filled from the data (not settable), with placeholder values used to validate the model
     section before the data is loaded; load_data(data config) -> the task's raw data (a corpus, image splits);
     build(run, raw data) -> TaskSetup. metric_key: the headline metric among the keys
@@ -91,7 +93,7 @@ class Task:
     presets: dict[str, dict]
     load_data: Callable[[object], object]
     build: Callable[[object, object], TaskSetup]
-    router_options: dict[str, dict] = field(default_factory=dict)
+    router_options: dict[str, RouterOptions] = field(default_factory=dict)
     derived: dict[str, object] = field(default_factory=dict)
     metric_key: str = "loss"
     higher_is_better: bool = False
@@ -105,6 +107,11 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("task")
+
+
+def moe_section(num_experts: int, k: int) -> dict:
+    """A preset's MoE layer (the model section's `moe`, a `smoe.MoEConfig` mapping): E experts, k per token."""
+    return {"num_experts": num_experts, "router_options": {"k": k}}
 
 
 def register_task(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:

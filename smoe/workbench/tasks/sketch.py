@@ -16,8 +16,9 @@ from smoe.data.batches import tensor_batches
 from smoe.data.corrupt import corrupt
 from smoe.data.sketch import SKETCH_CLASSES, generate_sketches, load_quickdraw
 from smoe.models import SMoEVAE, VAEConfig
+from smoe.routing.topk import TopKOptions
 from smoe.workbench.measure.probe import Probe, probe_batches, spread
-from smoe.workbench.tasks.base import SampleScores, Task, TaskSetup, model_device, register_task
+from smoe.workbench.tasks.base import SampleScores, Task, TaskSetup, model_device, moe_section, register_task
 from smoe.workbench.train.trainer import StepOutput
 
 
@@ -79,7 +80,7 @@ def build_sketch_vae(run, raw: dict) -> TaskSetup:
     def reconstruction(model: nn.Module, x_in: Tensor, x_target: Tensor, generator) -> tuple[Tensor, Tensor]:
         """(SSE of each reconstruction of x_in against x_target (n,) float64, (E,) images per expert)."""
         device, sse = model_device(model), [torch.zeros(0, dtype=torch.float64)]
-        counts = torch.zeros(config.num_experts, dtype=torch.long)
+        counts = torch.zeros(config.moe.num_experts, dtype=torch.long)
         for x, target in tensor_batches(x_in, x_target, batch_size=data.eval_batch_size, shuffle=False):
             out = model(x.to(device), generator=generator)
             sse.append(F.mse_loss(out.recon, target.to(device), reduction="none").flatten(1).double().sum(1).cpu())
@@ -131,15 +132,16 @@ def sketch_vae() -> Task:
         data_config=SketchDataConfig, model_config=VAEConfig, load_data=load_sketches,
         presets={
             "tiny": {"data": {"num_per_class": 500},
-                     "model": {"encoder_channels": [16, 32, 64], "num_experts": 5},
+                     "model": {"encoder_channels": [16, 32, 64],
+                               "moe": moe_section(5, k=1)},
                      "train": {**_VAE_TRAIN, "steps": 300, "schedule_steps": 300, "eval_every": 30,
                                "checkpoint_every": 150}},
             "small": {"data": {"num_per_class": 4000},
-                      "model": {"num_experts": 7},
+                      "model": {"moe": moe_section(7, k=1)},
                       "train": {**_VAE_TRAIN, "steps": 3000, "schedule_steps": 3000, "eval_every": 500,
                                 "checkpoint_every": 1000}},
         },
-        router_options={"topk": {"load_balance_coef": 0.0}},
+        router_options={"topk": TopKOptions(load_balance_coef=0.0)},
         build=build_sketch_vae, derived={"image_size": 28},
         metric_key="sse_per_image", higher_is_better=False, corruptions=("noise", "blur", "occlude"),
         throughput_unit="images", trivial_key="mean_image_sse",

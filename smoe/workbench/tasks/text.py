@@ -34,6 +34,7 @@ from smoe.workbench.tasks.base import (
     classify_scores,
     classify_step,
     model_device,
+    moe_section,
     register_task,
 )
 from smoe.workbench.train.trainer import StepOutput
@@ -219,26 +220,30 @@ def _topic_names(corpus: TextCorpus) -> dict[str, list[str]]:
 
 _LM_TINY = {
     "data": {"vocab_size": 2048, "seq_len": 64},
-    "model": {"d_model": 64, "num_layers": 2, "num_heads": 4, "ffn_hidden": 128, "num_experts": 4, "k": 2},
+    "model": {"d_model": 64, "num_layers": 2, "num_heads": 4, "ffn_hidden": 128, "moe": moe_section(4, k=2)},
     "train": {"steps": 300, "schedule_steps": 300, "batch_size": 32, "lr": 3e-3, "warmup_steps": 30,
               "eval_every": 50, "checkpoint_every": 150},
 }
 _LM_MEDIUM = {  # the scale study's (benchmarks/resolve_scale.py): about 5x tiny's compute per token, 3.3x its steps
     "data": {"vocab_size": 2048, "seq_len": 128},
-    "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8, "k": 2},
+    "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256, "moe": moe_section(8, k=2)},
     "train": {"steps": 1000, "schedule_steps": 1000, "batch_size": 32, "lr": 2e-3, "warmup_steps": 100,
               "eval_every": 250, "checkpoint_every": 250},
 }
 _LM_SMALL = {
     "data": {"vocab_size": 4096, "seq_len": 256},
-    "model": {"d_model": 256, "num_layers": 6, "num_heads": 8, "ffn_hidden": 512, "num_experts": 8, "k": 2,
+    "model": {"d_model": 256, "num_layers": 6, "num_heads": 8, "ffn_hidden": 512, "moe": moe_section(8, k=2),
               "dropout": 0.1},
     "train": {"steps": 5000, "schedule_steps": 5000, "batch_size": 32, "lr": 1e-3, "warmup_steps": 200,
               "eval_every": 500, "checkpoint_every": 1000},
 }
+_LM_DECISIVE = {  # the noise study's choice (docs/results.md, "Noise study"): medium, read from the weight average
+    **_LM_MEDIUM, "train": {**_LM_MEDIUM["train"], "ema_decay": 0.99, "eval_weights": "ema"},
+}
 _LM_TASK = {"data_config": TextDataConfig, "model_config": LMConfig,
             "metric": "perplexity (valid/test) against the unigram perplexity",
-            "presets": {"tiny": _LM_TINY, "medium": _LM_MEDIUM, "small": _LM_SMALL}, "build": build_language_model,
+            "presets": {"tiny": _LM_TINY, "medium": _LM_MEDIUM, "small": _LM_SMALL, "decisive": _LM_DECISIVE},
+            "build": build_language_model,
             "derived": {"vocab_size": 2, "max_len": 2, "num_classes": None},
             "metric_key": "perplexity", "higher_is_better": False, "corruptions": ("substitute", "insert"),
             "trivial_key": "unigram_perplexity"}
@@ -263,13 +268,13 @@ def cls_bbc() -> Task:
         metric="accuracy (valid/test)", data_config=TextDataConfig, model_config=LMConfig, load_data=bbc_corpus,
         presets={
             "tiny": {"data": {"vocab_size": 2048, "seq_len": 128},
-                     "model": {"d_model": 64, "num_layers": 2, "num_heads": 4, "ffn_hidden": 128, "num_experts": 4,
-                               "k": 2, "causal": False},
+                     "model": {"d_model": 64, "num_layers": 2, "num_heads": 4, "ffn_hidden": 128,
+                               "moe": moe_section(4, k=2), "causal": False},
                      "train": {"steps": 200, "schedule_steps": 200, "batch_size": 32, "lr": 2e-3,
                                "warmup_steps": 20, "eval_every": 20, "checkpoint_every": 100}},
             "small": {"data": {"vocab_size": 4096, "seq_len": 256},
-                      "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8,
-                                "k": 2, "causal": False, "dropout": 0.1},
+                      "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256,
+                                "moe": moe_section(8, k=2), "causal": False, "dropout": 0.1},
                       "train": {"steps": 1500, "schedule_steps": 1500, "batch_size": 32, "lr": 1e-3,
                                 "warmup_steps": 100, "eval_every": 250, "checkpoint_every": 500}},
         },

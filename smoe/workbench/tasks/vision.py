@@ -20,6 +20,7 @@ from smoe.workbench.tasks.base import (
     classify_eval,
     classify_scores,
     classify_step,
+    moe_section,
     register_task,
 )
 from smoe.workbench.train.trainer import StepOutput
@@ -82,17 +83,20 @@ def build_patch_classifier(run, raw: dict) -> TaskSetup:
 
 
 _VIT_TINY = {
-    "model": {"d_model": 64, "num_layers": 4, "num_heads": 4, "ffn_hidden": 128, "num_experts": 4, "k": 2},
+    "model": {"d_model": 64, "num_layers": 4, "num_heads": 4, "ffn_hidden": 128, "moe": moe_section(4, k=2)},
     "train": {"steps": 300, "schedule_steps": 300, "batch_size": 64, "lr": 3e-3, "warmup_steps": 30,
               "weight_decay": 0.05, "eval_every": 30, "checkpoint_every": 150},
 }
 _VIT_MEDIUM = {  # the scale study's (benchmarks/resolve_scale.py)
-    "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8, "k": 2},
+    "model": {"d_model": 128, "num_layers": 4, "num_heads": 4, "ffn_hidden": 256, "moe": moe_section(8, k=2)},
     "train": {"steps": 1000, "schedule_steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100,
               "weight_decay": 0.05, "eval_every": 250, "checkpoint_every": 250},
 }
+_VIT_DECISIVE = {  # the noise study's choice (docs/results.md, "Noise study"): tiny, read from the weight average
+    **_VIT_TINY, "train": {**_VIT_TINY["train"], "ema_decay": 0.98, "eval_weights": "ema"},
+}
 _VIT_SMALL = {
-    "model": {"d_model": 128, "num_layers": 6, "num_heads": 4, "ffn_hidden": 256, "num_experts": 8, "k": 2,
+    "model": {"d_model": 128, "num_layers": 6, "num_heads": 4, "ffn_hidden": 256, "moe": moe_section(8, k=2),
               "dropout": 0.1},
     "train": {"steps": 3000, "schedule_steps": 3000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200,
               "weight_decay": 0.05, "eval_every": 250, "checkpoint_every": 1000},
@@ -109,7 +113,8 @@ def digits() -> Task:
                 load_data=lambda data: load_digits(seed=data.split_seed),
                 presets={"tiny": {**_VIT_TINY, "data": {"patch_size": 2}},
                          "medium": {**_VIT_MEDIUM, "data": {"patch_size": 2}},
-                         "small": {**_VIT_SMALL, "data": {"patch_size": 2}}},
+                         "small": {**_VIT_SMALL, "data": {"patch_size": 2}},
+                         "decisive": {**_VIT_DECISIVE, "data": {"patch_size": 2}}},
                 corruptions=("noise", "blur", "occlude"), throughput_unit="images", **_VIT_TASK)
 
 

@@ -177,6 +177,12 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: Mapping[st
         raise CheckpointError(f"checkpoint optimizer state does not fit the model: {e}") from e
 
 
+def optimizer_steps(optimizer: torch.optim.Optimizer) -> int | None:
+    """The most steps any parameter's optimizer state counts (Adam's "step"); None without such state."""
+    steps = [int(entry["step"]) for entry in optimizer.state.values() if "step" in entry]
+    return max(steps) if steps else None
+
+
 def encode_bytes(t: Tensor) -> str:
     """A uint8 tensor (an RNG state) as base64 text for JSON."""
     return base64.b64encode(t.cpu().numpy().tobytes()).decode()

@@ -333,6 +333,8 @@ class DataParallel:
                                                                                          "plain": plain}}
 
     def _in_shard(self, key: str) -> bool:
+        if key.startswith("ema."):  # the average of a tensor lives where the tensor does
+            key = "model." + key[len("ema."):]
         if key.startswith("optim."):
             return key[len("optim."):].split(".", 1)[0] in self.shard_indices
         return key in self.shard_keys

@@ -8,9 +8,12 @@
   end and not valid JSON: what a kill during an append leaves) with a warning; any other line that is not a JSON
   object with an integer "step" is a `DamagedFileError` naming the file and line.
 - **JSON and YAML files** (`final.json`, `eval.json`, `analysis.json`, `config.yaml`): `read_json` / `read_yaml`
-  raise `DamagedFileError` naming the file (and line) instead of a parser's traceback.
+  raise `DamagedFileError` naming the file (and line) instead of a parser's traceback; so do all three readers
+  for a file that is a folder, not UTF-8 or unreadable.
+- **The metrics log**: `RunLog` appends to `metrics.jsonl` and TensorBoard (`NoLog` on ranks that write nothing).
 - **Temporary files** of an interrupted atomic write (`.<name>.tmp-<pid>`) are removed by `remove_temp_files` when
-  the next writer starts.
+  the next writer starts: `hold_folder` removes those in the folder itself, the Trainer those of a run folder's
+  sub-folders (checkpoints/).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+
+from smoe._files import atomic_write, read_text
 
 LOCK_FILE = ".smoe.lock"
 TEMP_GLOB = ".*.tmp-*"  # the temporary names of `smoe.workbench.train.checkpoint.atomic_write`
@@ -40,7 +45,9 @@ class DamagedFileError(ValueError):
 
 
 def make_folder(folder: str | Path) -> Path:
-    """Create `folder` (and its parents) if needed; ValueError when it is a file or cannot be written."""
+    """Create `folder` (and its parents) if needed; ValueError when it is empty (''), a file or cannot be written."""
+    if not str(folder).strip():
+        raise ValueError(f"--out must name a folder, got {str(folder)!r}")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder; choose a folder for the output (--out)")
@@ -80,6 +87,7 @@ def hold_folder(folder: str | Path, create: bool = True) -> Iterator[Path]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
+    remove_temp_files(folder, recursive=False)  # a dead writer's; sub-folders may be other writers' (runs/<run>/)
     try:
         yield folder
     finally:
@@ -87,13 +95,15 @@ def hold_folder(folder: str | Path, create: bool = True) -> Iterator[Path]:
         os.close(fd)  # releases the lock; the file stays (removing it would race with a process opening it)
 
 
-def remove_temp_files(folder: str | Path) -> list[Path]:
-    """Delete the temporary files interrupted atomic writes left in `folder` and its sub-folders; returns them.
+def remove_temp_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files interrupted atomic writes left in `folder` (and its sub-folders when recursive);
+    returns them.
 
     Only call it while holding the folder (`hold_folder`): a live writer's temporary file would go too.
     """
     folder = Path(folder)
-    removed = [p for p in folder.rglob(TEMP_GLOB) if p.is_file()] if folder.is_dir() else []
+    found = (folder.rglob if recursive else folder.glob)(TEMP_GLOB) if folder.is_dir() else []
+    removed = [p for p in found if p.is_file()]
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
@@ -105,8 +115,8 @@ def read_json(path: str | Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        value = json.loads(_read(path))
+    except json.JSONDecodeError as e:
         raise DamagedFileError(f"{path} is damaged ({_where(e)}); remove it or restore it") from None
     if not isinstance(value, dict):
         raise DamagedFileError(f"{path} is damaged (a JSON object expected, got {type(value).__name__})")
@@ -117,9 +127,7 @@ def read_yaml(path: str | Path) -> dict:
     """The YAML mapping in `path` (a run's config.yaml); DamagedFileError naming the file and line otherwise."""
     path = Path(path)
     try:
-        value = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError as e:
-        raise DamagedFileError(f"{path} is not UTF-8 text ({e.reason})") from None
+        value = yaml.safe_load(_read(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -138,11 +146,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise DamagedFileError(f"{path} is damaged (not UTF-8 text)") from None
-    lines = text.split("\n")
+    lines = _read(path).split("\n")
     torn = lines.pop()  # "" when the file ends with a newline
     records = [_record(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
     if torn.strip():
@@ -152,6 +156,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
             warnings.warn(f"{path}: dropped a torn last line (line {len(lines) + 1}, {len(torn)} characters, no "
                           "newline): the writer was stopped during an append", stacklevel=2)
     return records
+
+
+def _read(path: Path) -> str:
+    """The text of a run folder's file; DamagedFileError when it is a folder, not UTF-8, or cannot be read."""
+    try:
+        return read_text(path)
+    except ValueError as e:
+        raise DamagedFileError(f"{e}; remove it or restore it") from None
 
 
 def jsonl_bytes(records: list[dict]) -> bytes:
@@ -173,3 +185,44 @@ def _where(e: Exception) -> str:
     if isinstance(e, json.JSONDecodeError):
         return f"line {e.lineno} column {e.colno}: {e.msg}"
     return str(e)
+
+
+class RunLog:
+    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb_dir`, default `folder/tb`).
+
+    Starting at `start_step`, the log is cut back to what it held when that step's checkpoint was written: its
+    first `records` records (the checkpoint's count), or without a count every record up to start_step. `count` is
+    the number of records in the log."""
+
+    def __init__(self, folder: Path, start_step: int, records: int | None = None, tb_dir: Path | None = None):
+        self.path = folder / "metrics.jsonl"
+        self.count = 0
+        if self.path.exists():  # a torn last line is dropped with a warning
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step][:records]
+            atomic_write(self.path, jsonl_bytes(kept))
+            self.count = len(kept)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(tb_dir or folder / "tb"), purge_step=start_step + 1)
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.count += 1
+        for name, value in values.items():
+            self.tb.add_scalar(f"{split}/{name}", value, step)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+class NoLog:
+    """RunLog's interface on ranks other than 0, which write no files (and outside training)."""
+
+    count = 0
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -5,7 +5,10 @@ Per optimizer step: `grad_accum` micro-batches, each `loss = task loss + sum of 
 layers` (logged by name), AdamW, warm-up + cosine learning rate, gradient clipping; then, once per step,
 `layer.after_step(stats)` for each layer of `moe_layers(model)` with that layer's `MoEStats` of every
 micro-batch of the step, then the hooks (per-step analytics). Eval every `eval_every` steps, metrics to JSONL
-and TensorBoard, atomic checkpoints, exact resume, SIGINT/SIGTERM -> checkpoint and stop.
+and TensorBoard, atomic checkpoints, exact resume, SIGINT/SIGTERM -> checkpoint and stop. The last step is
+checkpointed before the final evaluation, and a checkpoint records how many metrics.jsonl records precede it, so a
+run killed at any point resumes to the files of a run never killed (no record twice). A checkpoint whose step
+disagrees with its optimizer's step count (a forged or misnamed file) is refused.
 
 With `data_parallel=True` (W processes, torchrun) the same loop runs on every rank: `data_parallel.DataParallel`
 gives each rank its share of every batch, synchronises the gradients, clips with the whole model's norm, hands the
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,10 +40,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from smoe._files import atomic_write
-from smoe._validate import check_bool, check_float, check_int
+from smoe._validate import check_int
 from smoe.data.batches import map_tensors
 from smoe.layer import MoEOutput, moe_layers
 from smoe.models.common import aux_losses
+from smoe.workbench.train.averaging import WeightAverage, mean_of
 from smoe.workbench.train.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -51,74 +54,23 @@ from smoe.workbench.train.checkpoint import (
     load_module_tensors,
     load_optimizer_tensors,
     module_tensors,
+    optimizer_steps,
     optimizer_tensors,
     reading_state,
 )
+from smoe.workbench.train.config import TrainConfig, with_train_defaults
 from smoe.workbench.train.data_parallel import DataParallel, SingleProcess
-from smoe.workbench.train.run_folder import (
-    hold_folder,
-    jsonl_bytes,
-    read_json,
-    read_jsonl,
-    read_yaml,
-    remove_temp_files,
-)
+from smoe.workbench.train.run_folder import NoLog, RunLog, hold_folder, read_json, read_yaml, remove_temp_files
 from smoe.workbench.train.signals import StopSignals
 
 _DATA_STREAM, _NOISE_STREAM, _EVAL_STREAM, _DROPOUT_STREAM = 1, 2, 3, 4
+# paths of the run config a resume may change: the steps (extending a run), the provenance (which code ran)
+MAY_CHANGE_ON_RESUME = frozenset({("train", "steps"), ("provenance",)})
 
 
 def derived_seed(seed: int, stream: int) -> int:
     """A seed for one random stream of a run (data order, model noise, eval, init)."""
     return (seed * 1_000_003 + stream) % (2**63)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping. `steps` is where training stops; the learning-rate schedule runs over
-    `schedule_steps` (warm-up, cosine to min_lr_ratio * lr, then flat) whatever `steps` is, so that a run can be
-    extended exactly with resume. 0 for eval_every / checkpoint_every: only at the end; grad_clip 0: off.
-    compile: run the training steps' forward under torch.compile (evaluation, hooks and checkpoints use the
-    uncompiled module: the same parameters, the same state dict keys)."""
-
-    steps: int = 1000
-    schedule_steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_every: int = 200
-    log_every: int = 10
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    compile: bool = False
-
-    def __post_init__(self):
-        for name in ("steps", "schedule_steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
-            check_int(name, getattr(self, name), low=1)
-        for name in ("warmup_steps", "eval_every", "checkpoint_every"):
-            check_int(name, getattr(self, name), low=0)
-        check_float("lr", self.lr, low=0.0, low_open=True)
-        check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        check_float("weight_decay", self.weight_decay, low=0.0)
-        check_float("beta1", self.beta1, low=0.0, high=1.0)
-        check_float("beta2", self.beta2, low=0.0, high=1.0)
-        check_float("grad_clip", self.grad_clip, low=0.0)
-        check_bool("compile", self.compile)
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate of optimizer step `step` (0-based): linear warm-up, cosine decay, then min."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        span = max(self.schedule_steps - self.warmup_steps, 1)
-        progress = min((step - self.warmup_steps) / span, 1.0)
-        floor = self.min_lr_ratio * self.lr
-        return floor + 0.5 * (self.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -148,28 +100,6 @@ class TrainResult:
     signal: int | None = None  # the signal that interrupted the run
 
 
-class RunLog:
-    """Metrics to `metrics.jsonl` (one record per line) and TensorBoard (`tb_dir`, default `folder/tb`)."""
-
-    def __init__(self, folder: Path, start_step: int, tb_dir: Path | None = None):
-        self.path = folder / "metrics.jsonl"
-        if self.path.exists():  # drop records past the step we start from (a torn last line with a warning)
-            kept = [r for r in read_jsonl(self.path) if r["step"] <= start_step]
-            atomic_write(self.path, jsonl_bytes(kept))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(tb_dir or folder / "tb"), purge_step=start_step + 1)
-
-    def write(self, step: int, split: str, values: dict[str, float]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
-        for name, value in values.items():
-            self.tb.add_scalar(f"{split}/{name}", value, step)
-
-    def close(self) -> None:
-        self.tb.close()
-
-
 class Trainer:
     """Train `model` on the batches of `train_batches(generator)` with `loss_fn`; evaluate with `evaluate`.
 
@@ -180,13 +110,15 @@ class Trainer:
     run's configuration (saved as YAML, compared on resume except train.steps). data_parallel: train on every
     rank of the initialised default process group (see `workbench.train.data_parallel`); model already prepared for it.
     tb_dir: where the TensorBoard events go instead of out_dir/tb (TensorBoard names a run by its folder).
+    read_config: maps a run configuration read back from the folder or a checkpoint (one written by an older
+    smoe) to today's spelling before it is compared with run_config (default: as it is).
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, loss_fn: LossFn,
                  train_batches: Callable[[torch.Generator], Iterator], evaluate: EvalFn | None = None,
                  out_dir: str | Path, run_config: dict | None = None, seed: int = 0, device: str = "cpu",
                  hooks: list[Hook] | None = None, progress: bool = True, data_parallel: bool = False,
-                 tb_dir: str | Path | None = None):
+                 tb_dir: str | Path | None = None, read_config: Callable[[dict], dict] | None = None):
         self.model, self.config = model.to(device), config
         # the training forward; evaluation, hooks (forward hooks added later would not be seen by a compiled
         # model) and checkpoints use the module itself
@@ -195,6 +127,7 @@ class Trainer:
         self.out_dir, self.seed, self.device = Path(out_dir), seed, torch.device(device)
         # JSON round trip: the config is compared with the one read back from a checkpoint
         self.run_config = json.loads(json.dumps(run_config if run_config is not None else {"train": asdict(config)}))
+        self.read_config = read_config or (lambda config: config)
         self.hooks, self.progress = list(hooks or []), progress
         self.tb_dir = None if tb_dir is None else Path(tb_dir)
         self.optimizer = self._build_optimizer()
@@ -206,7 +139,12 @@ class Trainer:
             dropout_seed = derived_seed(dropout_seed, self.parallel.rank)
         torch.manual_seed(dropout_seed)  # not where the model's construction left it: the same for every router
         self.noise = torch.Generator(self.device).manual_seed(noise_seed)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
+        self.tail: list[dict] = []  # the evaluations the final metric is the mean of, so far: {"step", read: ...}
         self.step = 0
+        self.log: RunLog | NoLog = NoLog()  # while training
+        self.saved_step: int | None = None  # the step of the latest checkpoint written or restored
+        self.saved_records: int | None = None  # the number of metrics.jsonl records it recorded (None: unknown)
 
     # ------------------------------------------------------------ set-up
 
@@ -260,31 +198,41 @@ class Trainer:
         path = self.out_dir / "config.yaml"
         if not path.exists():
             return
-        mismatch = config_differences(read_yaml(path), self.run_config, ignore={("train", "steps")})
+        mismatch = config_differences(with_train_defaults(self.read_config(read_yaml(path))), self.run_config,
+                                      ignore=MAY_CHANGE_ON_RESUME)
         if mismatch:
             raise CheckpointError(f"{path} was written with another configuration (only train.steps may change on "
                                   f"resume): " + "; ".join(mismatch))
 
     # ------------------------------------------------------------ checkpoints
 
-    def save(self) -> Path:
+    def save(self, log_records: int | None = None) -> Path:
+        """Checkpoint this step; log_records: the metrics.jsonl records a resume keeps (default: all so far)."""
         model_t, aliases = module_tensors(self.model)
         optim_t, optim_meta = optimizer_tensors(self.optimizer)
         tensors = {**{f"model.{k}": v for k, v in model_t.items()}, **{f"optim.{k}": v for k, v in optim_t.items()}}
+        if self.average is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.average.state().items()})
         state = {
             "config": self.run_config, "aliases": aliases, "optimizer": optim_meta,
+            "log_records": self.log.count if log_records is None else log_records,
+            **({"tail": self.tail} if self.config.tail_evals > 1 else {}),
             "rng": {"global": encode_bytes(torch.get_rng_state()), "data": encode_bytes(self.data_rng.get_state()),
                     "noise": encode_bytes(self.noise.get_state()),
                     **({"cuda": encode_bytes(torch.cuda.get_rng_state(self.device))}
                        if self.device.type == "cuda" else {})},
         }
-        return self.parallel.save_checkpoint(self.checkpoint_dir, self.step, tensors, state,
+        path = self.parallel.save_checkpoint(self.checkpoint_dir, self.step, tensors, state,
                                              self.config.keep_checkpoints)
+        self.saved_step = self.step
+        return path
 
     def _restore(self) -> None:
         tensors, state = self.parallel.load_checkpoint(self.checkpoint_dir)
-        with reading_state(checkpoint_path(self.checkpoint_dir, state["step"])):
-            mismatch = config_differences(state["config"], self.run_config, ignore={("train", "steps")})
+        path = checkpoint_path(self.checkpoint_dir, state["step"])
+        with reading_state(path):
+            mismatch = config_differences(with_train_defaults(self.read_config(state["config"])), self.run_config,
+                                          ignore=MAY_CHANGE_ON_RESUME)
             if mismatch:
                 raise CheckpointError(f"the checkpoint in {self.checkpoint_dir} was written with another "
                                       f"configuration (only train.steps may change on resume): " + "; ".join(mismatch))
@@ -292,13 +240,25 @@ class Trainer:
                                 state["aliases"])
             load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")},
                                    state["optimizer"])
+            taken = optimizer_steps(self.optimizer)  # one optimizer step per training step: a witness of the step
+            if taken is not None and taken != state["step"]:
+                raise CheckpointError(f"checkpoint state {path} says step {state['step']}, but its optimizer state "
+                                      f"took {taken} steps: the file was edited or belongs to another step")
+            if self.average is not None:
+                self.average.load({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, state["step"])
+            if self.config.tail_evals > 1:
+                self.tail = list(state["tail"])
             rng = state["rng"]
             torch.set_rng_state(decode_bytes(rng["global"]))
             self.data_rng.set_state(decode_bytes(rng["data"]))
             self.noise.set_state(decode_bytes(rng["noise"]))
             if "cuda" in rng:
                 torch.cuda.set_rng_state(decode_bytes(rng["cuda"]), self.device)
-        self.step = state["step"]
+            records = state.get("log_records")  # absent from checkpoints written before it was recorded
+            if records is not None:
+                check_int("log_records", records, low=0)
+        self.step = self.saved_step = state["step"]
+        self.saved_records = records
 
     # ------------------------------------------------------------ the loop
 
@@ -313,7 +273,8 @@ class Trainer:
 
     def _train(self) -> TrainResult:
         batches = iter(self.train_batches(self.data_rng))
-        log = RunLog(self.out_dir, self.step, self.tb_dir) if self.parallel.is_main else _NoLog()
+        self.log = log = RunLog(self.out_dir, self.step, self.saved_records, self.tb_dir) if self.parallel.is_main \
+            else NoLog()
         with StopSignals() as stops:  # first SIGINT/SIGTERM: finish the step, checkpoint, stop
             bar = tqdm(total=self.config.steps, initial=self.step, unit="step",
                        disable=not (self.progress and self.parallel.is_main))
@@ -334,17 +295,19 @@ class Trainer:
                     bar.update(1)
                     if self._due(self.config.eval_every) and self.step < self.config.steps:
                         bar.set_description("evaluating")
-                        log.write(self.step, "valid", self._evaluate("valid"))
+                        self._periodic_evaluation(log)
                         bar.set_description("")
                     if self._due(self.config.checkpoint_every) or stop is not None:
                         self.save()
                 if self.step < self.config.steps:
                     return TrainResult("interrupted", self.step, signal=stop)
+                if self.saved_step != self.step:  # before the final evaluation: killed from here on, a run resumes
+                    self.save()                   # at this step with the log as it is now, and evaluates again
                 bar.set_description("final evaluation")
-                final = {split: self._evaluate(split) for split in ("valid", "test")} if self.evaluate else {}
-                for split, values in final.items():
-                    log.write(self.step, split, values)
-                self.save()
+                logged = self.log.count  # the final records are not in the checkpoint: a resume evaluates again
+                final = self._final_evaluation(log)
+                if self.config.tail_evals > 1:  # the final evaluation joins the tail a longer run reads
+                    self.save(log_records=logged)
                 if self.parallel.is_main:
                     final_json = json.dumps({"step": self.step, **final}, indent=1).encode()
                     atomic_write(self.out_dir / "final.json", final_json)
@@ -352,6 +315,7 @@ class Trainer:
             finally:
                 bar.close()
                 log.close()
+                self.log = NoLog()
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
@@ -383,6 +347,8 @@ class Trainer:
         self.optimizer.step()
         for i, layer in enumerate(moe_layers(model)):
             layer.after_step(self.parallel.layer_stats(layer, [out.moe[i].stats for out in outputs]))
+        if self.average is not None:
+            self.average.update(model)
         sums["lr"] = torch.tensor(lr, dtype=torch.float64)
         return outputs, sums
 
@@ -398,19 +364,53 @@ class Trainer:
         finally:
             self.model.train()
 
+    def _reads(self, splits: tuple[str, ...]) -> dict[str, dict[str, dict[str, float]]]:
+        """{"last": {split: metrics}} and, with an average of the weights, {"ema": ...} of its evaluation."""
+        reads = {"last": {split: self._evaluate(split) for split in splits}}
+        if self.average is not None:
+            with self.average.swapped_in(self.model):
+                reads["ema"] = {split: self._evaluate(split) for split in splits}
+        return reads
+
+    def _log_reads(self, log, reads: dict) -> None:
+        """The last weights' metrics as split "valid" / "test", the average's as "valid_ema" / "test_ema"."""
+        for weights, by_split in reads.items():
+            for split, values in by_split.items():
+                log.write(self.step, split if weights == "last" else f"{split}_{weights}", values)
+
+    def _periodic_evaluation(self, log) -> None:
+        """The valid split; on test too where the evaluation is one of the final metric's tail."""
+        in_tail = self.step in self.config.tail_steps()
+        reads = self._reads(("valid", "test") if in_tail else ("valid",))
+        self._log_reads(log, reads)
+        if in_tail:
+            self.tail = [t for t in self.tail if t["step"] < self.step] + [{"step": self.step, **reads}]
+
+    def _final_evaluation(self, log) -> dict:
+        """final.json's fields: "valid" and "test" of the chosen read (`TrainConfig.eval_weights`, mean over
+        `tail_evals`); with an average or a tail also "read" (its name), "reads" (every read: last, ema and their
+        *_tail_mean) and "tail_steps" (the evaluations averaged)."""
+        if self.evaluate is None:
+            return {}
+        cfg = self.config
+        reads = self._reads(("valid", "test"))
+        self._log_reads(log, reads)
+        if cfg.ema_decay == 0 and cfg.tail_evals == 1:
+            return reads["last"]
+        tail = [t for t in self.tail if t["step"] in cfg.tail_steps() and t["step"] < self.step]
+        tail.append({"step": self.step, **reads})
+        self.tail = tail  # checkpointed: a run extended past this step finds this evaluation if it is in its tail
+        every = dict(reads)
+        if cfg.tail_evals > 1:
+            for weights in reads:
+                every[f"{weights}_tail_mean"] = {split: mean_of([t[weights][split] for t in tail])
+                                                 for split in ("valid", "test")}
+        name = cfg.eval_weights + ("_tail_mean" if cfg.tail_evals > 1 else "")
+        return {**every[name], "read": name, "reads": every, "tail_steps": [t["step"] for t in tail]}
+
 
 def _to_device(batch, device: torch.device):
     return map_tensors(lambda t: t.to(device), batch)
-
-
-class _NoLog:
-    """RunLog's interface on ranks other than 0, which write no files."""
-
-    def write(self, step: int, split: str, values: dict[str, float]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def config_differences(old: dict, new: dict, ignore: set[tuple[str, ...]] = frozenset(), prefix=()) -> list[str]:
