@@ -133,7 +133,8 @@ def test_unknown_top_level_keys_of_a_config_file_are_refused(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text("task: digits\nmodle: {num_experts: 16}\n")
     assert main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 2
     err = error(capsys)
-    assert "unknown key 'modle'" in err and "valid keys: task, preset, router, seed, device, data, model, train" in err
+    assert "unknown key 'modle'" in err and "valid keys: task, preset, router, seed, device, " in err
+    assert "data, model, train" in err
     assert not (tmp_path / "run").exists()
 
 

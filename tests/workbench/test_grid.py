@@ -274,4 +274,4 @@ def test_a_scheduler_that_cannot_be_reached_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1
     assert "smoe compare: error: cluster: cannot reach the Dask scheduler at tcp://127.0.0.1:1 (" in err
-    assert not any((tmp_path / "cmp" / "runs").iterdir())
+    assert not any((tmp_path / "cmp").rglob("config.yaml"))  # no run started
