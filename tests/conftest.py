@@ -58,13 +58,13 @@ class CosineRouter(Router):
     @torch.no_grad()
     def reset_parameters(self, generators=global_rng):
         nn.init.normal_(self.experts, std=self.d_model ** -0.5, generator=generators("experts"))
-        self.log_tau.fill_(math.log(self.temperature))
+        self.log_tau.fill_(math.log(self.options.temperature))
 
     def forward(self, x, ctx):
         dtype = router_dtype(x)
         cos = F.normalize(x.to(dtype), dim=-1) @ F.normalize(self.experts.to(dtype), dim=-1).t()
         probs = torch.softmax(cos / self.log_tau.exp().to(dtype), dim=-1)
-        weight, index = probs.topk(self.k, dim=-1)
+        weight, index = probs.topk(self.options.k, dim=-1)
         return Routing.from_token_choice(index, weight / weight.sum(-1, keepdim=True), probs, ctx)
 '''
 

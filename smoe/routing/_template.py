@@ -27,7 +27,8 @@ from smoe.routing.losses import load_balance_loss
 # 1. Options: one dataclass, a subclass of RouterOptions (which holds k and checks k >= 1). Every option has a
 #    default and is validated in __post_init__ with a ValueError that names it. `smoe routers my_router` lists
 #    them; a comparison entry sets them as `my_router:temperature=0.05`, a run as
-#    `--set model.router_options.temperature=0.05`. Inside the router each option is an attribute (self.k).
+#    `--set model.moe.router_options.temperature=0.05`. Inside the router they are read from self.options
+#    (self.options.k): the one place they live.
 @dataclass
 class MyRouterOptions(RouterOptions):
     """Options of `my_router`: k experts per token, the starting temperature, the load-balancing weight."""
@@ -62,8 +63,7 @@ class MyRouter(Router):
     Options = MyRouterOptions
 
     def __init__(self, d_model: int, num_experts: int, **options):
-        super().__init__(d_model, num_experts, **options)  # validates the options, sets self.k, self.temperature...
-        self.check_k_fits()  # k <= E, a ValueError otherwise
+        super().__init__(d_model, num_experts, **options)  # validates the options (k <= E too) into self.options
         self.expert_emb = nn.Parameter(torch.empty(num_experts, d_model))
         self.log_temperature = nn.Parameter(torch.empty(()))
         self.reset_parameters()
@@ -77,7 +77,7 @@ class MyRouter(Router):
     def reset_parameters(self, generators: ParamGenerators = global_rng) -> None:
         """expert_emb ~ N(0, 1/d); log_temperature = log(temperature)."""
         nn.init.normal_(self.expert_emb, std=self.d_model ** -0.5, generator=generators("expert_emb"))
-        self.log_temperature.fill_(math.log(self.temperature))
+        self.log_temperature.fill_(math.log(self.options.temperature))
 
     # 4. forward(x: (N, d), ctx) -> Routing. Rules every router keeps (smoe check-router tests each one):
     #    - compute in float32 (float64 for float64 input): router_dtype(x), whatever the model's dtype;
@@ -92,7 +92,7 @@ class MyRouter(Router):
         cosine = F.normalize(x.to(dtype), dim=-1) @ F.normalize(self.expert_emb.to(dtype), dim=-1).t()  # (N, E)
         logits = cosine / self.log_temperature.to(dtype).exp()
         probs = torch.softmax(logits, dim=-1)  # (N, E): what losses and routing statistics read
-        weight, index = probs.topk(self.k, dim=-1)  # (N, k) each
+        weight, index = probs.topk(self.options.k, dim=-1)  # (N, k) each
         weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
         # 5. The Routing: per-token choices become S = N k candidate pairs; the masked tokens' are not kept
         #    (Routing.from_token_choice reads ctx.mask). An expert-choice or global-budget router builds
@@ -100,7 +100,7 @@ class MyRouter(Router):
         routing = Routing.from_token_choice(index, weight, probs, ctx, logits=logits)
         # 6. Aux losses: a dict of named 0-dim tensors, already weighted; the trainer adds them to the loss and
         #    logs each as aux/<name>. smoe.routing.losses has the usual ones, masked.
-        if self.load_balance_coef > 0:
-            routing.aux["load_balance"] = self.load_balance_coef * load_balance_loss(
+        if self.options.load_balance_coef > 0:
+            routing.aux["load_balance"] = self.options.load_balance_coef * load_balance_loss(
                 probs, routing.pairs.expert, ctx.mask, routing.pairs.keep)
         return routing

@@ -119,7 +119,7 @@ def overrides(draw):
     keys = keys_of(task)
     real = st.sampled_from([f"{section}.{name}" for section, names in keys.items() for name in names]
                            + [name for names in keys.values() for name in names]
-                           + ["model.router_options.noise", "model.router_options.k", "model.rule_options.mu"])
+                           + ["model.moe.router_options.noise", "model.moe.router_options.k", "model.rule_options.mu"])
     key = draw([real, real, real, NAMES, st.text(max_size=8)][draw(st.integers(0, 4))])
     value = draw([scalars, scalars, scalars, values, st.text(max_size=6)][draw(st.integers(0, 4))])
     text = value if isinstance(value, str) and draw(st.booleans()) else \
