@@ -30,7 +30,7 @@ class NoInitRule(Router):
 
     def forward(self, x, ctx):
         probs = torch.softmax(gate_logits(x, self.weight), dim=-1)
-        weight, index = probs.topk(self.k, dim=-1)
+        weight, index = probs.topk(self.options.k, dim=-1)
         return Routing.from_token_choice(index, weight, probs, ctx)
 
 

@@ -126,16 +126,16 @@ def test_a_saved_config_is_a_valid_config_file(tmp_path):
 def test_a_config_file_never_overrides_its_own_keys_silently(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("task: digits\nmodel: {router: expert_choice, router_options: {capacity_factor: 2.0}}\n")
-    run = resolve_config_file(path)  # the model section's router, with its options (it was topk, given these)
-    assert run.router == "expert_choice" and run.model["router_options"] == {"capacity_factor": 2.0}
-    path.write_text("task: digits\nrouter: topk\nmodel: {router: expert_choice}\n")
+    run = resolve_config_file(path)  # the model section's router (flat, older spelling), with its options
+    assert run.router == "expert_choice" and run.model["moe"]["router_options"]["capacity_factor"] == 2.0
+    path.write_text("task: digits\nrouter: topk\nmodel: {moe: {router: expert_choice}}\n")
     with pytest.raises(ValueError, match=r"sets the router twice, differently: router: topk \(top level\) and "
-                                         r"model.router: expert_choice; keep one"):
+                                         r"model.moe.router: expert_choice; keep one"):
         resolve_config_file(path)
-    path.write_text("task: digits\nrouter: expert_choice\nmodel: {router: expert_choice}\n")
+    path.write_text("task: digits\nrouter: expert_choice\nmodel: {moe: {router: expert_choice}}\n")
     assert resolve_config_file(path).router == "expert_choice"
     path.write_text("task: digits\nsteps: 5\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['steps'\]; valid keys: task, preset, router"):
+    with pytest.raises(ValueError, match=r"unknown key 'steps'; valid keys: task, preset, router"):
         resolve_config_file(path)
 
 
