@@ -10,6 +10,7 @@ import signal
 import pytest
 
 from smoe.cli import main
+from smoe.workbench.grid import compare
 from smoe.workbench.grid.compare import CompareConfig, run_compare
 from smoe.workbench.grid.executors import GridProgress
 from smoe.workbench.report.comparison import summarize
@@ -175,25 +176,32 @@ def test_an_interrupted_grid_resumes_exactly(tmp_path, monkeypatch):
     assert trace == [1, 2, 3, 4]
 
 
-def test_an_entry_failing_the_router_checks_trains_nothing(tmp_path, capsys):
+def test_an_entry_with_an_unknown_option_trains_nothing(tmp_path, capsys):
     code = main(["compare", "--task", "digits", "--routers", "topk,s2moe:bogus=1", "--seeds", "1", "--steps", "2",
                  "--corrupt", "", "--out", str(tmp_path), "--no-progress", *(x for o in TINY for x in ("--set", o))])
     assert code == 2
     err = capsys.readouterr().err
-    assert "fail the router conformance checks" in err and "s2moe:bogus=1 (s2moe): builds: raised ValueError" in err
-    assert "topk (topk)" not in err and not (tmp_path / "runs").exists()
+    assert "entry 's2moe:bogus=1'" in err and "unknown option(s) ['bogus']" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_failing_entry_is_recorded_and_the_grid_goes_on(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("smoe.workbench.grid.compare.check_routers", lambda runs: None)  # a run that fails later
-    code = main(["compare", "--task", "digits", "--routers", "topk,s2moe:bogus=1", "--seeds", "1", "--steps", "2",
+    real = compare.train_one
+
+    def fails_for_bad(run, run_dir, report):
+        if run_dir.name.startswith("bad"):
+            raise RuntimeError("bogus failure in training")
+        return real(run, run_dir, report)
+
+    monkeypatch.setattr(compare, "train_one", fails_for_bad)
+    code = main(["compare", "--task", "digits", "--routers", "topk,bad=xmoe", "--seeds", "1", "--steps", "2",
                  "--corrupt", "", "--out", str(tmp_path), "--no-progress", *(x for o in TINY for x in ("--set", o))])
     assert code == 1
     runs = {r["label"]: r for r in load_results(tmp_path)["runs"]}
-    assert runs["topk"]["status"] == "done" and runs["s2moe:bogus=1"]["status"] == "failed"
-    assert "bogus" in runs["s2moe:bogus=1"]["error"]
+    assert runs["topk"]["status"] == "done" and runs["bad"]["status"] == "failed"
+    assert "bogus" in runs["bad"]["error"]
     out = capsys.readouterr()
-    assert "report:" in out.out and "failed: s2moe:bogus=1 s0" in out.err
+    assert "report:" in out.out and "failed: bad s0" in out.err
 
 
 def test_cli_rejects_a_bad_entry_before_training(tmp_path, capsys):
