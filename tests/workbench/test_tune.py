@@ -24,10 +24,11 @@ from smoe.workbench.train.trainer import TrainResult
 
 
 def test_parse_tune_gives_the_grid_in_the_order_written():
-    tuning = parse_tune(["train.lr=3e-4, 1e-3,3e-3", "model.moe.router_options.k=1,2"], seeds=2)
-    assert tuning.params == (("train.lr", ("3e-4", "1e-3", "3e-3")), ("model.k", ("1", "2")))
-    assert tuning.points()[:3] == [{"train.lr": "3e-4", "model.k": "1"}, {"train.lr": "3e-4", "model.k": "2"},
-                                   {"train.lr": "1e-3", "model.k": "1"}]
+    k = "model.moe.router_options.k"
+    tuning = parse_tune(["train.lr=3e-4, 1e-3,3e-3", f"{k}=1,2"], seeds=2)
+    assert tuning.params == (("train.lr", ("3e-4", "1e-3", "3e-3")), (k, ("1", "2")))
+    assert tuning.points()[:3] == [{"train.lr": "3e-4", k: "1"}, {"train.lr": "3e-4", k: "2"},
+                                   {"train.lr": "1e-3", k: "1"}]
     assert len(tuning.points()) == 6 and tuning.seed_list() == [TUNE_SEED_START, TUNE_SEED_START + 1]
     assert tuning.spec() == ["train.lr=3e-4,1e-3,3e-3", "model.moe.router_options.k=1,2"]
 
