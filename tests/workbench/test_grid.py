@@ -145,7 +145,7 @@ def test_a_killed_worker_fails_its_run_and_a_rerun_finishes_the_grid(tmp_path, s
     assert all(outcomes[i].value["status"] == "done" for i in (1, 2, 3))
 
     monkeypatch.setattr(Steps, "reported", {}, raising=False)
-    monkeypatch.setattr("smoe.workbench.grid.compare.GridProgress", Steps)
+    monkeypatch.setattr("smoe.workbench.grid.jobs.GridProgress", Steps)
     result = run_compare(config(out), progress=False, grid=GridConfig(jobs=2, threads=1))
     assert result.failed == [] and numbers(out) == serial
     assert Steps.reported == {0: [4, 5, 6]}  # only the killed run trained, from its checkpoint at step 3

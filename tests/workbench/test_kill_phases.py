@@ -22,7 +22,7 @@ TINY = ["model.d_model=16", "model.num_layers=2", "model.moe_every=1", "model.nu
         "train.eval_every=2", "train.checkpoint_every=2"]
 ARGS = ["compare", "--task", "digits", "--routers", "topk", "--seeds", "1", "--steps", "6", "--corrupt",
         "noise:1,blur:2", "--threads", "1", "--no-progress", *(x for item in TINY for x in ("--set", item))]
-TIMING = {"per_s", "eval_time_s", "train_time_s", "tokens_per_s", "created", "command", "machine"}
+TIMING = {"per_s", "eval_time_s", "train_time_s", "tokens_per_s", "created", "command", "machine", "load_average"}
 
 
 def without_timing(value):
